@@ -1,0 +1,52 @@
+"""yokedcache_sa: correct, fast query-result caching for SQLAlchemy 2.x.
+
+Reads through a :class:`CachingSession` are cached in Redis or process memory; every commit
+that writes a table invalidates every cached result that read it, in every process, before
+``commit()`` returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .cache import DEFAULT_TTL as DEFAULT_TTL
+from .cache import MISSING as MISSING
+from .cache import CacheStats as CacheStats
+from .cache import YokedCache as YokedCache
+from .cache import get_default_cache as get_default_cache
+from .cache import set_default_cache as set_default_cache
+from .config import CacheConfig as CacheConfig
+from .errors import BackendError as BackendError
+from .errors import BackendUnavailable as BackendUnavailable
+from .errors import ConfigError as ConfigError
+from .errors import InvalidationError as InvalidationError
+from .errors import MissingDependency as MissingDependency
+from .errors import SerializationError as SerializationError
+from .errors import YokedCacheError as YokedCacheError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_TTL",
+    "MISSING",
+    "BackendError",
+    "BackendUnavailable",
+    "CacheConfig",
+    "CacheStats",
+    "ConfigError",
+    "InvalidationError",
+    "MissingDependency",
+    "SerializationError",
+    "YokedCache",
+    "YokedCacheError",
+    "__version__",
+    "get_default_cache",
+    "set_default_cache",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The ORM and FastAPI layers import SQLAlchemy / FastAPI; load them on first use.
+    from . import _lazy
+
+    return _lazy.resolve(name)

@@ -1,0 +1,118 @@
+"""The backend contract.
+
+A backend stores opaque entry payloads under keys, each with the list of tag ids it depends
+on, and keeps the tag-version state (an epoch, a global write sequence, a version and a set
+of write leases per tag). Every method is one atomic step on the store (one round trip on a
+network store). Backends know nothing of SQL, sessions or entry encoding; the freshness
+decision is made by the caller from what :meth:`Backend.fetch` reports.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ..tags import Snapshot
+
+__all__ = ["Backend", "Fetched", "StoreOutcome"]
+
+
+class StoreOutcome(enum.IntEnum):
+    """Result of a conditional store."""
+
+    STORED = 1
+    STALE = 0
+    """A tag was written after the observation, or the version space changed."""
+    BEING_WRITTEN = -1
+    """A tag carries a live write lease."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """An entry payload (None on a miss) and the version state of its tags, read atomically."""
+
+    payload: bytes | None
+    snapshot: Snapshot
+    tags: tuple[str, ...] = ()
+    """The tag ids the store holds for the entry (checked against the signed header)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The narrow interface every store implements, sync and async twins alike."""
+
+    name: str
+
+    def fetch(self, key: str) -> Fetched:
+        """Read the entry at *key* and, atomically with it, the state of the entry's tags."""
+        ...
+
+    def observe(self) -> Snapshot:
+        """Report the current epoch and write sequence (creating the epoch if absent)."""
+        ...
+
+    def store(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float | None,
+        tags: Sequence[str],
+        epoch: str,
+        seq: int,
+    ) -> StoreOutcome:
+        """Store *payload* unless a tag moved after *seq*, is marked, or the epoch changed."""
+        ...
+
+    def begin_write(self, tags: Sequence[str], writer: str, lease: float) -> None:
+        """Mark *tags* as being written by *writer* for at most *lease* seconds."""
+        ...
+
+    def end_write(self, tags: Sequence[str], writer: str) -> int:
+        """Give *tags* a new version (one new write sequence) and drop *writer*'s marks."""
+        ...
+
+    def release(self, tags: Sequence[str], writer: str) -> None:
+        """Drop *writer*'s marks on *tags* without changing versions (rollback)."""
+        ...
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """Delete entries; return how many existed."""
+        ...
+
+    def clear(self) -> None:
+        """Remove every entry and the version state of this backend's prefix, nothing else."""
+        ...
+
+    def key_count(self) -> int:
+        """Return the number of entries stored under this backend's prefix."""
+        ...
+
+    def ping(self) -> None:
+        """Raise BackendUnavailable unless the store answers."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+    async def afetch(self, key: str) -> Fetched: ...
+    async def aobserve(self) -> Snapshot: ...
+    async def astore(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float | None,
+        tags: Sequence[str],
+        epoch: str,
+        seq: int,
+    ) -> StoreOutcome: ...
+    async def abegin_write(self, tags: Sequence[str], writer: str, lease: float) -> None: ...
+    async def aend_write(self, tags: Sequence[str], writer: str) -> int: ...
+    async def arelease(self, tags: Sequence[str], writer: str) -> None: ...
+    async def adelete_many(self, keys: Sequence[str]) -> int: ...
+    async def aclear(self) -> None: ...
+    async def akey_count(self) -> int: ...
+    async def aping(self) -> None: ...
+    async def aclose(self) -> None: ...

@@ -1,0 +1,229 @@
+"""In-process backend: bounded (entries and bytes, LRU), TTL, thread-safe, zero services."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from ..tags import Snapshot
+from .base import Fetched, StoreOutcome
+
+__all__ = ["MemoryBackend"]
+
+_INF = float("inf")
+
+
+def _new_epoch() -> str:
+    return os.urandom(8).hex()
+
+
+class MemoryBackend:
+    """A process-local store with the same atomic semantics as the Redis backend.
+
+    Args:
+        max_entries: entries kept at most; the least recently used go first.
+        max_bytes: payload bytes kept at most.
+        clock: monotonic clock (injectable for tests).
+    """
+
+    name = "memory"
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        clock: object = None,
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._clock = clock if callable(clock) else time.monotonic
+        self._lock = threading.Lock()
+        # key -> (tags, payload, expires_at)
+        self._entries: OrderedDict[str, tuple[tuple[str, ...], bytes, float]] = OrderedDict()
+        self._bytes = 0
+        self._epoch = _new_epoch()
+        self._seq = 0
+        self._versions: dict[str, int] = {}
+        self._marks: dict[str, dict[str, float]] = {}
+
+    # -- internals (called with the lock held) -------------------------------------------
+
+    def _state(self, tags: Sequence[str], now: float) -> tuple[int, bool]:
+        versions = self._versions
+        marks = self._marks
+        top = 0
+        marked = False
+        for t in tags:
+            v = versions.get(t, 0)
+            if v > top:
+                top = v
+            if not marked:
+                m = marks.get(t)
+                if m:
+                    marked = any(exp > now for exp in m.values())
+        return top, marked
+
+    def _drop(self, key: str) -> None:
+        _tags, payload, _exp = self._entries.pop(key)
+        self._bytes -= len(payload)
+
+    def _evict(self) -> None:
+        entries = self._entries
+        while entries and (len(entries) > self.max_entries or self._bytes > self.max_bytes):
+            _key, (_t, payload, _e) = entries.popitem(last=False)
+            self._bytes -= len(payload)
+
+    # -- sync API --------------------------------------------------------------------------
+
+    def fetch(self, key: str) -> Fetched:
+        now = self._clock()
+        with self._lock:
+            item = self._entries.get(key)
+            if item is None:
+                return Fetched(None, Snapshot(self._epoch, self._seq))
+            tags, payload, expires = item
+            if expires <= now:
+                self._drop(key)
+                return Fetched(None, Snapshot(self._epoch, self._seq))
+            self._entries.move_to_end(key)
+            top, marked = self._state(tags, now)
+            return Fetched(payload, Snapshot(self._epoch, self._seq, top, marked), tags)
+
+    def observe(self) -> Snapshot:
+        with self._lock:
+            return Snapshot(self._epoch, self._seq)
+
+    def store(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float | None,
+        tags: Sequence[str],
+        epoch: str,
+        seq: int,
+    ) -> StoreOutcome:
+        now = self._clock()
+        with self._lock:
+            if epoch != self._epoch:
+                return StoreOutcome.STALE
+            top, marked = self._state(tags, now)
+            if top > seq:
+                return StoreOutcome.STALE
+            if marked:
+                return StoreOutcome.BEING_WRITTEN
+            if key in self._entries:
+                self._drop(key)
+            self._entries[key] = (tuple(tags), payload, now + ttl if ttl else _INF)
+            self._bytes += len(payload)
+            self._evict()
+            return StoreOutcome.STORED
+
+    def begin_write(self, tags: Sequence[str], writer: str, lease: float) -> None:
+        now = self._clock()
+        with self._lock:
+            for t in tags:
+                m = self._marks.setdefault(t, {})
+                for w in [w for w, exp in m.items() if exp <= now]:
+                    del m[w]
+                m[writer] = now + lease
+
+    def end_write(self, tags: Sequence[str], writer: str) -> int:
+        with self._lock:
+            self._seq += 1
+            for t in tags:
+                self._versions[t] = self._seq
+            self._release(tags, writer)
+            return self._seq
+
+    def _release(self, tags: Sequence[str], writer: str) -> None:
+        for t in tags:
+            m = self._marks.get(t)
+            if m is not None:
+                m.pop(writer, None)
+                if not m:
+                    del self._marks[t]
+
+    def release(self, tags: Sequence[str], writer: str) -> None:
+        with self._lock:
+            self._release(tags, writer)
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        n = 0
+        with self._lock:
+            for k in keys:
+                if k in self._entries:
+                    self._drop(k)
+                    n += 1
+        return n
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+            self._versions.clear()
+            self._marks.clear()
+            self._seq = 0
+            self._epoch = _new_epoch()
+
+    def key_count(self) -> int:
+        now = self._clock()
+        with self._lock:
+            return sum(1 for _t, _p, exp in self._entries.values() if exp > now)
+
+    @property
+    def bytes_used(self) -> int:
+        """Payload bytes currently held."""
+        return self._bytes
+
+    def ping(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    # -- async twins: the memory store never blocks, so they call the sync methods ---------
+
+    async def afetch(self, key: str) -> Fetched:
+        return self.fetch(key)
+
+    async def aobserve(self) -> Snapshot:
+        return self.observe()
+
+    async def astore(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float | None,
+        tags: Sequence[str],
+        epoch: str,
+        seq: int,
+    ) -> StoreOutcome:
+        return self.store(key, payload, ttl, tags, epoch, seq)
+
+    async def abegin_write(self, tags: Sequence[str], writer: str, lease: float) -> None:
+        self.begin_write(tags, writer, lease)
+
+    async def aend_write(self, tags: Sequence[str], writer: str) -> int:
+        return self.end_write(tags, writer)
+
+    async def arelease(self, tags: Sequence[str], writer: str) -> None:
+        self.release(tags, writer)
+
+    async def adelete_many(self, keys: Sequence[str]) -> int:
+        return self.delete_many(keys)
+
+    async def aclear(self) -> None:
+        self.clear()
+
+    async def akey_count(self) -> int:
+        return self.key_count()
+
+    async def aping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

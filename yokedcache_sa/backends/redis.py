@@ -1,0 +1,501 @@
+"""Redis backend: redis-py sync and asyncio clients from one URL, Lua for every multi-key step.
+
+Key layout (``P`` = key prefix)::
+
+    P:e:<key>      an entry: b"<tag id>\\n<tag id>…\\0<payload>"   (hashed on the whole key)
+    {P}:meta       hash: epoch, seq, v:<tag id> = version, m:<tag id> = write leases
+
+All version state lives in ONE hash, so it is lost (evicted, flushed, restarted) all at once
+and a lost hash means a new epoch: no entry recorded under the old epoch is ever served again.
+Each operation is one EVALSHA (one round trip). See docs/consistency.md for the slot mapping
+under Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BackendError, BackendUnavailable, MissingDependency, redact_url
+from ..tags import Snapshot
+from .base import Fetched, StoreOutcome
+
+if TYPE_CHECKING:
+    import redis as redis_sync
+    import redis.asyncio as redis_async
+
+__all__ = ["RedisBackend"]
+
+_LUA_HELPERS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function live(m, now)
+  for e in string.gmatch(m, ':(%d+);') do
+    if tonumber(e) > now then return true end
+  end
+  return false
+end
+local function drop_writer(meta, field, w, now)
+  local m = redis.call('HGET', meta, field)
+  if not m then return end
+  local out = {}
+  for wid, e in string.gmatch(m, '([^:;]+):(%d+);') do
+    if wid ~= w and tonumber(e) > now then out[#out + 1] = wid .. ':' .. e .. ';' end
+  end
+  if #out == 0 then redis.call('HDEL', meta, field)
+  else redis.call('HSET', meta, field, table.concat(out)) end
+end
+local function epoch(meta, candidate)
+  local ep = redis.call('HGET', meta, 'epoch')
+  if not ep then
+    redis.call('HSET', meta, 'epoch', candidate)
+    ep = candidate
+  end
+  return ep
+end
+"""
+
+# KEYS: entry, meta. ARGV: epoch candidate.
+# -> {payload|nil, epoch, seq, max version of the entry's tags, flag (1 marked, 2 malformed)}
+_FETCH = (
+    _LUA_HELPERS
+    + """
+local meta = KEYS[2]
+local ep = epoch(meta, ARGV[1])
+local seq = tonumber(redis.call('HGET', meta, 'seq') or '0')
+local v = redis.call('GET', KEYS[1])
+if not v then return {false, ep, seq, 0, 0} end
+local i = string.find(v, '\\0', 1, true)
+if not i then return {false, ep, seq, 0, 2} end
+local now = now_ms()
+local top, flag = 0, 0
+for tag in string.gmatch(string.sub(v, 1, i - 1), '[^\\n]+') do
+  local r = redis.call('HMGET', meta, 'v:' .. tag, 'm:' .. tag)
+  local tv = tonumber(r[1] or '0')
+  if tv > top then top = tv end
+  if flag == 0 and r[2] and live(r[2], now) then flag = 1 end
+end
+return {string.sub(v, i + 1), ep, seq, top, flag, string.sub(v, 1, i - 1)}
+"""
+)
+
+# KEYS: meta. ARGV: epoch candidate. -> {epoch, seq}
+_OBSERVE = (
+    _LUA_HELPERS
+    + """
+local ep = epoch(KEYS[1], ARGV[1])
+return {ep, tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')}
+"""
+)
+
+# KEYS: entry, meta. ARGV: framed value, ttl ms (0 = none), epoch, seq, tag ids...
+# -> 1 stored, 0 stale, -1 being written
+_STORE = (
+    _LUA_HELPERS
+    + """
+if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[3] then return 0 end
+local s = tonumber(ARGV[4])
+local now = now_ms()
+for i = 5, #ARGV do
+  local r = redis.call('HMGET', KEYS[2], 'v:' .. ARGV[i], 'm:' .. ARGV[i])
+  if tonumber(r[1] or '0') > s then return 0 end
+  if r[2] and live(r[2], now) then return -1 end
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+else redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+)
+
+# KEYS: meta. ARGV: writer, lease ms, epoch candidate, tag ids...
+_BEGIN = (
+    _LUA_HELPERS
+    + """
+local meta = KEYS[1]
+epoch(meta, ARGV[3])
+local now = now_ms()
+local w = ARGV[1]
+local mark = w .. ':' .. string.format('%d', now + tonumber(ARGV[2])) .. ';'
+for i = 4, #ARGV do
+  local f = 'm:' .. ARGV[i]
+  local m = redis.call('HGET', meta, f) or ''
+  local out = {}
+  for wid, e in string.gmatch(m, '([^:;]+):(%d+);') do
+    if wid ~= w and tonumber(e) > now then out[#out + 1] = wid .. ':' .. e .. ';' end
+  end
+  out[#out + 1] = mark
+  redis.call('HSET', meta, f, table.concat(out))
+end
+return 1
+"""
+)
+
+# KEYS: meta. ARGV: writer, epoch candidate, tag ids... -> new seq
+_END = (
+    _LUA_HELPERS
+    + """
+local meta = KEYS[1]
+epoch(meta, ARGV[2])
+local seq = redis.call('HINCRBY', meta, 'seq', 1)
+local now = now_ms()
+for i = 3, #ARGV do
+  redis.call('HSET', meta, 'v:' .. ARGV[i], seq)
+  drop_writer(meta, 'm:' .. ARGV[i], ARGV[1], now)
+end
+return seq
+"""
+)
+
+# KEYS: meta. ARGV: writer, tag ids...
+_RELEASE = (
+    _LUA_HELPERS
+    + """
+local now = now_ms()
+for i = 2, #ARGV do drop_writer(KEYS[1], 'm:' .. ARGV[i], ARGV[1], now) end
+return 1
+"""
+)
+
+_SCRIPTS = {
+    "fetch": _FETCH,
+    "observe": _OBSERVE,
+    "store": _STORE,
+    "begin": _BEGIN,
+    "end": _END,
+    "release": _RELEASE,
+}
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+        import redis.asyncio
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise MissingDependency(
+            "the Redis backend needs redis-py: pip install 'yokedcache_sa[redis]'"
+        ) from exc
+    return redis
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _new_epoch() -> str:
+    return os.urandom(8).hex()
+
+
+class RedisBackend:
+    """A Redis (or ``rediss://`` TLS) store shared by every process using the same prefix.
+
+    One blocking connection pool (bounded by *max_connections*) serves sync callers from any
+    thread; each running event loop gets its own asyncio client, so one backend works from
+    several loops (``asyncio.run`` twice, FastAPI plus a worker thread) without errors.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "yokedcache",
+        max_connections: int = 50,
+        socket_timeout: float = 0.25,
+        socket_connect_timeout: float = 0.5,
+    ) -> None:
+        self._redis = _import_redis()
+        self.url_redacted = redact_url(url) or ""
+        self._url = url
+        self.prefix = prefix
+        self.meta_key = f"{{{prefix}}}:meta"
+        self._entry_prefix = f"{prefix}:e:"
+        self._kw = dict(
+            max_connections=max_connections,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            timeout=socket_timeout,  # wait for a free pooled connection at most this long
+            health_check_interval=30,
+        )
+        self._client: redis_sync.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._aclients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[redis_async.Redis, dict[str, Any]]
+        ] = weakref.WeakKeyDictionary()
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({self.url_redacted!r}, prefix={self.prefix!r})"
+
+    # -- clients ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        r = self._redis
+        try:
+            yield
+        except (r.exceptions.ConnectionError, r.exceptions.TimeoutError, OSError) as exc:
+            raise BackendUnavailable(
+                f"Redis at {self.url_redacted} did not answer {what}: "
+                f"{type(exc).__name__}: {self._clean(exc)}; check that it runs and that "
+                "YOKEDCACHE_REDIS_URL points at it"
+            ) from exc
+        except r.exceptions.InvalidResponse as exc:
+            raise BackendUnavailable(
+                f"the server at {self.url_redacted} does not speak the Redis protocol "
+                f"({self._clean(exc)}); is YOKEDCACHE_REDIS_URL pointing at the right port?"
+            ) from exc
+        except r.exceptions.RedisError as exc:
+            raise BackendError(
+                f"Redis at {self.url_redacted} refused {what}: {self._clean(exc)}"
+            ) from exc
+
+    def _clean(self, exc: BaseException) -> str:
+        text = str(exc)
+        raw = self._url
+        if raw and raw in text:
+            text = text.replace(raw, self.url_redacted)
+        return text
+
+    def _sync(self) -> dict[str, Any]:
+        if self._client is None:
+            with self._errors("a connection"):
+                pool = self._redis.BlockingConnectionPool.from_url(self._url, **self._kw)
+                client = self._redis.Redis(connection_pool=pool)
+                self._scripts = {n: client.register_script(s) for n, s in _SCRIPTS.items()}
+                self._client = client
+        return self._scripts
+
+    def _async(self) -> tuple[Any, dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        pair = self._aclients.get(loop)
+        if pair is None:
+            with self._errors("a connection"):
+                ra = self._redis.asyncio
+                pool = ra.BlockingConnectionPool.from_url(self._url, **self._kw)
+                client = ra.Redis(connection_pool=pool)
+                pair = (client, {n: client.register_script(s) for n, s in _SCRIPTS.items()})
+            self._aclients[loop] = pair
+        return pair
+
+    @property
+    def client(self) -> redis_sync.Redis:
+        """The sync redis-py client (created on first use)."""
+        self._sync()
+        assert self._client is not None
+        return self._client
+
+    def entry_key(self, key: str) -> str:
+        """The Redis key of an entry."""
+        return self._entry_prefix + key
+
+    # -- decoding of script replies (shared by both twins) ----------------------------------
+
+    @staticmethod
+    def _fetched(reply: list[Any]) -> Fetched:
+        payload, ep, seq, top, flag = reply[:5]
+        ep = ep.decode() if isinstance(ep, bytes) else str(ep)
+        if flag == 2:
+            payload = b"\x00malformed"  # the decoder rejects it and counts an error
+        tags = tuple(reply[5].decode().split("\n")) if len(reply) > 5 and reply[5] else ()
+        return Fetched(payload, Snapshot(ep, int(seq), int(top), flag == 1), tags)
+
+    @staticmethod
+    def _observed(reply: list[Any]) -> Snapshot:
+        ep, seq = reply
+        return Snapshot(ep.decode() if isinstance(ep, bytes) else str(ep), int(seq))
+
+    def _store_args(
+        self, payload: bytes, ttl: float | None, tags: Sequence[str], epoch: str, seq: int
+    ) -> list[Any]:
+        framed = "\n".join(tags).encode() + b"\x00" + payload
+        ttl_ms = max(1, int(ttl * 1000)) if ttl else 0
+        return [framed, ttl_ms, epoch, seq, *tags]
+
+    # -- sync API --------------------------------------------------------------------------
+
+    def fetch(self, key: str) -> Fetched:
+        s = self._sync()
+        with self._errors("a read"):
+            reply = s["fetch"](keys=[self._entry_prefix + key, self.meta_key], args=[_new_epoch()])
+        return self._fetched(reply)
+
+    def observe(self) -> Snapshot:
+        s = self._sync()
+        with self._errors("a read"):
+            return self._observed(s["observe"](keys=[self.meta_key], args=[_new_epoch()]))
+
+    def store(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float | None,
+        tags: Sequence[str],
+        epoch: str,
+        seq: int,
+    ) -> StoreOutcome:
+        s = self._sync()
+        with self._errors("a write"):
+            r = s["store"](
+                keys=[self._entry_prefix + key, self.meta_key],
+                args=self._store_args(payload, ttl, tags, epoch, seq),
+            )
+        return StoreOutcome(int(r))
+
+    def begin_write(self, tags: Sequence[str], writer: str, lease: float) -> None:
+        s = self._sync()
+        with self._errors("begin_write"):
+            s["begin"](keys=[self.meta_key], args=[writer, int(lease * 1000), _new_epoch(), *tags])
+
+    def end_write(self, tags: Sequence[str], writer: str) -> int:
+        s = self._sync()
+        with self._errors("an invalidation"):
+            return int(s["end"](keys=[self.meta_key], args=[writer, _new_epoch(), *tags]))
+
+    def release(self, tags: Sequence[str], writer: str) -> None:
+        s = self._sync()
+        with self._errors("a release"):
+            s["release"](keys=[self.meta_key], args=[writer, *tags])
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        self._sync()
+        assert self._client is not None
+        with self._errors("a delete"):
+            return int(self._client.delete(*[self._entry_prefix + k for k in keys]))
+
+    def clear(self) -> None:
+        self._sync()
+        c = self._client
+        assert c is not None
+        with self._errors("clear"):
+            # Dropping the version hash first makes every entry stale at once; the SCAN that
+            # follows only frees memory.
+            c.delete(self.meta_key)
+            batch: list[bytes] = []
+            for k in c.scan_iter(match=_glob_escape(self._entry_prefix) + "*", count=1000):
+                batch.append(k)
+                if len(batch) >= 1000:
+                    c.unlink(*batch)
+                    batch.clear()
+            if batch:
+                c.unlink(*batch)
+
+    def key_count(self) -> int:
+        self._sync()
+        c = self._client
+        assert c is not None
+        with self._errors("a key count"):
+            return sum(
+                1 for _ in c.scan_iter(match=_glob_escape(self._entry_prefix) + "*", count=1000)
+            )
+
+    def ping(self) -> None:
+        self._sync()
+        assert self._client is not None
+        with self._errors("PING"):
+            self._client.ping()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client.connection_pool.disconnect()
+            self._client = None
+
+    # -- async twins -----------------------------------------------------------------------
+
+    async def afetch(self, key: str) -> Fetched:
+        _c, s = self._async()
+        with self._errors("a read"):
+            reply = await s["fetch"](
+                keys=[self._entry_prefix + key, self.meta_key], args=[_new_epoch()]
+            )
+        return self._fetched(reply)
+
+    async def aobserve(self) -> Snapshot:
+        _c, s = self._async()
+        with self._errors("a read"):
+            return self._observed(await s["observe"](keys=[self.meta_key], args=[_new_epoch()]))
+
+    async def astore(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float | None,
+        tags: Sequence[str],
+        epoch: str,
+        seq: int,
+    ) -> StoreOutcome:
+        _c, s = self._async()
+        with self._errors("a write"):
+            r = await s["store"](
+                keys=[self._entry_prefix + key, self.meta_key],
+                args=self._store_args(payload, ttl, tags, epoch, seq),
+            )
+        return StoreOutcome(int(r))
+
+    async def abegin_write(self, tags: Sequence[str], writer: str, lease: float) -> None:
+        _c, s = self._async()
+        with self._errors("begin_write"):
+            await s["begin"](
+                keys=[self.meta_key], args=[writer, int(lease * 1000), _new_epoch(), *tags]
+            )
+
+    async def aend_write(self, tags: Sequence[str], writer: str) -> int:
+        _c, s = self._async()
+        with self._errors("an invalidation"):
+            return int(await s["end"](keys=[self.meta_key], args=[writer, _new_epoch(), *tags]))
+
+    async def arelease(self, tags: Sequence[str], writer: str) -> None:
+        _c, s = self._async()
+        with self._errors("a release"):
+            await s["release"](keys=[self.meta_key], args=[writer, *tags])
+
+    async def adelete_many(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        c, _s = self._async()
+        with self._errors("a delete"):
+            return int(await c.delete(*[self._entry_prefix + k for k in keys]))
+
+    async def aclear(self) -> None:
+        c, _s = self._async()
+        with self._errors("clear"):
+            await c.delete(self.meta_key)
+            batch: list[bytes] = []
+            async for k in c.scan_iter(match=_glob_escape(self._entry_prefix) + "*", count=1000):
+                batch.append(k)
+                if len(batch) >= 1000:
+                    await c.unlink(*batch)
+                    batch.clear()
+            if batch:
+                await c.unlink(*batch)
+
+    async def akey_count(self) -> int:
+        c, _s = self._async()
+        n = 0
+        with self._errors("a key count"):
+            async for _ in c.scan_iter(match=_glob_escape(self._entry_prefix) + "*", count=1000):
+                n += 1
+        return n
+
+    async def aping(self) -> None:
+        c, _s = self._async()
+        with self._errors("PING"):
+            await c.ping()
+
+    async def aclose(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover
+            return
+        pair = self._aclients.pop(loop, None)
+        if pair is not None:
+            await pair[0].aclose()

@@ -1,0 +1,134 @@
+"""Configuration: :class:`CacheConfig`, read from arguments or ``YOKEDCACHE_*`` variables."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError, redact_url
+
+__all__ = ["CacheConfig"]
+
+LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+
+
+class CacheConfig(BaseSettings):
+    """Settings of one :class:`~yokedcache_sa.YokedCache`.
+
+    Every field can also be set from the environment with the ``YOKEDCACHE_`` prefix
+    (``YOKEDCACHE_REDIS_URL``, ``YOKEDCACHE_DEFAULT_TTL`` …). ``redis_url=None`` (the default)
+    selects the in-process memory backend; nothing connects anywhere unless a URL is given.
+
+    Raises:
+        ConfigError: a value is invalid; the message names the field.
+
+    Example::
+
+        CacheConfig(redis_url="rediss://:secret@cache.internal:6380/0", default_ttl=300)
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="YOKEDCACHE_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    redis_url: SecretStr | None = None
+    """``redis://`` or ``rediss://`` (TLS) URL; None means the in-process memory backend."""
+    default_ttl: float | None = Field(default=300.0)
+    """Seconds an entry lives when no TTL is given; None means no expiry."""
+    key_prefix: str = Field(default="yokedcache", min_length=1, max_length=64)
+    """Prefix of every key this cache writes; caches with different prefixes never meet."""
+    max_connections: int = Field(default=50, ge=1, le=10_000)
+    enable_circuit_breaker: bool = True
+    circuit_breaker_threshold: int = Field(default=5, ge=1)
+    """Consecutive failures that open the breaker."""
+    circuit_breaker_timeout: float = Field(default=5.0, gt=0)
+    """Seconds the breaker stays open before one probe is let through."""
+    log_level: LogLevel = "WARNING"
+    socket_timeout: float = Field(default=0.25, gt=0, le=60)
+    socket_connect_timeout: float = Field(default=0.5, gt=0, le=60)
+    max_value_bytes: int = Field(default=1_048_576, ge=64, le=512 * 1024 * 1024)
+    """Largest encoded entry stored; larger values are not cached (and count an error)."""
+    signing_secret: SecretStr | None = None
+    """When set, entries are HMAC-signed and unsigned or forged entries are ignored."""
+    memory_max_entries: int = Field(default=10_000, ge=1)
+    memory_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    write_lease: float = Field(default=60.0, gt=0, le=3600)
+    """Seconds a writer's "being written" mark survives if the writer dies before releasing it."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from None
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _check_url(cls, value: object) -> object:
+        if value is None or value == "":
+            return None
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(raw, str):
+            raise ValueError("must be a string such as redis://localhost:6379/0")
+        parts = urlsplit(raw)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"scheme {parts.scheme!r} is not supported in {redact_url(raw)!r}; "
+                "use redis://host:6379/0, rediss:// for TLS, or leave unset for memory"
+            )
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError(f"no host in {redact_url(raw)!r}; use redis://host:6379/0")
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise ValueError(f"bad port in {redact_url(raw)!r}") from None
+        return raw
+
+    @field_validator("default_ttl")
+    @classmethod
+    def _check_ttl(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be > 0 seconds, or None for no expiry")
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        bad = set(value) & set("{}\n\r\x00 :")
+        if bad:
+            raise ValueError(f"must not contain {sorted(bad)!r}; use letters, digits, - or _")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _apply_log_level(self) -> CacheConfig:
+        logging.getLogger("yokedcache_sa").setLevel(self.log_level)
+        return self
+
+    @property
+    def redis_url_redacted(self) -> str | None:
+        """The Redis URL with its password replaced by ``***``."""
+        return redact_url(self.redis_url.get_secret_value() if self.redis_url else None)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "redis_url":
+                yield name, self.redis_url_redacted
+            else:
+                yield name, value
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"CacheConfig.{field} (env YOKEDCACHE_{field.upper()}): {msg}")
+    return "invalid cache configuration:\n  " + "\n  ".join(lines)
