@@ -1,0 +1,74 @@
+"""Shared fixtures: real services on loopback, URLs from the environment.
+
+A service that does not answer is skipped locally and fails the run under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from yokedcache_sa import CacheConfig, YokedCache
+
+REDIS_URL = os.environ.get("YOKEDCACHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_URL = os.environ.get(
+    "YOKEDCACHE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+PG_ASYNC_URL = os.environ.get(
+    "YOKEDCACHE_TEST_PG_ASYNC_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+MARIADB_URL = os.environ.get(
+    "YOKEDCACHE_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
+)
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _port_open(url: str, default_port: int) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.replace("+psycopg", "").replace("+asyncpg", "").replace("+pymysql", ""))
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 1):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, url: str, default_port: int) -> None:
+    """Skip (locally) or fail (under CI=true) when *url* does not answer."""
+    if _port_open(url, default_port):
+        return
+    msg = f"{name} at {url} is not reachable"
+    if IN_CI:
+        pytest.fail(f"{msg}; CI=true requires every service", pytrace=False)
+    pytest.skip(msg)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require_service("Redis", REDIS_URL, 6379)
+    return REDIS_URL
+
+
+@pytest.fixture
+def unique_prefix() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def cache(request: pytest.FixtureRequest, unique_prefix: str) -> Iterator[YokedCache]:
+    """A YokedCache bound to each backend, with a private key prefix."""
+    if request.param == "memory":
+        c = YokedCache(CacheConfig(key_prefix=unique_prefix))
+    else:
+        require_service("Redis", REDIS_URL, 6379)
+        c = YokedCache(CacheConfig(redis_url=REDIS_URL, key_prefix=unique_prefix))
+    yield c
+    try:
+        c.clear_sync()
+    finally:
+        c.disconnect_sync()

@@ -1,0 +1,21 @@
+"""The SQLAlchemy ORM layer: cached reads, table tracking, commit-time invalidation."""
+
+from __future__ import annotations
+
+from .options import FromCache as FromCache
+from .options import NoCache as NoCache
+from .session import CachingQuery as CachingQuery
+from .session import CachingSession as CachingSession
+from .session import instrument_session as instrument_session
+from .session import state_of as state_of
+from .tracking import declare_dependency as declare_dependency
+
+__all__ = [
+    "CachingQuery",
+    "CachingSession",
+    "FromCache",
+    "NoCache",
+    "declare_dependency",
+    "instrument_session",
+    "state_of",
+]

@@ -1,0 +1,226 @@
+"""Turning ORM results into plain cacheable data and back into session-attached objects.
+
+A cached result is ``[rows, objects]``: rows hold scalars and references into ``objects``;
+each object is ``[class name, primary key, identity token, {column: value},
+{relationship: ref | [refs] | None}]`` — the column values as the database returned them and
+the relationships that the query itself loaded eagerly. Live ORM objects are never pickled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine.result import IteratorResult, Result, SimpleResultMetaData
+from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
+from sqlalchemy.orm.base import object_mapper
+
+__all__ = ["ResultShape", "freeze_rows", "thaw_rows"]
+
+
+class NotCacheable(Exception):
+    """The result holds something we do not cache (internal)."""
+
+
+@dataclass
+class ResultShape:
+    """What a process learns about a statement's result the first time it runs it."""
+
+    metadata: SimpleResultMetaData
+    attributes: Any
+    scalars_source: bool
+    require_unique: bool
+    mappers: dict[str, Mapper[Any]] = field(default_factory=dict)
+
+    def build(self, rows: list[Any]) -> Result[Any]:
+        result: IteratorResult[Any] = IteratorResult(self.metadata, iter(rows))
+        result._attributes = self.attributes
+        result._source_supports_scalars = self.scalars_source
+        if self.require_unique:
+
+            def require_unique(obj: object) -> None:
+                raise InvalidRequestError(
+                    "The unique() method must be invoked on this Result, "
+                    "as it contains results that include joined eager loads "
+                    "against collections"
+                )
+
+            result._unique_filter_state = (set(), require_unique)
+        return result
+
+
+def _name(mapper: Mapper[Any]) -> str:
+    cls = mapper.class_
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def reachable_mappers(roots: Iterable[Mapper[Any]]) -> dict[str, Mapper[Any]]:
+    """Every mapper a result rooted at *roots* can contain, by class name."""
+    out: dict[str, Mapper[Any]] = {}
+    todo = list(roots)
+    while todo:
+        m = todo.pop()
+        for sub in m.self_and_descendants:
+            name = _name(sub)
+            if name in out:
+                continue
+            out[name] = sub
+            todo.extend(r.mapper for r in sub.relationships)
+            todo.extend(sub.iterate_to_root())
+    return out
+
+
+class _Freezer:
+    def __init__(self) -> None:
+        self.objects: list[list[Any]] = []
+        self.memo: dict[int, int] = {}
+        self.mappers: dict[str, Mapper[Any]] = {}
+
+    def ref(self, obj: object) -> int:
+        oid = id(obj)
+        idx = self.memo.get(oid)
+        if idx is not None:
+            return idx
+        state = instance_state(obj)
+        mapper = state.mapper
+        if state.key is None:
+            raise NotCacheable("an object without identity")
+        idx = len(self.objects)
+        self.memo[oid] = idx
+        record: list[Any] = [_name(mapper), list(state.key[1]), state.key[2], {}, {}]
+        self.objects.append(record)
+        self.mappers[record[0]] = mapper
+        dict_ = state.dict
+        cols = record[3]
+        for prop in mapper.column_attrs:
+            k = prop.key
+            if k in dict_:
+                cols[k] = dict_[k]
+        rels = record[4]
+        for rel in mapper.relationships:
+            k = rel.key
+            if k not in dict_:
+                continue
+            value = dict_[k]
+            if value is None:
+                rels[k] = None
+            elif rel.uselist:
+                if not isinstance(value, list):
+                    raise NotCacheable(f"collection {k} is not a list")
+                rels[k] = [self.ref(v) for v in value]
+            else:
+                rels[k] = self.ref(value)
+        return idx
+
+
+def _is_entity(value: object) -> bool:
+    return hasattr(type(value), "_sa_class_manager")
+
+
+def freeze_rows(
+    data: Sequence[Any], scalars_source: bool
+) -> tuple[list[Any], dict[str, Mapper[Any]]]:
+    """Return ``([rows, objects, kinds], mappers)`` for rows of an ORM result.
+
+    ``kinds[i]`` is 1 where position *i* holds entities. Raises NotCacheable for results
+    holding objects that are not plain data or mapped instances with identity.
+    """
+    fz = _Freezer()
+    rows: list[Any] = []
+    kinds: list[int] | None = None
+    for row in data:
+        elems = (row,) if scalars_source else tuple(row)
+        if kinds is None:
+            kinds = [0] * len(elems)
+        out = []
+        for i, v in enumerate(elems):
+            if v is not None and _is_entity(v):
+                if kinds[i] == 2:
+                    raise NotCacheable("mixed column")
+                kinds[i] = 1
+                out.append(fz.ref(v))
+            else:
+                if kinds[i] == 1 and v is not None:
+                    raise NotCacheable("mixed column")
+                if v is not None:
+                    kinds[i] = kinds[i] or 2
+                out.append(v)
+        rows.append(out)
+    return [rows, fz.objects, [1 if k == 1 else 0 for k in (kinds or [])]], fz.mappers
+
+
+def thaw_rows(payload: Any, shape: ResultShape, session: Session) -> list[Any]:
+    """Rebuild rows from :func:`freeze_rows` data, objects attached to *session*.
+
+    Objects already in the identity map are reused and only their unloaded attributes are
+    filled (as a normal query does); their pending changes are never overwritten.
+
+    Raises:
+        NotCacheable: the payload names a class this statement cannot return.
+    """
+    rows, objects, kinds = payload
+    mappers = shape.mappers
+    imap = session.identity_map
+    built: list[Any] = [None] * len(objects)
+    fresh: list[bool] = [False] * len(objects)
+    for i, (name, pk, token, cols, _rels) in enumerate(objects):
+        mapper = mappers.get(name)
+        if mapper is None:
+            raise NotCacheable(f"unknown class {name}")
+        key = mapper.identity_key_from_primary_key(tuple(pk), identity_token=token)
+        obj = imap.get(key)
+        if obj is None:
+            obj = mapper.class_manager.new_instance()
+            state = instance_state(obj)
+            state.dict.update(cols)
+            state.key = key
+            state.identity_token = token
+            state.session_id = session.hash_key
+            imap._add_unpresent(state, key)
+            fresh[i] = True
+        else:
+            state = instance_state(obj)
+            if object_mapper(obj) is not mapper:
+                raise NotCacheable("identity map holds another class for this key")
+            unloaded = state.unloaded
+            if unloaded:
+                todo = [k for k in cols if k in unloaded]
+                for k in todo:
+                    state.dict[k] = cols[k]
+                if todo:
+                    state._commit(state.dict, todo)
+        built[i] = obj
+    for i, record in enumerate(objects):
+        rels = record[4]
+        if not rels:
+            continue
+        obj = built[i]
+        state = instance_state(obj)
+        dict_ = state.dict
+        for k, v in rels.items():
+            if not fresh[i] and k in dict_:
+                continue
+            if v is None:
+                value: Any = None
+            elif isinstance(v, list):
+                value = [built[j] for j in v]
+            else:
+                value = built[v]
+            set_committed_value(obj, k, value)
+    dispatch_load = session.dispatch.loaded_as_persistent
+    for i, is_new in enumerate(fresh):
+        if is_new:
+            state = instance_state(built[i])
+            if state.manager.dispatch.load:
+                state.manager.dispatch.load(state, None)
+            if dispatch_load:
+                dispatch_load(session, state)
+    if shape.scalars_source:
+        return [built[r[0]] if kinds[0] and r[0] is not None else r[0] for r in rows]
+    out = []
+    for r in rows:
+        out.append(tuple(built[v] if kinds[i] and v is not None else v for i, v in enumerate(r)))
+    return out

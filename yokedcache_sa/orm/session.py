@@ -1,0 +1,762 @@
+"""CachingSession, CachingQuery and the listeners that serve, store and invalidate.
+
+Reads (``do_orm_execute``): a cacheable SELECT is looked up; on a miss it runs in a private
+Session sharing the caller's connection and transaction (so the cached data are the rows the
+database returned, untouched by objects already in the caller's identity map), is frozen to
+plain data, stored under the snapshot observed *before* it ran, and thawed into the caller's
+session — the same path a hit takes.
+
+Writes (engine ``before_cursor_execute``): every INSERT/UPDATE/DELETE/DDL or raw SQL a session's
+connection executes marks its tables (plus FK-cascade and declared dependents) "being written"
+before it runs; the root ``after_commit`` bumps them; a rollback releases them. Reads of tables
+the open transaction wrote bypass the cache until the transaction ends.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import itertools
+import logging
+import threading
+import types
+import weakref
+from collections import OrderedDict
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from sqlalchemy import MetaData, event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.result import Result
+from sqlalchemy.orm import ORMExecuteState, Query, Session, SessionTransaction
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.selectable import Select
+
+from .. import codec
+from ..cache import DEFAULT_TTL, MISSING, TTL, YokedCache, get_default_cache
+from ..errors import InvalidationError, SerializationError
+from ..tags import ALL_TAG, Snapshot, table_tag
+from . import tracking
+from ._bridge import bridge
+from .options import FromCache, Hint, NoCache, hint_from
+from .results import NotCacheable, ResultShape, freeze_rows, reachable_mappers, thaw_rows
+
+__all__ = [
+    "CachingQuery",
+    "CachingSession",
+    "SessionCache",
+    "instrument_session",
+    "reading_collector",
+    "state_of",
+]
+
+log = logging.getLogger("yokedcache_sa")
+
+STATE_KEY: Final = "_yokedcache"
+_STATEMENT_LEVEL = frozenset({"READ COMMITTED", "AUTOCOMMIT"})
+_known_metadata: weakref.WeakSet[MetaData] = weakref.WeakSet()
+_begin_counter = itertools.count(1)
+
+
+# -- read collectors (tables read while something computes) --------------------------------
+
+
+@dataclass
+class Collector:
+    """Tables read by SQL executed while it is active (nested collectors feed their parents)."""
+
+    parent: Collector | None = None
+    tables: set[str] = field(default_factory=set)
+    unknown: str | None = None
+    started_at: int = field(default_factory=lambda: next(_begin_counter))
+    strict_snapshot: bool = False
+
+    def add(self, tags: Iterable[str]) -> None:
+        c: Collector | None = self
+        tags = tuple(tags)
+        while c is not None:
+            c.tables.update(tags)
+            c = c.parent
+
+    def mark_unknown(self, why: str) -> None:
+        c: Collector | None = self
+        while c is not None:
+            if c.unknown is None:
+                c.unknown = why
+            c = c.parent
+
+
+_collector: contextvars.ContextVar[Collector | None] = contextvars.ContextVar(
+    "yokedcache_collector", default=None
+)
+
+
+class reading_collector:
+    """Collect the tables read by SQL executed inside the ``with`` block."""
+
+    def __init__(self, strict_snapshot: bool = False) -> None:
+        self.collector = Collector(_collector.get(), strict_snapshot=strict_snapshot)
+        self._token: contextvars.Token[Collector | None] | None = None
+
+    def __enter__(self) -> Collector:
+        self._token = _collector.set(self.collector)
+        return self.collector
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None
+        _collector.reset(self._token)
+
+
+# -- per-session state ---------------------------------------------------------------------
+
+
+class SessionCache:
+    """Cache settings and transaction bookkeeping of one session."""
+
+    def __init__(
+        self,
+        cache: YokedCache | None,
+        *,
+        default_ttl: TTL = DEFAULT_TTL,
+        tags: Iterable[str] = (),
+        enabled: bool = True,
+    ) -> None:
+        self._cache = cache
+        self.default_ttl = default_ttl
+        self.tags = tuple(tags)
+        self.enabled = enabled
+        self._reset()
+
+    @property
+    def cache(self) -> YokedCache:
+        """The cache this session uses (the default cache when none was given)."""
+        c = self._cache if self._cache is not None else get_default_cache()
+        return c._target()
+
+    def _reset(self) -> None:
+        self.writer: str | None = None
+        self.marked: set[str] = set()
+        self.written: set[str] = set()
+        self.horizon: int | None = None
+        self.candidate: int | None = None
+        self.snapshot_isolated = False
+        self.dirty_reads = False
+        self.conn_begun = False
+        self.no_store = False
+        self.db_commit_started = False
+        self.committed = False
+        self.conns: list[weakref.ref[Connection]] = []
+
+    # writes --------------------------------------------------------------------------------
+
+    def note_written(self, tags: Iterable[str]) -> None:
+        """Record tables written by a statement about to run; mark the new ones."""
+        tags = tracking.cascade_closure(tags, list(_known_metadata))
+        self.written.update(tags)
+        new = [t for t in tags if t not in self.marked]
+        if not new:
+            return
+        if self.writer is None:
+            self.writer = YokedCache.new_writer()
+        self.marked.update(new)
+        cache = self.cache
+        bridge(cache.begin_write_sync, cache.begin_write, new, self.writer)
+
+    def finish(self, committed: bool) -> None:
+        """End the transaction: bump marked tags after a commit, else release them."""
+        marked, writer = sorted(self.marked), self.writer
+        conns = self.conns
+        self._reset()
+        for ref in conns:
+            conn = ref()
+            if conn is not None:
+                conn.__dict__.pop("_yc_state", None)
+        if not marked or writer is None:
+            return
+        cache = self.cache
+        if committed:
+            try:
+                bridge(cache.end_write_sync, cache.end_write, marked, writer)
+            except InvalidationError as exc:
+                # The commit happened; the cache keeps the tags pending (bypassed here,
+                # retried) — see docs/consistency.md for what other processes may see.
+                log.error("yokedcache: %s", exc)
+        else:
+            bridge(cache.release_sync, cache.release, marked, writer)
+
+
+def state_of(session: Session) -> SessionCache | None:
+    """The cache state of *session*, or None for a session that does not cache."""
+    st: SessionCache | None = session.info.get(STATE_KEY)
+    return st
+
+
+# -- statement shapes (in-process knowledge per statement structure) -----------------------
+
+
+@dataclass
+class _Shape:
+    digest: str | None
+    tables: frozenset[str]
+    why_not: str = ""
+    result: ResultShape | None = None
+    roots: tuple[Any, ...] = ()
+
+
+_shapes: OrderedDict[Any, _Shape] = OrderedDict()
+_shapes_lock = threading.Lock()
+_MAX_SHAPES = 2000
+_bind_ids: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
+def _bind_id(bind: Any) -> str:
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    ident = _bind_ids.get(engine)
+    if ident is None:
+        ident = f"{engine.dialect.name}|{engine.url.render_as_string(hide_password=True)}"
+        _bind_ids[engine] = ident
+    return ident
+
+
+def _stable(obj: Any, out: list[str]) -> bool:
+    """Append a process-independent rendering of a cache-key structure; False if impossible."""
+    if isinstance(obj, tuple | list):
+        out.append("(")
+        for x in obj:
+            if not _stable(x, out):
+                return False
+        out.append(")")
+        return True
+    mapper = getattr(obj, "class_manager", None)
+    if mapper is not None and hasattr(obj, "local_table"):
+        cls = obj.class_
+        out.append(f"M<{cls.__module__}.{cls.__qualname__}:{obj.local_table}>")
+        return True
+    if isinstance(obj, types.FunctionType | types.BuiltinFunctionType | type):
+        qual = getattr(obj, "__qualname__", "")
+        if "<" in qual:  # lambdas and locals have no process-independent name
+            return False
+        out.append(f"F<{obj.__module__}.{qual}>,")
+        return True
+    r = repr(obj)
+    if " at 0x" in r or " object at " in r:
+        return False
+    out.append(r)
+    out.append(",")
+    return True
+
+
+def _make_shape(statement: Any, ck_key: Any, bind: Any, hint: Hint) -> _Shape:
+    if not isinstance(statement, Select):
+        return _Shape(None, frozenset(), "not a select()")
+    for el in visitors.iterate(statement):
+        if isinstance(el, TextClause) and not hint.tables:
+            return _Shape(None, frozenset(), "contains text(); pass FromCache(tables=[...])")
+    try:
+        compiled = statement.compile(bind=bind)
+    except Exception as exc:  # cannot compile for this bind: let SQLAlchemy raise normally
+        return _Shape(None, frozenset(), f"does not compile: {exc}")
+    tables = tracking.read_tables(compiled, statement)
+    for el in visitors.iterate(
+        getattr(getattr(compiled, "compile_state", None), "statement", statement)
+    ):
+        md = getattr(el, "metadata", None)
+        if isinstance(md, MetaData):
+            _known_metadata.add(md)
+    tables = tables | {table_tag(*_split(t)) for t in hint.tables}
+    if not tables:
+        return _Shape(None, frozenset(), "reads no table")
+    parts: list[str] = [_bind_id(bind), "|"]
+    if not _stable(ck_key, parts):
+        return _Shape(None, tables, "structure has no stable key")
+    digest = hashlib.blake2b("".join(parts).encode(), digest_size=16).hexdigest()
+    return _Shape(digest, frozenset(tables))
+
+
+def _split(name: str) -> tuple[str, str | None]:
+    schema, _, table = name.rpartition(".")
+    return table, schema or None
+
+
+def _shape_for(statement: Any, ck_key: Any, bind: Any, hint: Hint) -> _Shape:
+    k = (ck_key, _bind_id(bind), hint.tables)
+    shape = _shapes.get(k)
+    if shape is None:
+        shape = _make_shape(statement, ck_key, bind, hint)
+        with _shapes_lock:
+            _shapes[k] = shape
+            while len(_shapes) > _MAX_SHAPES:
+                _shapes.popitem(last=False)
+    return shape
+
+
+def _params(params: Any) -> Any:
+    if not params:
+        return None
+    if isinstance(params, dict):
+        return dict(params)
+    return [dict(p) for p in params]
+
+
+_LOAD_OPTION_KEYS = ("_only_return_tuples", "_legacy_uniquing", "_invoke_all_eagers")
+
+
+def _key(shape: _Shape, ck: Any, ox: ORMExecuteState) -> str | None:
+    try:
+        values = [bp.effective_value for bp in ck.bindparams]
+        lo = ox.load_options
+        extra = [getattr(lo, k, None) for k in _LOAD_OPTION_KEYS]
+        eo = ox.execution_options
+        raw = codec.pack_value(
+            [
+                values,
+                _params(ox.parameters),
+                extra,
+                eo.get("identity_token"),
+                repr(sorted(eo.get("schema_translate_map", {}).items()))
+                if eo.get("schema_translate_map")
+                else None,
+            ]
+        )
+    except (SerializationError, TypeError, AttributeError):
+        return None
+    assert shape.digest is not None
+    return "q:" + hashlib.blake2b(shape.digest.encode() + raw, digest_size=20).hexdigest()
+
+
+# -- the read listener ---------------------------------------------------------------------
+
+
+def _cacheable(ox: ORMExecuteState, st: SessionCache, hint: Hint) -> bool:
+    if not hint.enabled or not ox.is_select or ox.is_column_load:
+        return False
+    eo = ox.execution_options
+    lo = ox.load_options
+    if (
+        eo.get("populate_existing")
+        or eo.get("yield_per")
+        or eo.get("stream_results")
+        or eo.get("isolation_level") == "READ UNCOMMITTED"
+        or getattr(lo, "_populate_existing", False)
+        or getattr(lo, "_yield_per", None)
+    ):
+        return False
+    return getattr(ox.statement, "_for_update_arg", None) is None and not st.dirty_reads
+
+
+def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
+    session = ox.session
+    st = state_of(session)
+    if st is None or not st.enabled:
+        return None
+    hint = hint_from(ox.user_defined_options, ox.execution_options)
+    if not _cacheable(ox, st, hint):
+        return None
+    # The uncached query would autoflush first: pending changes become writes that make
+    # their tables bypass the cache for the rest of the transaction.
+    if session.autoflush and getattr(ox.load_options, "_autoflush", True):
+        session._autoflush()
+    if ALL_TAG in st.written:
+        return None
+    statement: Any = ox.statement
+    ck = statement._generate_cache_key()
+    if ck is None:
+        return None
+    bind = session.get_bind(**ox.bind_arguments)
+    shape = _shape_for(statement, ck.key, bind, hint)
+    if shape.digest is None or shape.tables & st.written:
+        return None
+    key = _key(shape, ck, ox)
+    if key is None:
+        return None
+    cache = st.cache
+    horizon = st.horizon if st.conn_begun and st.snapshot_isolated else None
+    look = bridge(cache.lookup_sync, cache.lookup, key, horizon=horizon)
+    outer = _collector.get()
+    if look.value is not MISSING and shape.result is not None:
+        try:
+            rows = thaw_rows(look.value, shape.result, session)
+        except (NotCacheable, ValueError, TypeError, KeyError, IndexError) as exc:
+            log.warning("yokedcache: ignoring an unusable cached result: %s", exc)
+        else:
+            if outer is not None:
+                outer.add(shape.tables)
+                outer.add(t for t in look.tags if t.startswith("table:"))
+            return shape.result.build(rows)
+    return _run_and_store(ox, st, shape, hint, key, look.snapshot, outer)
+
+
+def _run_and_store(
+    ox: ORMExecuteState,
+    st: SessionCache,
+    shape: _Shape,
+    hint: Hint,
+    key: str,
+    snapshot: Snapshot | None,
+    outer: Collector | None,
+) -> Result[Any] | None:
+    session = ox.session
+    if snapshot is not None and not st.conn_begun:
+        st.candidate = snapshot.seq
+    conn = session.connection(bind_arguments=ox.bind_arguments)
+    eo = dict(ox.execution_options)
+    lo = eo.get("_sa_orm_load_options")
+    if lo is not None and getattr(lo, "_lazy_loaded_from", None) is not None:
+        eo["_sa_orm_load_options"] = lo + {"_lazy_loaded_from": None}
+    eo["yokedcache"] = False
+    private = Session(
+        bind=conn, autoflush=False, expire_on_commit=False, join_transaction_mode="rollback_only"
+    )
+    try:
+        with reading_collector() as col:
+            result = private.execute(ox.statement, ox.parameters or None, execution_options=eo)
+            frozen = result.freeze()
+        require_unique = getattr(result, "_unique_filter_state", None) is not None
+        try:
+            payload, mappers = freeze_rows(frozen.data, frozen._source_supports_scalars)
+        except NotCacheable as exc:
+            log.debug("yokedcache: result not cacheable (%s); running it uncached", exc)
+            shape.digest = None
+            return None
+    finally:
+        private.close()
+    if shape.result is None:
+        shape.roots = tuple(ox.all_mappers)
+        shape.result = ResultShape(
+            frozen.metadata,  # type: ignore[arg-type]  # frozen metadata is always simple
+            frozen._attributes,
+            frozen._source_supports_scalars,
+            require_unique,
+            reachable_mappers(shape.roots),
+        )
+    known = shape.result.mappers
+    for name, m in mappers.items():
+        known.setdefault(name, m)
+    if outer is not None:
+        outer.add(shape.tables)
+        outer.add(col.tables)
+        if col.unknown:
+            outer.mark_unknown(col.unknown)
+    tags = set(shape.tables) | col.tables | set(hint.tags) | set(st.tags)
+    if snapshot is not None and not col.unknown and not st.no_store and not (tags & st.written):
+        seq = snapshot.seq
+        if st.snapshot_isolated and st.horizon is not None:
+            seq = min(seq, st.horizon)
+        elif st.snapshot_isolated:
+            seq = -1  # horizon unknown: nothing is provably fresh
+        if seq >= 0:
+            ttl = hint.ttl if not isinstance(hint.ttl, type(DEFAULT_TTL)) else st.default_ttl
+            cache = st.cache
+            try:
+                bridge(
+                    cache.store_sync,
+                    cache.store,
+                    key,
+                    payload,
+                    tags=tags,
+                    snapshot=Snapshot(snapshot.epoch, seq),
+                    ttl=ttl,
+                )
+            except SerializationError as exc:
+                log.debug("yokedcache: result not cacheable: %s", exc)
+    try:
+        rows = thaw_rows(payload, shape.result, session)
+    except NotCacheable as exc:
+        log.debug("yokedcache: cannot rebuild result (%s); running it uncached", exc)
+        shape.digest = None
+        return None
+    return shape.result.build(rows)
+
+
+# -- transaction listeners -----------------------------------------------------------------
+
+
+def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    st = state_of(session)
+    if st is None:
+        return
+    connection.__dict__["_yc_state"] = st
+    st.conns.append(weakref.ref(connection))
+    iso = connection.get_execution_options().get("isolation_level") or getattr(
+        connection, "default_isolation_level", None
+    )
+    iso = (iso or "").upper()
+    if iso == "READ UNCOMMITTED":
+        st.dirty_reads = True
+    if iso not in _STATEMENT_LEVEL and not st.snapshot_isolated:
+        st.snapshot_isolated = True
+    if st.snapshot_isolated and st.horizon is None and not st.conn_begun:
+        if st.candidate is not None:
+            st.horizon = st.candidate
+        else:
+            cache = st.cache
+            snap = bridge(cache.observe_sync, cache.observe)
+            if snap is None:
+                st.no_store = True
+            else:
+                st.horizon = snap.seq
+    st.conn_begun = True
+    st.candidate = None
+
+
+def _after_commit(session: Session) -> None:
+    st = state_of(session)
+    if st is None:
+        return
+    st.committed = True
+    st.finish(committed=True)
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is not None:
+        return  # savepoints: keep the outer transaction's marks and written tables
+    st = state_of(session)
+    if st is None:
+        return
+    # COMMIT was sent but did not return: the outcome is unknown, so invalidate.
+    st.finish(committed=st.db_commit_started)
+
+
+# -- engine listeners: writes, and reads inside collectors ---------------------------------
+
+
+def _compiled_tables(compiled: Any) -> frozenset[str] | None:
+    cached = compiled.__dict__.get("_yc_read_tables", False)
+    if cached is not False:
+        return cached  # type: ignore[no-any-return]
+    stmt = compiled.statement
+    tables: frozenset[str] | None
+    if any(isinstance(el, TextClause) for el in visitors.iterate(stmt)):
+        tables = None
+    else:
+        tables = tracking.read_tables(compiled, stmt)
+    compiled.__dict__["_yc_read_tables"] = tables
+    return tables
+
+
+def _before_cursor_execute(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    st: SessionCache | None = conn.__dict__.get("_yc_state")
+    col = _collector.get()
+    if st is None and col is None:
+        return
+    compiled = getattr(context, "compiled", None)
+    is_dml = bool(
+        context is not None and (context.isinsert or context.isupdate or context.isdelete)
+    )
+    is_ddl = bool(context is not None and getattr(context, "isddl", False))
+    written: frozenset[str] | None = frozenset()
+    if is_ddl:
+        written = None
+    elif is_dml and compiled is not None:
+        written = tracking.written_tables_of_statement(compiled.statement)
+    elif compiled is None or isinstance(getattr(compiled, "statement", None), TextClause):
+        written = tracking.written_tables_of_sql(statement)
+    if st is not None and written != frozenset():
+        if written is None:
+            log.warning(
+                "yokedcache: cannot tell which tables this SQL writes, invalidating the whole "
+                "cache at commit: %.200s",
+                statement,
+            )
+            written = frozenset({ALL_TAG})
+        st.note_written(written)
+    if col is not None and not is_dml and not is_ddl and written == frozenset():
+        if compiled is None or isinstance(getattr(compiled, "statement", None), TextClause):
+            col.mark_unknown("raw SQL read")
+            return
+        tables = _compiled_tables(compiled)
+        if tables is None:
+            col.mark_unknown("text() inside a query")
+            return
+        col.add(tables)
+        if col.strict_snapshot:
+            begun = conn.__dict__.get("_yc_begun_at", 0)
+            iso = (
+                conn.get_execution_options().get("isolation_level")
+                or getattr(conn, "default_isolation_level", "")
+                or ""
+            ).upper()
+            if begun < col.started_at and iso not in _STATEMENT_LEVEL:
+                col.mark_unknown("a snapshot transaction that began before the computation")
+
+
+def _on_begin(conn: Connection) -> None:
+    conn.__dict__["_yc_begun_at"] = next(_begin_counter)
+
+
+def _on_commit(conn: Connection) -> None:
+    st: SessionCache | None = conn.__dict__.get("_yc_state")
+    if st is not None:
+        st.db_commit_started = True
+
+
+_installed = False
+_install_lock = threading.Lock()
+
+
+def _install_engine_listeners() -> None:
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        event.listen(Engine, "before_cursor_execute", _before_cursor_execute)
+        event.listen(Engine, "begin", _on_begin)
+        event.listen(Engine, "commit", _on_commit)
+        _installed = True
+
+
+_SESSION_EVENTS = (
+    ("do_orm_execute", _on_execute),
+    ("after_begin", _after_begin),
+    ("after_commit", _after_commit),
+    ("after_transaction_end", _after_transaction_end),
+)
+
+
+# -- public classes ------------------------------------------------------------------------
+
+
+class _Done:
+    """An already-finished awaitable: ``await session.commit()`` works on a sync session."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+    def __repr__(self) -> str:
+        return "<committed>"
+
+
+DONE: Final = _Done()
+
+
+class CachingQuery(Query[Any]):
+    """Legacy ``session.query()`` with cache hints.
+
+    Example::
+
+        session.query(User).filter(User.active).cache(ttl=60, tags=["users"]).all()
+        session.query(Report).no_cache().all()
+    """
+
+    def cache(
+        self, ttl: TTL = DEFAULT_TTL, tags: Iterable[str] = (), *, tables: Iterable[str] = ()
+    ) -> CachingQuery:
+        """Cache this query with *ttl* and extra *tags*."""
+        return self.options(FromCache(ttl, tags, tables=tables))
+
+    def no_cache(self) -> CachingQuery:
+        """Run this query against the database only."""
+        return self.options(NoCache())
+
+
+class CachingSession(Session):
+    """A Session whose ORM reads are cached and whose commits invalidate what they wrote.
+
+    Args:
+        cache: the :class:`~yokedcache_sa.YokedCache` to use (the default cache if omitted).
+        default_ttl: TTL of entries stored by this session (the cache's default if omitted).
+        tags: extra tags on every entry this session stores.
+        table_name: shorthand for ``tags=["table:<table_name>"]``.
+        **kw: passed to :class:`sqlalchemy.orm.Session`.
+
+    ``commit()`` also returns an already-finished awaitable, so ``await session.commit()``
+    works in async routes that use a sync session.
+
+    Example::
+
+        SessionLocal = sessionmaker(engine, class_=CachingSession, cache=cache)
+        AsyncSessionLocal = async_sessionmaker(
+            async_engine, sync_session_class=CachingSession, cache=cache
+        )
+    """
+
+    def __init__(
+        self,
+        bind: Any = None,
+        *,
+        cache: YokedCache | None = None,
+        default_ttl: TTL = DEFAULT_TTL,
+        tags: Iterable[str] = (),
+        table_name: str | None = None,
+        **kw: Any,
+    ) -> None:
+        kw.setdefault("query_cls", CachingQuery)
+        super().__init__(bind, **kw)
+        extra = (*tags, table_tag(table_name)) if table_name else tuple(tags)
+        self.info[STATE_KEY] = SessionCache(cache, default_ttl=default_ttl, tags=extra)
+
+    def commit(self) -> _Done:  # type: ignore[override]
+        """Commit, invalidate what the transaction wrote, and return a finished awaitable."""
+        _commit_and_finish(self, Session.commit)
+        return DONE
+
+    @property
+    def yokedcache(self) -> SessionCache:
+        """This session's cache settings."""
+        st = state_of(self)
+        assert st is not None
+        return st
+
+
+def _commit_and_finish(session: Session, commit: Any) -> None:
+    try:
+        commit(session)
+    finally:
+        st = state_of(session)
+        if st is not None and (st.marked or st.writer):
+            # An exception in another after_commit listener skipped ours: finish here.
+            st.finish(committed=st.committed or st.db_commit_started)
+
+
+def instrument_session(
+    session: Session,
+    cache: YokedCache | None = None,
+    *,
+    default_ttl: TTL = DEFAULT_TTL,
+    tags: Iterable[str] = (),
+    table_name: str | None = None,
+) -> Session:
+    """Make an existing plain Session cache its reads and invalidate on commit.
+
+    Returns the same session. Its ``commit()`` then also returns a finished awaitable.
+    Instrumenting a :class:`CachingSession` only updates its settings.
+    """
+    _install_engine_listeners()
+    extra = (*tags, table_tag(table_name)) if table_name else tuple(tags)
+    st = state_of(session)
+    if st is not None:
+        if cache is not None:
+            st._cache = cache
+        st.tags = tuple(dict.fromkeys((*st.tags, *extra)))
+        if not isinstance(default_ttl, type(DEFAULT_TTL)):
+            st.default_ttl = default_ttl
+        return session
+    session.info[STATE_KEY] = SessionCache(cache, default_ttl=default_ttl, tags=extra)
+    if not isinstance(session, CachingSession):
+        for name, fn in _SESSION_EVENTS:
+            event.listen(session, name, fn)
+        plain_commit = type(session).commit
+
+        def commit() -> _Done:
+            _commit_and_finish(session, plain_commit)
+            return DONE
+
+        session.commit = commit  # type: ignore[method-assign,assignment]  # awaitable commit
+    return session
+
+
+for _name, _fn in _SESSION_EVENTS:
+    event.listen(CachingSession, _name, _fn)
+_install_engine_listeners()

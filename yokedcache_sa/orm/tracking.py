@@ -1,0 +1,233 @@
+"""Which tables a statement reads or writes, including FK cascades and raw SQL text."""
+
+from __future__ import annotations
+
+import logging
+import re
+import weakref
+from collections.abc import Iterable
+
+from sqlalchemy import MetaData, Table
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.expression import TableClause
+
+from ..tags import ALL_TAG, table_tag
+
+__all__ = [
+    "cascade_closure",
+    "declare_dependency",
+    "dependencies",
+    "read_tables",
+    "tables_in",
+    "written_tables_of_sql",
+]
+
+log = logging.getLogger("yokedcache_sa")
+
+
+def _tag_of(t: TableClause) -> str:
+    return table_tag(t.name, getattr(t, "schema", None))
+
+
+def tables_in(element: object) -> frozenset[str]:
+    """Tags of every table referenced anywhere inside a Core element (FROM, JOIN,
+    subqueries, CTEs, aliases)."""
+    out: set[str] = set()
+    for el in visitors.iterate(element):  # type: ignore[arg-type]
+        if isinstance(el, TableClause):
+            out.add(_tag_of(el))
+    return frozenset(out)
+
+
+def read_tables(compiled: object, statement: object) -> frozenset[str]:
+    """Tags of the tables a compiled SELECT reads (ORM eager joins and inheritance included)."""
+    state = getattr(compiled, "compile_state", None)
+    core = getattr(state, "statement", None)
+    if core is None:
+        return tables_in(statement)
+    return tables_in(core) | tables_in(statement)
+
+
+# -- writes -------------------------------------------------------------------------------
+
+_WRITE_VERB = re.compile(
+    r"^\s*(?:/\*.*?\*/\s*)*(INSERT|UPDATE|DELETE|REPLACE|MERGE|TRUNCATE|UPSERT|ALTER|DROP|"
+    r"CREATE|RENAME|COPY|LOAD|CALL|EXEC|EXECUTE|DO|GRANT|REVOKE|VACUUM|ANALYZE|SET|BEGIN|"
+    r"COMMIT|ROLLBACK|SAVEPOINT|RELEASE|WITH|SELECT|SHOW|EXPLAIN|PRAGMA|DESCRIBE|VALUES)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+_NAME = r"((?:[`\"\[]?[\w$]+[`\"\]]?\.)?[`\"\[]?[\w$]+[`\"\]]?)"
+_TARGET = re.compile(
+    r"^\s*(?:INSERT\s+(?:(?:LOW_PRIORITY|DELAYED|HIGH_PRIORITY|IGNORE|OR\s+\w+)\s+)*(?:INTO\s+)?"
+    r"|REPLACE\s+(?:(?:LOW_PRIORITY|DELAYED)\s+)?(?:INTO\s+)?"
+    r"|UPDATE\s+(?:(?:LOW_PRIORITY|IGNORE|OR\s+\w+|ONLY)\s+)*"
+    r"|DELETE\s+(?:(?:LOW_PRIORITY|QUICK|IGNORE)\s+)*FROM\s+(?:ONLY\s+)?"
+    r"|TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?)" + _NAME + r"\s*(.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_READ_ONLY = frozenset(
+    {
+        "SELECT",
+        "SHOW",
+        "EXPLAIN",
+        "PRAGMA",
+        "DESCRIBE",
+        "VALUES",
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT",
+        "RELEASE",
+        "SET",
+        "ANALYZE",
+    }
+)
+
+
+def _unquote(name: str) -> str:
+    return ".".join(p.strip('`"[]') for p in name.split("."))
+
+
+def written_tables_of_sql(sql: str) -> frozenset[str] | None:
+    """Tags of the tables a raw SQL string writes.
+
+    Returns an empty set for statements that write nothing, and None when the statement may
+    write but its targets cannot be determined with confidence (the caller then invalidates
+    everything and logs why).
+    """
+    m = _WRITE_VERB.match(sql)
+    if m is None:
+        return None
+    verb = m.group(1).upper()
+    if verb in _READ_ONLY:
+        if verb == "SELECT" and re.search(r"\bINTO\b", sql, re.IGNORECASE):
+            return None  # SELECT … INTO creates or writes a table
+        return frozenset()
+    if verb in (
+        "WITH",
+        "MERGE",
+        "UPSERT",
+        "ALTER",
+        "DROP",
+        "CREATE",
+        "RENAME",
+        "COPY",
+        "LOAD",
+        "CALL",
+        "EXEC",
+        "EXECUTE",
+        "DO",
+        "GRANT",
+        "REVOKE",
+        "VACUUM",
+    ):
+        if verb == "WITH" and not re.search(
+            r"\b(INSERT|UPDATE|DELETE|MERGE)\b", sql, re.IGNORECASE
+        ):
+            return frozenset()
+        return None
+    body = sql.strip().rstrip(";")
+    if ";" in body:
+        return None  # several statements in one string
+    t = _TARGET.match(body)
+    if t is None:
+        return None
+    name, rest = _unquote(t.group(1)), t.group(2)
+    if verb in ("UPDATE", "DELETE") and re.search(
+        r"\bJOIN\b|,\s*[\w`\"]",
+        rest.split(" SET ")[0] if verb == "UPDATE" else rest.split(" WHERE ")[0],
+        re.IGNORECASE,
+    ):
+        return None  # multi-table UPDATE/DELETE (MySQL): targets unclear
+    schema, _, table = name.rpartition(".")
+    return frozenset({table_tag(table, schema or None)})
+
+
+def written_tables_of_statement(statement: object) -> frozenset[str] | None:
+    """Tags of the tables a Core/ORM DML statement writes (None if not determinable)."""
+    if isinstance(statement, UpdateBase):
+        table = getattr(statement, "table", None)
+        out: set[str] = set()
+        if isinstance(table, TableClause):
+            out.add(_tag_of(table))
+        entity = getattr(table, "_annotations", {}).get("parententity")
+        if entity is not None:
+            for t in getattr(entity, "tables", ()):
+                out.add(_tag_of(t))
+        # MySQL multi-table UPDATE … FROM / extra froms
+        for extra in getattr(statement, "_extra_froms", ()) or ():
+            out |= tables_in(extra)
+        return frozenset(out) if out else None
+    if isinstance(statement, TextClause):
+        return written_tables_of_sql(statement.text)
+    return None
+
+
+# -- FK cascades and declared dependencies ------------------------------------------------
+
+_cascade_cache: weakref.WeakKeyDictionary[MetaData, tuple[int, dict[str, set[str]]]] = (
+    weakref.WeakKeyDictionary()
+)
+_declared: dict[str, set[str]] = {}
+
+
+def declare_dependency(table: str, depends_on: Iterable[str]) -> None:
+    """Declare that *table* (a view, a trigger-fed table) changes when *depends_on* change.
+
+    A write to any of *depends_on* then also invalidates results that read *table*.
+
+    Example::
+
+        declare_dependency("user_stats_view", ["users", "orders"])
+    """
+    for base in depends_on:
+        _declared.setdefault(table_tag(base), set()).add(table_tag(table))
+
+
+def dependencies() -> dict[str, frozenset[str]]:
+    """The declared dependencies, base table tag -> dependent table tags."""
+    return {k: frozenset(v) for k, v in _declared.items()}
+
+
+def _fk_map(metadata: MetaData) -> dict[str, set[str]]:
+    cached = _cascade_cache.get(metadata)
+    if cached is not None and cached[0] == len(metadata.tables):
+        return cached[1]
+    rev: dict[str, set[str]] = {}
+    for t in metadata.tables.values():
+        for fk in t.foreign_keys:
+            acts = {(fk.ondelete or "").upper(), (fk.onupdate or "").upper()}
+            if acts & {"CASCADE", "SET NULL", "SET DEFAULT"}:
+                try:
+                    parent = fk.column.table
+                except Exception:  # unresolvable FK target: nothing to cascade from
+                    continue
+                rev.setdefault(_tag_of(parent), set()).add(_tag_of(t))
+    _cascade_cache[metadata] = (len(metadata.tables), rev)
+    return rev
+
+
+def cascade_closure(tags: Iterable[str], metadatas: Iterable[MetaData]) -> frozenset[str]:
+    """*tags* plus every table changed by FK ON DELETE/UPDATE actions or declared
+    dependencies, transitively."""
+    maps = [_fk_map(m) for m in metadatas]
+    out = set(tags)
+    todo = list(out)
+    while todo:
+        t = todo.pop()
+        nxt: set[str] = set(_declared.get(t, ()))
+        for rev in maps:
+            nxt |= rev.get(t, set())
+        for n in nxt - out:
+            out.add(n)
+            todo.append(n)
+    if ALL_TAG in out:
+        return frozenset({ALL_TAG})
+    return frozenset(out)
+
+
+def metadata_of(table: object) -> MetaData | None:
+    """The MetaData a Table belongs to, if any."""
+    return table.metadata if isinstance(table, Table) else None
