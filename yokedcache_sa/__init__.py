@@ -7,6 +7,7 @@ that writes a table invalidates every cached result that read it, in every proce
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from .cache import DEFAULT_TTL as DEFAULT_TTL
@@ -26,7 +27,7 @@ from .errors import YokedCacheError as YokedCacheError
 
 __version__ = "0.1.0"
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped: core names, then lazily imported ones
     "DEFAULT_TTL",
     "MISSING",
     "BackendError",
@@ -42,11 +43,39 @@ __all__ = [
     "__version__",
     "get_default_cache",
     "set_default_cache",
+    "CachingQuery",
+    "CachingSession",
+    "FromCache",
+    "NoCache",
+    "cache_router",
+    "cached",
+    "cached_dependency",
+    "declare_dependency",
+    "instrument_session",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The ORM and FastAPI layers import SQLAlchemy / FastAPI; load them on first use.
-    from . import _lazy
+_LAZY = {
+    "CachingSession": "yokedcache_sa.orm",
+    "CachingQuery": "yokedcache_sa.orm",
+    "FromCache": "yokedcache_sa.orm",
+    "NoCache": "yokedcache_sa.orm",
+    "instrument_session": "yokedcache_sa.orm",
+    "declare_dependency": "yokedcache_sa.orm",
+    "cached": "yokedcache_sa.functions",
+    "cached_dependency": "yokedcache_sa.integrations.fastapi",
+    "cache_router": "yokedcache_sa.integrations.fastapi",
+}
 
-    return _lazy.resolve(name)
+
+def __getattr__(name: str) -> Any:
+    # The ORM and FastAPI layers import SQLAlchemy / FastAPI; load them on first use, so
+    # that importing yokedcache_sa works without the fastapi extra.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'yokedcache_sa' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -331,7 +331,7 @@ class YokedCache:
         except CorruptEntryError as exc:
             self._count_error("ignored a bad entry (treated as a miss): %s", exc)
             return MISSING, None
-        if fetched.tags and tuple(fetched.tags) != entry.tags:
+        if tuple(fetched.tags) != entry.tags:
             self._count_error("ignored an entry whose stored tags disagree with its header")
             return MISSING, None
         if blocked or not is_fresh(entry.epoch, entry.seq, fetched.snapshot, horizon):

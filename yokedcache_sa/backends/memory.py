@@ -115,6 +115,9 @@ class MemoryBackend:
                 return StoreOutcome.STALE
             if marked:
                 return StoreOutcome.BEING_WRITTEN
+            if len(payload) > self.max_bytes:
+                # It could never be kept: refuse it instead of evicting every other entry.
+                return StoreOutcome.STALE
             if key in self._entries:
                 self._drop(key)
             self._entries[key] = (tuple(tags), payload, now + ttl if ttl else _INF)

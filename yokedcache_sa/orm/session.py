@@ -440,7 +440,8 @@ def _run_and_store(
         if col.unknown:
             outer.mark_unknown(col.unknown)
     tags = set(shape.tables) | col.tables | set(hint.tags) | set(st.tags)
-    if snapshot is not None and not col.unknown and not st.no_store and not (tags & st.written):
+    unknown = col.unknown if not hint.tables else None
+    if snapshot is not None and not unknown and not st.no_store and not (tags & st.written):
         seq = snapshot.seq
         if st.snapshot_isolated and st.horizon is not None:
             seq = min(seq, st.horizon)
@@ -544,14 +545,17 @@ def _before_cursor_execute(
     context: Any,
     executemany: bool,
 ) -> None:
-    st: SessionCache | None = conn.__dict__.get("_yc_state")
+    cd = conn.__dict__
+    st: SessionCache | None = cd.get("_yc_state")
     col = _collector.get()
-    if st is None and col is None:
-        return
-    compiled = getattr(context, "compiled", None)
     is_dml = bool(
         context is not None and (context.isinsert or context.isupdate or context.isdelete)
     )
+    if is_dml:
+        cd["_yc_dirty"] = True  # this transaction now sees its own uncommitted rows
+    if st is None and col is None:
+        return
+    compiled = getattr(context, "compiled", None)
     is_ddl = bool(context is not None and getattr(context, "isddl", False))
     written: frozenset[str] | None = frozenset()
     if is_ddl:
@@ -560,6 +564,8 @@ def _before_cursor_execute(
         written = tracking.written_tables_of_statement(compiled.statement)
     elif compiled is None or isinstance(getattr(compiled, "statement", None), TextClause):
         written = tracking.written_tables_of_sql(statement)
+    if written != frozenset():
+        cd["_yc_dirty"] = True
     if st is not None and written != frozenset():
         if written is None:
             log.warning(
@@ -579,6 +585,12 @@ def _before_cursor_execute(
             return
         col.add(tables)
         if col.strict_snapshot:
+            if st is not None:
+                own = bool(tables & st.written) or ALL_TAG in st.written
+            else:
+                own = bool(cd.get("_yc_dirty"))
+            if own:
+                col.mark_unknown("a read of its own transaction's uncommitted writes")
             begun = conn.__dict__.get("_yc_begun_at", 0)
             iso = (
                 conn.get_execution_options().get("isolation_level")
@@ -591,12 +603,18 @@ def _before_cursor_execute(
 
 def _on_begin(conn: Connection) -> None:
     conn.__dict__["_yc_begun_at"] = next(_begin_counter)
+    conn.__dict__.pop("_yc_dirty", None)
 
 
 def _on_commit(conn: Connection) -> None:
+    conn.__dict__.pop("_yc_dirty", None)
     st: SessionCache | None = conn.__dict__.get("_yc_state")
     if st is not None:
         st.db_commit_started = True
+
+
+def _on_rollback(conn: Connection) -> None:
+    conn.__dict__.pop("_yc_dirty", None)
 
 
 _installed = False
@@ -611,6 +629,7 @@ def _install_engine_listeners() -> None:
         event.listen(Engine, "before_cursor_execute", _before_cursor_execute)
         event.listen(Engine, "begin", _on_begin)
         event.listen(Engine, "commit", _on_commit)
+        event.listen(Engine, "rollback", _on_rollback)
         _installed = True
 
 

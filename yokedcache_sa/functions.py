@@ -1,0 +1,314 @@
+"""``@cached``: cache a function's result, invalidated by the tables its SQL read.
+
+Every table read by SQL that runs while the function computes — through any session or
+connection of any engine — becomes a ``table:<name>`` tag of the result, so a committed write
+to those tables (through a caching session) invalidates it even if the decorator only named
+other tags. Concurrent callers that miss the same key wait for one computation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar, cast, overload
+
+from . import codec
+from .cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_cache
+from .errors import SerializationError
+from .orm.session import Collector, reading_collector, state_of
+
+__all__ = ["cached"]
+
+log = logging.getLogger("yokedcache_sa")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_EXCLUDED_MODULES = ("sqlalchemy.", "starlette.", "fastapi.", "yokedcache_sa.")
+_WAIT_SECONDS = 10.0
+
+
+def _excluded(value: object) -> bool:
+    mod = type(value).__module__ or ""
+    return mod.startswith(_EXCLUDED_MODULES) or isinstance(value, YokedCache)
+
+
+def _cache_from_args(args: Iterable[Any]) -> YokedCache | None:
+    from sqlalchemy.orm import Session
+
+    for a in args:
+        sess = getattr(a, "sync_session", a)
+        if isinstance(sess, Session):
+            st = state_of(sess)
+            if st is not None:
+                return st.cache
+    return None
+
+
+class _Flight:
+    """In-process single flight: one caller computes a key, the others wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, threading.Event] = {}
+        self._async: dict[tuple[int, str], asyncio.Event] = {}
+
+    def lead(self, key: str) -> threading.Event | None:
+        """Return None if the caller leads; else the event to wait on."""
+        with self._lock:
+            ev = self._events.get(key)
+            if ev is None:
+                self._events[key] = threading.Event()
+                return None
+            return ev
+
+    def done(self, key: str) -> None:
+        with self._lock:
+            ev = self._events.pop(key, None)
+        if ev is not None:
+            ev.set()
+
+    def alead(self, key: str) -> asyncio.Event | None:
+        k = (id(asyncio.get_running_loop()), key)
+        ev = self._async.get(k)
+        if ev is None:
+            self._async[k] = asyncio.Event()
+            return None
+        return ev
+
+    def adone(self, key: str) -> None:
+        k = (id(asyncio.get_running_loop()), key)
+        ev = self._async.pop(k, None)
+        if ev is not None:
+            ev.set()
+
+
+_flight = _Flight()
+
+
+class _Cached:
+    """The policy of one decorated function (shared by its sync and async wrappers)."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        ttl: TTL,
+        tags: tuple[str, ...],
+        cache: YokedCache | None,
+        key: Callable[..., str] | None,
+    ) -> None:
+        self.fn = fn
+        self.ttl = ttl
+        self.tags = tags
+        self.cache = cache
+        self.key_fn = key
+        self.name = f"{fn.__module__}.{fn.__qualname__}"
+        self.sig = inspect.signature(fn)
+
+    def resolve(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> YokedCache:
+        if self.cache is not None:
+            return self.cache._target()
+        return _cache_from_args((*args, *kwargs.values())) or get_default_cache()
+
+    def make_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        if self.key_fn is not None:
+            raw = f"{self.name}|{self.key_fn(*args, **kwargs)}".encode()
+        else:
+            try:
+                bound = self.sig.bind(*args, **kwargs)
+            except TypeError:
+                return None  # let the call raise its own TypeError
+            bound.apply_defaults()
+            parts = {n: v for n, v in bound.arguments.items() if not _excluded(v)}
+            try:
+                raw = codec.pack_value([self.name, parts])
+            except SerializationError as exc:
+                log.debug("yokedcache: %s called with uncacheable arguments: %s", self.name, exc)
+                return None
+        return "f:" + hashlib.blake2b(raw, digest_size=20).hexdigest()
+
+    def tags_for(self, col: Collector) -> set[str] | None:
+        if col.unknown:
+            log.debug("yokedcache: %s result not stored: %s", self.name, col.unknown)
+            return None
+        return set(self.tags) | col.tables
+
+    def report_unstorable(self, exc: SerializationError) -> None:
+        log.error(
+            "yokedcache: @cached %s returned a value that cannot be cached (%s); "
+            "it is returned uncached",
+            self.name,
+            exc,
+        )
+
+    # sync ----------------------------------------------------------------------------------
+
+    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        k = self.make_key(args, kwargs)
+        if k is None:
+            return self.fn(*args, **kwargs)
+        cache = self.resolve(args, kwargs)
+        look = cache.lookup_sync(k)
+        if look.value is not MISSING:
+            self._feed_outer(look)
+            return look.value
+        waiting = _flight.lead(k)
+        if waiting is not None:
+            waiting.wait(_WAIT_SECONDS)
+            look = cache.lookup_sync(k)
+            if look.value is not MISSING:
+                self._feed_outer(look)
+                return look.value
+            return self._compute(cache, k, look, args, kwargs)
+        try:
+            return self._compute(cache, k, look, args, kwargs)
+        finally:
+            _flight.done(k)
+
+    def _compute(
+        self,
+        cache: YokedCache,
+        k: str,
+        look: Lookup,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        with reading_collector(strict_snapshot=True) as col:
+            value = self.fn(*args, **kwargs)
+        tags = self.tags_for(col)
+        if tags is not None and look.snapshot is not None:
+            try:
+                cache.store_sync(k, value, tags=tags, snapshot=look.snapshot, ttl=self.ttl)
+            except SerializationError as exc:
+                self.report_unstorable(exc)
+        return value
+
+    # async ---------------------------------------------------------------------------------
+
+    async def acall(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        k = self.make_key(args, kwargs)
+        if k is None:
+            return await self.fn(*args, **kwargs)
+        cache = self.resolve(args, kwargs)
+        look = await cache.lookup(k)
+        if look.value is not MISSING:
+            self._feed_outer(look)
+            return look.value
+        waiting = _flight.alead(k)
+        if waiting is not None:
+            try:
+                await asyncio.wait_for(waiting.wait(), _WAIT_SECONDS)
+            except TimeoutError:
+                pass
+            look = await cache.lookup(k)
+            if look.value is not MISSING:
+                self._feed_outer(look)
+                return look.value
+            return await self._acompute(cache, k, look, args, kwargs)
+        try:
+            return await self._acompute(cache, k, look, args, kwargs)
+        finally:
+            _flight.adone(k)
+
+    async def _acompute(
+        self,
+        cache: YokedCache,
+        k: str,
+        look: Lookup,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        with reading_collector(strict_snapshot=True) as col:
+            value = await self.fn(*args, **kwargs)
+        tags = self.tags_for(col)
+        if tags is not None and look.snapshot is not None:
+            try:
+                await cache.store(k, value, tags=tags, snapshot=look.snapshot, ttl=self.ttl)
+            except SerializationError as exc:
+                self.report_unstorable(exc)
+        return value
+
+    @staticmethod
+    def _feed_outer(look: Lookup) -> None:
+        # A cached function called while another computes: the outer result depends on
+        # whatever this one read.
+        from .orm.session import _collector
+
+        outer = _collector.get()
+        if outer is not None:
+            outer.add(t for t in look.tags if t.startswith("table:"))
+
+
+@overload
+def cached(fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def cached(
+    *,
+    ttl: TTL = ...,
+    tags: Iterable[str] = ...,
+    cache: YokedCache | None = ...,
+    key: Callable[..., str] | None = ...,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def cached(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    ttl: TTL = DEFAULT_TTL,
+    tags: Iterable[str] = (),
+    cache: YokedCache | None = None,
+    key: Callable[..., str] | None = None,
+) -> Any:
+    """Cache a sync or async function's result.
+
+    Args:
+        ttl: seconds; None for no expiry; omitted for the cache's ``default_ttl``.
+        tags: tags of every result (``cache.invalidate_tags([...])`` drops them). The tables
+            read by SQL during the call are added automatically as ``table:<name>``.
+        cache: the cache to use. Omitted: the cache of a caching session passed as an
+            argument, else :func:`~yokedcache_sa.get_default_cache` (the one set with
+            ``set_default_cache``, else the most recently connected, else created, cache).
+        key: ``key(*args, **kwargs) -> str`` to build the key yourself. By default the key
+            is built from the arguments, leaving out sessions, connections, engines, requests
+            and caches.
+
+    ``None`` results are cached (distinct from a miss). A result that cannot be serialized is
+    returned uncached and logged. A result whose SQL used raw text or a snapshot transaction
+    begun before the call is returned uncached (its freshness cannot be proven).
+
+    Example::
+
+        @cached(ttl=600, tags=["analytics"])
+        async def compute_user_stats(db: Session) -> dict[str, int]:
+            return {"total": db.query(User).count()}
+    """
+
+    def decorate(f: Callable[P, R]) -> Callable[P, R]:
+        policy = _Cached(f, ttl, tuple(tags), cache, key)
+        if inspect.iscoroutinefunction(f):
+
+            @functools.wraps(f)
+            async def awrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await policy.acall(args, kwargs)
+
+            awrapper.cache_policy = policy  # type: ignore[attr-defined]
+            return cast(Callable[P, R], awrapper)
+
+        @functools.wraps(f)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return policy.call(args, kwargs)
+
+        wrapper.cache_policy = policy  # type: ignore[attr-defined]
+        return cast(Callable[P, R], wrapper)
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate

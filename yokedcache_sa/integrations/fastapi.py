@@ -1,0 +1,122 @@
+"""FastAPI integration: ``cached_dependency`` and the ``cache_router`` admin surface.
+
+Needs the ``fastapi`` extra: ``pip install 'yokedcache_sa[fastapi]'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..cache import DEFAULT_TTL, TTL, YokedCache, get_default_cache
+from ..errors import MissingDependency
+from ..orm.session import instrument_session
+
+try:
+    from fastapi import APIRouter, Body, Depends
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependency(
+        "the FastAPI integration needs FastAPI: pip install 'yokedcache_sa[fastapi]'"
+    ) from exc
+
+__all__ = ["cache_router", "cached_dependency"]
+
+
+def _session_of(db: Any) -> Any:
+    return getattr(db, "sync_session", db)  # AsyncSession -> its Session
+
+
+def cached_dependency(
+    get_db: Callable[..., Any],
+    *,
+    cache: YokedCache | None = None,
+    ttl: TTL = DEFAULT_TTL,
+    table_name: str | None = None,
+    tags: Iterable[str] = (),
+) -> Callable[..., Any]:
+    """Wrap a session dependency so the session it yields caches reads and invalidates writes.
+
+    Args:
+        get_db: your dependency (sync or async generator, or function) yielding a
+            ``Session``, ``CachingSession`` or ``AsyncSession``. Its cleanup always runs.
+        cache: the cache; resolved per request through ``Depends(cache)``, so
+            ``app.dependency_overrides[cache] = lambda: other`` swaps it (and from then on
+            direct calls on *cache* reach *other* as well). Omitted: the default cache.
+        ttl: TTL of entries stored through this session.
+        table_name: adds the tag ``table:<table_name>`` to every entry of the session.
+        tags: more tags for every entry.
+
+    Example::
+
+        cached_get_db = cached_dependency(get_db, cache=cache, ttl=300, table_name="users")
+
+        @app.get("/users/{user_id}")
+        def get_user(user_id: int, db: Session = Depends(cached_get_db)): ...
+    """
+    extra = tuple(tags)
+    cache_dep: Callable[[], YokedCache] = cache if cache is not None else get_default_cache
+
+    async def dependency(
+        db: Any = Depends(get_db), resolved: YokedCache = Depends(cache_dep)
+    ) -> Any:
+        if cache is not None:
+            cache.redirect_to(None if resolved is cache else resolved)
+        instrument_session(
+            _session_of(db), resolved, default_ttl=ttl, table_name=table_name, tags=extra
+        )
+        return db
+
+    dependency.__name__ = f"cached_{getattr(get_db, '__name__', 'db')}"
+    return dependency
+
+
+def cache_router(cache: YokedCache | None = None, *, prefix: str = "/cache") -> APIRouter:
+    """An APIRouter with cache stats, health and invalidation endpoints.
+
+    This is an admin surface: protect it (``dependencies=[Depends(require_admin)]`` when you
+    include it) — anyone who can call it can empty your cache.
+
+    Endpoints: ``GET {prefix}/stats``, ``GET {prefix}/health``,
+    ``POST {prefix}/invalidate/tags`` (JSON list of tags),
+    ``POST {prefix}/invalidate/tables`` (JSON list of table names).
+    """
+    router = APIRouter(prefix=prefix, tags=["cache"])
+    cache_dep: Callable[[], YokedCache] = cache if cache is not None else get_default_cache
+
+    @router.get("/stats")
+    async def stats(c: YokedCache = Depends(cache_dep)) -> dict[str, Any]:
+        s = await c.get_stats()
+        return {
+            "hits": s.hits,
+            "misses": s.misses,
+            "hit_rate": s.hit_rate,
+            "keys": s.key_count,
+            "sets": s.sets,
+            "invalidations": s.invalidations,
+            "errors": s.errors,
+            "pending_invalidations": s.pending_invalidations,
+            "backend": s.backend,
+            "healthy": s.healthy,
+            "table_hits": s.table_hits,
+            "table_invalidations": s.table_invalidations,
+        }
+
+    @router.get("/health")
+    async def health(c: YokedCache = Depends(cache_dep)) -> dict[str, bool]:
+        return {"healthy": await c.health()}
+
+    @router.post("/invalidate/tags")
+    async def invalidate_tags(
+        tags: list[str] = Body(..., max_length=1000), c: YokedCache = Depends(cache_dep)
+    ) -> dict[str, Any]:
+        await c.invalidate_tags(tags)
+        return {"ok": True, "invalidated": tags}
+
+    @router.post("/invalidate/tables")
+    async def invalidate_tables(
+        tables: list[str] = Body(..., max_length=1000), c: YokedCache = Depends(cache_dep)
+    ) -> dict[str, Any]:
+        await c.invalidate_tables(tables)
+        return {"ok": True, "invalidated": tables}
+
+    return router
