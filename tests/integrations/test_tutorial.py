@@ -7,7 +7,6 @@ engine, so a check cannot pass by never caching.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import uuid
 from collections.abc import Iterator
@@ -102,7 +101,7 @@ def tutorial(
 
 
 def test_tutorial_end_to_end(tutorial: tuple[ModuleType, TestClient, Counter]) -> None:
-    mod, client, counter = tutorial
+    _mod, client, counter = tutorial
 
     r = client.post("/users", json={"name": "Ada", "email": "ada@example.com"})
     assert r.status_code == 200, r.text
