@@ -1,0 +1,1 @@
+"""The tutorial app, done right: cached reads, invalidating writes, response models."""
