@@ -44,16 +44,18 @@ def run_workload(base_url: str, rounds: int = 200, users: int = 20) -> dict[str,
             uncached_us.append(t)
             if r.json() != r2.json():
                 stale += 1
-            t, _ = _timed(client, "GET", "/users")
+            t, r = _timed(client, "GET", "/users")
             list_cached_us.append(t)
-            t, _ = _timed(client, "GET", "/uncached/users")
+            t, r2 = _timed(client, "GET", "/uncached/users")
             list_uncached_us.append(t)
+            if r.json() != r2.json():
+                stale += 1
             if n % 25 == 0:  # a write, then the very next read must see it
                 new = f"renamed-{n}"
                 client.put(f"/users/{uid}", json={"name": new}).raise_for_status()
                 if client.get(f"/users/{uid}").json()["name"] != new:
                     stale += 1
-                if new not in {u["name"] for u in client.get("/users").json()}:
+                if client.get("/users").json() != client.get("/uncached/users").json():
                     stale += 1
         stats = client.get("/admin/cache/stats").json()
         analytics = client.get("/analytics/users").json()
