@@ -32,7 +32,9 @@ def _port_open(url: str, default_port: int) -> bool:
 
     parts = urlsplit(url.replace("+psycopg", "").replace("+asyncpg", "").replace("+pymysql", ""))
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 1):
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 1
+        ):
             return True
     except OSError:
         return False

@@ -211,7 +211,7 @@ def _reframe(payload: bytes, **changes: int) -> bytes:
 
 
 def _entry_with_body(body: bytes, header: list[Any] | None = None) -> bytes:
-    h = msgpack.packb(header if header is not None else ["ep", 1, ["*"], 1.0])
+    h = bytes(msgpack.packb(header if header is not None else ["ep", 1, ["*"], 1.0]))
     return codec._PREFIX.pack(codec.MAGIC, codec.FORMAT_VERSION, 0, len(h)) + h + body
 
 
@@ -268,9 +268,7 @@ SIGNED = enc({"a": [1, 2, 3], "b": "text" * 10}, secret=SECRET)
         _entry_with_body(
             msgpack.packb(msgpack.ExtType(6, msgpack.packb([__name__, "Color", "purple"])))
         ),
-        _entry_with_body(
-            msgpack.packb(msgpack.ExtType(6, msgpack.packb([__name__, "Opaque", 1])))
-        ),
+        _entry_with_body(msgpack.packb(msgpack.ExtType(6, msgpack.packb([__name__, "Opaque", 1])))),
         _entry_with_body(msgpack.packb(msgpack.ExtType(6, msgpack.packb(["os", "system", 1])))),
         _entry_with_body(
             msgpack.packb(msgpack.ExtType(6, msgpack.packb([__name__, "Nope.Deeper", 1])))

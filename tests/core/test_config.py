@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 
@@ -57,7 +58,9 @@ def test_defaults_select_memory() -> None:
         ({"no_such_setting": 1}, "no_such_setting"),
     ],
 )
-def test_invalid_values_raise_config_error_naming_the_field(kwargs: dict, field: str) -> None:
+def test_invalid_values_raise_config_error_naming_the_field(
+    kwargs: dict[str, Any], field: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         CacheConfig(**kwargs)
     msg = str(info.value)
@@ -113,7 +116,10 @@ def test_empty_url_means_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         (f"redis://:{PW}@localhost:6379/0", "redis://:***@localhost:6379/0"),
         (f"redis://alice:{PW}@localhost:6379/0", "redis://alice:***@localhost:6379/0"),
-        (f"rediss://default:{PW}@cache.example.com:6380/1", "rediss://default:***@cache.example.com:6380/1"),
+        (
+            f"rediss://default:{PW}@cache.example.com:6380/1",
+            "rediss://default:***@cache.example.com:6380/1",
+        ),
         ("redis://localhost:6379/0", "redis://localhost:6379/0"),
     ],
 )

@@ -11,7 +11,9 @@ from yokedcache_sa.tags import ALL_TAG, Snapshot, is_fresh, table_tag, tag_id, t
 SEPARATORS = "\n\r\x00\x01"
 
 
-@pytest.mark.parametrize("tag", ["users", "table:users", "table:public.users", "a b", "*", "x" * 120])
+@pytest.mark.parametrize(
+    "tag", ["users", "table:users", "table:public.users", "a b", "*", "x" * 120]
+)
 def test_short_plain_tags_are_their_own_id(tag: str) -> None:
     assert tag_id(tag) == tag
 
@@ -58,7 +60,7 @@ def test_a_plain_tag_can_never_collide_with_a_hashed_id() -> None:
 @pytest.mark.parametrize("bad", [None, 1, b"bytes", ("t",)])
 def test_non_string_tag_is_a_type_error(bad: object) -> None:
     with pytest.raises(TypeError, match="tags are strings"):
-        tag_id(bad)  # type: ignore[arg-type]
+        tag_id(bad)
 
 
 def test_tag_ids_sorted_deduplicated_with_all_tag() -> None:
@@ -90,11 +92,16 @@ def _expected(same_epoch: bool, marked: bool, top: int, horizon: int | None) -> 
     ("same_epoch", "marked", "top", "horizon"),
     list(
         itertools.product(
-            [True, False], [False, True], [0, ENTRY_SEQ - 1, ENTRY_SEQ, ENTRY_SEQ + 1], [None, 5, 10]
+            [True, False],
+            [False, True],
+            [0, ENTRY_SEQ - 1, ENTRY_SEQ, ENTRY_SEQ + 1],
+            [None, 5, 10],
         )
     ),
 )
-def test_is_fresh_truth_table(same_epoch: bool, marked: bool, top: int, horizon: int | None) -> None:
+def test_is_fresh_truth_table(
+    same_epoch: bool, marked: bool, top: int, horizon: int | None
+) -> None:
     snap = Snapshot("ep" if same_epoch else "other", seq=99, max_version=top, marked=marked)
     assert is_fresh("ep", ENTRY_SEQ, snap, horizon) is _expected(same_epoch, marked, top, horizon)
 

@@ -1,0 +1,200 @@
+"""Core timings: Redis get-hit overhead, memory get-hit latency, invalidation cost vs entry count.
+
+Run::
+
+    .venv/bin/python benchmarks/bench_core.py [--json] [--iterations N] [--redis-url URL]
+
+Every number is a median of per-iteration ``time.perf_counter_ns`` samples (small batches for
+sub-microsecond steps). With ``--json`` the last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import redis
+
+from yokedcache_sa import CacheConfig, YokedCache
+from yokedcache_sa.backends.redis import _SCRIPTS
+from yokedcache_sa.cache import _normalize_key
+from yokedcache_sa.tags import tag_ids
+
+REDIS_URL = os.environ.get("YOKEDCACHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+VALUE_1K = {
+    "id": 12345,
+    "name": "Ada Lovelace",
+    "email": "ada@example.com",
+    "bio": "x" * 900,
+    "scores": [1, 2, 3, 4, 5],
+}
+
+
+def median_ns(step: Callable[[], object], iterations: int, batch: int = 1) -> float:
+    """Median nanoseconds of one call of *step* over *iterations* samples of *batch* calls."""
+    for _ in range(min(200, iterations)):  # warm up caches, connections, branch predictors
+        step()
+    samples = []
+    clock = time.perf_counter_ns
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(iterations):
+            t0 = clock()
+            for _ in range(batch):
+                step()
+            samples.append((clock() - t0) / batch)
+    finally:
+        if gc_was:
+            gc.enable()
+    return statistics.median(samples)
+
+
+def bench_redis_hit(url: str, iterations: int) -> dict[str, float]:
+    prefix = "bench" + uuid.uuid4().hex[:8]
+    cache = YokedCache(CacheConfig(redis_url=url, key_prefix=prefix))
+    try:
+        assert cache.set_sync("user:1", VALUE_1K, tags=["table:users"], ttl=None)
+        assert cache.get_sync("user:1") == VALUE_1K
+        raw = cache.backend.client  # type: ignore[attr-defined]
+        entry_key = f"{prefix}:e:{_normalize_key('user:1')}"
+        framed: bytes = raw.get(entry_key)
+        # the same entry bytes: skip the tag list and the codec header, unpack the body
+        payload = framed.partition(b"\x00")[2]
+        hlen = int.from_bytes(payload[4:8], "big")
+        body_at = len(framed) - len(payload) + 8 + hlen
+        assert msgpack.unpackb(framed[body_at:]) == VALUE_1K
+        plain = redis.Redis.from_url(url)
+
+        def raw_get() -> Any:
+            data: bytes = plain.get(entry_key)  # type: ignore[assignment]  # no decode_responses
+            return msgpack.unpackb(data[body_at:])
+
+        def yoked_get() -> Any:
+            return cache.get_sync("user:1")
+
+        # interleave rounds so drift in machine load hits both sides alike
+        raw_ns, yoked_ns = [], []
+        rounds = 5
+        for _ in range(rounds):
+            raw_ns.append(median_ns(raw_get, iterations // rounds))
+            yoked_ns.append(median_ns(yoked_get, iterations // rounds))
+        plain.close()
+        raw_m, yoked_m = statistics.median(raw_ns), statistics.median(yoked_ns)
+        return {
+            "redis_hit_us": yoked_m / 1000,
+            "raw_get_unpack_us": raw_m / 1000,
+            "redis_hit_vs_raw_get": yoked_m / raw_m,
+        }
+    finally:
+        cache.clear_sync()
+        cache.disconnect_sync()
+
+
+def bench_memory_hit(iterations: int) -> dict[str, float]:
+    cache = YokedCache(CacheConfig())
+    assert cache.set_sync("user:1", VALUE_1K, tags=["table:users"], ttl=None)
+    small = {"id": 1, "name": "Ada", "active": True}
+    assert cache.set_sync("user:2", small, tags=["table:users"], ttl=None)
+    get = cache.get_sync
+    return {
+        "memory_hit_us": median_ns(lambda: get("user:1"), iterations, batch=20) / 1000,
+        "memory_hit_small_us": median_ns(lambda: get("user:2"), iterations, batch=20) / 1000,
+    }
+
+
+def _fill(cache: YokedCache, n: int, tag: str) -> None:
+    """Store *n* genuine entries carrying *tag*, pipelined (set_sync one by one is slow)."""
+    backend: Any = cache.backend
+    client = backend.client
+    sha = client.script_load(_SCRIPTS["store"])
+    snap = cache.observe_sync()
+    assert snap is not None
+    ids = tag_ids([tag])
+    for start in range(0, n, 2000):
+        with client.pipeline(transaction=False) as pipe:
+            for i in range(start, min(n, start + 2000)):
+                key = _normalize_key(f"row:{i}")
+                payload = cache._encode(i, ids, snap)
+                args = backend._store_args(payload, None, ids, snap.epoch, snap.seq)
+                pipe.evalsha(sha, 2, backend.entry_key(key), backend.meta_key, *args)
+            assert all(r == 1 for r in pipe.execute())
+    assert cache.get_sync("row:0") == 0
+
+
+def bench_invalidate(url: str, iterations: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    results = {}
+    for n in (100, 100_000):
+        cache = YokedCache(CacheConfig(redis_url=url, key_prefix="bench" + uuid.uuid4().hex[:8]))
+        try:
+            _fill(cache, n, "table:big")
+            assert cache.get_stats_sync().key_count == n
+            invalidate = cache.invalidate_tags_sync
+            results[n] = median_ns(lambda: invalidate(["table:big"]), iterations)  # noqa: B023
+        finally:
+            cache.clear_sync()
+            cache.disconnect_sync()
+    out["invalidate_1e2_us"] = results[100] / 1000
+    out["invalidate_1e5_us"] = results[100_000] / 1000
+    out["invalidate_1e5_vs_1e2"] = results[100_000] / results[100]
+    return out
+
+
+TARGETS = {
+    "redis_hit_vs_raw_get": 1.3,
+    "memory_hit_us": 3.0,
+    "invalidate_1e5_vs_1e2": 1.5,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    parser.add_argument("--iterations", type=int, default=5000, help="samples per measurement")
+    parser.add_argument("--redis-url", default=REDIS_URL)
+    args = parser.parse_args(argv)
+    n = max(50, args.iterations)
+
+    t0 = time.monotonic()
+    results: dict[str, float] = {}
+    results.update(bench_memory_hit(n))
+    results.update(bench_redis_hit(args.redis_url, n))
+    results.update(bench_invalidate(args.redis_url, max(50, n // 5)))
+    elapsed = time.monotonic() - t0
+
+    ok = True
+    print(f"{'metric':<26}{'value':>12}{'target':>10}  result")
+    for name, value in results.items():
+        target = TARGETS.get(name)
+        if target is None:
+            print(f"{name:<26}{value:>12.3f}{'':>10}  (info)")
+            continue
+        passed = value <= target
+        ok = ok and passed
+        print(f"{name:<26}{value:>12.3f}{'<= ' + str(target):>10}  {'PASS' if passed else 'FAIL'}")
+    print(f"({n} iterations, {elapsed:.1f}s)")
+    if args.json:
+        report = {
+            "results": {k: round(v, 4) for k, v in results.items()},
+            "targets": TARGETS,
+            "passed": {k: results[k] <= t for k, t in TARGETS.items()},
+            "iterations": n,
+            "seconds": round(elapsed, 1),
+            "python": sys.version.split()[0],
+        }
+        print(json.dumps(report, sort_keys=True))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
