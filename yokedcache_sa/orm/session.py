@@ -7,8 +7,9 @@ plain data, stored under the snapshot observed *before* it ran, and thawed into 
 session — the same path a hit takes.
 
 Writes (engine ``before_cursor_execute``): every INSERT/UPDATE/DELETE/DDL or raw SQL a session's
-connection executes marks its tables (plus FK-cascade and declared dependents) "being written"
-before it runs; the root ``after_commit`` bumps them; a rollback releases them. Reads of tables
+connection executes records its tables (plus FK-cascade and declared dependents); just before
+the database COMMIT they are marked "being written" in one round trip; the root
+``after_commit`` bumps them; a rollback releases them. Reads of tables
 the open transaction wrote bypass the cache until the transaction ends.
 """
 
@@ -151,21 +152,34 @@ class SessionCache:
 
     # writes --------------------------------------------------------------------------------
 
-    def note_written(self, tags: Iterable[str]) -> None:
-        """Record tables written by a statement about to run; mark the new ones."""
+    def note_written(self, tags: Iterable[str], autocommit: bool = False) -> None:
+        """Record tables written by a statement about to run.
+
+        The "being written" marks only have to be in place before the database COMMIT (they
+        keep other processes from serving or storing old data between COMMIT and the version
+        bump), so they are taken in one round trip just before it — or right away when the
+        connection autocommits each statement.
+        """
         tags = tracking.cascade_closure(tags, list(_known_metadata))
         self.written.update(tags)
-        new = [t for t in tags if t not in self.marked]
+        if autocommit:
+            self.mark_pending()
+
+    def mark_pending(self) -> None:
+        """Take the marks on written tables not marked yet (before COMMIT)."""
+        new = [t for t in self.written if t not in self.marked]
         if not new:
             return
         if self.writer is None:
             self.writer = YokedCache.new_writer()
         self.marked.update(new)
         cache = self.cache
-        bridge(cache.begin_write_sync, cache.begin_write, new, self.writer)
+        bridge(cache.begin_write_sync, cache.begin_write, sorted(new), self.writer)
 
     def finish(self, committed: bool) -> None:
         """End the transaction: bump marked tags after a commit, else release them."""
+        if committed:
+            self.mark_pending()  # written but never marked (no COMMIT event was seen)
         marked, writer = sorted(self.marked), self.writer
         conns = self.conns
         self._reset()
@@ -303,7 +317,7 @@ def _params(params: Any) -> Any:
 _LOAD_OPTION_KEYS = ("_only_return_tuples", "_legacy_uniquing", "_invoke_all_eagers")
 
 
-def _key(shape: _Shape, ck: Any, ox: ORMExecuteState) -> str | None:
+def _key(shape: _Shape, ck: Any, ox: ORMExecuteState, tags: list[Any]) -> str | None:
     try:
         values = [bp.effective_value for bp in ck.bindparams]
         lo = ox.load_options
@@ -318,6 +332,7 @@ def _key(shape: _Shape, ck: Any, ox: ORMExecuteState) -> str | None:
                 repr(sorted(eo.get("schema_translate_map", {}).items()))
                 if eo.get("schema_translate_map")
                 else None,
+                tags,  # hint/session tags: SQLAlchemy's cache key ignores user options
             ]
         )
     except (SerializationError, TypeError, AttributeError):
@@ -368,7 +383,7 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
     shape = _shape_for(statement, ck.key, bind, hint)
     if shape.digest is None or shape.tables & st.written:
         return None
-    key = _key(shape, ck, ox)
+    key = _key(shape, ck, ox, [sorted({*hint.tags, *st.tags}), sorted(hint.tables)])
     if key is None:
         return None
     cache = st.cache
@@ -574,7 +589,7 @@ def _before_cursor_execute(
                 statement,
             )
             written = frozenset({ALL_TAG})
-        st.note_written(written)
+        st.note_written(written, autocommit=_autocommits(conn))
     if col is not None and not is_dml and not is_ddl and written == frozenset():
         if compiled is None or isinstance(getattr(compiled, "statement", None), TextClause):
             col.mark_unknown("raw SQL read")
@@ -606,10 +621,16 @@ def _on_begin(conn: Connection) -> None:
     conn.__dict__.pop("_yc_dirty", None)
 
 
+def _autocommits(conn: Connection) -> bool:
+    iso = conn.get_execution_options().get("isolation_level")
+    return iso == "AUTOCOMMIT"
+
+
 def _on_commit(conn: Connection) -> None:
     conn.__dict__.pop("_yc_dirty", None)
     st: SessionCache | None = conn.__dict__.get("_yc_state")
     if st is not None:
+        st.mark_pending()  # before the DBAPI COMMIT runs
         st.db_commit_started = True
 
 
