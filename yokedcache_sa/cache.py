@@ -723,6 +723,74 @@ class YokedCache:
         me._retry_pending_sync()
         return len(me._pending)
 
+    # -- locks for stampede protection ----------------------------------------------------
+
+    def try_lock_sync(self, key: str, ttl: float) -> tuple[bool, str | None]:
+        """Try to take the compute lock of *key*.
+
+        Returns ``(True, token)`` when taken, ``(False, None)`` when another caller holds it,
+        and ``(True, None)`` when the store is unreachable (compute without a lock).
+        """
+        me = self._target()
+        token = _new_writer()
+        try:
+            me._check_breaker()
+            got = me.backend.acquire(key, token, ttl)
+            me._breaker.success()
+        except BackendError as exc:
+            me._unavailable(exc, "lock")
+            return True, None
+        return (True, token) if got else (False, None)
+
+    async def try_lock(self, key: str, ttl: float) -> tuple[bool, str | None]:
+        """Async twin of :meth:`try_lock_sync`."""
+        me = self._target()
+        token = _new_writer()
+        try:
+            me._check_breaker()
+            got = await me.backend.aacquire(key, token, ttl)
+            me._breaker.success()
+        except BackendError as exc:
+            me._unavailable(exc, "lock")
+            return True, None
+        return (True, token) if got else (False, None)
+
+    def unlock_sync(self, key: str, token: str | None) -> None:
+        """Drop a lock taken with :meth:`try_lock_sync` (no-op for a None token)."""
+        if token is None:
+            return
+        me = self._target()
+        try:
+            me.backend.unlock(key, token)
+        except BackendError as exc:
+            me._unavailable(exc, "unlock")  # the lock expires by itself
+
+    async def unlock(self, key: str, token: str | None) -> None:
+        """Async twin of :meth:`unlock_sync`."""
+        if token is None:
+            return
+        me = self._target()
+        try:
+            await me.backend.aunlock(key, token)
+        except BackendError as exc:
+            me._unavailable(exc, "unlock")
+
+    def is_locked_sync(self, key: str) -> bool:
+        """Whether another caller holds the compute lock of *key* (False if unreachable)."""
+        me = self._target()
+        try:
+            return me.backend.locked(key)
+        except BackendError:
+            return False
+
+    async def is_locked(self, key: str) -> bool:
+        """Async twin of :meth:`is_locked_sync`."""
+        me = self._target()
+        try:
+            return await me.backend.alocked(key)
+        except BackendError:
+            return False
+
     # -- plain key/value API ---------------------------------------------------------------
 
     async def get(self, key: str, default: Any = None) -> Any:

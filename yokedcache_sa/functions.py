@@ -8,19 +8,17 @@ other tags. Concurrent callers that miss the same key wait for one computation.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import inspect
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
-from . import codec
+from . import codec, flight
 from .cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_cache
 from .errors import SerializationError
-from .orm.session import Collector, reading_collector, state_of
+from .orm.session import Collector, current_collector, reading_collector, state_of
 
 __all__ = ["cached"]
 
@@ -30,7 +28,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _EXCLUDED_MODULES = ("sqlalchemy.", "starlette.", "fastapi.", "yokedcache_sa.")
-_WAIT_SECONDS = 10.0
 
 
 def _excluded(value: object) -> bool:
@@ -48,47 +45,6 @@ def _cache_from_args(args: Iterable[Any]) -> YokedCache | None:
             if st is not None:
                 return st.cache
     return None
-
-
-class _Flight:
-    """In-process single flight: one caller computes a key, the others wait for it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._events: dict[str, threading.Event] = {}
-        self._async: dict[tuple[int, str], asyncio.Event] = {}
-
-    def lead(self, key: str) -> threading.Event | None:
-        """Return None if the caller leads; else the event to wait on."""
-        with self._lock:
-            ev = self._events.get(key)
-            if ev is None:
-                self._events[key] = threading.Event()
-                return None
-            return ev
-
-    def done(self, key: str) -> None:
-        with self._lock:
-            ev = self._events.pop(key, None)
-        if ev is not None:
-            ev.set()
-
-    def alead(self, key: str) -> asyncio.Event | None:
-        k = (id(asyncio.get_running_loop()), key)
-        ev = self._async.get(k)
-        if ev is None:
-            self._async[k] = asyncio.Event()
-            return None
-        return ev
-
-    def adone(self, key: str) -> None:
-        k = (id(asyncio.get_running_loop()), key)
-        ev = self._async.pop(k, None)
-        if ev is not None:
-            ev.set()
-
-
-_flight = _Flight()
 
 
 class _Cached:
@@ -155,20 +111,15 @@ class _Cached:
         cache = self.resolve(args, kwargs)
         look = cache.lookup_sync(k)
         if look.value is not MISSING:
-            self._feed_outer(look)
-            return look.value
-        waiting = _flight.lead(k)
-        if waiting is not None:
-            waiting.wait(_WAIT_SECONDS)
-            look = cache.lookup_sync(k)
-            if look.value is not MISSING:
-                self._feed_outer(look)
-                return look.value
-            return self._compute(cache, k, look, args, kwargs)
-        try:
-            return self._compute(cache, k, look, args, kwargs)
-        finally:
-            _flight.done(k)
+            return self._hit(look)
+        return flight.run_sync(
+            cache,
+            k,
+            relookup=lambda: cache.lookup_sync(k),
+            compute=lambda lk: self._compute(cache, k, lk, args, kwargs),
+            on_hit=self._hit,
+            first=look,
+        )
 
     def _compute(
         self,
@@ -197,23 +148,17 @@ class _Cached:
         cache = self.resolve(args, kwargs)
         look = await cache.lookup(k)
         if look.value is not MISSING:
-            self._feed_outer(look)
-            return look.value
-        waiting = _flight.alead(k)
-        if waiting is not None:
-            try:
-                await asyncio.wait_for(waiting.wait(), _WAIT_SECONDS)
-            except TimeoutError:
-                pass
-            look = await cache.lookup(k)
-            if look.value is not MISSING:
-                self._feed_outer(look)
-                return look.value
-            return await self._acompute(cache, k, look, args, kwargs)
-        try:
-            return await self._acompute(cache, k, look, args, kwargs)
-        finally:
-            _flight.adone(k)
+            return self._hit(look)
+
+        async def relookup() -> Lookup:
+            return await cache.lookup(k)
+
+        async def compute(lk: Lookup) -> Any:
+            return await self._acompute(cache, k, lk, args, kwargs)
+
+        return await flight.run_async(
+            cache, k, relookup=relookup, compute=compute, on_hit=self._hit, first=look
+        )
 
     async def _acompute(
         self,
@@ -234,14 +179,13 @@ class _Cached:
         return value
 
     @staticmethod
-    def _feed_outer(look: Lookup) -> None:
+    def _hit(look: Lookup) -> Any:
         # A cached function called while another computes: the outer result depends on
         # whatever this one read.
-        from .orm.session import _collector
-
-        outer = _collector.get()
+        outer = current_collector()
         if outer is not None:
             outer.add(t for t in look.tags if t.startswith("table:"))
+        return look.value
 
 
 @overload

@@ -49,6 +49,7 @@ class MemoryBackend:
         self._seq = 0
         self._versions: dict[str, int] = {}
         self._marks: dict[str, dict[str, float]] = {}
+        self._locks: dict[str, tuple[str, float]] = {}
 
     # -- internals (called with the lock held) -------------------------------------------
 
@@ -154,6 +155,29 @@ class MemoryBackend:
         with self._lock:
             self._release(tags, writer)
 
+    def acquire(self, name: str, token: str, ttl: float) -> bool:
+        now = self._clock()
+        with self._lock:
+            held = self._locks.get(name)
+            if held is not None and held[1] > now:
+                return False
+            self._locks[name] = (token, now + ttl)
+            if len(self._locks) > 4 * self.max_entries:  # drop expired locks now and then
+                self._locks = {k: v for k, v in self._locks.items() if v[1] > now}
+            return True
+
+    def unlock(self, name: str, token: str) -> None:
+        with self._lock:
+            held = self._locks.get(name)
+            if held is not None and held[0] == token:
+                del self._locks[name]
+
+    def locked(self, name: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            held = self._locks.get(name)
+            return held is not None and held[1] > now
+
     def delete_many(self, keys: Sequence[str]) -> int:
         n = 0
         with self._lock:
@@ -215,6 +239,15 @@ class MemoryBackend:
 
     async def arelease(self, tags: Sequence[str], writer: str) -> None:
         self.release(tags, writer)
+
+    async def aacquire(self, name: str, token: str, ttl: float) -> bool:
+        return self.acquire(name, token, ttl)
+
+    async def aunlock(self, name: str, token: str) -> None:
+        self.unlock(name, token)
+
+    async def alocked(self, name: str) -> bool:
+        return self.locked(name)
 
     async def adelete_many(self, keys: Sequence[str]) -> int:
         return self.delete_many(keys)

@@ -164,7 +164,14 @@ return 1
 """
 )
 
+# KEYS: lock. ARGV: token. Delete the lock only if this token holds it.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 _SCRIPTS = {
+    "unlock": _UNLOCK,
     "fetch": _FETCH,
     "observe": _OBSERVE,
     "store": _STORE,
@@ -417,6 +424,28 @@ class RedisBackend:
         with self._errors("a release"):
             s["release"](keys=[self.meta_key], args=[writer, *tags])
 
+    def _lock_key(self, name: str) -> str:
+        return f"{self.prefix}:l:{name}"
+
+    def acquire(self, name: str, token: str, ttl: float) -> bool:
+        self._sync()
+        assert self._client is not None
+        with self._errors("a lock"):
+            return bool(
+                self._client.set(self._lock_key(name), token, nx=True, px=max(1, int(ttl * 1000)))
+            )
+
+    def unlock(self, name: str, token: str) -> None:
+        s = self._sync()
+        with self._errors("an unlock"):
+            s["unlock"](keys=[self._lock_key(name)], args=[token])
+
+    def locked(self, name: str) -> bool:
+        self._sync()
+        assert self._client is not None
+        with self._errors("a lock check"):
+            return bool(self._client.exists(self._lock_key(name)))
+
     def delete_many(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
@@ -511,6 +540,23 @@ class RedisBackend:
         _c, s = self._async()
         with self._errors("a release"):
             await s["release"](keys=[self.meta_key], args=[writer, *tags])
+
+    async def aacquire(self, name: str, token: str, ttl: float) -> bool:
+        c, _s = self._async()
+        with self._errors("a lock"):
+            return bool(
+                await c.set(self._lock_key(name), token, nx=True, px=max(1, int(ttl * 1000)))
+            )
+
+    async def aunlock(self, name: str, token: str) -> None:
+        _c, s = self._async()
+        with self._errors("an unlock"):
+            await s["unlock"](keys=[self._lock_key(name)], args=[token])
+
+    async def alocked(self, name: str) -> bool:
+        c, _s = self._async()
+        with self._errors("a lock check"):
+            return bool(await c.exists(self._lock_key(name)))
 
     async def adelete_many(self, keys: Sequence[str]) -> int:
         if not keys:

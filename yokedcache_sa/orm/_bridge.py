@@ -15,9 +15,15 @@ except ImportError:  # pragma: no cover - SQLAlchemy 2.0
     from sqlalchemy.util.concurrency import await_only as _await  # type: ignore[no-redef,unused-ignore]
 from sqlalchemy.util.concurrency import in_greenlet
 
-__all__ = ["bridge"]
+__all__ = ["await_", "bridge", "in_greenlet"]
 
 T = TypeVar("T")
+
+
+def await_(awaitable: Awaitable[T]) -> T:
+    """Await *awaitable* from sync code running inside SQLAlchemy's greenlet."""
+    result: T = _await(awaitable)
+    return result
 
 
 def bridge(

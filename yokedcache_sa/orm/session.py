@@ -15,6 +15,7 @@ the open transaction wrote bypass the cache until the transaction ends.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import itertools
@@ -35,12 +36,14 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select
 
-from .. import codec
-from ..cache import DEFAULT_TTL, MISSING, TTL, YokedCache, get_default_cache
+from .. import codec, flight
+from ..cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_cache
 from ..errors import InvalidationError, SerializationError
+from ..flight import sync_io
 from ..tags import ALL_TAG, Snapshot, table_tag
 from . import tracking
-from ._bridge import bridge
+from ._bridge import await_ as _await
+from ._bridge import bridge, in_greenlet
 from .options import FromCache, Hint, NoCache, hint_from
 from .results import NotCacheable, ResultShape, freeze_rows, reachable_mappers, thaw_rows
 
@@ -92,6 +95,11 @@ class Collector:
 _collector: contextvars.ContextVar[Collector | None] = contextvars.ContextVar(
     "yokedcache_collector", default=None
 )
+
+
+def current_collector() -> Collector | None:
+    """The collector active in this context, if any."""
+    return _collector.get()
 
 
 class reading_collector:
@@ -387,20 +395,40 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
     if key is None:
         return None
     cache = st.cache
-    horizon = st.horizon if st.conn_begun and st.snapshot_isolated else None
-    look = bridge(cache.lookup_sync, cache.lookup, key, horizon=horizon)
     outer = _collector.get()
-    if look.value is not MISSING and shape.result is not None:
+
+    def lookup() -> Lookup:
+        horizon = st.horizon if st.conn_begun and st.snapshot_isolated else None
+        return bridge(cache.lookup_sync, cache.lookup, key, horizon=horizon)
+
+    def served(look: Lookup) -> Result[Any] | None:
+        assert shape.result is not None
         try:
             rows = thaw_rows(look.value, shape.result, session)
         except (NotCacheable, ValueError, TypeError, KeyError, IndexError) as exc:
             log.warning("yokedcache: ignoring an unusable cached result: %s", exc)
-        else:
-            if outer is not None:
-                outer.add(shape.tables)
-                outer.add(t for t in look.tags if t.startswith("table:"))
-            return shape.result.build(rows)
-    return _run_and_store(ox, st, shape, hint, key, look.snapshot, outer)
+            return None
+        if outer is not None:
+            outer.add(shape.tables)
+            outer.add(t for t in look.tags if t.startswith("table:"))
+        return shape.result.build(rows)
+
+    def compute(look: Lookup) -> Result[Any] | None:
+        return _run_and_store(ox, st, shape, hint, key, look.snapshot, outer)
+
+    def on_hit(look: Lookup) -> Result[Any] | None:
+        result = served(look) if shape.result is not None else None
+        return result if result is not None else compute(look)
+
+    look = lookup()
+    if look.value is not MISSING and shape.result is not None:
+        result = served(look)
+        if result is not None:
+            return result
+    if look.snapshot is None:  # the cache is unavailable: no one to coordinate with
+        return compute(look)
+    io = _greenlet_io if in_greenlet() else sync_io
+    return flight.run_sync(cache, key, lookup, compute, on_hit, look, io)
 
 
 def _run_and_store(
@@ -484,6 +512,37 @@ def _run_and_store(
         shape.digest = None
         return None
     return shape.result.build(rows)
+
+
+class _GreenletIO:
+    """Flight waits inside an AsyncSession's greenlet: awaited, never blocking the loop."""
+
+    def claim(self, key: str) -> Any:
+        return flight.FLIGHTS.aclaim(key)
+
+    def release(self, key: str) -> None:
+        flight.FLIGHTS.arelease(key)
+
+    def wait(self, handle: Any, timeout: float) -> None:
+        try:
+            _await(asyncio.wait_for(handle.wait(), timeout))
+        except TimeoutError:
+            pass
+
+    def sleep(self, seconds: float) -> None:
+        _await(asyncio.sleep(seconds))
+
+    def try_lock(self, cache: YokedCache, key: str) -> tuple[bool, str | None]:
+        return _await(cache.try_lock(key, flight.LOCK_SECONDS))
+
+    def unlock(self, cache: YokedCache, key: str, token: str | None) -> None:
+        _await(cache.unlock(key, token))
+
+    def is_locked(self, cache: YokedCache, key: str) -> bool:
+        return _await(cache.is_locked(key))
+
+
+_greenlet_io = _GreenletIO()
 
 
 # -- transaction listeners -----------------------------------------------------------------
