@@ -544,19 +544,26 @@ class YokedCache:
         """Mark *tags* as being written: no entry for them is served or stored until
         :meth:`end_write_sync` or :meth:`release_sync` (or the lease expires).
 
-        Never raises: if the store is unreachable the tags become pending in this process
-        (bypassed here) so the later ``end_write`` is retried until delivered.
+        If the store is unreachable the tags become pending in this process (bypassed here,
+        and the later ``end_write`` retried until delivered).
+
+        Raises:
+            InvalidationError: only with ``strict_invalidation``, when the mark (and its
+                version bump) could not be delivered; the caller must not commit.
         """
         me = self._target()
         if me is not self:
             return me.begin_write_sync(tags, writer)
         ids = tuple(tag_id(t) for t in tags)
+        strict = self.config.strict_invalidation
         try:
             self._check_breaker()
-            self.backend.begin_write(ids, writer, self.config.write_lease)
+            self.backend.begin_write(ids, writer, self.config.write_lease, strict)
             self._breaker.success()
         except BackendError as exc:
             self._unavailable(exc, "begin_write")
+            if strict:
+                raise self._strict_error(ids, exc) from exc
             self._add_pending(ids, writer)
 
     async def begin_write(self, tags: Iterable[str], writer: str) -> None:
@@ -565,13 +572,24 @@ class YokedCache:
         if me is not self:
             return await me.begin_write(tags, writer)
         ids = tuple(tag_id(t) for t in tags)
+        strict = self.config.strict_invalidation
         try:
             self._check_breaker()
-            await self.backend.abegin_write(ids, writer, self.config.write_lease)
+            await self.backend.abegin_write(ids, writer, self.config.write_lease, strict)
             self._breaker.success()
         except BackendError as exc:
             self._unavailable(exc, "begin_write")
+            if strict:
+                raise self._strict_error(ids, exc) from exc
             self._add_pending(ids, writer)
+
+    @staticmethod
+    def _strict_error(ids: Sequence[str], exc: BaseException) -> InvalidationError:
+        return InvalidationError(
+            f"strict_invalidation: could not mark {list(ids)} before COMMIT ({exc}); "
+            "the transaction is not committed — retry when the cache answers, or turn "
+            "strict_invalidation off to commit with a bounded staleness window"
+        )
 
     def end_write_sync(self, tags: Iterable[str], writer: str) -> None:
         """Give *tags* new versions and drop *writer*'s marks (after the commit).

@@ -58,6 +58,11 @@ class CacheConfig(BaseSettings):
     memory_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     write_lease: float = Field(default=60.0, gt=0, le=3600)
     """Seconds a writer's "being written" mark survives if the writer dies before releasing it."""
+    strict_invalidation: bool = False
+    """Strict mode: a commit also bumps its tables' versions *before* COMMIT, and a COMMIT is
+    refused (InvalidationError, rolled back) when that cannot be delivered — so no process can
+    serve pre-commit data even if the post-commit invalidation is lost. Costs no extra round
+    trip; makes writes fail while the cache is unreachable."""
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -65,8 +65,14 @@ class Backend(Protocol):
         """Store *payload* unless a tag moved after *seq*, is marked, or the epoch changed."""
         ...
 
-    def begin_write(self, tags: Sequence[str], writer: str, lease: float) -> None:
-        """Mark *tags* as being written by *writer* for at most *lease* seconds."""
+    def begin_write(
+        self, tags: Sequence[str], writer: str, lease: float, bump: bool = False
+    ) -> None:
+        """Mark *tags* as being written by *writer* for at most *lease* seconds.
+
+        With *bump*, also give them new versions now (strict mode: entries stored before the
+        write are stale even if the final ``end_write`` is never delivered).
+        """
         ...
 
     def end_write(self, tags: Sequence[str], writer: str) -> int:
@@ -120,7 +126,9 @@ class Backend(Protocol):
         epoch: str,
         seq: int,
     ) -> StoreOutcome: ...
-    async def abegin_write(self, tags: Sequence[str], writer: str, lease: float) -> None: ...
+    async def abegin_write(
+        self, tags: Sequence[str], writer: str, lease: float, bump: bool = False
+    ) -> None: ...
     async def aend_write(self, tags: Sequence[str], writer: str) -> int: ...
     async def arelease(self, tags: Sequence[str], writer: str) -> None: ...
     async def aacquire(self, name: str, token: str, ttl: float) -> bool: ...

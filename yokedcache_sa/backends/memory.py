@@ -126,9 +126,15 @@ class MemoryBackend:
             self._evict()
             return StoreOutcome.STORED
 
-    def begin_write(self, tags: Sequence[str], writer: str, lease: float) -> None:
+    def begin_write(
+        self, tags: Sequence[str], writer: str, lease: float, bump: bool = False
+    ) -> None:
         now = self._clock()
         with self._lock:
+            if bump:
+                self._seq += 1
+                for t in tags:
+                    self._versions[t] = self._seq
             for t in tags:
                 m = self._marks.setdefault(t, {})
                 for w in [w for w, exp in m.items() if exp <= now]:
@@ -231,8 +237,10 @@ class MemoryBackend:
     ) -> StoreOutcome:
         return self.store(key, payload, ttl, tags, epoch, seq)
 
-    async def abegin_write(self, tags: Sequence[str], writer: str, lease: float) -> None:
-        self.begin_write(tags, writer, lease)
+    async def abegin_write(
+        self, tags: Sequence[str], writer: str, lease: float, bump: bool = False
+    ) -> None:
+        self.begin_write(tags, writer, lease, bump)
 
     async def aend_write(self, tags: Sequence[str], writer: str) -> int:
         return self.end_write(tags, writer)

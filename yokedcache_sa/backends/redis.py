@@ -115,7 +115,7 @@ return 1
 """
 )
 
-# KEYS: meta. ARGV: writer, lease ms, epoch candidate, tag ids...
+# KEYS: meta. ARGV: writer, lease ms, epoch candidate, bump (0/1), tag ids...
 _BEGIN = (
     _LUA_HELPERS
     + """
@@ -124,7 +124,11 @@ epoch(meta, ARGV[3])
 local now = now_ms()
 local w = ARGV[1]
 local mark = w .. ':' .. string.format('%d', now + tonumber(ARGV[2])) .. ';'
-for i = 4, #ARGV do
+if ARGV[4] == '1' then
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  for i = 5, #ARGV do redis.call('HSET', meta, 'v:' .. ARGV[i], seq) end
+end
+for i = 5, #ARGV do
   local f = 'm:' .. ARGV[i]
   local m = redis.call('HGET', meta, f) or ''
   local out = {}
@@ -409,10 +413,15 @@ class RedisBackend:
             )
         return StoreOutcome(int(r))
 
-    def begin_write(self, tags: Sequence[str], writer: str, lease: float) -> None:
+    def begin_write(
+        self, tags: Sequence[str], writer: str, lease: float, bump: bool = False
+    ) -> None:
         s = self._sync()
         with self._errors("begin_write"):
-            s["begin"](keys=[self.meta_key], args=[writer, int(lease * 1000), _new_epoch(), *tags])
+            s["begin"](
+                keys=[self.meta_key],
+                args=[writer, int(lease * 1000), _new_epoch(), int(bump), *tags],
+            )
 
     def end_write(self, tags: Sequence[str], writer: str) -> int:
         s = self._sync()
@@ -524,11 +533,14 @@ class RedisBackend:
             )
         return StoreOutcome(int(r))
 
-    async def abegin_write(self, tags: Sequence[str], writer: str, lease: float) -> None:
+    async def abegin_write(
+        self, tags: Sequence[str], writer: str, lease: float, bump: bool = False
+    ) -> None:
         _c, s = self._async()
         with self._errors("begin_write"):
             await s["begin"](
-                keys=[self.meta_key], args=[writer, int(lease * 1000), _new_epoch(), *tags]
+                keys=[self.meta_key],
+                args=[writer, int(lease * 1000), _new_epoch(), int(bump), *tags],
             )
 
     async def aend_write(self, tags: Sequence[str], writer: str) -> int:

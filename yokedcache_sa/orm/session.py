@@ -576,6 +576,18 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
     st.candidate = None
 
 
+def _before_commit(session: Session) -> None:
+    st = state_of(session)
+    if st is None:
+        return
+    # Flush now so every table the COMMIT will include is known, then mark them all in one
+    # round trip. In strict mode an undeliverable mark raises here, before anything is
+    # committed, and the transaction stays open for the caller to roll back.
+    # (A savepoint's commit marks early too; that only lengthens the lease.)
+    session.flush()
+    st.mark_pending()
+
+
 def _after_commit(session: Session) -> None:
     st = state_of(session)
     if st is None:
@@ -689,7 +701,13 @@ def _on_commit(conn: Connection) -> None:
     conn.__dict__.pop("_yc_dirty", None)
     st: SessionCache | None = conn.__dict__.get("_yc_state")
     if st is not None:
-        st.mark_pending()  # before the DBAPI COMMIT runs
+        # Normally before_commit took the marks; this covers commits that bypass the
+        # session (connection-level). It must not raise: an exception here would leave the
+        # DBAPI connection in its transaction.
+        try:
+            st.mark_pending()
+        except Exception as exc:
+            log.error("yokedcache: could not mark written tables before COMMIT: %s", exc)
         st.db_commit_started = True
 
 
@@ -716,6 +734,7 @@ def _install_engine_listeners() -> None:
 _SESSION_EVENTS = (
     ("do_orm_execute", _on_execute),
     ("after_begin", _after_begin),
+    ("before_commit", _before_commit),
     ("after_commit", _after_commit),
     ("after_transaction_end", _after_transaction_end),
 )
