@@ -7,6 +7,7 @@ steps (:func:`~yokedcache_sa.tags.is_fresh`, the codec) around one backend call.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -16,7 +17,7 @@ import weakref
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from . import codec
 from .backends.base import Backend, Fetched, StoreOutcome
@@ -98,8 +99,7 @@ class CacheStats:
         return self.hits / total if total else 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup:
+class Lookup(NamedTuple):
     """Outcome of :meth:`YokedCache.lookup_sync`: a value or MISSING, and what to store under.
 
     ``snapshot`` is None when the cache could not be consulted (unavailable, or a tag has an
@@ -154,6 +154,7 @@ class _Breaker:
 _KEY_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/@=+")
 
 
+@functools.lru_cache(maxsize=8192)
 def _normalize_key(key: str) -> str:
     if not isinstance(key, str):
         raise TypeError(f"cache keys are strings, got {type(key).__name__}")
@@ -234,6 +235,11 @@ class YokedCache:
         # tag id -> (writer, attempts, next retry time): invalidations not yet delivered
         self._pending: dict[str, tuple[str, int, float]] = {}
         self._redirect: YokedCache | None = None
+        # The memory backend hands back the very bytes object it stored: verify and parse
+        # each entry's header once (the body is decoded on every hit, never shared).
+        self._header_memo: dict[bytes, codec.Header] | None = (
+            {} if getattr(self.backend, "stable_payloads", False) else None
+        )
         self.connected = False
         with _registry_lock:
             _last_created = weakref.ref(self)
@@ -326,11 +332,22 @@ class YokedCache:
         payload = fetched.payload
         if payload is None:
             return MISSING, None
+        memo = self._header_memo
         try:
-            entry = codec.decode(payload, secret=self._secret, max_bytes=self._max_bytes)
+            header = memo.get(payload) if memo is not None else None
+            if header is None:
+                header = codec.decode_header(
+                    payload, secret=self._secret, max_bytes=self._max_bytes
+                )
+                if memo is not None:
+                    if len(memo) >= 4096:
+                        memo.clear()
+                    memo[payload] = header
+            value = codec.unpack_value(payload[header.body_start : header.body_end])
         except CorruptEntryError as exc:
             self._count_error("ignored a bad entry (treated as a miss): %s", exc)
             return MISSING, None
+        entry = codec.Entry(header.epoch, header.seq, header.tags, header.created, value)
         if tuple(fetched.tags) != entry.tags:
             self._count_error("ignored an entry whose stored tags disagree with its header")
             return MISSING, None

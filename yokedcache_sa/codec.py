@@ -20,15 +20,23 @@ import hmac
 import struct
 import sys
 import uuid
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgpack
 
 from .errors import CorruptEntryError, SerializationError
 
-__all__ = ["FORMAT_VERSION", "Entry", "decode", "encode", "pack_value", "unpack_value"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Entry",
+    "Header",
+    "decode",
+    "decode_header",
+    "encode",
+    "pack_value",
+    "unpack_value",
+]
 
 MAGIC: Final = b"YK"
 FORMAT_VERSION: Final = 1
@@ -48,8 +56,7 @@ _EXT_FROZENSET = 9
 _EXT_TIMEDELTA = 10
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """A decoded entry: its value and the tag-version snapshot it was computed under."""
 
     epoch: str
@@ -211,8 +218,19 @@ def encode(
     return out
 
 
-def decode(payload: bytes, *, secret: bytes | None, max_bytes: int) -> Entry:
-    """Decode and verify an entry.
+class Header(NamedTuple):
+    """The verified header of an entry and where its body lies in the payload."""
+
+    epoch: str
+    seq: int
+    tags: tuple[str, ...]
+    created: float
+    body_start: int
+    body_end: int
+
+
+def decode_header(payload: bytes, *, secret: bytes | None, max_bytes: int) -> Header:
+    """Verify an entry's envelope (size, magic, format, MAC) and decode its header.
 
     Raises:
         CorruptEntryError: truncated, corrupt, oversized, of another format version, unsigned
@@ -258,5 +276,15 @@ def decode(payload: bytes, *, secret: bytes | None, max_bytes: int) -> Entry:
         and isinstance(created, float | int)
     ):
         raise CorruptEntryError("entry header has wrong field types")
-    value = unpack_value(payload[hstart + hlen : end])
-    return Entry(epoch, seq, tuple(tags), float(created), value)
+    return Header(epoch, seq, tuple(tags), float(created), hstart + hlen, end)
+
+
+def decode(payload: bytes, *, secret: bytes | None, max_bytes: int) -> Entry:
+    """Decode and verify an entry.
+
+    Raises:
+        CorruptEntryError: as :func:`decode_header`, or a body that does not decode.
+    """
+    h = decode_header(payload, secret=secret, max_bytes=max_bytes)
+    value = unpack_value(payload[h.body_start : h.body_end])
+    return Entry(h.epoch, h.seq, h.tags, h.created, value)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 __all__ = ["ALL_TAG", "Snapshot", "is_fresh", "table_tag", "tag_id", "tag_ids"]
 
@@ -44,8 +44,7 @@ def tag_ids(tags: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted({ALL_TAG, *(tag_id(t) for t in tags)}))
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """What the store reported about tag versions at one instant.
 
     ``epoch``: random id of the version space (a new one after versions are lost);

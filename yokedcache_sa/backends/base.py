@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from ..tags import Snapshot
 
@@ -29,8 +28,7 @@ class StoreOutcome(enum.IntEnum):
     """A tag carries a live write lease."""
 
 
-@dataclass(frozen=True, slots=True)
-class Fetched:
+class Fetched(NamedTuple):
     """An entry payload (None on a miss) and the version state of its tags, read atomically."""
 
     payload: bytes | None

@@ -30,6 +30,8 @@ class MemoryBackend:
     """
 
     name = "memory"
+    stable_payloads = True
+    """fetch() returns the same bytes object that store() kept (callers may memoize by it)."""
 
     def __init__(
         self,

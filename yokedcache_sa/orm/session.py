@@ -592,6 +592,8 @@ def _after_commit(session: Session) -> None:
     st = state_of(session)
     if st is None:
         return
+    if session.in_nested_transaction():
+        return  # a SAVEPOINT was released: the outer transaction has not committed yet
     st.committed = True
     st.finish(committed=True)
 
