@@ -40,7 +40,7 @@ from .. import codec, flight
 from ..cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_cache
 from ..errors import InvalidationError, SerializationError
 from ..flight import sync_io
-from ..tags import ALL_TAG, Snapshot, table_tag
+from ..tags import ALL_TAG, Snapshot, table_tag, tag_id
 from . import tracking
 from ._bridge import await_ as _await
 from ._bridge import bridge, in_greenlet
@@ -159,6 +159,10 @@ class SessionCache:
         self.conns: list[weakref.ref[Connection]] = []
 
     # writes --------------------------------------------------------------------------------
+
+    def written_ids(self) -> set[str]:
+        """The backend tag ids of the tables written in the open transaction."""
+        return {tag_id(t) for t in self.written}
 
     def note_written(self, tags: Iterable[str], autocommit: bool = False) -> None:
         """Record tables written by a statement about to run.
@@ -394,7 +398,11 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
     key = _key(shape, ck, ox, [sorted({*hint.tags, *st.tags}), sorted(hint.tables)])
     if key is None:
         return None
-    cache = st.cache
+    try:
+        cache = st.cache
+    except LookupError:
+        log.warning("yokedcache: no cache configured for this session; reading uncached")
+        return None
     outer = _collector.get()
 
     def lookup() -> Lookup:
@@ -403,6 +411,8 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
 
     def served(look: Lookup) -> Result[Any] | None:
         assert shape.result is not None
+        if st.written and st.written_ids().intersection(look.tags):
+            return None  # e.g. an eager load of a table this transaction wrote
         try:
             rows = thaw_rows(look.value, shape.result, session)
         except (NotCacheable, ValueError, TypeError, KeyError, IndexError) as exc:
@@ -414,6 +424,8 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
         return shape.result.build(rows)
 
     def compute(look: Lookup) -> Result[Any] | None:
+        if st.written and st.written_ids().intersection(look.tags):
+            look = Lookup(MISSING, None)  # reads own uncommitted writes: never store
         return _run_and_store(ox, st, shape, hint, key, look.snapshot, outer)
 
     def on_hit(look: Lookup) -> Result[Any] | None:
@@ -477,6 +489,8 @@ def _run_and_store(
     known = shape.result.mappers
     for name, m in mappers.items():
         known.setdefault(name, m)
+    if not col.tables <= shape.tables:  # eager loads read more tables than the statement
+        shape.tables = shape.tables | col.tables
     if outer is not None:
         outer.add(shape.tables)
         outer.add(col.tables)
