@@ -1,0 +1,365 @@
+"""Models, seed data and helpers shared by the ORM suite (and its subprocess scripts).
+
+Table names carry a per-process prefix (``YC_TEST_TABLE_PREFIX`` overrides it, so a child
+process can map the same tables) so parallel workers sharing a database never clash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import importlib.util
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    Enum,
+    ForeignKey,
+    Integer,
+    Numeric,
+    String,
+    Table,
+    TypeDecorator,
+    Uuid,
+    event,
+    insert,
+)
+from sqlalchemy.engine import Row
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+from sqlalchemy.orm.attributes import instance_state
+
+from yokedcache_sa import YokedCache
+from yokedcache_sa.orm import CachingQuery, CachingSession
+
+P = os.environ.get("YC_TEST_TABLE_PREFIX") or (
+    "yc" + os.environ.get("PYTEST_XDIST_WORKER", "") + uuid.uuid4().hex[:6] + "_"
+)
+HERE = Path(__file__).resolve().parent
+
+
+def root_conftest() -> ModuleType:
+    """The top-level ``tests/conftest.py`` (service URLs, ``require_service``)."""
+    name = "yokedcache_tests_root_conftest"
+    mod = sys.modules.get(name)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(name, HERE.parent / "conftest.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
+class Status(enum.Enum):
+    active = "active"
+    archived = "archived"
+
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    """Decimal stored as text on SQLite (which has no exact decimal type)."""
+
+    impl = String(40)
+    cache_ok = True
+
+    def process_bind_param(self, value: Decimal | None, dialect: Any) -> str | None:
+        return None if value is None else str(value)
+
+    def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
+        return None if value is None else Decimal(value)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+user_tags = Table(
+    P + "user_tags",
+    Base.metadata,
+    Column("user_id", ForeignKey(P + "users.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag_id", ForeignKey(P + "tags.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class User(Base):
+    __tablename__ = P + "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    age: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    addresses: Mapped[list[Address]] = relationship(
+        back_populates="user", order_by="Address.id", passive_deletes=True
+    )
+    tags: Mapped[list[Tag]] = relationship(secondary=user_tags, order_by="Tag.id")
+
+
+class Address(Base):
+    __tablename__ = P + "addresses"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey(P + "users.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(80))
+    user: Mapped[User] = relationship(back_populates="addresses")
+
+
+class Tag(Base):
+    __tablename__ = P + "tags"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(30))
+
+
+class Employee(Base):
+    __tablename__ = P + "employees"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    type: Mapped[str] = mapped_column(String(20))
+    __mapper_args__ = {"polymorphic_on": "type", "polymorphic_identity": "employee"}
+
+
+class Manager(Employee):
+    __tablename__ = P + "managers"
+    id: Mapped[int] = mapped_column(ForeignKey(P + "employees.id"), primary_key=True)
+    budget: Mapped[int] = mapped_column(Integer)
+    __mapper_args__ = {"polymorphic_identity": "manager", "polymorphic_load": "inline"}
+
+
+class OrderLine(Base):
+    """Composite primary key."""
+
+    __tablename__ = P + "order_lines"
+    order_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    line_no: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    qty: Mapped[int] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(String(30), nullable=True)
+
+
+class Thing(Base):
+    """DateTime, Numeric (Decimal), Uuid, JSON, Enum and nullable columns."""
+
+    __tablename__ = P + "things"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime)
+    price: Mapped[Decimal] = mapped_column(Numeric(10, 2).with_variant(ExactDecimal(), "sqlite"))
+    uid: Mapped[uuid.UUID] = mapped_column(Uuid)
+    data: Mapped[Any] = mapped_column(JSON)
+    status: Mapped[Status] = mapped_column(Enum(Status, name=P + "status"))
+    note: Mapped[str | None] = mapped_column(String(30), nullable=True)
+
+
+UID1 = uuid.UUID("1b4e28ba-2fa1-41d2-883f-0016d3cca427")
+UID2 = uuid.UUID("6fa459ea-ee8a-4ca4-894e-db77e160355e")
+
+SEED: list[tuple[Any, list[dict[str, Any]]]] = [
+    (
+        User.__table__,
+        [
+            {"id": 1, "name": "alice", "age": 30},
+            {"id": 2, "name": "bob", "age": None},
+            {"id": 3, "name": "carol", "age": 25},
+            {"id": 4, "name": "dave", "age": 41},
+        ],
+    ),
+    (Tag.__table__, [{"id": 1, "name": "red"}, {"id": 2, "name": "blue"}]),
+    (
+        Address.__table__,
+        [
+            {"id": 1, "user_id": 1, "email": "a1@x"},
+            {"id": 2, "user_id": 1, "email": "a2@x"},
+            {"id": 3, "user_id": 3, "email": "c@x"},
+        ],
+    ),
+    (
+        user_tags,
+        [{"user_id": 1, "tag_id": 1}, {"user_id": 1, "tag_id": 2}, {"user_id": 3, "tag_id": 2}],
+    ),
+    (
+        Employee.__table__,
+        [
+            {"id": 1, "name": "eve", "type": "employee"},
+            {"id": 2, "name": "mallory", "type": "manager"},
+        ],
+    ),
+    (Manager.__table__, [{"id": 2, "budget": 100}]),
+    (
+        OrderLine.__table__,
+        [
+            {"order_id": 1, "line_no": 1, "qty": 5, "note": "a"},
+            {"order_id": 1, "line_no": 2, "qty": 3, "note": None},
+            {"order_id": 2, "line_no": 1, "qty": 7, "note": "b"},
+        ],
+    ),
+    (
+        Thing.__table__,
+        [
+            {
+                "id": 1,
+                "created": dt.datetime(2024, 1, 2, 3, 4, 5),
+                "price": Decimal("12.34"),
+                "uid": UID1,
+                "data": {"a": [1, 2], "b": None, "c": "é"},
+                "status": Status.active,
+                "note": None,
+            },
+            {
+                "id": 2,
+                "created": dt.datetime(2023, 12, 31, 23, 59, 59),
+                "price": Decimal("0.10"),
+                "uid": UID2,
+                "data": [1, "two", 3.5],
+                "status": Status.archived,
+                "note": "n",
+            },
+        ],
+    ),
+]
+
+
+def reseed(engine: Engine) -> None:
+    """Delete every row and insert the seed data (plain connection: no cache involved)."""
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+        for table, rows in SEED:
+            conn.execute(insert(table), rows)
+
+
+def enable_sqlite_fks(engine: Engine) -> None:
+    """SQLite enforces FOREIGN KEY (and ON DELETE CASCADE) only when asked, per connection."""
+
+    @event.listens_for(engine, "connect")
+    def _fk_on(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+
+# -- statement counting ---------------------------------------------------------------------
+
+
+class SQLCounter:
+    """Counts the statements an engine sends (``before_cursor_execute``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.n = 0
+        self.statements: list[str] = []
+        event.listen(engine, "before_cursor_execute", self._on)
+
+    def _on(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.n += 1
+        self.statements.append(statement)
+
+    def remove(self) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._on)
+
+    def run(self, fn: Callable[[], Any]) -> tuple[Any, int]:
+        """Call *fn*; return its result and how many statements it sent."""
+        before = self.n
+        out = fn()
+        return out, self.n - before
+
+    @contextmanager
+    def counting(self) -> Iterator[Box]:
+        box = Box()
+        before = self.n
+        try:
+            yield box
+        finally:
+            box.n = self.n - before
+
+
+@dataclass
+class Box:
+    n: int = -1
+
+
+@dataclass
+class DB:
+    name: str
+    url: str
+    engine: Engine
+
+
+@dataclass
+class Env:
+    """Everything a test needs: the database, the cache, session factories, the counter."""
+
+    db: DB
+    cache: YokedCache
+    sql: SQLCounter
+    Session: sessionmaker[CachingSession] = field(init=False)
+    Plain: sessionmaker[Session] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.Session = sessionmaker(self.db.engine, class_=CachingSession, cache=self.cache)
+        self.Plain = sessionmaker(self.db.engine, query_cls=CachingQuery)
+
+    @property
+    def engine(self) -> Engine:
+        return self.db.engine
+
+    def cached(self, fn: Callable[[], Any]) -> Any:
+        """Call *fn*, assert it sent no SQL (served from the cache), return its result."""
+        out, n = self.sql.run(fn)
+        assert n == 0, f"expected a cache hit (0 statements), got {n}: {self.sql.statements[-n:]}"
+        return out
+
+    def queried(self, fn: Callable[[], Any]) -> Any:
+        """Call *fn*, assert it sent at least one statement, return its result."""
+        out, n = self.sql.run(fn)
+        assert n >= 1, "expected the database to be queried, got a cache hit"
+        return out
+
+    def warm(self, read: Callable[[Session], Any]) -> Any:
+        """Run *read* in a fresh session (a miss that stores), then again in another fresh
+        session where it must be a hit; return the (equal) result."""
+        with self.Session() as s:
+            first = plain(self.queried(lambda: read(s)))
+        with self.Session() as s:
+            second = plain(self.cached(lambda: read(s)))
+        assert first == second
+        return second
+
+    def fresh_read(self, read: Callable[[Session], Any]) -> Any:
+        """Run *read* in a fresh caching session; it must query the database."""
+        with self.Session() as s:
+            return plain(self.queried(lambda: read(s)))
+
+    def hit(self, read: Callable[[Session], Any]) -> Any:
+        """Run *read* in a fresh caching session; it must be served from the cache."""
+        with self.Session() as s:
+            return plain(self.cached(lambda: read(s)))
+
+    def truth(self, read: Callable[[Session], Any]) -> Any:
+        """Run *read* in a plain (uncached) Session."""
+        with self.Plain() as s:
+            return plain(read(s))
+
+
+def plain(value: Any) -> Any:
+    """Comparable plain data for results: mapped objects become (class, column values)."""
+    if isinstance(value, Row):
+        return tuple(plain(v) for v in value)
+    if isinstance(value, list | tuple):
+        return type(value)(plain(v) for v in value)
+    if hasattr(type(value), "_sa_class_manager"):
+        state = instance_state(value)
+        cols = {p.key: getattr(value, p.key) for p in state.mapper.column_attrs}
+        return (type(value).__name__, tuple(sorted(cols.items())))
+    return value

@@ -1,0 +1,469 @@
+"""Transactions: rollback releases, read-your-writes, savepoints, failed commits, listener
+errors, ``await session.commit()`` on a sync session, and AsyncSession (asyncpg, aiosqlite)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from ormkit import Env, OrderLine, P, SQLCounter, Tag, User, enable_sqlite_fks, root_conftest
+from sqlalchemy import event, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from yokedcache_sa.orm import CachingSession, instrument_session, state_of
+
+Read = Callable[[Session], Any]
+
+
+def user_names(s: Session) -> Any:
+    return s.scalars(select(User.name).order_by(User.id)).all()
+
+
+def tag_names(s: Session) -> Any:
+    return s.scalars(select(Tag.name).order_by(Tag.id)).all()
+
+
+ALL = ["alice", "bob", "carol", "dave"]
+TAGS = ["red", "blue"]
+
+
+def assert_clean(s: Session) -> None:
+    """No marks, no written tables, no writer left in the session's cache state."""
+    st = state_of(s)
+    assert st is not None
+    assert st.marked == set()
+    assert st.written == set()
+    assert st.writer is None
+
+
+# -- rollback ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["orm-flush", "text", "bulk"])
+def test_rollback_releases(env: Env, how: str) -> None:
+    env.warm(user_names)
+    env.warm(tag_names)
+    with env.Session() as s:
+        if how == "orm-flush":
+            s.get(User, 1).name = "rolled"
+            s.flush()
+        elif how == "text":
+            s.execute(text(f"UPDATE {P}users SET name = 'rolled' WHERE id = 1"))
+        else:
+            s.execute(update(User).where(User.id == 1).values(name="rolled"))
+        assert env.queried(lambda: user_names(s))[0] == "rolled"
+        s.rollback()
+        assert_clean(s)
+        # nothing was committed: the cached entries are still valid, in this session too
+        assert env.cached(lambda: user_names(s)) == ALL
+        assert env.cached(lambda: tag_names(s)) == TAGS
+    assert env.hit(user_names) == ALL
+    assert env.hit(tag_names) == TAGS
+
+
+def test_close_without_commit_releases(env: Env) -> None:
+    env.warm(user_names)
+    s = env.Session()
+    s.execute(text(f"UPDATE {P}users SET name = 'gone' WHERE id = 2"))
+    s.close()
+    assert_clean(s)
+    assert env.hit(user_names) == ALL
+
+
+def test_exception_in_session_begin_block_releases(env: Env) -> None:
+    env.warm(user_names)
+    with pytest.raises(RuntimeError), env.Session.begin() as s:
+        s.get(User, 1).name = "boom"
+        s.flush()
+        raise RuntimeError("abort")
+    assert env.hit(user_names) == ALL
+
+
+def test_session_begin_block_commit_invalidates(env: Env) -> None:
+    env.warm(user_names)
+    with env.Session.begin() as s:  # commits through SessionTransaction, not Session.commit
+        s.get(User, 2).name = "bea"
+    assert env.fresh_read(user_names)[1] == "bea"
+    assert env.hit(user_names)[1] == "bea"
+
+
+# -- read-your-writes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_read_your_writes_and_nothing_uncommitted_is_stored(env: Env, outcome: str) -> None:
+    env.warm(user_names)
+    env.warm(tag_names)
+    with env.Session() as s:
+        alice = s.get(User, 1)
+        alice.name = "mine"
+        s.flush()
+        # the written table bypasses the cache and shows the session's own data …
+        assert env.queried(lambda: user_names(s))[0] == "mine"
+        assert env.queried(lambda: user_names(s))[0] == "mine"  # … every time (not stored)
+        # … other tables still hit
+        assert env.cached(lambda: tag_names(s)) == TAGS
+        # another session never sees the uncommitted data (served from the cache or not)
+        for _ in range(2):
+            assert env.truth(user_names) == ALL
+            with env.Session() as other:
+                assert user_names(other) == ALL
+        assert env.hit(tag_names) == TAGS
+        if outcome == "commit":
+            s.commit()
+        else:
+            s.rollback()
+        assert_clean(s)
+    expected = ["mine", *ALL[1:]] if outcome == "commit" else ALL
+    with env.Session() as s:
+        got, n = env.sql.run(lambda: user_names(s))
+    assert got == expected
+    if outcome == "commit":
+        assert n >= 1
+    assert env.hit(user_names) == expected
+
+
+def test_instrumented_plain_session(env: Env) -> None:
+    env.warm(user_names)
+    with instrument_session(env.Plain(), env.cache) as s:
+        assert env.cached(lambda: user_names(s)) == ALL
+        s.get(User, 3).name = "cara"
+        s.flush()
+        assert env.queried(lambda: user_names(s))[2] == "cara"
+        s.commit()
+    assert env.fresh_read(user_names)[2] == "cara"
+
+
+# -- savepoints ----------------------------------------------------------------------------------
+
+
+def begin_outer(s: Session) -> None:
+    """Open the outer transaction with a write that changes nothing read here.
+
+    pysqlite (default transaction control) only sends BEGIN before DML, so a SAVEPOINT sent
+    first opens the transaction itself and its RELEASE commits it; a write first avoids that.
+    """
+    s.execute(update(OrderLine).where(OrderLine.order_id == -1).values(qty=0))
+
+
+def test_savepoint_rollback_keeps_outer_pending_invalidation(env: Env) -> None:
+    """sqlacache lost the outer transaction's invalidations when a savepoint rolled back."""
+    env.warm(user_names)
+    env.warm(tag_names)
+    with env.Session() as s:
+        s.get(User, 1).name = "outer"
+        s.flush()
+        sp = s.begin_nested()
+        s.get(Tag, 1).name = "inner"
+        s.flush()
+        sp.rollback()
+        # the outer write is still pending: reads of users still bypass
+        assert env.queried(lambda: user_names(s))[0] == "outer"
+        s.commit()
+        assert_clean(s)
+    assert env.fresh_read(user_names)[0] == "outer"
+    assert env.truth(tag_names) == TAGS
+    with env.Session() as s:
+        assert tag_names(s) == TAGS
+
+
+def test_savepoint_rollback_of_the_only_write(env: Env) -> None:
+    env.warm(user_names)
+    with env.Session() as s:
+        env.cached(lambda: user_names(s))
+        begin_outer(s)
+        with s.begin_nested():
+            s.execute(update(User).where(User.id == 2).values(name="never"))
+            assert env.queried(lambda: user_names(s))[1] == "never"
+            s.get_nested_transaction().rollback()  # type: ignore[union-attr]
+        s.commit()
+    assert env.truth(user_names) == ALL
+    with env.Session() as s:
+        assert user_names(s) == ALL
+
+
+def test_released_savepoint_write_invalidates_at_outer_commit(env: Env) -> None:
+    """Releasing a SAVEPOINT is not a commit: nothing may be finished before the outer one."""
+    env.warm(user_names)
+    env.warm(tag_names)
+    with env.Session() as s:
+        env.cached(lambda: tag_names(s))
+        begin_outer(s)
+        with s.begin_nested():
+            s.get(User, 4).name = "davy"
+        # still uncommitted: another session reads (and may cache) the old name
+        with env.Session() as other:
+            assert user_names(other)[3] == "dave"
+        s.commit()
+    assert env.fresh_read(user_names)[3] == "davy"
+    assert env.hit(user_names)[3] == "davy"
+    assert env.hit(tag_names) == TAGS
+
+
+def test_released_savepoint_keeps_read_your_writes(env: Env) -> None:
+    env.warm(user_names)
+    with env.Session() as s:
+        begin_outer(s)
+        with s.begin_nested():
+            s.get(User, 4).name = "davy"
+        assert env.queried(lambda: user_names(s))[3] == "davy"
+        assert state_of(s).written  # type: ignore[union-attr]
+        s.rollback()
+    assert env.hit(user_names) == ALL
+
+
+def test_savepoint_write_then_outer_rollback(env: Env) -> None:
+    env.warm(user_names)
+    with env.Session() as s:
+        begin_outer(s)
+        with s.begin_nested():
+            s.get(User, 4).name = "davy"
+        s.rollback()
+        assert_clean(s)
+    assert env.hit(user_names) == ALL
+
+
+# -- a COMMIT that fails -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_failed_commit_leaves_no_state(env: Env) -> None:
+    """A DEFERRABLE INITIALLY DEFERRED FK is checked at COMMIT, which then fails."""
+    child = f"{P}deferred_child"
+    with env.engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {child}"))
+        conn.execute(
+            text(
+                f"CREATE TABLE {child} (id INTEGER PRIMARY KEY, user_id INTEGER "
+                f"REFERENCES {P}users(id) DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+    try:
+        env.warm(user_names)
+        env.warm(tag_names)
+        s = env.Session()
+        s.get(User, 1).name = "never"
+        s.execute(text(f"INSERT INTO {child} (id, user_id) VALUES (1, 999)"))
+        s.flush()
+        with pytest.raises(IntegrityError):
+            s.commit()
+        assert_clean(s)
+        s.close()
+        # nothing was committed; the cache works normally afterwards (no marks left behind)
+        assert env.truth(user_names) == ALL
+        with env.Session() as s2:
+            assert user_names(s2) == ALL
+        assert env.hit(user_names) == ALL
+        assert env.hit(tag_names) == TAGS
+        # and a later commit still invalidates
+        with env.Session() as s3:
+            s3.get(User, 1).name = "later"
+            s3.commit()
+        assert env.fresh_read(user_names)[0] == "later"
+        assert env.hit(user_names)[0] == "later"
+    finally:
+        with env.engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {child}"))
+
+
+# -- user after_commit listeners that raise --------------------------------------------------------
+
+
+class _Raising(CachingSession):
+    """A session class whose (class-level) after_commit listener runs before ours."""
+
+
+def _boom(session: Session) -> None:
+    raise RuntimeError("user listener failed")
+
+
+event.listen(_Raising, "after_commit", _boom, insert=True)
+
+
+@pytest.mark.parametrize("where", ["instance-after-ours", "class-before-ours"])
+def test_after_commit_listener_error_leaves_no_marks(env: Env, where: str) -> None:
+    env.warm(user_names)
+    env.warm(tag_names)
+    if where == "class-before-ours":
+        factory: Any = sessionmaker(env.engine, class_=_Raising, cache=env.cache)
+    else:
+        factory = env.Session
+    s = factory()
+    if where == "instance-after-ours":
+        event.listen(s, "after_commit", _boom)
+    s.get(User, 1).name = "committed"
+    with pytest.raises(RuntimeError, match="user listener"):
+        s.commit()
+    assert_clean(s)
+    s.close()
+    # the commit happened: the next session sees it, caches it, and invalidates normally
+    assert env.fresh_read(user_names)[0] == "committed"
+    assert env.hit(user_names)[0] == "committed"
+    assert env.hit(tag_names) == TAGS
+    with env.Session() as s2:
+        s2.get(User, 1).name = "again"
+        s2.commit()
+    assert env.fresh_read(user_names)[0] == "again"
+    assert env.hit(user_names)[0] == "again"
+
+
+# -- await session.commit() on a sync session ------------------------------------------------------
+
+
+def test_await_commit_on_sync_session(env: Env) -> None:
+    env.warm(user_names)
+
+    async def route() -> None:
+        with env.Session() as s:
+            s.get(User, 2).name = "awaited"
+            await s.commit()
+
+    asyncio.run(route())
+    assert env.fresh_read(user_names)[1] == "awaited"
+    assert env.hit(user_names)[1] == "awaited"
+
+
+def test_await_commit_on_instrumented_session(env: Env) -> None:
+    env.warm(user_names)
+
+    async def route() -> None:
+        with instrument_session(env.Plain(), env.cache) as s:
+            s.get(User, 3).name = "awaited"
+            await s.commit()
+
+    asyncio.run(route())
+    assert env.fresh_read(user_names)[2] == "awaited"
+
+
+# -- AsyncSession ----------------------------------------------------------------------------------
+
+
+@dataclass
+class AsyncEnv:
+    engine: AsyncEngine
+    Session: async_sessionmaker[AsyncSession]
+    sql: SQLCounter
+
+    async def cached(self, coro: Any) -> Any:
+        before = self.sql.n
+        out = await coro
+        assert self.sql.n == before, f"expected a hit, got {self.sql.statements[before:]}"
+        return out
+
+    async def queried(self, coro: Any) -> Any:
+        before = self.sql.n
+        out = await coro
+        assert self.sql.n > before, "expected the database to be queried"
+        return out
+
+
+@pytest.fixture
+async def aenv(env: Env) -> AsyncIterator[AsyncEnv]:
+    if env.db.name == "sqlite":
+        url = env.db.url.replace("sqlite://", "sqlite+aiosqlite://", 1)
+    else:
+        url = str(root_conftest().PG_ASYNC_URL)
+    engine = create_async_engine(url)
+    if env.db.name == "sqlite":
+        enable_sqlite_fks(engine.sync_engine)
+    counter = SQLCounter(engine.sync_engine)
+    try:
+        yield AsyncEnv(
+            engine,
+            async_sessionmaker(engine, sync_session_class=CachingSession, cache=env.cache),
+            counter,
+        )
+    finally:
+        counter.remove()
+        await engine.dispose()
+        await env.cache.disconnect()
+
+
+async def _names(s: AsyncSession) -> list[str]:
+    return list((await s.scalars(select(User.name).order_by(User.id))).all())
+
+
+ASYNC_DBS = pytest.mark.parametrize("db", ["sqlite", "postgresql"], indirect=True)
+
+
+@ASYNC_DBS
+async def test_async_cached_reads(aenv: AsyncEnv) -> None:
+    async def reads(s: AsyncSession) -> Any:
+        users = (
+            await s.scalars(select(User).options(selectinload(User.addresses)).order_by(User.id))
+        ).all()
+        got = await s.get(User, 3)
+        rows = (await s.execute(select(User.id, User.name).where(User.age > 26))).all()
+        return (
+            [(u.name, [a.email for a in u.addresses]) for u in users],
+            got.name if got else None,
+            sorted(tuple(r) for r in rows),
+        )
+
+    async with aenv.Session() as s:
+        first = await aenv.queried(reads(s))
+    async with aenv.Session() as s:
+        second = await aenv.cached(reads(s))
+    assert first == second
+    assert first[0][0] == ("alice", ["a1@x", "a2@x"])
+    assert first[1] == "carol"
+    assert first[2] == [(1, "alice"), (4, "dave")]
+
+
+@ASYNC_DBS
+async def test_async_commit_invalidates(aenv: AsyncEnv) -> None:
+    async with aenv.Session() as s:
+        await aenv.queried(_names(s))
+        await aenv.queried(s.get(User, 1))
+    async with aenv.Session() as s:
+        assert await aenv.cached(_names(s)) == ALL
+        u = await aenv.cached(s.get(User, 1))
+        u.name = "async"
+        await s.flush()
+        assert (await aenv.queried(_names(s)))[0] == "async"  # read-your-writes
+        await s.commit()
+    async with aenv.Session() as s:
+        assert (await aenv.queried(_names(s)))[0] == "async"
+    async with aenv.Session() as s:
+        assert (await aenv.cached(_names(s)))[0] == "async"
+
+
+@ASYNC_DBS
+async def test_async_text_write_and_rollback(aenv: AsyncEnv) -> None:
+    async with aenv.Session() as s:
+        await aenv.queried(_names(s))
+    async with aenv.Session() as s:
+        await s.execute(text(f"UPDATE {P}users SET name = 'rb' WHERE id = 2"))
+        assert (await aenv.queried(_names(s)))[1] == "rb"
+        await s.rollback()
+        assert await aenv.cached(_names(s)) == ALL
+    async with aenv.Session() as s:
+        await s.execute(text(f"UPDATE {P}users SET name = 'tx' WHERE id = 2"))
+        await s.commit()
+    async with aenv.Session() as s:
+        assert (await aenv.queried(_names(s)))[1] == "tx"
+    async with aenv.Session() as s:
+        assert (await aenv.cached(_names(s)))[1] == "tx"
+
+
+@ASYNC_DBS
+async def test_async_and_sync_sessions_share_the_cache(env: Env, aenv: AsyncEnv) -> None:
+    async with aenv.Session() as s:
+        await aenv.queried(_names(s))
+    with env.Session() as ss:  # a sync write: the async readers see it
+        ss.get(User, 4).name = "sync"
+        ss.commit()
+    async with aenv.Session() as s:
+        assert (await aenv.queried(_names(s)))[3] == "sync"
+    async with aenv.Session() as s:
+        assert (await aenv.cached(_names(s)))[3] == "sync"
