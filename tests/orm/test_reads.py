@@ -229,12 +229,6 @@ def test_lazy_loads_return_the_right_rows(env: Env) -> None:
         assert _lazy_read(s) == (["a1@x", "a2@x", "new@x"], ["red"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: lazy loads are never cached: SQLAlchemy builds them with lambda_stmt, whose "
-    "cache key holds a code object that _stable() rejects ('structure has no stable key'), "
-    "although orm/options.py says a lazy load is cached on its own terms",
-)
 def test_lazy_loads_are_cached(env: Env) -> None:
     assert env.warm(_lazy_read) == (["a1@x", "a2@x"], ["red", "blue"])
 

@@ -32,6 +32,7 @@ from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.result import Result
 from sqlalchemy.orm import ORMExecuteState, Query, Session, SessionTransaction
+from sqlalchemy.orm.interfaces import MapperProperty
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select
@@ -260,6 +261,19 @@ def _stable(obj: Any, out: list[str]) -> bool:
         cls = obj.class_
         out.append(f"M<{cls.__module__}.{cls.__qualname__}:{obj.local_table}>")
         return True
+    if isinstance(obj, MapperProperty):
+        cls = obj.parent.class_
+        out.append(f"P<{cls.__module__}.{cls.__qualname__}.{obj.key}>,")
+        return True
+    if isinstance(obj, types.CodeType):
+        # lambda statements (SQLAlchemy's lazy loaders use them) key on their code object:
+        # the same source yields the same bytecode, names and constants in every process
+        out.append(f"C<{obj.co_filename}:{obj.co_firstlineno}:{obj.co_qualname}:")
+        out.append(hashlib.blake2b(obj.co_code, digest_size=8).hexdigest())
+        out.append(repr(obj.co_names))
+        ok = _stable(tuple(obj.co_consts), out)
+        out.append(">,")
+        return ok
     if isinstance(obj, types.FunctionType | types.BuiltinFunctionType | type):
         qual = getattr(obj, "__qualname__", "")
         if "<" in qual:  # lambdas and locals have no process-independent name
@@ -686,21 +700,29 @@ def _before_cursor_execute(
             col.mark_unknown("text() inside a query")
             return
         col.add(tables)
-        if col.strict_snapshot:
+        # The checks concern every @cached computation in progress, also when the innermost
+        # collector is a caching session's private read (not strict).
+        strict: Collector | None = col
+        while strict is not None and not strict.strict_snapshot:
+            strict = strict.parent
+        if strict is not None:
             if st is not None:
                 own = bool(tables & st.written) or ALL_TAG in st.written
             else:
                 own = bool(cd.get("_yc_dirty"))
             if own:
-                col.mark_unknown("a read of its own transaction's uncommitted writes")
+                strict.mark_unknown("a read of its own transaction's uncommitted writes")
             begun = conn.__dict__.get("_yc_begun_at", 0)
             iso = (
                 conn.get_execution_options().get("isolation_level")
                 or getattr(conn, "default_isolation_level", "")
                 or ""
             ).upper()
-            if begun < col.started_at and iso not in _STATEMENT_LEVEL:
-                col.mark_unknown("a snapshot transaction that began before the computation")
+            # Only computations that started after the snapshot began are affected.
+            while iso not in _STATEMENT_LEVEL and strict is not None and begun < strict.started_at:
+                if strict.strict_snapshot and strict.unknown is None:
+                    strict.unknown = "a snapshot transaction that began before the computation"
+                strict = strict.parent
 
 
 def _on_begin(conn: Connection) -> None:
