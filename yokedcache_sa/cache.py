@@ -151,6 +151,10 @@ class _Breaker:
                 self.open_until = time.monotonic() + self.timeout
 
 
+class _BreakerOpen(BackendUnavailable):
+    """The breaker refused a call: not a new failure of the store."""
+
+
 _KEY_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/@=+")
 
 
@@ -392,13 +396,15 @@ class YokedCache:
         )
 
     def _unavailable(self, exc: BackendError, what: str) -> None:
-        if isinstance(exc, BackendUnavailable):
+        # A refusal by the open breaker is not a failure: counting it would push the next
+        # probe back on every call, so under steady traffic the breaker would never close.
+        if isinstance(exc, BackendUnavailable) and not isinstance(exc, _BreakerOpen):
             self._breaker.failure()
         self._count_error("cache %s failed, using the database: %s", what, exc)
 
     def _check_breaker(self) -> None:
         if not self._breaker.allow():
-            raise BackendUnavailable(
+            raise _BreakerOpen(
                 "the cache circuit breaker is open after repeated failures; "
                 f"it retries in {self.config.circuit_breaker_timeout}s"
             )

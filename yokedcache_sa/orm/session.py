@@ -869,6 +869,13 @@ class CachingSession(Session):
 def _commit_and_finish(session: Session, commit: Any) -> None:
     try:
         commit(session)
+    except InvalidationError:
+        st = state_of(session)
+        if st is not None and not (st.committed or st.db_commit_started):
+            # strict_invalidation refused the COMMIT before it was sent: roll back, or a later
+            # commit() would commit these writes with their tables no longer marked.
+            session.rollback()
+        raise
     finally:
         st = state_of(session)
         if st is not None and (st.marked or st.writer):
