@@ -324,9 +324,11 @@ def _shape_for(statement: Any, ck_key: Any, bind: Any, hint: Hint) -> _Shape:
     k = (ck_key, _bind_id(bind), hint.tables)
     shape = _shapes.get(k)
     if shape is None:
-        shape = _make_shape(statement, ck_key, bind, hint)
+        new = _make_shape(statement, ck_key, bind, hint)
         with _shapes_lock:
-            _shapes[k] = shape
+            # concurrent first uses must share one shape: a waiter can only serve the
+            # leader's result once the leader has recorded the result shape on it
+            shape = _shapes.setdefault(k, new)
             while len(_shapes) > _MAX_SHAPES:
                 _shapes.popitem(last=False)
     return shape
