@@ -68,21 +68,37 @@ _FETCH = (
     _LUA_HELPERS
     + """
 local meta = KEYS[2]
-local ep = epoch(meta, ARGV[1])
-local seq = tonumber(redis.call('HGET', meta, 'seq') or '0')
 local v = redis.call('GET', KEYS[1])
+local h = redis.call('HMGET', meta, 'epoch', 'seq')
+local ep = h[1]
+if not ep then
+  redis.call('HSET', meta, 'epoch', ARGV[1])
+  ep = ARGV[1]
+end
+local seq = tonumber(h[2] or '0')
 if not v then return {false, ep, seq, 0, 0} end
 local i = string.find(v, '\\0', 1, true)
 if not i then return {false, ep, seq, 0, 2} end
-local now = now_ms()
-local top, flag = 0, 0
-for tag in string.gmatch(string.sub(v, 1, i - 1), '[^\\n]+') do
-  local r = redis.call('HMGET', meta, 'v:' .. tag, 'm:' .. tag)
-  local tv = tonumber(r[1] or '0')
-  if tv > top then top = tv end
-  if flag == 0 and r[2] and live(r[2], now) then flag = 1 end
+local block = string.sub(v, 1, i - 1)
+local fields = {}
+for tag in string.gmatch(block, '[^\\n]+') do
+  fields[#fields + 1] = 'v:' .. tag
+  fields[#fields + 1] = 'm:' .. tag
 end
-return {string.sub(v, i + 1), ep, seq, top, flag, string.sub(v, 1, i - 1)}
+local top, flag = 0, 0
+if #fields > 0 then
+  local r = redis.call('HMGET', meta, unpack(fields))
+  local now = nil
+  for j = 1, #fields, 2 do
+    local tv = tonumber(r[j] or '0')
+    if tv > top then top = tv end
+    if flag == 0 and r[j + 1] then
+      now = now or now_ms()
+      if live(r[j + 1], now) then flag = 1 end
+    end
+  end
+end
+return {string.sub(v, i + 1), ep, seq, top, flag, block}
 """
 )
 
