@@ -272,7 +272,7 @@ def _start_closer(closer: AsyncGenerator[None, None]) -> None:
 class RedisBackend:
     """A Redis (or ``rediss://`` TLS) store shared by every process using the same prefix.
 
-    One blocking connection pool (bounded by *max_connections*) serves sync callers from any
+    One connection pool (bounded by *max_connections*) serves sync callers from any
     thread; each running event loop gets its own asyncio client, so one backend works from
     several loops (``asyncio.run`` twice, FastAPI plus a worker thread) without errors.
     """
@@ -298,7 +298,6 @@ class RedisBackend:
             max_connections=max_connections,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_connect_timeout,
-            timeout=socket_timeout,  # wait for a free pooled connection at most this long
             health_check_interval=30,
         )
         self._client: redis_sync.Redis | None = None
@@ -344,7 +343,9 @@ class RedisBackend:
     def _sync(self) -> dict[str, Any]:
         if self._client is None:
             with self._errors("a connection"):
-                pool = self._redis.BlockingConnectionPool.from_url(self._url, **self._kw)
+                # A plain bounded pool: when all max_connections are busy a call fails at once
+                # (a miss, served by the database) instead of queueing behind a lock.
+                pool = self._redis.ConnectionPool.from_url(self._url, **self._kw)
                 client = self._redis.Redis(connection_pool=pool)
                 self._scripts = {n: _Script(client, s, self._redis) for n, s in _SCRIPTS.items()}
                 self._client = client
@@ -356,7 +357,7 @@ class RedisBackend:
         if pair is None:
             with self._errors("a connection"):
                 ra = self._redis.asyncio
-                pool = ra.BlockingConnectionPool.from_url(self._url, **self._kw)
+                pool = ra.ConnectionPool.from_url(self._url, **self._kw)
                 client = ra.Redis(connection_pool=pool)
                 scripts = {n: client.register_script(s) for n, s in _SCRIPTS.items()}
             closer = _close_with_loop(client)
