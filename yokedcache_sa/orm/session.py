@@ -157,6 +157,7 @@ class SessionCache:
         self.no_store = False
         self.db_commit_started = False
         self.committed = False
+        self.autocommitted = False
         self.conns: list[weakref.ref[Connection]] = []
 
     # writes --------------------------------------------------------------------------------
@@ -176,6 +177,7 @@ class SessionCache:
         tags = tracking.cascade_closure(tags, list(_known_metadata))
         self.written.update(tags)
         if autocommit:
+            self.autocommitted = True  # the database commits it as it runs
             self.mark_pending()
 
     def mark_pending(self) -> None:
@@ -191,8 +193,12 @@ class SessionCache:
 
     def finish(self, committed: bool) -> None:
         """End the transaction: bump marked tags after a commit, else release them."""
+        committed = committed or self.autocommitted
         if committed:
-            self.mark_pending()  # written but never marked (no COMMIT event was seen)
+            try:
+                self.mark_pending()  # written but never marked (no COMMIT event was seen)
+            except InvalidationError as exc:  # strict mode; the end_write below still runs
+                log.error("yokedcache: %s", exc)
         marked, writer = sorted(self.marked), self.writer
         conns = self.conns
         self._reset()
