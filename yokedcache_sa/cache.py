@@ -99,16 +99,34 @@ class CacheStats:
         return self.hits / total if total else 0.0
 
 
+COMPUTE_LOCK_SECONDS: Final = 30.0
+"""Lifetime of a compute (stampede) lock; a crashed holder frees it by expiry."""
+
+
+class ComputeLock:
+    """A compute lock taken for a key: pass it to ``store`` (which drops it) or unlock it."""
+
+    __slots__ = ("released", "token")
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.released = False
+
+
 class Lookup(NamedTuple):
     """Outcome of :meth:`YokedCache.lookup_sync`: a value or MISSING, and what to store under.
 
     ``snapshot`` is None when the cache could not be consulted (unavailable, or a tag has an
-    undelivered invalidation): then the caller must not store.
+    undelivered invalidation): then the caller must not store. With ``lock=True`` a miss
+    also reports the compute lock: ``lock`` when this caller took it, ``lock_busy`` when
+    another caller holds it.
     """
 
     value: Any
     snapshot: Snapshot | None
     tags: tuple[str, ...] = ()
+    lock: ComputeLock | None = None
+    lock_busy: bool = False
 
     @property
     def hit(self) -> bool:
@@ -411,48 +429,55 @@ class YokedCache:
 
     # -- protocol used by the ORM layer and @cached ----------------------------------------
 
-    def lookup_sync(self, key: str, *, horizon: int | None = None) -> Lookup:
+    def _looked_up(self, fetched: Fetched, horizon: int | None, token: str | None) -> Lookup:
+        value, entry = self._decide(fetched, horizon, self._blocked(fetched.tags))
+        self._record(value is not MISSING, entry)
+        lock = ComputeLock(token) if token is not None and fetched.lock == 1 else None
+        return Lookup(value, fetched.snapshot, fetched.tags, lock, fetched.lock == -1)
+
+    def lookup_sync(self, key: str, *, horizon: int | None = None, lock: bool = False) -> Lookup:
         """Read *key*; on a miss the returned snapshot is what a later store must carry.
+
+        Args:
+            horizon: the write sequence a snapshot-isolated transaction began at.
+            lock: on a miss, also take the compute lock of *key* (same round trip).
 
         Never raises for a sick cache: an unreachable store or a bad entry is a miss with
         ``snapshot=None`` (do not store) or a plain miss.
         """
         me = self._target()
         if me is not self:
-            return me.lookup_sync(key, horizon=horizon)
+            return me.lookup_sync(key, horizon=horizon, lock=lock)
         if self._pending:
             self._retry_pending_sync()
+        token = _new_writer() if lock else None
         try:
             self._check_breaker()
-            fetched = self.backend.fetch(key)
+            fetched = self.backend.fetch(key, token, COMPUTE_LOCK_SECONDS)
             self._breaker.success()
         except BackendError as exc:
             self._unavailable(exc, "read")
             self._misses += 1
             return Lookup(MISSING, None)
-        value, entry = self._decide(fetched, horizon, self._blocked(fetched.tags))
-        self._record(value is not MISSING, entry)
-        snap = fetched.snapshot
-        return Lookup(value, snap, fetched.tags)
+        return self._looked_up(fetched, horizon, token)
 
-    async def lookup(self, key: str, *, horizon: int | None = None) -> Lookup:
+    async def lookup(self, key: str, *, horizon: int | None = None, lock: bool = False) -> Lookup:
         """Async twin of :meth:`lookup_sync`."""
         me = self._target()
         if me is not self:
-            return await me.lookup(key, horizon=horizon)
+            return await me.lookup(key, horizon=horizon, lock=lock)
         if self._pending:
             await self._retry_pending()
+        token = _new_writer() if lock else None
         try:
             self._check_breaker()
-            fetched = await self.backend.afetch(key)
+            fetched = await self.backend.afetch(key, token, COMPUTE_LOCK_SECONDS)
             self._breaker.success()
         except BackendError as exc:
             self._unavailable(exc, "read")
             self._misses += 1
             return Lookup(MISSING, None)
-        value, entry = self._decide(fetched, horizon, self._blocked(fetched.tags))
-        self._record(value is not MISSING, entry)
-        return Lookup(value, fetched.snapshot, fetched.tags)
+        return self._looked_up(fetched, horizon, token)
 
     def _prepare_store(
         self, value: object, tags: Iterable[str], snapshot: Snapshot
@@ -470,6 +495,7 @@ class YokedCache:
         tags: Iterable[str],
         snapshot: Snapshot,
         ttl: TTL = DEFAULT_TTL,
+        lock: ComputeLock | None = None,
     ) -> bool:
         """Store *value* computed after *snapshot* was observed; refused if a tag moved since.
 
@@ -478,16 +504,19 @@ class YokedCache:
         """
         me = self._target()
         if me is not self:
-            return me.store_sync(key, value, tags=tags, snapshot=snapshot, ttl=ttl)
+            return me.store_sync(key, value, tags=tags, snapshot=snapshot, ttl=ttl, lock=lock)
         prepared = self._prepare_store(value, tags, snapshot)
         if prepared is None:
             return False
         ids, payload = prepared
         try:
             self._check_breaker()
+            token = lock.token if lock is not None and not lock.released else None
             outcome = self.backend.store(
-                key, payload, self._ttl(ttl), ids, snapshot.epoch, snapshot.seq
+                key, payload, self._ttl(ttl), ids, snapshot.epoch, snapshot.seq, token
             )
+            if lock is not None:
+                lock.released = True
             self._breaker.success()
         except BackendError as exc:
             self._unavailable(exc, "write")
@@ -505,20 +534,24 @@ class YokedCache:
         tags: Iterable[str],
         snapshot: Snapshot,
         ttl: TTL = DEFAULT_TTL,
+        lock: ComputeLock | None = None,
     ) -> bool:
         """Async twin of :meth:`store_sync`."""
         me = self._target()
         if me is not self:
-            return await me.store(key, value, tags=tags, snapshot=snapshot, ttl=ttl)
+            return await me.store(key, value, tags=tags, snapshot=snapshot, ttl=ttl, lock=lock)
         prepared = self._prepare_store(value, tags, snapshot)
         if prepared is None:
             return False
         ids, payload = prepared
         try:
             self._check_breaker()
+            token = lock.token if lock is not None and not lock.released else None
             outcome = await self.backend.astore(
-                key, payload, self._ttl(ttl), ids, snapshot.epoch, snapshot.seq
+                key, payload, self._ttl(ttl), ids, snapshot.epoch, snapshot.seq, token
             )
+            if lock is not None:
+                lock.released = True
             self._breaker.success()
         except BackendError as exc:
             self._unavailable(exc, "write")

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from .cache import MISSING, Lookup, YokedCache
+from .cache import COMPUTE_LOCK_SECONDS, MISSING, ComputeLock, Lookup, YokedCache
 
 __all__ = ["FlightIO", "Flights", "run_async", "run_sync", "sync_io"]
 
@@ -24,8 +24,7 @@ T = TypeVar("T")
 
 WAIT_SECONDS = 10.0
 """Longest a caller waits for another's computation before computing itself."""
-LOCK_SECONDS = 30.0
-"""Lifetime of the cross-process compute lock (a crashed leader frees it by expiry)."""
+LOCK_SECONDS = COMPUTE_LOCK_SECONDS
 
 
 class Flights:
@@ -94,7 +93,7 @@ class _ThreadIO:
         time.sleep(seconds)
 
     def try_lock(self, cache: YokedCache, key: str) -> tuple[bool, str | None]:
-        return cache.try_lock_sync(key, LOCK_SECONDS)
+        return cache.try_lock_sync(key, COMPUTE_LOCK_SECONDS)
 
     def unlock(self, cache: YokedCache, key: str, token: str | None) -> None:
         cache.unlock_sync(key, token)
@@ -115,33 +114,50 @@ def run_sync(
     first: Lookup,
     io: FlightIO = sync_io,
 ) -> T:
-    """Compute *key* once across concurrent callers; others get it from the cache."""
+    """Compute *key* once across concurrent callers; the others get it from the cache.
+
+    *first* is the miss that started this, looked up with ``lock=True``: when it took the
+    compute lock the caller computes at once (and *compute* hands the lock to ``store``,
+    which drops it); when another caller holds it, this one waits for that result.
+    """
+    if first.lock is not None:  # the lookup took the lock: compute, whoever else waits
+        mine = io.claim(key) is None
+        try:
+            return compute(first)
+        finally:
+            if not first.lock.released:
+                io.unlock(cache, key, first.lock.token)
+            if mine:
+                io.release(key)
     handle = io.claim(key)
     if handle is not None:  # another caller in this process computes it
         io.wait(handle, WAIT_SECONDS)
         look = relookup()
         return on_hit(look) if look.value is not MISSING else compute(look)
     try:
-        got, token = io.try_lock(cache, key)
-        if got:
-            try:
-                return compute(first)
-            finally:
-                io.unlock(cache, key, token)
+        busy = first.lock_busy
+        if not busy and first.snapshot is not None:
+            got, token = io.try_lock(cache, key)  # the lookup could not ask (fresh there)
+            if got:
+                held = first._replace(lock=ComputeLock(token)) if token else first
+                try:
+                    return compute(held)
+                finally:
+                    if held.lock is not None and not held.lock.released:
+                        io.unlock(cache, key, held.lock.token)
+            busy = True
         look = first
-        deadline = time.monotonic() + WAIT_SECONDS
-        delay = 0.005
-        while time.monotonic() < deadline:  # another process computes it
-            io.sleep(delay)
-            delay = min(delay * 2, 0.1)
-            look = relookup()
-            if look.value is not MISSING:
-                return on_hit(look)
-            if not io.is_locked(cache, key):
-                look = relookup()  # the leader may have stored and unlocked since
+        if busy:  # another process computes it: poll until its result or its lock is gone
+            deadline = time.monotonic() + WAIT_SECONDS
+            delay = 0.005
+            while time.monotonic() < deadline:
+                io.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                look = relookup()
                 if look.value is not MISSING:
                     return on_hit(look)
-                break
+                if not io.is_locked(cache, key):
+                    break
         return compute(look)
     finally:
         io.release(key)
@@ -156,6 +172,15 @@ async def run_async(
     first: Lookup,
 ) -> T:
     """Async twin of :func:`run_sync` for coroutine callers."""
+    if first.lock is not None:
+        mine = FLIGHTS.aclaim(key) is None
+        try:
+            return await compute(first)
+        finally:
+            if not first.lock.released:
+                await cache.unlock(key, first.lock.token)
+            if mine:
+                FLIGHTS.arelease(key)
     ev = FLIGHTS.aclaim(key)
     if ev is not None:
         try:
@@ -165,26 +190,29 @@ async def run_async(
         look = await relookup()
         return on_hit(look) if look.value is not MISSING else await compute(look)
     try:
-        got, token = await cache.try_lock(key, LOCK_SECONDS)
-        if got:
-            try:
-                return await compute(first)
-            finally:
-                await cache.unlock(key, token)
+        busy = first.lock_busy
+        if not busy and first.snapshot is not None:
+            got, token = await cache.try_lock(key, COMPUTE_LOCK_SECONDS)
+            if got:
+                held = first._replace(lock=ComputeLock(token)) if token else first
+                try:
+                    return await compute(held)
+                finally:
+                    if held.lock is not None and not held.lock.released:
+                        await cache.unlock(key, held.lock.token)
+            busy = True
         look = first
-        deadline = time.monotonic() + WAIT_SECONDS
-        delay = 0.005
-        while time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
-            look = await relookup()
-            if look.value is not MISSING:
-                return on_hit(look)
-            if not await cache.is_locked(key):
-                look = await relookup()  # the leader may have stored and unlocked since
+        if busy:
+            deadline = time.monotonic() + WAIT_SECONDS
+            delay = 0.005
+            while time.monotonic() < deadline:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                look = await relookup()
                 if look.value is not MISSING:
                     return on_hit(look)
-                break
+                if not await cache.is_locked(key):
+                    break
         return await compute(look)
     finally:
         FLIGHTS.arelease(key)

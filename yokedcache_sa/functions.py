@@ -109,7 +109,7 @@ class _Cached:
         if k is None:
             return self.fn(*args, **kwargs)
         cache = self.resolve(args, kwargs)
-        look = cache.lookup_sync(k)
+        look = cache.lookup_sync(k, lock=True)
         if look.value is not MISSING:
             return self._hit(look)
         return flight.run_sync(
@@ -134,7 +134,9 @@ class _Cached:
         tags = self.tags_for(col)
         if tags is not None and look.snapshot is not None:
             try:
-                cache.store_sync(k, value, tags=tags, snapshot=look.snapshot, ttl=self.ttl)
+                cache.store_sync(
+                    k, value, tags=tags, snapshot=look.snapshot, ttl=self.ttl, lock=look.lock
+                )
             except SerializationError as exc:
                 self.report_unstorable(exc)
         return value
@@ -146,7 +148,7 @@ class _Cached:
         if k is None:
             return await self.fn(*args, **kwargs)
         cache = self.resolve(args, kwargs)
-        look = await cache.lookup(k)
+        look = await cache.lookup(k, lock=True)
         if look.value is not MISSING:
             return self._hit(look)
 
@@ -173,7 +175,9 @@ class _Cached:
         tags = self.tags_for(col)
         if tags is not None and look.snapshot is not None:
             try:
-                await cache.store(k, value, tags=tags, snapshot=look.snapshot, ttl=self.ttl)
+                await cache.store(
+                    k, value, tags=tags, snapshot=look.snapshot, ttl=self.ttl, lock=look.lock
+                )
             except SerializationError as exc:
                 self.report_unstorable(exc)
         return value

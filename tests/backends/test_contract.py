@@ -293,7 +293,7 @@ def test_memory_lru_bound_by_bytes() -> None:
     assert 1 <= stats.key_count < 6
     assert c.get_sync("a") is None
     assert backend.bytes_used == sum(
-        len(p) for _t, p, _e in backend._entries.values()
+        len(item[1]) for item in backend._entries.values()
     )  # accounting stays exact
 
 

@@ -35,6 +35,9 @@ class Fetched(NamedTuple):
     snapshot: Snapshot
     tags: tuple[str, ...] = ()
     """The tag ids the store holds for the entry (checked against the signed header)."""
+    lock: int = 0
+    """Compute lock asked for with the fetch: 1 taken, -1 held by another caller, 0 not
+    asked, or not taken because the entry is fresh."""
 
 
 @runtime_checkable
@@ -43,8 +46,12 @@ class Backend(Protocol):
 
     name: str
 
-    def fetch(self, key: str) -> Fetched:
-        """Read the entry at *key* and, atomically with it, the state of the entry's tags."""
+    def fetch(self, key: str, lock_token: str | None = None, lock_ttl: float = 0.0) -> Fetched:
+        """Read the entry at *key* and, atomically with it, the state of the entry's tags.
+
+        With *lock_token*, also take the compute lock of *key* for *lock_ttl* seconds unless
+        the entry is fresh or someone holds it (stampede protection, no extra round trip).
+        """
         ...
 
     def observe(self) -> Snapshot:
@@ -59,8 +66,12 @@ class Backend(Protocol):
         tags: Sequence[str],
         epoch: str,
         seq: int,
+        lock_token: str | None = None,
     ) -> StoreOutcome:
-        """Store *payload* unless a tag moved after *seq*, is marked, or the epoch changed."""
+        """Store *payload* unless a tag moved after *seq*, is marked, or the epoch changed.
+
+        Whatever the outcome, drop the compute lock of *key* if *lock_token* holds it.
+        """
         ...
 
     def begin_write(
@@ -113,7 +124,9 @@ class Backend(Protocol):
         """Release connections."""
         ...
 
-    async def afetch(self, key: str) -> Fetched: ...
+    async def afetch(
+        self, key: str, lock_token: str | None = None, lock_ttl: float = 0.0
+    ) -> Fetched: ...
     async def aobserve(self) -> Snapshot: ...
     async def astore(
         self,
@@ -123,6 +136,7 @@ class Backend(Protocol):
         tags: Sequence[str],
         epoch: str,
         seq: int,
+        lock_token: str | None = None,
     ) -> StoreOutcome: ...
     async def abegin_write(
         self, tags: Sequence[str], writer: str, lease: float, bump: bool = False

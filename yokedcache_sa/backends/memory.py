@@ -44,8 +44,10 @@ class MemoryBackend:
         self.max_bytes = max_bytes
         self._clock = clock if callable(clock) else time.monotonic
         self._lock = threading.Lock()
-        # key -> (tags, payload, expires_at)
-        self._entries: OrderedDict[str, tuple[tuple[str, ...], bytes, float]] = OrderedDict()
+        # key -> (tags, payload, expires_at, epoch, seq)
+        self._entries: OrderedDict[str, tuple[tuple[str, ...], bytes, float, str, int]] = (
+            OrderedDict()
+        )
         self._bytes = 0
         self._epoch = _new_epoch()
         self._seq = 0
@@ -71,30 +73,41 @@ class MemoryBackend:
         return top, marked
 
     def _drop(self, key: str) -> None:
-        _tags, payload, _exp = self._entries.pop(key)
+        payload = self._entries.pop(key)[1]
         self._bytes -= len(payload)
 
     def _evict(self) -> None:
         entries = self._entries
         while entries and (len(entries) > self.max_entries or self._bytes > self.max_bytes):
-            _key, (_t, payload, _e) = entries.popitem(last=False)
+            payload = entries.popitem(last=False)[1][1]
             self._bytes -= len(payload)
 
     # -- sync API --------------------------------------------------------------------------
 
-    def fetch(self, key: str) -> Fetched:
+    def fetch(self, key: str, lock_token: str | None = None, lock_ttl: float = 0.0) -> Fetched:
         now = self._clock()
         with self._lock:
             item = self._entries.get(key)
-            if item is None:
-                return Fetched(None, Snapshot(self._epoch, self._seq))
-            tags, payload, expires = item
-            if expires <= now:
+            if item is not None and item[2] <= now:
                 self._drop(key)
-                return Fetched(None, Snapshot(self._epoch, self._seq))
+                item = None
+            if item is None:
+                lock = self._take(key, lock_token, lock_ttl, now) if lock_token else 0
+                return Fetched(None, Snapshot(self._epoch, self._seq), (), lock)
+            tags, payload, _expires, epoch, seq = item
             self._entries.move_to_end(key)
             top, marked = self._state(tags, now)
-            return Fetched(payload, Snapshot(self._epoch, self._seq, top, marked), tags)
+            lock = 0
+            if lock_token and (marked or epoch != self._epoch or top > seq):
+                lock = self._take(key, lock_token, lock_ttl, now)
+            return Fetched(payload, Snapshot(self._epoch, self._seq, top, marked), tags, lock)
+
+    def _take(self, name: str, token: str, ttl: float, now: float) -> int:
+        held = self._locks.get(name)
+        if held is not None and held[1] > now:
+            return -1
+        self._locks[name] = (token, now + ttl)
+        return 1
 
     def observe(self) -> Snapshot:
         with self._lock:
@@ -108,9 +121,14 @@ class MemoryBackend:
         tags: Sequence[str],
         epoch: str,
         seq: int,
+        lock_token: str | None = None,
     ) -> StoreOutcome:
         now = self._clock()
         with self._lock:
+            if lock_token is not None:
+                held = self._locks.get(key)
+                if held is not None and held[0] == lock_token:
+                    del self._locks[key]
             if epoch != self._epoch:
                 return StoreOutcome.STALE
             top, marked = self._state(tags, now)
@@ -123,7 +141,7 @@ class MemoryBackend:
                 return StoreOutcome.STALE
             if key in self._entries:
                 self._drop(key)
-            self._entries[key] = (tuple(tags), payload, now + ttl if ttl else _INF)
+            self._entries[key] = (tuple(tags), payload, now + ttl if ttl else _INF, epoch, seq)
             self._bytes += len(payload)
             self._evict()
             return StoreOutcome.STORED
@@ -207,7 +225,7 @@ class MemoryBackend:
     def key_count(self) -> int:
         now = self._clock()
         with self._lock:
-            return sum(1 for _t, _p, exp in self._entries.values() if exp > now)
+            return sum(1 for item in self._entries.values() if item[2] > now)
 
     @property
     def bytes_used(self) -> int:
@@ -222,8 +240,10 @@ class MemoryBackend:
 
     # -- async twins: the memory store never blocks, so they call the sync methods ---------
 
-    async def afetch(self, key: str) -> Fetched:
-        return self.fetch(key)
+    async def afetch(
+        self, key: str, lock_token: str | None = None, lock_ttl: float = 0.0
+    ) -> Fetched:
+        return self.fetch(key, lock_token, lock_ttl)
 
     async def aobserve(self) -> Snapshot:
         return self.observe()
@@ -236,8 +256,9 @@ class MemoryBackend:
         tags: Sequence[str],
         epoch: str,
         seq: int,
+        lock_token: str | None = None,
     ) -> StoreOutcome:
-        return self.store(key, payload, ttl, tags, epoch, seq)
+        return self.store(key, payload, ttl, tags, epoch, seq, lock_token)
 
     async def abegin_write(
         self, tags: Sequence[str], writer: str, lease: float, bump: bool = False

@@ -64,6 +64,11 @@ end
 
 # KEYS: entry, meta. ARGV: epoch candidate.
 # -> {payload|nil, epoch, seq, max version of the entry's tags, flag (1 marked, 2 malformed)}
+# KEYS: entry, meta, lock. ARGV: epoch candidate, lock token ('' = none), lock ttl ms.
+# -> {payload|nil, epoch, seq, max version of the entry's tags, flag (1 marked, 2 malformed),
+#     tag block, lock (1 taken, -1 held by another, 0 not asked or the entry is fresh)}
+# The entry's framing is "<epoch>:<seq>\n<tag id>\n...\0<payload>"; epoch and seq repeat the
+# signed header's, so the script can tell a fresh entry and only then skip the compute lock.
 _FETCH = (
     _LUA_HELPERS
     + """
@@ -76,29 +81,44 @@ if not ep then
   ep = ARGV[1]
 end
 local seq = tonumber(h[2] or '0')
-if not v then return {false, ep, seq, 0, 0} end
-local i = string.find(v, '\\0', 1, true)
-if not i then return {false, ep, seq, 0, 2} end
-local block = string.sub(v, 1, i - 1)
-local fields = {}
-for tag in string.gmatch(block, '[^\\n]+') do
-  fields[#fields + 1] = 'v:' .. tag
-  fields[#fields + 1] = 'm:' .. tag
-end
-local top, flag = 0, 0
-if #fields > 0 then
-  local r = redis.call('HMGET', meta, unpack(fields))
-  local now = nil
-  for j = 1, #fields, 2 do
-    local tv = tonumber(r[j] or '0')
-    if tv > top then top = tv end
-    if flag == 0 and r[j + 1] then
-      now = now or now_ms()
-      if live(r[j + 1], now) then flag = 1 end
+local top, flag, block, body, fresh = 0, 0, '', false, false
+if v then
+  local i = string.find(v, '\\0', 1, true)
+  local nl = i and string.find(v, '\\n', 1, true)
+  local e_ep, e_seq = nil, nil
+  if i and (not nl or nl > i) then nl = i end
+  if i then e_ep, e_seq = string.match(string.sub(v, 1, nl - 1), '^(.*):(%d+)$') end
+  if not e_ep then
+    flag = 2
+  else
+    block = string.sub(v, nl + 1, i - 1)
+    body = string.sub(v, i + 1)
+    local fields = {}
+    for tag in string.gmatch(block, '[^\\n]+') do
+      fields[#fields + 1] = 'v:' .. tag
+      fields[#fields + 1] = 'm:' .. tag
     end
+    if #fields > 0 then
+      local r = redis.call('HMGET', meta, unpack(fields))
+      local now = nil
+      for j = 1, #fields, 2 do
+        local tv = tonumber(r[j] or '0')
+        if tv > top then top = tv end
+        if flag == 0 and r[j + 1] then
+          now = now or now_ms()
+          if live(r[j + 1], now) then flag = 1 end
+        end
+      end
+    end
+    fresh = flag == 0 and e_ep == ep and top <= tonumber(e_seq)
   end
 end
-return {string.sub(v, i + 1), ep, seq, top, flag, block}
+local lock = 0
+if ARGV[2] ~= '' and not fresh then
+  if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then lock = 1 else lock = -1 end
+end
+if flag == 2 then body = false end
+return {body, ep, seq, top, flag, block, lock}
 """
 )
 
@@ -111,15 +131,16 @@ return {ep, tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')}
 """
 )
 
-# KEYS: entry, meta. ARGV: framed value, ttl ms (0 = none), epoch, seq, tag ids...
-# -> 1 stored, 0 stale, -1 being written
+# KEYS: entry, meta, lock. ARGV: framed value, ttl ms (0 = none), epoch, seq, lock token,
+# tag ids... -> 1 stored, 0 stale, -1 being written. Drops the compute lock if it holds it.
 _STORE = (
     _LUA_HELPERS
     + """
+if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('DEL', KEYS[3]) end
 if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[3] then return 0 end
 local s = tonumber(ARGV[4])
 local now = now_ms()
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local r = redis.call('HMGET', KEYS[2], 'v:' .. ARGV[i], 'm:' .. ARGV[i])
   if tonumber(r[1] or '0') > s then return 0 end
   if r[2] and live(r[2], now) then return -1 end
@@ -381,12 +402,12 @@ class RedisBackend:
 
     @staticmethod
     def _fetched(reply: list[Any]) -> Fetched:
-        payload, ep, seq, top, flag = reply[:5]
+        payload, ep, seq, top, flag, block, lock = reply
         ep = ep.decode() if isinstance(ep, bytes) else str(ep)
         if flag == 2:
             payload = b"\x00malformed"  # the decoder rejects it and counts an error
-        tags = tuple(reply[5].decode().split("\n")) if len(reply) > 5 and reply[5] else ()
-        return Fetched(payload, Snapshot(ep, int(seq), int(top), flag == 1), tags)
+        tags = tuple(block.decode().split("\n")) if block else ()
+        return Fetched(payload, Snapshot(ep, int(seq), int(top), flag == 1), tags, int(lock))
 
     @staticmethod
     def _observed(reply: list[Any]) -> Snapshot:
@@ -394,18 +415,30 @@ class RedisBackend:
         return Snapshot(ep.decode() if isinstance(ep, bytes) else str(ep), int(seq))
 
     def _store_args(
-        self, payload: bytes, ttl: float | None, tags: Sequence[str], epoch: str, seq: int
+        self,
+        payload: bytes,
+        ttl: float | None,
+        tags: Sequence[str],
+        epoch: str,
+        seq: int,
+        lock_token: str | None,
     ) -> list[Any]:
-        framed = "\n".join(tags).encode() + b"\x00" + payload
+        framed = f"{epoch}:{seq}\n".encode() + "\n".join(tags).encode() + b"\x00" + payload
         ttl_ms = max(1, int(ttl * 1000)) if ttl else 0
-        return [framed, ttl_ms, epoch, seq, *tags]
+        return [framed, ttl_ms, epoch, seq, lock_token or "", *tags]
+
+    def _fetch_args(self, key: str, lock_token: str | None, lock_ttl: float) -> dict[str, Any]:
+        return {
+            "keys": [self._entry_prefix + key, self.meta_key, self._lock_key(key)],
+            "args": [_new_epoch(), lock_token or "", max(1, int(lock_ttl * 1000))],
+        }
 
     # -- sync API --------------------------------------------------------------------------
 
-    def fetch(self, key: str) -> Fetched:
+    def fetch(self, key: str, lock_token: str | None = None, lock_ttl: float = 0.0) -> Fetched:
         s = self._sync()
         with self._errors("a read"):
-            reply = s["fetch"](keys=[self._entry_prefix + key, self.meta_key], args=[_new_epoch()])
+            reply = s["fetch"](**self._fetch_args(key, lock_token, lock_ttl))
         return self._fetched(reply)
 
     def observe(self) -> Snapshot:
@@ -421,12 +454,13 @@ class RedisBackend:
         tags: Sequence[str],
         epoch: str,
         seq: int,
+        lock_token: str | None = None,
     ) -> StoreOutcome:
         s = self._sync()
         with self._errors("a write"):
             r = s["store"](
-                keys=[self._entry_prefix + key, self.meta_key],
-                args=self._store_args(payload, ttl, tags, epoch, seq),
+                keys=[self._entry_prefix + key, self.meta_key, self._lock_key(key)],
+                args=self._store_args(payload, ttl, tags, epoch, seq, lock_token),
             )
         return StoreOutcome(int(r))
 
@@ -520,12 +554,12 @@ class RedisBackend:
 
     # -- async twins -----------------------------------------------------------------------
 
-    async def afetch(self, key: str) -> Fetched:
+    async def afetch(
+        self, key: str, lock_token: str | None = None, lock_ttl: float = 0.0
+    ) -> Fetched:
         _c, s = self._async()
         with self._errors("a read"):
-            reply = await s["fetch"](
-                keys=[self._entry_prefix + key, self.meta_key], args=[_new_epoch()]
-            )
+            reply = await s["fetch"](**self._fetch_args(key, lock_token, lock_ttl))
         return self._fetched(reply)
 
     async def aobserve(self) -> Snapshot:
@@ -541,12 +575,13 @@ class RedisBackend:
         tags: Sequence[str],
         epoch: str,
         seq: int,
+        lock_token: str | None = None,
     ) -> StoreOutcome:
         _c, s = self._async()
         with self._errors("a write"):
             r = await s["store"](
-                keys=[self._entry_prefix + key, self.meta_key],
-                args=self._store_args(payload, ttl, tags, epoch, seq),
+                keys=[self._entry_prefix + key, self.meta_key, self._lock_key(key)],
+                args=self._store_args(payload, ttl, tags, epoch, seq, lock_token),
             )
         return StoreOutcome(int(r))
 

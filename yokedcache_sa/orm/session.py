@@ -427,9 +427,9 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
         return None
     outer = _collector.get()
 
-    def lookup() -> Lookup:
+    def lookup(lock: bool = False) -> Lookup:
         horizon = st.horizon if st.conn_begun and st.snapshot_isolated else None
-        return bridge(cache.lookup_sync, cache.lookup, key, horizon=horizon)
+        return bridge(cache.lookup_sync, cache.lookup, key, horizon=horizon, lock=lock)
 
     def served(look: Lookup) -> Result[Any] | None:
         assert shape.result is not None
@@ -447,19 +447,23 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
 
     def compute(look: Lookup) -> Result[Any] | None:
         if st.written and st.written_ids().intersection(look.tags):
-            look = Lookup(MISSING, None)  # reads own uncommitted writes: never store
-        return _run_and_store(ox, st, shape, hint, key, look.snapshot, outer)
+            look = look._replace(snapshot=None)  # reads own uncommitted writes: never store
+        return _run_and_store(ox, st, shape, hint, key, look, outer)
 
     def on_hit(look: Lookup) -> Result[Any] | None:
         result = served(look) if shape.result is not None else None
         return result if result is not None else compute(look)
 
-    look = lookup()
+    look = lookup(lock=True)
     if look.value is not MISSING and shape.result is not None:
         result = served(look)
         if result is not None:
             return result
-    if look.snapshot is None:  # the cache is unavailable: no one to coordinate with
+    if look.snapshot is None or (st.written and st.written_ids().intersection(look.tags)):
+        # nothing to coordinate: the cache is unavailable, or this transaction reads its own
+        # writes (never stored)
+        if look.lock is not None:
+            bridge(cache.unlock_sync, cache.unlock, key, look.lock.token)
         return compute(look)
     io = _greenlet_io if in_greenlet() else sync_io
     return flight.run_sync(cache, key, lookup, compute, on_hit, look, io)
@@ -471,10 +475,11 @@ def _run_and_store(
     shape: _Shape,
     hint: Hint,
     key: str,
-    snapshot: Snapshot | None,
+    look: Lookup,
     outer: Collector | None,
 ) -> Result[Any] | None:
     session = ox.session
+    snapshot = look.snapshot
     if snapshot is not None and not st.conn_begun:
         st.candidate = snapshot.seq
     conn = session.connection(bind_arguments=ox.bind_arguments)
@@ -538,6 +543,7 @@ def _run_and_store(
                     tags=tags,
                     snapshot=Snapshot(snapshot.epoch, seq),
                     ttl=ttl,
+                    lock=look.lock,
                 )
             except SerializationError as exc:
                 log.debug("yokedcache: result not cacheable: %s", exc)
