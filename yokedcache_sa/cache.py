@@ -256,6 +256,7 @@ class YokedCache:
         self._table_invalidations: Counter[str] = Counter()
         # tag id -> (writer, attempts, next retry time): invalidations not yet delivered
         self._pending: dict[str, tuple[str, int, float]] = {}
+        self._retry_timer: threading.Timer | None = None
         self._redirect: YokedCache | None = None
         # The memory backend hands back the very bytes object it stored: verify and parse
         # each entry's header once (the body is decoded on every hit, never shared).
@@ -736,6 +737,28 @@ class YokedCache:
             for t in ids:
                 _w, attempts, _n = self._pending.get(t, (writer, 0, 0.0))
                 self._pending[t] = (writer, attempts, time.monotonic())
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        """Retry pending invalidations in the background too, so a writer that goes quiet
+        still delivers them (lookups also retry them when due)."""
+        with self._lock:
+            if self._retry_timer is not None or not self._pending:
+                return
+            delay = max(0.05, min(w for _w, _a, w in self._pending.values()) - time.monotonic())
+            timer = threading.Timer(delay, self._retry_in_background)
+            timer.daemon = True
+            self._retry_timer = timer
+        timer.start()
+
+    def _retry_in_background(self) -> None:
+        with self._lock:
+            self._retry_timer = None
+        try:
+            self._retry_pending_sync()
+        except Exception as exc:  # never let the timer thread die noisily
+            log.warning("yokedcache: background retry of invalidations failed: %s", exc)
+        self._schedule_retry()
 
     def _due_pending(self) -> dict[str, list[str]]:
         now = time.monotonic()

@@ -157,6 +157,9 @@ def run_sync(
                 if look.value is not MISSING:
                     return on_hit(look)
                 if not io.is_locked(cache, key):
+                    look = relookup()  # the leader may have stored and unlocked since
+                    if look.value is not MISSING:
+                        return on_hit(look)
                     break
         return compute(look)
     finally:
@@ -212,6 +215,9 @@ async def run_async(
                 if look.value is not MISSING:
                     return on_hit(look)
                 if not await cache.is_locked(key):
+                    look = await relookup()  # the leader may have stored and unlocked since
+                    if look.value is not MISSING:
+                        return on_hit(look)
                     break
         return await compute(look)
     finally:

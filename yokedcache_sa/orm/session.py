@@ -624,7 +624,7 @@ def _before_commit(session: Session) -> None:
         return
     # Flush now so every table the COMMIT will include is known, then mark them all in one
     # round trip. In strict mode an undeliverable mark raises here, before anything is
-    # committed, and the transaction stays open for the caller to roll back.
+    # committed; commit() then rolls the transaction back and re-raises.
     # (A savepoint's commit marks early too; that only lengthens the lease.)
     session.flush()
     st.mark_pending()
