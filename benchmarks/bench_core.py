@@ -125,8 +125,9 @@ def _fill(cache: YokedCache, n: int, tag: str) -> None:
             for i in range(start, min(n, start + 2000)):
                 key = _normalize_key(f"row:{i}")
                 payload = cache._encode(i, ids, snap)
-                args = backend._store_args(payload, None, ids, snap.epoch, snap.seq)
-                pipe.evalsha(sha, 2, backend.entry_key(key), backend.meta_key, *args)
+                args = backend._store_args(payload, None, ids, snap.epoch, snap.seq, None)
+                keys = (backend.entry_key(key), backend.meta_key, backend._lock_key(key))
+                pipe.evalsha(sha, len(keys), *keys, *args)
             assert all(r == 1 for r in pipe.execute())
     assert cache.get_sync("row:0") == 0
 

@@ -350,8 +350,8 @@ class YokedCache:
 
     def _decide(
         self, fetched: Fetched, horizon: int | None, blocked: bool
-    ) -> tuple[Any, codec.Entry | None]:
-        """Return (value or MISSING, entry) for what the store reported."""
+    ) -> tuple[Any, codec.Header | None]:
+        """Return (value or MISSING, header) for what the store reported."""
         payload = fetched.payload
         if payload is None:
             return MISSING, None
@@ -366,29 +366,28 @@ class YokedCache:
                     if len(memo) >= 4096:
                         memo.clear()
                     memo[payload] = header
-            value = codec.unpack_value(payload[header.body_start : header.body_end])
+            if fetched.tags != header.tags:
+                self._count_error("ignored an entry whose stored tags disagree with its header")
+                return MISSING, None
+            if blocked or not is_fresh(header.epoch, header.seq, fetched.snapshot, horizon):
+                return MISSING, header
+            return codec.unpack_value(payload[header.body_start : header.body_end]), header
         except CorruptEntryError as exc:
             self._count_error("ignored a bad entry (treated as a miss): %s", exc)
             return MISSING, None
-        entry = codec.Entry(header.epoch, header.seq, header.tags, header.created, value)
-        if tuple(fetched.tags) != entry.tags:
-            self._count_error("ignored an entry whose stored tags disagree with its header")
-            return MISSING, None
-        if blocked or not is_fresh(entry.epoch, entry.seq, fetched.snapshot, horizon):
-            return MISSING, entry
-        return entry.value, entry
 
     def _count_error(self, msg: str, *args: object) -> None:
         self._errors += 1
         log.warning(msg, *args)
 
-    def _record(self, hit: bool, entry: codec.Entry | None) -> None:
+    def _record(self, hit: bool, header: codec.Header | None) -> None:
         if hit:
             self._hits += 1
-            if entry is not None:
-                for t in entry.tags:
-                    if t.startswith("table:"):
-                        self._table_hits[t] += 1
+            if header is not None:
+                table_hits = self._table_hits
+                for t in header.tags:
+                    if t[:6] == "table:":
+                        table_hits[t] += 1
         else:
             self._misses += 1
 
@@ -431,8 +430,10 @@ class YokedCache:
     # -- protocol used by the ORM layer and @cached ----------------------------------------
 
     def _looked_up(self, fetched: Fetched, horizon: int | None, token: str | None) -> Lookup:
-        value, entry = self._decide(fetched, horizon, self._blocked(fetched.tags))
-        self._record(value is not MISSING, entry)
+        value, header = self._decide(
+            fetched, horizon, bool(self._pending) and self._blocked(fetched.tags)
+        )
+        self._record(value is not MISSING, header)
         lock = ComputeLock(token) if token is not None and fetched.lock == 1 else None
         return Lookup(value, fetched.snapshot, fetched.tags, lock, fetched.lock == -1)
 
@@ -452,10 +453,13 @@ class YokedCache:
         if self._pending:
             self._retry_pending_sync()
         token = _new_writer() if lock else None
+        breaker = self._breaker
         try:
-            self._check_breaker()
+            if breaker.failures:
+                self._check_breaker()
             fetched = self.backend.fetch(key, token, COMPUTE_LOCK_SECONDS)
-            self._breaker.success()
+            if breaker.failures:
+                breaker.success()
         except BackendError as exc:
             self._unavailable(exc, "read")
             self._misses += 1
