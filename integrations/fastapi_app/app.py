@@ -2,31 +2,50 @@
 
 Differences from the tutorial (shared/seed/fastapi-tutorial.txt), each fixing one of its flaws:
 the app is created once, with its lifespan; routes return response models, so a PUT returns
-the updated row instead of an expired ORM object; the session factory is a CachingSession
-sessionmaker, so every read path is cached without a wrapper; ``/uncached/...`` routes serve the
-same reads without the cache, for side-by-side measurement.
+the updated row instead of an expired ORM object; sessions are AsyncSessions over a
+CachingSession, so async routes never block the event loop on the database or the cache, and
+every read path is cached without a wrapper; ``/uncached/...`` routes serve the same reads
+without the cache, for side-by-side measurement.
 
-Configuration: ``DATABASE_URL`` (default: SQLite file ``./yokedcache_demo.db``) and the
+Configuration: ``DATABASE_URL`` (default: SQLite file ``./yokedcache_demo.db``; sqlite and
+postgresql URLs, mapped to aiosqlite and psycopg 3) and the
 ``YOKEDCACHE_*`` variables of :class:`yokedcache_sa.CacheConfig` (default: memory backend).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Boolean, Integer, String, create_engine, func, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import Boolean, Integer, String, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from yokedcache_sa import CacheConfig, CachingSession, NoCache, YokedCache, cache_router, cached
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///./yokedcache_demo.db")
-_connect_args = {"check_same_thread": False} if DATABASE_URL.startswith("sqlite") else {}
-engine = create_engine(DATABASE_URL, connect_args=_connect_args, pool_pre_ping=False)
 
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
+
+
+def async_url(url: str) -> str:
+    """The async-driver form of *url* (sqlite -> aiosqlite, postgresql -> psycopg 3)."""
+    u = make_url(url)
+    backend = u.get_backend_name()
+    if backend not in _ASYNC_DRIVERS:
+        raise SystemExit(
+            f"DATABASE_URL: the demo app supports sqlite and postgresql, not {backend}"
+        )
+    if u.drivername == backend or u.get_driver_name() in ("pysqlite", "psycopg2"):
+        u = u.set(drivername=_ASYNC_DRIVERS[backend])
+    return u.render_as_string(hide_password=False)
+
+
+engine = create_async_engine(async_url(DATABASE_URL))
 cache = YokedCache(CacheConfig())  # YOKEDCACHE_REDIS_URL switches to Redis
 
 
@@ -42,27 +61,32 @@ class User(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
-CachedSession = sessionmaker(engine, class_=CachingSession, cache=cache, default_ttl=300)
-PlainSession = sessionmaker(engine)
+# AsyncSession over a CachingSession: cache I/O is awaited (the asyncio Redis client), never
+# blocking the event loop; expire_on_commit=False so responses can be built after commit.
+CachedSession = async_sessionmaker(
+    engine, sync_session_class=CachingSession, cache=cache, default_ttl=300, expire_on_commit=False
+)
+PlainSession = async_sessionmaker(engine, expire_on_commit=False)
 
 
-def get_db() -> Iterator[Session]:
-    with CachedSession() as db:
+async def get_db() -> AsyncIterator[AsyncSession]:
+    async with CachedSession() as db:
         yield db
 
 
-def get_plain_db() -> Iterator[Session]:
-    with PlainSession() as db:
+async def get_plain_db() -> AsyncIterator[AsyncSession]:
+    async with PlainSession() as db:
         yield db
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    Base.metadata.create_all(engine)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
     await cache.connect()
     yield
     await cache.disconnect()
-    engine.dispose()
+    await engine.dispose()
 
 
 app = FastAPI(title="yokedcache_sa demo", lifespan=lifespan)
@@ -95,82 +119,80 @@ class Stats(BaseModel):
     inactive: int
 
 
-def _get(db: Session, user_id: int) -> User:
-    user = db.scalars(select(User).where(User.id == user_id)).first()
+async def _get(db: AsyncSession, user_id: int) -> User:
+    user = (await db.scalars(select(User).where(User.id == user_id))).first()
     if user is None:
         raise HTTPException(status_code=404, detail="User not found")
     return user
 
 
+def _list_stmt(active_only: bool, limit: int) -> object:
+    stmt = select(User).order_by(User.id).limit(limit)
+    return stmt.where(User.active.is_(True)) if active_only else stmt
+
+
 @app.get("/users/{user_id}", response_model=UserOut)
-def get_user(user_id: int, db: Session = Depends(get_db)) -> User:
-    return _get(db, user_id)
+async def get_user(user_id: int, db: AsyncSession = Depends(get_db)) -> User:
+    return await _get(db, user_id)
 
 
 @app.get("/users", response_model=list[UserOut])
-def list_users(
-    active_only: bool = True, limit: int = 20, db: Session = Depends(get_db)
+async def list_users(
+    active_only: bool = True, limit: int = 20, db: AsyncSession = Depends(get_db)
 ) -> list[User]:
-    stmt = select(User).order_by(User.id).limit(limit)
-    if active_only:
-        stmt = stmt.where(User.active.is_(True))
-    return list(db.scalars(stmt))
+    return list(await db.scalars(_list_stmt(active_only, limit)))  # type: ignore[call-overload]
 
 
 @app.get("/uncached/users/{user_id}", response_model=UserOut)
-def get_user_uncached(user_id: int, db: Session = Depends(get_plain_db)) -> User:
-    return _get(db, user_id)
+async def get_user_uncached(user_id: int, db: AsyncSession = Depends(get_plain_db)) -> User:
+    return await _get(db, user_id)
 
 
 @app.get("/uncached/users", response_model=list[UserOut])
-def list_users_uncached(
-    active_only: bool = True, limit: int = 20, db: Session = Depends(get_plain_db)
+async def list_users_uncached(
+    active_only: bool = True, limit: int = 20, db: AsyncSession = Depends(get_plain_db)
 ) -> list[User]:
-    stmt = select(User).order_by(User.id).limit(limit).options(NoCache())
-    if active_only:
-        stmt = stmt.where(User.active.is_(True))
-    return list(db.scalars(stmt))
+    stmt = _list_stmt(active_only, limit).options(NoCache())  # type: ignore[attr-defined]
+    return list(await db.scalars(stmt))
 
 
 @app.post("/users", response_model=UserOut, status_code=201)
-def create_user(body: UserIn, db: Session = Depends(get_db)) -> UserOut:
+async def create_user(body: UserIn, db: AsyncSession = Depends(get_db)) -> User:
     user = User(**body.model_dump())
     db.add(user)
-    db.flush()
-    out = UserOut.model_validate(user)
-    db.commit()  # invalidates table:demo_users before returning
-    return out
+    await db.commit()  # invalidates table:demo_users before returning
+    return user
 
 
 @app.put("/users/{user_id}", response_model=UserOut)
-def update_user(user_id: int, body: UserPatch, db: Session = Depends(get_db)) -> UserOut:
-    user = _get(db, user_id)
+async def update_user(user_id: int, body: UserPatch, db: AsyncSession = Depends(get_db)) -> User:
+    user = await _get(db, user_id)
     for k, v in body.model_dump(exclude_unset=True).items():
         setattr(user, k, v)
-    db.flush()
-    out = UserOut.model_validate(user)  # before commit expires the object
-    db.commit()
-    return out
+    await db.commit()
+    return user
 
 
 @app.delete("/users/{user_id}")
-def delete_user(user_id: int, db: Session = Depends(get_db)) -> dict[str, bool]:
-    db.delete(_get(db, user_id))
-    db.commit()
+async def delete_user(user_id: int, db: AsyncSession = Depends(get_db)) -> dict[str, bool]:
+    await db.delete(await _get(db, user_id))
+    await db.commit()
     return {"ok": True}
 
 
 @cached(ttl=600, tags=["analytics"], cache=cache)
-def compute_user_stats(db: Session) -> dict[str, int]:
-    total = db.scalar(select(func.count()).select_from(User)) or 0
-    active = db.scalar(select(func.count()).select_from(User).where(User.active.is_(True))) or 0
+async def compute_user_stats(db: AsyncSession) -> dict[str, int]:
+    total = await db.scalar(select(func.count()).select_from(User)) or 0
+    active = (
+        await db.scalar(select(func.count()).select_from(User).where(User.active.is_(True))) or 0
+    )
     return {"total": total, "active": active, "inactive": total - active}
 
 
 @app.get("/analytics/users", response_model=Stats)
-def user_analytics(db: Session = Depends(get_plain_db)) -> dict[str, int]:
+async def user_analytics(db: AsyncSession = Depends(get_plain_db)) -> dict[str, int]:
     # a plain session: the result still depends on demo_users and is invalidated by writes
-    return compute_user_stats(db)
+    return await compute_user_stats(db)
 
 
 @app.post("/analytics/invalidate")
