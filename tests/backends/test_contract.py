@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import os
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 import redis as redis_py
 
+from tests.redis_process import RedisProcess, free_port
 from yokedcache_sa import (
     BackendUnavailable,
     CacheConfig,
@@ -59,12 +59,6 @@ def meta_key(cache: YokedCache) -> str:
 
 def hit(cache: YokedCache, key: str) -> bool:
     return cache.lookup_sync(_normalize_key(key)).hit
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class FakeClock:
@@ -129,51 +123,7 @@ def timed(cache: YokedCache, request: pytest.FixtureRequest) -> Iterator[Timed]:
         c.disconnect_sync()
 
 
-class RedisServer:
-    """A private redis-server on its own port (for restarts and outages)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert self.proc is None
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with redis_py.Redis(port=self.port, socket_timeout=0.5) as r:
-                    if r.ping():
-                        return
-            except redis_py.exceptions.ConnectionError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
+RedisServer = RedisProcess
 
 
 @pytest.fixture

@@ -5,19 +5,17 @@ Table names carry a per-process random prefix so runs sharing one PostgreSQL nev
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import redis as redis_py
 from sqlalchemy import Engine, ForeignKey, Integer, String, delete, event, func, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from tests.redis_process import RedisProcess as RedisProcess
+from tests.redis_process import free_port as free_port
 
 P = "rel" + uuid.uuid4().hex[:8] + "_"
 
@@ -143,95 +141,7 @@ class CountingBackend:
         return counted
 
 
-# -- a private redis-server ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisProcess:
-    """A redis-server this test owns: started, SIGKILLed, SIGSTOPped and restarted on one port.
-
-    No persistence (``--save '' --appendonly no``): a restart is a server without data.
-    """
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.paused = False
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert self.proc is None, "already running"
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                with redis_py.Redis(port=self.port, socket_timeout=0.5) as r:
-                    if r.ping():
-                        return
-            except redis_py.exceptions.ConnectionError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
-
-    def kill(self) -> None:
-        """SIGKILL: the server and everything it held are gone."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-            self.proc = None
-            self.paused = False
-
-    def pause(self) -> None:
-        """SIGSTOP: connections are accepted by the kernel but nothing answers."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
-        self.paused = False
-
-    def restart(self) -> None:
-        """Kill, then start an empty server on the same port."""
-        self.kill()
-        self.start()
-
-    def stop(self) -> None:
-        self.kill()
-
-    def client(self) -> redis_py.Redis:
-        return redis_py.Redis(port=self.port, socket_timeout=5)
-
-    def connections_received(self) -> int:
-        with self.client() as r:
-            return int(r.info("stats")["total_connections_received"])
+# -- a private redis-server: tests/redis_process.py -------------------------------------
 
 
 def eventually(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:

@@ -27,7 +27,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,8 +36,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script
+
 from sqlalchemy import ForeignKey, Integer, String, create_engine, func, insert, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
+
+from tests.redis_process import RedisProcess, free_port
 
 PG_URL = os.environ.get(
     "YOKEDCACHE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -292,71 +295,13 @@ def check(logs: list[dict[str, Any]]) -> dict[str, Any]:
 # -- the driver --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Redis:
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port = port
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        import redis
-
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with redis.Redis(port=self.port, socket_timeout=0.5) as r:
-                    if r.ping():
-                        return
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
 def drive(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not on PATH")
     run_id = uuid.uuid4().hex[:8]
     table_prefix = f"st{run_id}_"
     workdir = Path(tempfile.mkdtemp(prefix="yc-stress-"))
-    redis = Redis(free_port(), workdir)
+    redis = RedisProcess(free_port(), workdir)
     m = models(table_prefix)
     engine = create_engine(args.pg_url)
     procs: list[subprocess.Popen[bytes]] = []
