@@ -601,6 +601,29 @@ class YokedCache:
         """Return a fresh writer id for :meth:`begin_write_sync`."""
         return _new_writer()
 
+    # The twins below differ only in awaiting the backend; what happens on failure is decided
+    # once, in the _*_failed helpers.
+
+    def _begin_failed(self, ids: tuple[str, ...], writer: str, exc: BackendError) -> None:
+        self._unavailable(exc, "begin_write")
+        if self.config.strict_invalidation:
+            raise InvalidationError(
+                f"strict_invalidation: could not mark {list(ids)} before COMMIT ({exc}); "
+                "the transaction is not committed — retry when the cache answers, or turn "
+                "strict_invalidation off to commit with a bounded staleness window"
+            ) from exc
+        self._add_pending(ids, writer)
+
+    def _end_failed(
+        self, ids: tuple[str, ...], writer: str, exc: BackendError
+    ) -> InvalidationError:
+        self._unavailable(exc, "invalidation")
+        self._add_pending(ids, writer)
+        return InvalidationError(
+            f"invalidation of {list(ids)} not delivered ({exc}); those tags are bypassed in "
+            "this process and retried until the cache answers"
+        )
+
     def begin_write_sync(self, tags: Iterable[str], writer: str) -> None:
         """Mark *tags* as being written: no entry for them is served or stored until
         :meth:`end_write_sync` or :meth:`release_sync` (or the lease expires).
@@ -613,44 +636,26 @@ class YokedCache:
                 version bump) could not be delivered; the caller must not commit.
         """
         me = self._target()
-        if me is not self:
-            return me.begin_write_sync(tags, writer)
         ids = tuple(tag_id(t) for t in tags)
-        strict = self.config.strict_invalidation
+        cfg = me.config
         try:
-            self._check_breaker()
-            self.backend.begin_write(ids, writer, self.config.write_lease, strict)
-            self._breaker.success()
+            me._check_breaker()
+            me.backend.begin_write(ids, writer, cfg.write_lease, cfg.strict_invalidation)
+            me._breaker.success()
         except BackendError as exc:
-            self._unavailable(exc, "begin_write")
-            if strict:
-                raise self._strict_error(ids, exc) from exc
-            self._add_pending(ids, writer)
+            me._begin_failed(ids, writer, exc)
 
     async def begin_write(self, tags: Iterable[str], writer: str) -> None:
         """Async twin of :meth:`begin_write_sync`."""
         me = self._target()
-        if me is not self:
-            return await me.begin_write(tags, writer)
         ids = tuple(tag_id(t) for t in tags)
-        strict = self.config.strict_invalidation
+        cfg = me.config
         try:
-            self._check_breaker()
-            await self.backend.abegin_write(ids, writer, self.config.write_lease, strict)
-            self._breaker.success()
+            me._check_breaker()
+            await me.backend.abegin_write(ids, writer, cfg.write_lease, cfg.strict_invalidation)
+            me._breaker.success()
         except BackendError as exc:
-            self._unavailable(exc, "begin_write")
-            if strict:
-                raise self._strict_error(ids, exc) from exc
-            self._add_pending(ids, writer)
-
-    @staticmethod
-    def _strict_error(ids: Sequence[str], exc: BaseException) -> InvalidationError:
-        return InvalidationError(
-            f"strict_invalidation: could not mark {list(ids)} before COMMIT ({exc}); "
-            "the transaction is not committed — retry when the cache answers, or turn "
-            "strict_invalidation off to commit with a bounded staleness window"
-        )
+            me._begin_failed(ids, writer, exc)
 
     def end_write_sync(self, tags: Iterable[str], writer: str) -> None:
         """Give *tags* new versions and drop *writer*'s marks (after the commit).
@@ -660,75 +665,59 @@ class YokedCache:
                 process (bypassed, retried with backoff) until delivered.
         """
         me = self._target()
-        if me is not self:
-            return me.end_write_sync(tags, writer)
         ids = tuple(tag_id(t) for t in tags)
         if not ids:
             return
         try:
-            self._check_breaker()
-            self.backend.end_write(ids, writer)
-            self._breaker.success()
+            me._check_breaker()
+            me.backend.end_write(ids, writer)
+            me._breaker.success()
         except BackendError as exc:
-            self._unavailable(exc, "invalidation")
-            self._add_pending(ids, writer)
-            raise InvalidationError(
-                f"invalidation of {list(ids)} not delivered ({exc}); those tags are bypassed in "
-                "this process and retried until the cache answers"
-            ) from exc
-        self._count_invalidation(ids)
+            raise me._end_failed(ids, writer, exc) from exc
+        me._count_invalidation(ids)
 
     async def end_write(self, tags: Iterable[str], writer: str) -> None:
         """Async twin of :meth:`end_write_sync`."""
         me = self._target()
-        if me is not self:
-            return await me.end_write(tags, writer)
         ids = tuple(tag_id(t) for t in tags)
         if not ids:
             return
         try:
-            self._check_breaker()
-            await self.backend.aend_write(ids, writer)
-            self._breaker.success()
+            me._check_breaker()
+            await me.backend.aend_write(ids, writer)
+            me._breaker.success()
         except BackendError as exc:
-            self._unavailable(exc, "invalidation")
-            self._add_pending(ids, writer)
-            raise InvalidationError(
-                f"invalidation of {list(ids)} not delivered ({exc}); those tags are bypassed in "
-                "this process and retried until the cache answers"
-            ) from exc
-        self._count_invalidation(ids)
+            raise me._end_failed(ids, writer, exc) from exc
+        me._count_invalidation(ids)
 
     def release_sync(self, tags: Iterable[str], writer: str) -> None:
-        """Drop *writer*'s marks without new versions (after a rollback). Never raises."""
+        """Drop *writer*'s marks without new versions (after a rollback). Never raises.
+
+        An unreleased mark only makes other processes bypass until its lease expires.
+        """
         me = self._target()
-        if me is not self:
-            return me.release_sync(tags, writer)
         ids = tuple(tag_id(t) for t in tags)
         if not ids:
             return
         try:
-            self._check_breaker()
-            self.backend.release(ids, writer)
-            self._breaker.success()
+            me._check_breaker()
+            me.backend.release(ids, writer)
+            me._breaker.success()
         except BackendError as exc:
-            # An unreleased mark only makes other processes bypass until its lease expires.
-            self._unavailable(exc, "release")
+            me._unavailable(exc, "release")
 
     async def release(self, tags: Iterable[str], writer: str) -> None:
         """Async twin of :meth:`release_sync`."""
         me = self._target()
-        if me is not self:
-            return await me.release(tags, writer)
         ids = tuple(tag_id(t) for t in tags)
         if not ids:
             return
         try:
-            self._check_breaker()
-            await self.backend.arelease(ids, writer)
-            self._breaker.success()
+            me._check_breaker()
+            await me.backend.arelease(ids, writer)
+            me._breaker.success()
         except BackendError as exc:
-            self._unavailable(exc, "release")
+            me._unavailable(exc, "release")
 
     def _count_invalidation(self, ids: Sequence[str]) -> None:
         self._invalidations += 1
