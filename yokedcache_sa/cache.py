@@ -508,28 +508,21 @@ class YokedCache:
             SerializationError: the value cannot be encoded (nothing stored).
         """
         me = self._target()
-        if me is not self:
-            return me.store_sync(key, value, tags=tags, snapshot=snapshot, ttl=ttl, lock=lock)
-        prepared = self._prepare_store(value, tags, snapshot)
+        prepared = me._prepare_store(value, tags, snapshot)
         if prepared is None:
             return False
         ids, payload = prepared
+        token = me._lock_token(lock)
         try:
-            self._check_breaker()
-            token = lock.token if lock is not None and not lock.released else None
-            outcome = self.backend.store(
-                key, payload, self._ttl(ttl), ids, snapshot.epoch, snapshot.seq, token
+            me._check_breaker()
+            outcome = me.backend.store(
+                key, payload, me._ttl(ttl), ids, snapshot.epoch, snapshot.seq, token
             )
-            if lock is not None:
-                lock.released = True
-            self._breaker.success()
+            me._breaker.success()
         except BackendError as exc:
-            self._unavailable(exc, "write")
+            me._unavailable(exc, "write")
             return False
-        if outcome is StoreOutcome.STORED:
-            self._sets += 1
-            return True
-        return False
+        return me._stored(outcome, lock)
 
     async def store(
         self,
@@ -543,24 +536,29 @@ class YokedCache:
     ) -> bool:
         """Async twin of :meth:`store_sync`."""
         me = self._target()
-        if me is not self:
-            return await me.store(key, value, tags=tags, snapshot=snapshot, ttl=ttl, lock=lock)
-        prepared = self._prepare_store(value, tags, snapshot)
+        prepared = me._prepare_store(value, tags, snapshot)
         if prepared is None:
             return False
         ids, payload = prepared
+        token = me._lock_token(lock)
         try:
-            self._check_breaker()
-            token = lock.token if lock is not None and not lock.released else None
-            outcome = await self.backend.astore(
-                key, payload, self._ttl(ttl), ids, snapshot.epoch, snapshot.seq, token
+            me._check_breaker()
+            outcome = await me.backend.astore(
+                key, payload, me._ttl(ttl), ids, snapshot.epoch, snapshot.seq, token
             )
-            if lock is not None:
-                lock.released = True
-            self._breaker.success()
+            me._breaker.success()
         except BackendError as exc:
-            self._unavailable(exc, "write")
+            me._unavailable(exc, "write")
             return False
+        return me._stored(outcome, lock)
+
+    @staticmethod
+    def _lock_token(lock: ComputeLock | None) -> str | None:
+        return lock.token if lock is not None and not lock.released else None
+
+    def _stored(self, outcome: StoreOutcome, lock: ComputeLock | None) -> bool:
+        if lock is not None:
+            lock.released = True  # the store script dropped it, whatever the outcome
         if outcome is StoreOutcome.STORED:
             self._sets += 1
             return True

@@ -42,13 +42,17 @@ local function live(m, now)
   end
   return false
 end
+local function others(m, w, now)
+  local out = {}
+  for wid, e in string.gmatch(m or '', '([^:;]+):(%d+);') do
+    if wid ~= w and tonumber(e) > now then out[#out + 1] = wid .. ':' .. e .. ';' end
+  end
+  return out
+end
 local function drop_writer(meta, field, w, now)
   local m = redis.call('HGET', meta, field)
   if not m then return end
-  local out = {}
-  for wid, e in string.gmatch(m, '([^:;]+):(%d+);') do
-    if wid ~= w and tonumber(e) > now then out[#out + 1] = wid .. ':' .. e .. ';' end
-  end
+  local out = others(m, w, now)
   if #out == 0 then redis.call('HDEL', meta, field)
   else redis.call('HSET', meta, field, table.concat(out)) end
 end
@@ -167,11 +171,7 @@ if ARGV[4] == '1' then
 end
 for i = 5, #ARGV do
   local f = 'm:' .. ARGV[i]
-  local m = redis.call('HGET', meta, f) or ''
-  local out = {}
-  for wid, e in string.gmatch(m, '([^:;]+):(%d+);') do
-    if wid ~= w and tonumber(e) > now then out[#out + 1] = wid .. ':' .. e .. ';' end
-  end
+  local out = others(redis.call('HGET', meta, f), w, now)
   out[#out + 1] = mark
   redis.call('HSET', meta, f, table.concat(out))
 end
