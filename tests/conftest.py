@@ -74,3 +74,15 @@ def cache(request: pytest.FixtureRequest, unique_prefix: str) -> Iterator[YokedC
         c.clear_sync()
     finally:
         c.disconnect_sync()
+
+
+@pytest.fixture
+def redis_cache(unique_prefix: str) -> Iterator[YokedCache]:
+    """A Redis-backed YokedCache with a private key prefix (for Redis-only behaviour)."""
+    require_service("Redis", REDIS_URL, 6379)
+    c = YokedCache(CacheConfig(redis_url=REDIS_URL, key_prefix=unique_prefix))
+    yield c
+    try:
+        c.clear_sync()
+    finally:
+        c.disconnect_sync()

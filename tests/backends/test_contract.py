@@ -331,9 +331,8 @@ def test_clear_removes_own_entries(cache: YokedCache) -> None:
     assert cache.get_sync("k0") == "again"
 
 
-def test_clear_leaves_other_apps_keys_alone(cache: YokedCache, redis_url: str) -> None:
-    if not is_redis(cache):
-        pytest.skip("foreign keys exist only in a shared store")
+def test_clear_leaves_other_apps_keys_alone(redis_cache: YokedCache, redis_url: str) -> None:
+    cache = redis_cache
     r = raw_client(cache)
     p = cache.config.key_prefix
     foreign = {
@@ -617,9 +616,8 @@ def test_expired_lease_does_not_hide_a_live_one(timed: Timed) -> None:
 # -- lost version state ----------------------------------------------------------------------
 
 
-def test_lost_meta_hash_makes_old_entries_misses(cache: YokedCache) -> None:
-    if not is_redis(cache):
-        pytest.skip("the version hash exists only on Redis (memory: see test_clear_*)")
+def test_lost_meta_hash_makes_old_entries_misses(redis_cache: YokedCache) -> None:
+    cache = redis_cache
     r = raw_client(cache)
     for _ in range(5):
         cache.invalidate_tags_sync(["warmup"])
@@ -719,9 +717,10 @@ DEFECTS = list(_redis_defects(b"*\nt", b"YK\x01\x00" + b"\x00" * 30))
 
 
 @pytest.mark.parametrize("defect", DEFECTS)
-def test_corrupt_raw_redis_entries_are_misses_and_counted(cache: YokedCache, defect: str) -> None:
-    if not is_redis(cache):
-        pytest.skip("raw framing exists only on Redis (memory: test_corrupt_payloads_*)")
+def test_corrupt_raw_redis_entries_are_misses_and_counted(
+    redis_cache: YokedCache, defect: str
+) -> None:
+    cache = redis_cache
     tags, payload = _valid_framed(cache, "k")
     raw = _redis_defects(tags, payload)[defect]
     raw_client(cache).set(raw_entry_key(cache, "k"), raw)
@@ -731,9 +730,8 @@ def test_corrupt_raw_redis_entries_are_misses_and_counted(cache: YokedCache, def
     assert cache.get_stats_sync().errors == before + 2
 
 
-async def test_corrupt_raw_redis_entry_async(cache: YokedCache) -> None:
-    if not is_redis(cache):
-        pytest.skip("raw framing exists only on Redis")
+async def test_corrupt_raw_redis_entry_async(redis_cache: YokedCache) -> None:
+    cache = redis_cache
     raw_client(cache).set(raw_entry_key(cache, "k"), b"*\x00YKjunk")
     assert await cache.get("k") is None
     assert (await cache.get_stats()).errors == 1
@@ -1077,9 +1075,10 @@ async def test_async_alongside_a_worker_thread_loop(cache: YokedCache) -> None:
     assert await cache.get("shared") == 1
 
 
-def test_entry_with_stripped_tag_list_is_not_immune_to_invalidation(cache: YokedCache) -> None:
-    if not is_redis(cache):
-        pytest.skip("raw framing exists only on Redis")
+def test_entry_with_stripped_tag_list_is_not_immune_to_invalidation(
+    redis_cache: YokedCache,
+) -> None:
+    cache = redis_cache
     _tags, payload = _valid_framed(cache, "k")
     raw_client(cache).set(raw_entry_key(cache, "k"), b"\x00" + payload)
     cache.invalidate_tags_sync(["t"])
