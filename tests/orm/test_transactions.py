@@ -144,6 +144,29 @@ def test_instrumented_plain_session(env: Env) -> None:
     assert env.fresh_read(user_names)[2] == "cara"
 
 
+@pytest.mark.parametrize("used_before", [False, True], ids=["fresh", "already-used"])
+def test_instrumented_plain_session_paths(env: Env, used_before: bool) -> None:
+    """A fresh plain session is instrumented by a class swap; one whose events were already
+    used gets instance-level listeners. Both cache, invalidate and commit awaitably."""
+    env.warm(user_names)
+    s = env.Plain()
+    if used_before:
+        s.execute(select(User.id).limit(1)).all()  # materializes the session's dispatch
+        s.rollback()
+    with instrument_session(s, env.cache) as s:
+        assert type(s).__name__.startswith("Instrumented") is not used_before
+        assert env.cached(lambda: user_names(s)) == ALL
+        s.get(User, 2).name = "bo"
+        done = s.commit()
+        asyncio.run(_await(done))  # `await db.commit()` as the FastAPI tutorial writes it
+    assert env.fresh_read(user_names)[1] == "bo"
+    assert env.hit(user_names)[1] == "bo"
+
+
+async def _await(awaitable: Any) -> None:
+    await awaitable
+
+
 # -- savepoints ----------------------------------------------------------------------------------
 
 
