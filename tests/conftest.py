@@ -61,28 +61,26 @@ def unique_prefix() -> str:
     return "t" + uuid.uuid4().hex[:12]
 
 
-@pytest.fixture(params=["memory", "redis"])
-def cache(request: pytest.FixtureRequest, unique_prefix: str) -> Iterator[YokedCache]:
-    """A YokedCache bound to each backend, with a private key prefix."""
-    if request.param == "memory":
-        c = YokedCache(CacheConfig(key_prefix=unique_prefix))
+def _own_cache(backend: str, prefix: str) -> Iterator[YokedCache]:
+    if backend == "memory":
+        c = YokedCache(CacheConfig(key_prefix=prefix))
     else:
         require_service("Redis", REDIS_URL, 6379)
-        c = YokedCache(CacheConfig(redis_url=REDIS_URL, key_prefix=unique_prefix))
+        c = YokedCache(CacheConfig(redis_url=REDIS_URL, key_prefix=prefix))
     yield c
     try:
         c.clear_sync()
     finally:
         c.disconnect_sync()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def cache(request: pytest.FixtureRequest, unique_prefix: str) -> Iterator[YokedCache]:
+    """A YokedCache bound to each backend, with a private key prefix."""
+    yield from _own_cache(request.param, unique_prefix)
 
 
 @pytest.fixture
 def redis_cache(unique_prefix: str) -> Iterator[YokedCache]:
     """A Redis-backed YokedCache with a private key prefix (for Redis-only behaviour)."""
-    require_service("Redis", REDIS_URL, 6379)
-    c = YokedCache(CacheConfig(redis_url=REDIS_URL, key_prefix=unique_prefix))
-    yield c
-    try:
-        c.clear_sync()
-    finally:
-        c.disconnect_sync()
+    yield from _own_cache("redis", unique_prefix)

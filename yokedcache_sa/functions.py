@@ -88,11 +88,18 @@ class _Cached:
                 return None
         return "f:" + hashlib.blake2b(raw, digest_size=20).hexdigest()
 
-    def tags_for(self, col: Collector) -> set[str] | None:
+    def storable(self, col: Collector, look: Lookup) -> set[str] | None:
+        """The tags to store the result under, or None when it must not be stored."""
+        if look.snapshot is None:
+            return None  # the cache was not consulted
         if col.unknown:
             log.debug("yokedcache: %s result not stored: %s", self.name, col.unknown)
             return None
         return set(self.tags) | col.tables
+
+    def store_args(self, tags: set[str], look: Lookup) -> dict[str, Any]:
+        assert look.snapshot is not None
+        return {"tags": tags, "snapshot": look.snapshot, "ttl": self.ttl, "lock": look.lock}
 
     def report_unstorable(self, exc: SerializationError) -> None:
         log.error(
@@ -131,12 +138,10 @@ class _Cached:
     ) -> Any:
         with reading_collector(strict_snapshot=True) as col:
             value = self.fn(*args, **kwargs)
-        tags = self.tags_for(col)
-        if tags is not None and look.snapshot is not None:
+        tags = self.storable(col, look)
+        if tags is not None:
             try:
-                cache.store_sync(
-                    k, value, tags=tags, snapshot=look.snapshot, ttl=self.ttl, lock=look.lock
-                )
+                cache.store_sync(k, value, **self.store_args(tags, look))
             except SerializationError as exc:
                 self.report_unstorable(exc)
         return value
@@ -172,12 +177,10 @@ class _Cached:
     ) -> Any:
         with reading_collector(strict_snapshot=True) as col:
             value = await self.fn(*args, **kwargs)
-        tags = self.tags_for(col)
-        if tags is not None and look.snapshot is not None:
+        tags = self.storable(col, look)
+        if tags is not None:
             try:
-                await cache.store(
-                    k, value, tags=tags, snapshot=look.snapshot, ttl=self.ttl, lock=look.lock
-                )
+                await cache.store(k, value, **self.store_args(tags, look))
             except SerializationError as exc:
                 self.report_unstorable(exc)
         return value
