@@ -12,13 +12,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import inspect
 from sqlalchemy.engine.result import IteratorResult, Result, SimpleResultMetaData
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.base import object_mapper
 
-__all__ = ["ResultShape", "freeze_rows", "thaw_rows"]
+from . import _compat
+
+__all__ = [
+    "LoaderContext",
+    "ResultShape",
+    "freeze_rows",
+    "loader_context",
+    "per_object_strategy",
+    "thaw_rows",
+]
 
 
 class NotCacheable(Exception):
@@ -152,11 +162,115 @@ def freeze_rows(
     return [rows, fz.objects, [1 if k == 1 else 0 for k in (kinds or [])]], fz.mappers
 
 
-def thaw_rows(payload: Any, shape: ResultShape, session: Session) -> list[Any]:
+@dataclass(frozen=True)
+class LoaderContext:
+    """What SQLAlchemy's loader stamps on the objects a query loads: the query's options
+    that propagate to later loads, and the path the query ran at (non-root for lazy loads)."""
+
+    options: tuple[Any, ...]
+    path: Any  # PathRegistry
+    entities: tuple[Any, ...]  # per row position: the entity's path registry, or None
+
+
+def loader_context(statement: Any) -> LoaderContext | None:
+    """The loader context of an ORM *statement*, or None when it propagates no options."""
+    options = tuple(
+        o for o in getattr(statement, "_with_options", ()) if getattr(o, "propagate_to_loaders", 0)
+    )
+    if not options:
+        return None
+    entities: list[Any] = []
+    for desc in getattr(statement, "column_descriptions", ()):
+        entity = desc.get("entity")
+        if entity is not None and desc.get("type") is entity:
+            entities.append(inspect(entity)._path_registry)
+        else:
+            entities.append(None)
+    return LoaderContext(options, _compat.current_path(statement), tuple(entities))
+
+
+_STATE_STRATEGIES = frozenset({"raise", "raise_on_sql", "noload"})
+
+
+def per_object_strategy(statement: Any) -> str | None:
+    """Why *statement*'s loader options cannot be reproduced on objects built from a cache
+    entry, or None.
+
+    ``raiseload``, ``noload``, ``defer(..., raiseload=True)`` and relationship criteria
+    (``lazyload(User.addresses.and_(...))``) make SQLAlchemy's loader install a per-object
+    loader on each object it builds; an object rebuilt from cached data would fall back to
+    the mapping's default loader, so such statements are not cached.
+    """
+    for opt in getattr(statement, "_with_options", ()):
+        elements = getattr(opt, "context", None)
+        if elements is None:
+            elements = (opt,)
+        for el in elements:
+            strategy = dict(getattr(el, "strategy", None) or ())
+            if strategy.get("lazy") in _STATE_STRATEGIES or strategy.get("raiseload"):
+                return "its loader options raise or skip loads on the objects it returns"
+            if getattr(el, "_extra_criteria", None):
+                return "its loader options filter the relationships of the objects it returns"
+    return None
+
+
+def _stamp_paths(
+    objects: list[Any],
+    rows: list[Any],
+    kinds: list[int],
+    built: list[Any],
+    fresh: list[bool],
+    scalars: bool,
+    loader: LoaderContext,
+) -> None:
+    """Give fresh objects the load options and paths a database load would have given."""
+    paths: list[Any] = [None] * len(objects)
+    base = loader.path
+    for r in rows:
+        elems = r[:1] if scalars else r
+        for i, v in enumerate(elems):
+            if kinds[i] and v is not None and paths[v] is None:
+                entity = loader.entities[i] if i < len(loader.entities) else None
+                mapper_path = (
+                    entity
+                    if entity is not None
+                    else built[v]._sa_instance_state.mapper._path_registry
+                )
+                paths[v] = base + mapper_path if base.path else mapper_path
+    todo = [i for i, p in enumerate(paths) if p is not None]
+    while todo:
+        nxt = []
+        for i in todo:
+            rels = objects[i][4]
+            if not rels:
+                continue
+            mapper = built[i]._sa_instance_state.mapper
+            for k, v in rels.items():
+                if v is None:
+                    continue
+                prop = mapper.relationships[k]
+                for j in v if isinstance(v, list) else (v,):
+                    if paths[j] is None:
+                        child = built[j]._sa_instance_state.mapper
+                        paths[j] = paths[i][prop][prop.mapper if child.isa(prop.mapper) else child]
+                        nxt.append(j)
+        todo = nxt
+    for i, is_new in enumerate(fresh):
+        if is_new:
+            path = paths[i]
+            if path is None:
+                path = built[i]._sa_instance_state.mapper._path_registry
+            _compat.set_loader_state(instance_state(built[i]), loader.options, path)
+
+
+def thaw_rows(
+    payload: Any, shape: ResultShape, session: Session, loader: LoaderContext | None = None
+) -> list[Any]:
     """Rebuild rows from :func:`freeze_rows` data, objects attached to *session*.
 
     Objects already in the identity map are reused and only their unloaded attributes are
-    filled (as a normal query does); their pending changes are never overwritten.
+    filled (as a normal query does); their pending changes are never overwritten. New objects
+    carry *loader*'s propagated options and paths, as SQLAlchemy's loader would stamp them.
 
     Raises:
         NotCacheable: the payload names a class this statement cannot return.
@@ -210,6 +324,8 @@ def thaw_rows(payload: Any, shape: ResultShape, session: Session) -> list[Any]:
             else:
                 value = built[v]
             set_committed_value(obj, k, value)
+    if loader is not None and any(fresh):
+        _stamp_paths(objects, rows, kinds, built, fresh, shape.scalars_source, loader)
     dispatch_load = session.dispatch.loaded_as_persistent
     for i, is_new in enumerate(fresh):
         if is_new:

@@ -42,11 +42,19 @@ from ..cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_c
 from ..errors import InvalidationError, SerializationError
 from ..flight import sync_io
 from ..tags import ALL_TAG, Snapshot, table_tag, tag_id
-from . import tracking
+from . import _compat, tracking
 from ._bridge import await_ as _await
 from ._bridge import bridge, in_greenlet
 from .options import FromCache, Hint, NoCache, hint_from
-from .results import NotCacheable, ResultShape, freeze_rows, reachable_mappers, thaw_rows
+from .results import (
+    NotCacheable,
+    ResultShape,
+    freeze_rows,
+    loader_context,
+    per_object_strategy,
+    reachable_mappers,
+    thaw_rows,
+)
 
 __all__ = [
     "CachingQuery",
@@ -330,7 +338,8 @@ def _shape_for(statement: Any, ck_key: Any, bind: Any, hint: Hint) -> _Shape:
     k = (ck_key, _bind_id(bind), hint.tables)
     shape = _shapes.get(k)
     if shape is None:
-        new = _make_shape(statement, ck_key, bind, hint)
+        why = per_object_strategy(statement)
+        new = _Shape(None, frozenset(), why) if why else _make_shape(statement, ck_key, bind, hint)
         with _shapes_lock:
             # concurrent first uses must share one shape: a waiter can only serve the
             # leader's result once the leader has recorded the result shape on it
@@ -396,10 +405,21 @@ def _cacheable(ox: ORMExecuteState, st: SessionCache, hint: Hint) -> bool:
 
 
 def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
-    session = ox.session
-    st = state_of(session)
+    st = state_of(ox.session)
     if st is None or not st.enabled:
         return None
+    ran, result = _compat.run_later_orm_listeners(ox)
+    if not ran:
+        return _serve(ox, st)
+    if result is None:
+        result = _serve(ox, st)
+    # The later listeners have run: SQLAlchemy must not run them again, so this listener
+    # returns a result even when it does not cache (invoke_statement runs no listener).
+    return result if result is not None else ox.invoke_statement()
+
+
+def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
+    session = ox.session
     hint = hint_from(ox.user_defined_options, ox.execution_options)
     if not _cacheable(ox, st, hint):
         return None
@@ -436,7 +456,7 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
         if st.written and st.written_ids().intersection(look.tags):
             return None  # e.g. an eager load of a table this transaction wrote
         try:
-            rows = thaw_rows(look.value, shape.result, session)
+            rows = thaw_rows(look.value, shape.result, session, loader_context(ox.statement))
         except (NotCacheable, ValueError, TypeError, KeyError, IndexError) as exc:
             log.warning("yokedcache: ignoring an unusable cached result: %s", exc)
             return None
@@ -548,7 +568,7 @@ def _run_and_store(
             except SerializationError as exc:
                 log.debug("yokedcache: result not cacheable: %s", exc)
     try:
-        rows = thaw_rows(payload, shape.result, session)
+        rows = thaw_rows(payload, shape.result, session, loader_context(ox.statement))
     except NotCacheable as exc:
         log.debug("yokedcache: cannot rebuild result (%s); running it uncached", exc)
         shape.digest = None

@@ -1,0 +1,20 @@
+"""Every private SQLAlchemy attribute the package uses still exists on the installed version."""
+
+from __future__ import annotations
+
+import pytest
+
+from yokedcache_sa.orm import _compat
+
+
+@pytest.mark.parametrize(
+    ("owner", "name"),
+    _compat.PRIVATE_ATTRIBUTES,
+    ids=[f"{o.__name__}.{n}" for o, n in _compat.PRIVATE_ATTRIBUTES],
+)
+def test_private_attribute_exists(owner: type, name: str) -> None:
+    assert (
+        hasattr(owner, name)
+        or name in getattr(owner, "__slots__", ())
+        or any(name in getattr(k, "__annotations__", {}) for k in owner.__mro__)
+    ), f"SQLAlchemy no longer has {owner.__name__}.{name}: update yokedcache_sa/orm/_compat.py"

@@ -1,0 +1,155 @@
+"""User code that shapes queries runs on the cached path too.
+
+SQLAlchemy's documented recipe for global filters (tenants, soft delete) is a ``do_orm_execute``
+listener on the sessionmaker or a Session subclass that adds ``with_loader_criteria`` from
+``session.info``. Such listeners are registered after the cache's own, so the cache must let
+them shape the statement before it builds a key or runs a miss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from ormkit import Address, Env, User
+from sqlalchemy import event, select
+from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.orm import (
+    ORMExecuteState,
+    Session,
+    lazyload,
+    raiseload,
+    sessionmaker,
+    with_loader_criteria,
+)
+
+from yokedcache_sa.orm import CachingSession
+
+
+def _min_age_filter(ox: ORMExecuteState) -> None:
+    if ox.is_select and not ox.is_column_load and not ox.is_relationship_load:
+        min_age = ox.session.info.get("min_age", 0)
+        ox.statement = ox.statement.options(
+            with_loader_criteria(User, lambda cls: cls.age >= min_age, include_aliases=True)
+        )
+
+
+def _users(s: Session) -> Any:
+    return [u.name for u in s.scalars(select(User).order_by(User.id))]
+
+
+def _check_tenants(env: Env, factory: Any) -> None:
+    def read(min_age: int) -> Any:
+        with factory(info={"min_age": min_age}) as s:
+            return _users(s)
+
+    truth_30 = ["alice", "dave"]
+    truth_40 = ["dave"]
+    assert env.queried(lambda: read(30)) == truth_30
+    assert env.cached(lambda: read(30)) == truth_30
+    # another tenant: never the first tenant's rows, and cached on its own key
+    assert env.queried(lambda: read(40)) == truth_40
+    assert env.cached(lambda: read(40)) == truth_40
+    assert env.cached(lambda: read(30)) == truth_30
+
+
+def test_sessionmaker_listener_shapes_hits_and_misses(env: Env) -> None:
+    factory = sessionmaker(env.engine, class_=CachingSession, cache=env.cache)
+    event.listen(factory, "do_orm_execute", _min_age_filter)
+    _check_tenants(env, factory)
+
+
+def test_session_subclass_listener_shapes_hits_and_misses(env: Env) -> None:
+    class TenantSession(CachingSession):
+        pass
+
+    event.listen(TenantSession, "do_orm_execute", _min_age_filter)
+    factory = sessionmaker(env.engine, class_=TenantSession, cache=env.cache)
+    _check_tenants(env, factory)
+
+
+def test_instance_listener_shapes_hits_and_misses(env: Env) -> None:
+    def factory(info: dict[str, Any]) -> CachingSession:
+        s = CachingSession(env.engine, cache=env.cache, info=info)
+        event.listen(s, "do_orm_execute", _min_age_filter)
+        return s
+
+    _check_tenants(env, factory)
+
+
+def test_listener_runs_once_per_execution(env: Env) -> None:
+    calls: list[bool] = []
+    factory = sessionmaker(env.engine, class_=CachingSession, cache=env.cache)
+
+    @event.listens_for(factory, "do_orm_execute")
+    def _count(ox: ORMExecuteState) -> None:
+        calls.append(ox.is_select)
+
+    for _ in range(2):
+        with factory() as s:
+            s.get(User, 1)
+    assert calls == [True, True]
+
+
+def test_listener_result_wins(env: Env) -> None:
+    """A listener that returns its own result (e.g. a cache of its own) is honoured."""
+    factory = sessionmaker(env.engine, class_=CachingSession, cache=env.cache)
+
+    @event.listens_for(factory, "do_orm_execute")
+    def _own(ox: ORMExecuteState) -> Any:
+        if ox.is_select and ox.execution_options.get("mine"):
+            return ox.invoke_statement().freeze()()
+        return None
+
+    with factory() as s:
+        rows = s.scalars(select(User.name).order_by(User.id), execution_options={"mine": 1})
+        assert rows.all() == ["alice", "bob", "carol", "dave"]
+
+
+def test_loader_criteria_reach_lazy_loads_of_cached_objects(env: Env) -> None:
+    """``with_loader_criteria`` propagates to lazy loads of the objects it loaded — also when
+    those objects were built from a cache entry."""
+    factory = sessionmaker(env.engine, class_=CachingSession, cache=env.cache)
+
+    @event.listens_for(factory, "do_orm_execute")
+    def _no_example(ox: ORMExecuteState) -> None:
+        if ox.is_select and not ox.is_column_load and not ox.is_relationship_load:
+            ox.statement = ox.statement.options(
+                with_loader_criteria(Address, lambda cls: cls.email != "a2@x")
+            )
+
+    def read() -> Any:
+        with factory() as s:
+            u = s.scalars(select(User).where(User.id == 1)).one()
+            return [a.email for a in u.addresses]
+
+    expected = ["a1@x"]
+    assert env.queried(read) == expected
+    # the User is a hit built from the entry, and its lazy load keeps the criteria
+    assert env.cached(read) == expected
+
+
+def test_relationship_and_criteria_reach_lazy_loads_of_cached_objects(env: Env) -> None:
+    def read(s: Session) -> Any:
+        stmt = (
+            select(User)
+            .where(User.id == 1)
+            .options(lazyload(User.addresses.and_(Address.email != "a2@x")))
+        )
+        return [a.email for a in s.scalars(stmt).one().addresses]
+
+    with env.Session() as s:
+        assert env.queried(lambda: read(s)) == ["a1@x"]
+    with env.Session() as s:
+        # fenced off: objects rebuilt from an entry could not carry the per-object loader
+        # that applies the criteria, so this statement is not served from the cache
+        assert env.queried(lambda: read(s)) == ["a1@x"]
+
+
+def test_raiseload_raises_on_cached_objects(env: Env) -> None:
+    stmt = select(User).where(User.id == 1).options(raiseload(User.addresses))
+    for _ in range(2):
+        with env.Session() as s:
+            u = env.queried(lambda: s.scalars(stmt).one())  # fenced off, as above
+            with pytest.raises(InvalidRequestError, match="raise"):
+                _ = u.addresses

@@ -1,0 +1,64 @@
+"""The private SQLAlchemy attributes this package relies on, in one place.
+
+Each accessor names what it needs and degrades safely when a SQLAlchemy release no longer has
+it; ``tests/orm/test_compat.py`` checks that every one still exists on the installed version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.engine.result import Result
+from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.orm.path_registry import PathRegistry
+from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql.selectable import Select
+
+__all__ = ["PRIVATE_ATTRIBUTES", "current_path", "run_later_orm_listeners"]
+
+#: (owner, attribute) pairs used below; the compat test asserts each exists.
+PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
+    (ORMExecuteState, "_remaining_events"),
+    (ORMExecuteState, "_starting_event_idx"),
+    (Select, "_compile_options"),
+    (InstanceState, "load_path"),
+    (InstanceState, "load_options"),
+)
+
+
+def current_path(statement: Any) -> PathRegistry:
+    """The loader path a statement runs under (non-root for lazy and eager loads)."""
+    opts = getattr(statement, "_compile_options", None)
+    path = getattr(opts, "_current_path", None)
+    return path if isinstance(path, PathRegistry) else PathRegistry.root
+
+
+def set_loader_state(state: InstanceState[Any], options: tuple[Any, ...], path: Any) -> None:
+    """Stamp what SQLAlchemy's loader stamps on a newly loaded object: the propagated
+    loader options of the query and the path it was loaded at (later lazy loads and
+    deferred-column loads apply those options along that path)."""
+    state.load_options = options
+    state.load_path = path
+
+
+def run_later_orm_listeners(ox: ORMExecuteState) -> tuple[bool, Result[Any] | None]:
+    """Run the ``do_orm_execute`` listeners registered after the caller, now.
+
+    User listeners (global filters through ``with_loader_criteria``, tenant criteria read from
+    ``session.info``) usually sit after the cache's class-level listener; they must shape the
+    statement before the cache keys or runs it. Returns ``(ran, result)``: *ran* is True when
+    there were later listeners — SQLAlchemy will then not run them again only if the caller
+    returns a result — and *result* is the first result one of them returned, if any.
+    """
+    rest = ox._remaining_events()
+    if not rest:
+        return False, None
+    idx = ox._starting_event_idx
+    for fn in rest:
+        idx += 1
+        ox._starting_event_idx = idx  # a listener's own invoke_statement() runs what follows
+        listener: Any = fn  # typed as returning None; a listener may return a Result
+        out: Result[Any] | None = listener(ox)
+        if out:
+            return True, out
+    return True, None
