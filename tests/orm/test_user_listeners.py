@@ -14,6 +14,7 @@ import pytest
 from ormkit import Address, Env, User
 from sqlalchemy import event, select
 from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import (
     ORMExecuteState,
     Session,
@@ -22,6 +23,7 @@ from sqlalchemy.orm import (
     sessionmaker,
     with_loader_criteria,
 )
+from test_transactions import ASYNC_DBS, AsyncEnv, aenv  # noqa: F401  (fixture)
 
 from yokedcache_sa.orm import CachingSession
 
@@ -153,3 +155,27 @@ def test_raiseload_raises_on_cached_objects(env: Env) -> None:
             u = env.queried(lambda: s.scalars(stmt).one())  # fenced off, as above
             with pytest.raises(InvalidRequestError, match="raise"):
                 _ = u.addresses
+
+
+@ASYNC_DBS
+async def test_async_sessionmaker_listener_shapes_hits_and_misses(
+    aenv: AsyncEnv,  # noqa: F811  (the fixture imported above)
+) -> None:
+    """The same through an AsyncSession: the listener sits on the sync session class."""
+
+    class TenantSession(CachingSession):
+        pass
+
+    event.listen(TenantSession, "do_orm_execute", _min_age_filter)
+    factory = async_sessionmaker(
+        aenv.engine, sync_session_class=TenantSession, cache=aenv.Session.kw["cache"]
+    )
+
+    async def read(min_age: int) -> Any:
+        async with factory(info={"min_age": min_age}) as s:
+            return list((await s.scalars(select(User.name).order_by(User.id))).all())
+
+    assert await aenv.queried(read(30)) == ["alice", "dave"]
+    assert await aenv.cached(read(30)) == ["alice", "dave"]
+    assert await aenv.queried(read(40)) == ["dave"]
+    assert await aenv.cached(read(40)) == ["dave"]
