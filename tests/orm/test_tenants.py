@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +29,11 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from yokedcache_sa import YokedCache, cached
-from yokedcache_sa.orm import CachingSession
+from yokedcache_sa.orm import CachingSession, instrument_session
 from yokedcache_sa.orm.bindstate import engine_identity, state_change
 
 _root = root_conftest()
@@ -104,9 +106,9 @@ class Tenants:
 ROWS = {"default": ["d-1", "d-2"], "a": ["a-1"], "b": ["b-1", "b-2", "b-3"]}
 
 
-@pytest.fixture(scope="module", params=["postgresql", "mariadb"])
-def tenant_db(request: pytest.FixtureRequest) -> Iterator[Tenants]:
-    name: str = request.param
+@contextmanager
+def tenant_schemas(name: str) -> Iterator[Tenants]:
+    """Tenant schemas (PostgreSQL) or databases (MariaDB) A and B, plus the default one."""
     if name == "postgresql":
         _root.require_service("PostgreSQL", _root.PG_URL, 5432)
         url = str(_root.PG_URL)
@@ -137,6 +139,18 @@ def tenant_db(request: pytest.FixtureRequest) -> Iterator[Tenants]:
             conn.execute(text(drop.format(t.a)))
             conn.execute(text(drop.format(t.b)))
         admin.dispose()
+
+
+@pytest.fixture(scope="module", params=["postgresql", "mariadb"])
+def tenant_db(request: pytest.FixtureRequest) -> Iterator[Tenants]:
+    with tenant_schemas(request.param) as t:
+        yield t
+
+
+@pytest.fixture(scope="module")
+def pg_tenants() -> Iterator[Tenants]:
+    with tenant_schemas("postgresql") as t:
+        yield t
 
 
 class Counter:
@@ -469,6 +483,52 @@ def test_set_config_with_vary_on_is_cached_per_user(rls: RLS, cache: YokedCache)
     out, n = read_docs(factory, as_user("bob"))
     assert out == ["bob"] and n > 0
     assert read_docs(factory, as_user("bob")) == (["bob"], 0)
+
+
+def test_instrument_session_vary_on(tenant_db: Tenants, cache: YokedCache) -> None:
+    eng = tenant_db.engine()
+
+    def factory() -> Session:
+        return instrument_session(Session(eng), cache, vary_on=lambda s: s.info.get("tenant"))
+
+    def on(schema: str) -> Callable[[Session], Any]:
+        def prep(s: Session) -> None:
+            s.info["tenant"] = schema
+            s.execute(text(_use(tenant_db, schema, tenant_db.name == "postgresql")))
+
+        return prep
+
+    read_in(factory, on(tenant_db.a))
+    assert read_in(factory, on(tenant_db.a)) == (ROWS["a"], 0)
+    out, n = read_in(factory, on(tenant_db.b))
+    assert (out, n > 0) == (ROWS["b"], True)
+
+
+@pytest.mark.parametrize("vary", [False, True], ids=["plain", "vary_on"])
+async def test_async_session_set_local_search_path(
+    pg_tenants: Tenants, cache: YokedCache, vary: bool
+) -> None:
+    engine = create_async_engine(str(_root.PG_ASYNC_URL))
+    kw: dict[str, Any] = {"vary_on": lambda s: s.info.get("tenant")} if vary else {}
+    factory = async_sessionmaker(engine, sync_session_class=CachingSession, cache=cache, **kw)
+
+    async def read(schema: str) -> tuple[Any, int]:
+        async with factory() as s:
+            s.sync_session.info["tenant"] = schema
+            await s.execute(text(f"SET LOCAL search_path TO {schema}"))
+            with Counter() as c:
+                out = list((await s.scalars(select(Item.label).order_by(Item.id))).all())
+            return out, c.n
+
+    try:
+        await read(pg_tenants.a)
+        out, n = await read(pg_tenants.a)
+        assert out == ROWS["a"] and (n == 0) == vary  # cached only when vary_on names it
+        out, n = await read(pg_tenants.b)
+        assert out == ROWS["b"] and n > 0
+    finally:
+        await engine.dispose()
+        await cache.disconnect()
 
 
 # -- @cached around tenant state ------------------------------------------------------------
