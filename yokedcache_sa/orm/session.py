@@ -24,7 +24,7 @@ import threading
 import types
 import weakref
 from collections import OrderedDict
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -45,6 +45,7 @@ from ..tags import ALL_TAG, Snapshot, table_tag, tag_id
 from . import _compat, tracking
 from ._bridge import await_ as _await
 from ._bridge import bridge, in_greenlet
+from .bindstate import TAINT_KEY, connection_variant, engine_identity, state_change
 from .options import FromCache, Hint, NoCache, hint_from
 from .results import (
     NotCacheable,
@@ -140,11 +141,13 @@ class SessionCache:
         default_ttl: TTL = DEFAULT_TTL,
         tags: Iterable[str] = (),
         enabled: bool = True,
+        vary_on: Callable[[Session], Hashable] | None = None,
     ) -> None:
         self._cache = cache
         self.default_ttl = default_ttl
         self.tags = tuple(tags)
         self.enabled = enabled
+        self.vary_on = vary_on
         self._reset()
 
     @property
@@ -167,6 +170,25 @@ class SessionCache:
         self.committed = False
         self.autocommitted = False
         self.conns: list[weakref.ref[Connection]] = []
+        # SQL that changed connection state (SET, set_config) ran in this transaction or on
+        # its pooled connection: nothing is served or stored (unless vary_on keys that state)
+        self.tainted: str | None = None
+        self.variants: dict[Engine, str] = {}  # connection-level schema_translate_map
+
+    def taint(self, conn: Connection, why: str) -> None:
+        """Stop serving and storing: *conn* runs with state the key does not capture."""
+        if self.vary_on is not None or self.tainted is not None:
+            return  # the application keys that state itself
+        self.tainted = why
+        info = conn.info
+        if not info.get("yokedcache_logged"):
+            info["yokedcache_logged"] = True
+            log.info(
+                "yokedcache: caching is off for this connection: it ran %r, which changes "
+                "what queries return; pass vary_on=<callable returning that state> to "
+                "CachingSession to cache per state",
+                why,
+            )
 
     # writes --------------------------------------------------------------------------------
 
@@ -256,7 +278,7 @@ def _bind_id(bind: Any) -> str:
     engine = bind.engine if isinstance(bind, Connection) else bind
     ident = _bind_ids.get(engine)
     if ident is None:
-        ident = f"{engine.dialect.name}|{engine.url.render_as_string(hide_password=True)}"
+        ident = engine_identity(engine)
         _bind_ids[engine] = ident
     return ident
 
@@ -312,6 +334,8 @@ def _make_shape(statement: Any, ck_key: Any, bind: Any, hint: Hint) -> _Shape:
         compiled = statement.compile(bind=bind)
     except Exception as exc:  # cannot compile for this bind: let SQLAlchemy raise normally
         return _Shape(None, frozenset(), f"does not compile: {exc}")
+    if state_change(str(compiled)) is not None:
+        return _Shape(None, frozenset(), "changes connection state (set_config)")
     tables = tracking.read_tables(compiled, statement)
     for el in visitors.iterate(
         getattr(getattr(compiled, "compile_state", None), "statement", statement)
@@ -360,15 +384,18 @@ def _params(params: Any) -> Any:
 _LOAD_OPTION_KEYS = ("_only_return_tuples", "_legacy_uniquing", "_invoke_all_eagers")
 
 
-def _key(shape: _Shape, ck: Any, ox: ORMExecuteState, tags: list[Any]) -> str | None:
+def _key(shape: _Shape, ck: Any, ox: ORMExecuteState, tags: list[Any], context: Any) -> str | None:
     try:
         values = [bp.effective_value for bp in ck.bindparams]
+        # SQLAlchemy 2.1 keeps .params() values on the statement, over the bindparams' own
+        stmt_params = getattr(ck, "params", None)
         lo = ox.load_options
         extra = [getattr(lo, k, None) for k in _LOAD_OPTION_KEYS]
         eo = ox.execution_options
         raw = codec.pack_value(
             [
                 values,
+                _params(stmt_params),
                 _params(ox.parameters),
                 extra,
                 eo.get("identity_token"),
@@ -376,6 +403,7 @@ def _key(shape: _Shape, ck: Any, ox: ORMExecuteState, tags: list[Any]) -> str | 
                 if eo.get("schema_translate_map")
                 else None,
                 tags,  # hint/session tags: SQLAlchemy's cache key ignores user options
+                context,  # the connection's schema map, the session's vary_on value
             ]
         )
     except (SerializationError, TypeError, AttributeError):
@@ -406,7 +434,7 @@ def _cacheable(ox: ORMExecuteState, st: SessionCache, hint: Hint) -> bool:
 
 def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
     st = state_of(ox.session)
-    if st is None or not st.enabled:
+    if st is None or not st.enabled or st.tainted is not None:
         return None
     ran, result = _compat.run_later_orm_listeners(ox)
     if not ran:
@@ -437,7 +465,20 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
     shape = _shape_for(statement, ck.key, bind, hint)
     if shape.digest is None or shape.tables & st.written:
         return None
-    key = _key(shape, ck, ox, [sorted({*hint.tags, *st.tags}), sorted(hint.tables)])
+    if isinstance(bind, Connection):  # a session bound to a connection: not begun yet
+        if bind.info.get(TAINT_KEY) and st.vary_on is None:
+            return None
+        variant = connection_variant(bind)
+    else:
+        variant = st.variants.get(bind) if st.variants else None
+    vary = st.vary_on(session) if st.vary_on is not None else None
+    key = _key(
+        shape,
+        ck,
+        ox,
+        [sorted({*hint.tags, *st.tags}), sorted(hint.tables)],
+        (variant, vary) if variant is not None or vary is not None else None,
+    )
     if key is None:
         return None
     try:
@@ -463,12 +504,15 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
         if outer is not None:
             outer.add(shape.tables)
             outer.add(t for t in look.tags if t.startswith("table:"))
+            if st.vary_on is not None:
+                # served for this session's vary_on state, which an @cached key lacks
+                _mark_strict(outer, "a read keyed by the session's vary_on state")
         return shape.result.build(rows)
 
     def compute(look: Lookup) -> Result[Any] | None:
         if st.written and st.written_ids().intersection(look.tags):
             look = look._replace(snapshot=None)  # reads own uncommitted writes: never store
-        return _run_and_store(ox, st, shape, hint, key, look, outer)
+        return _run_and_store(ox, st, shape, hint, key, look, outer, variant)
 
     def on_hit(look: Lookup) -> Result[Any] | None:
         result = served(look) if shape.result is not None else None
@@ -497,12 +541,16 @@ def _run_and_store(
     key: str,
     look: Lookup,
     outer: Collector | None,
+    variant: str | None,
 ) -> Result[Any] | None:
     session = ox.session
     snapshot = look.snapshot
     if snapshot is not None and not st.conn_begun:
         st.candidate = snapshot.seq
     conn = session.connection(bind_arguments=ox.bind_arguments)
+    # Beginning may have shown that the connection is not the one the key describes (a
+    # tainted pooled connection, connection-level options): run it, but do not store it.
+    keyed = st.tainted is None and connection_variant(conn) == variant
     eo = dict(ox.execution_options)
     lo = eo.get("_sa_orm_load_options")
     if lo is not None and getattr(lo, "_lazy_loaded_from", None) is not None:
@@ -545,7 +593,14 @@ def _run_and_store(
             outer.mark_unknown(col.unknown)
     tags = set(shape.tables) | col.tables | set(hint.tags) | set(st.tags)
     unknown = col.unknown if not hint.tables else None
-    if snapshot is not None and not unknown and not st.no_store and not (tags & st.written):
+    if (
+        snapshot is not None
+        and not unknown
+        and not st.no_store
+        and keyed
+        and st.tainted is None
+        and not (tags & st.written)
+    ):
         seq = snapshot.seq
         if st.snapshot_isolated and st.horizon is not None:
             seq = min(seq, st.horizon)
@@ -616,6 +671,13 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
         return
     connection.__dict__["_yc_state"] = st
     st.conns.append(weakref.ref(connection))
+    why = connection.__dict__.get("_yc_tainted") or connection.info.get(TAINT_KEY)
+    if why:
+        st.taint(connection, why)
+    if connection.get_execution_options().get("schema_translate_map"):
+        variant = connection_variant(connection)
+        if variant is not None:
+            st.variants[connection.engine] = variant
     iso = connection.get_execution_options().get("isolation_level") or getattr(
         connection, "default_isolation_level", None
     )
@@ -703,15 +765,25 @@ def _before_cursor_execute(
     )
     if is_dml:
         cd["_yc_dirty"] = True  # this transaction now sees its own uncommitted rows
+    compiled = getattr(context, "compiled", None)
+    change = _state_change_of(conn, statement, compiled)
+    if change is not None:
+        scope, why = change
+        cd["_yc_tainted"] = why
+        if scope == "connection":
+            conn.info[TAINT_KEY] = why  # outlives the transaction, on the pooled connection
+        if st is not None:
+            st.taint(conn, why)
     if st is None and col is None:
         return
-    compiled = getattr(context, "compiled", None)
     is_ddl = bool(context is not None and getattr(context, "isddl", False))
     written: frozenset[str] | None = frozenset()
     if is_ddl:
         written = None
     elif is_dml and compiled is not None:
         written = tracking.written_tables_of_statement(compiled.statement)
+    elif change is not None and ";" not in statement.strip().rstrip(";"):
+        written = frozenset()  # SET / USE / set_config(): state, not rows
     elif compiled is None or isinstance(getattr(compiled, "statement", None), TextClause):
         written = tracking.written_tables_of_sql(statement)
     if written != frozenset():
@@ -740,6 +812,9 @@ def _before_cursor_execute(
         while strict is not None and not strict.strict_snapshot:
             strict = strict.parent
         if strict is not None:
+            taint = cd.get("_yc_tainted") or conn.info.get(TAINT_KEY)
+            if taint:  # SET/set_config state: the computation's key does not capture it
+                strict.mark_unknown(f"a read on a connection that ran {taint!r}")
             if st is not None:
                 own = bool(tables & st.written) or ALL_TAG in st.written
             else:
@@ -759,6 +834,27 @@ def _before_cursor_execute(
                 strict = strict.parent
 
 
+def _mark_strict(col: Collector, why: str) -> None:
+    """Mark the innermost @cached computation (a strict collector) and its parents."""
+    c: Collector | None = col
+    while c is not None and not c.strict_snapshot:
+        c = c.parent
+    if c is not None:
+        c.mark_unknown(why)
+
+
+def _state_change_of(conn: Connection, statement: str, compiled: Any) -> Any:
+    """``state_change`` of the SQL about to run (memoised on compiled statements)."""
+    if compiled is not None and not isinstance(getattr(compiled, "statement", None), TextClause):
+        cd = compiled.__dict__
+        if "_yc_state_change" not in cd:
+            found = state_change(statement, conn.dialect.name == "postgresql")
+            cd["_yc_state_change"] = found
+            return found
+        return cd["_yc_state_change"]
+    return state_change(statement, conn.dialect.name == "postgresql")
+
+
 def _on_begin(conn: Connection) -> None:
     conn.__dict__["_yc_begun_at"] = next(_begin_counter)
     conn.__dict__.pop("_yc_dirty", None)
@@ -771,6 +867,7 @@ def _autocommits(conn: Connection) -> bool:
 
 def _on_commit(conn: Connection) -> None:
     conn.__dict__.pop("_yc_dirty", None)
+    conn.__dict__.pop("_yc_tainted", None)
     st: SessionCache | None = conn.__dict__.get("_yc_state")
     if st is not None:
         # Normally before_commit took the marks; this covers commits that bypass the
@@ -785,6 +882,7 @@ def _on_commit(conn: Connection) -> None:
 
 def _on_rollback(conn: Connection) -> None:
     conn.__dict__.pop("_yc_dirty", None)
+    conn.__dict__.pop("_yc_tainted", None)
 
 
 _installed = False
@@ -859,6 +957,10 @@ class CachingSession(Session):
         default_ttl: TTL of entries stored by this session (the cache's default if omitted).
         tags: extra tags on every entry this session stores.
         table_name: shorthand for ``tags=["table:<table_name>"]``.
+        vary_on: ``(session) -> value`` naming connection state the application sets with
+            ``SET`` / ``set_config()`` (tenant, role); the value becomes part of every key,
+            and such SQL then no longer turns caching off for the transaction (see
+            docs/orm.md, "Tenants").
         **kw: passed to :class:`sqlalchemy.orm.Session`.
 
     ``commit()`` also returns an already-finished awaitable, so ``await session.commit()``
@@ -880,12 +982,15 @@ class CachingSession(Session):
         default_ttl: TTL = DEFAULT_TTL,
         tags: Iterable[str] = (),
         table_name: str | None = None,
+        vary_on: Callable[[Session], Hashable] | None = None,
         **kw: Any,
     ) -> None:
         kw.setdefault("query_cls", CachingQuery)
         super().__init__(bind, **kw)
         extra = (*tags, table_tag(table_name)) if table_name else tuple(tags)
-        self.info[STATE_KEY] = SessionCache(cache, default_ttl=default_ttl, tags=extra)
+        self.info[STATE_KEY] = SessionCache(
+            cache, default_ttl=default_ttl, tags=extra, vary_on=vary_on
+        )
 
     def commit(self) -> _Done:  # type: ignore[override]
         """Commit, invalidate what the transaction wrote, and return a finished awaitable."""
@@ -924,11 +1029,13 @@ def instrument_session(
     default_ttl: TTL = DEFAULT_TTL,
     tags: Iterable[str] = (),
     table_name: str | None = None,
+    vary_on: Callable[[Session], Hashable] | None = None,
 ) -> Session:
     """Make an existing plain Session cache its reads and invalidate on commit.
 
     Returns the same session. Its ``commit()`` then also returns a finished awaitable.
-    Instrumenting a :class:`CachingSession` only updates its settings.
+    Instrumenting a :class:`CachingSession` only updates its settings. *vary_on* is as
+    for :class:`CachingSession`.
     """
     _install_engine_listeners()
     extra = (*tags, table_tag(table_name)) if table_name else tuple(tags)
@@ -939,8 +1046,12 @@ def instrument_session(
         st.tags = tuple(dict.fromkeys((*st.tags, *extra)))
         if not isinstance(default_ttl, type(DEFAULT_TTL)):
             st.default_ttl = default_ttl
+        if vary_on is not None:
+            st.vary_on = vary_on
         return session
-    session.info[STATE_KEY] = SessionCache(cache, default_ttl=default_ttl, tags=extra)
+    session.info[STATE_KEY] = SessionCache(
+        cache, default_ttl=default_ttl, tags=extra, vary_on=vary_on
+    )
     if isinstance(session, CachingSession):
         return session
     if "dispatch" not in session.__dict__:
