@@ -179,3 +179,13 @@ async def test_async_sessionmaker_listener_shapes_hits_and_misses(
     assert await aenv.cached(read(30)) == ["alice", "dave"]
     assert await aenv.queried(read(40)) == ["dave"]
     assert await aenv.cached(read(40)) == ["dave"]
+
+
+def test_session_info_is_the_users(env: Env) -> None:
+    """A new caching session's ``.info`` is empty, as SQLAlchemy's is: the cache keeps its
+    per-session state where user code does not see it."""
+    with env.Session() as s:
+        assert s.info == {}
+        s.info["tenant"] = "a"
+        s.get(User, 1)
+        assert s.info == {"tenant": "a"}

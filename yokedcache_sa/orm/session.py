@@ -68,7 +68,7 @@ __all__ = [
 
 log = logging.getLogger("yokedcache_sa")
 
-STATE_KEY: Final = "_yokedcache"
+STATE_KEY: Final = "_yokedcache_state"  # in the session's __dict__, not its .info
 _STATEMENT_LEVEL = frozenset({"READ COMMITTED", "AUTOCOMMIT"})
 _known_metadata: weakref.WeakSet[MetaData] = weakref.WeakSet()
 _begin_counter = itertools.count(1)
@@ -252,7 +252,7 @@ class SessionCache:
 
 def state_of(session: Session) -> SessionCache | None:
     """The cache state of *session*, or None for a session that does not cache."""
-    st: SessionCache | None = session.info.get(STATE_KEY)
+    st: SessionCache | None = session.__dict__.get(STATE_KEY)
     return st
 
 
@@ -988,7 +988,7 @@ class CachingSession(Session):
         kw.setdefault("query_cls", CachingQuery)
         super().__init__(bind, **kw)
         extra = (*tags, table_tag(table_name)) if table_name else tuple(tags)
-        self.info[STATE_KEY] = SessionCache(
+        self.__dict__[STATE_KEY] = SessionCache(
             cache, default_ttl=default_ttl, tags=extra, vary_on=vary_on
         )
 
@@ -1049,7 +1049,7 @@ def instrument_session(
         if vary_on is not None:
             st.vary_on = vary_on
         return session
-    session.info[STATE_KEY] = SessionCache(
+    session.__dict__[STATE_KEY] = SessionCache(
         cache, default_ttl=default_ttl, tags=extra, vary_on=vary_on
     )
     if isinstance(session, CachingSession):
