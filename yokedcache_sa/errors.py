@@ -18,6 +18,7 @@ is kept as ``__cause__``.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote, unquote_plus
 
 __all__ = [
     "BackendError",
@@ -110,8 +111,6 @@ class _Parsed:
     secrets: tuple[str, ...]
 
     def __init__(self, url: str) -> None:
-        from urllib.parse import unquote, unquote_plus
-
         secrets: list[str] = []
         scheme, sep, rest = url.partition("://")
         if not sep:  # not a URL we can cut: show nothing that could be a credential
