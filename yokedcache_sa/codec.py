@@ -124,12 +124,12 @@ def _check(obj: object, depth: int) -> None:
     cls = type(obj)
     if cls in _SEQUENCES:
         scalars = _SCALARS
-        for item in obj:  # type: ignore[attr-defined]
+        for item in obj:  # type: ignore[attr-defined]  # cls is one of _SEQUENCES
             if type(item) not in scalars:
                 _check(item, depth + 1)
     elif cls in _MAPPINGS:
         scalars = _SCALARS
-        for k, v in obj.items():  # type: ignore[attr-defined]
+        for k, v in obj.items():  # type: ignore[attr-defined]  # cls is one of _MAPPINGS
             if type(k) not in scalars:
                 _check(k, depth + 1)
             if type(v) not in scalars:
