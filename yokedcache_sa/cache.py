@@ -258,9 +258,14 @@ class YokedCache:
         self._pending: dict[str, tuple[str, int, float]] = {}
         self._retry_timer: threading.Timer | None = None
         self._redirect: YokedCache | None = None
+        # Entries are bound to their full key: the prefix of the store they live in, then
+        # the key (an entry copied under another key is refused).
+        self._key_scope = f"{getattr(self.backend, 'prefix', None) or cfg.key_prefix}\x00"
+        self._warned_key_mismatch = False
         # The memory backend hands back the very bytes object it stored: verify and parse
-        # each entry's header once (the body is decoded on every hit, never shared).
-        self._header_memo: dict[bytes, codec.Header] | None = (
+        # each entry's header once, for the key it was verified under (the body is decoded
+        # on every hit, never shared).
+        self._header_memo: dict[bytes, tuple[str, codec.Header]] | None = (
             {} if getattr(self.backend, "stable_payloads", False) else None
         )
         self.connected = False
@@ -349,29 +354,43 @@ class YokedCache:
     # -- pure steps shared by both twins ---------------------------------------------------
 
     def _decide(
-        self, fetched: Fetched, horizon: int | None, blocked: bool
+        self, key: str, fetched: Fetched, horizon: int | None, blocked: bool
     ) -> tuple[Any, codec.Header | None]:
-        """Return (value or MISSING, header) for what the store reported."""
+        """Return (value or MISSING, header) for what the store reported for *key*."""
         payload = fetched.payload
         if payload is None:
             return MISSING, None
         memo = self._header_memo
         try:
-            header = memo.get(payload) if memo is not None else None
-            if header is None:
+            seen = memo.get(payload) if memo is not None else None
+            if seen is not None and seen[0] == key:
+                header = seen[1]
+            else:
                 header = codec.decode_header(
-                    payload, secret=self._secret, max_bytes=self._max_bytes
+                    payload,
+                    key=self._key_scope + key,
+                    secret=self._secret,
+                    max_bytes=self._max_bytes,
                 )
                 if memo is not None:
                     if len(memo) >= 4096:
                         memo.clear()
-                    memo[payload] = header
+                    memo[payload] = (key, header)
             if fetched.tags != header.tags:
                 self._count_error("ignored an entry whose stored tags disagree with its header")
                 return MISSING, None
             if blocked or not is_fresh(header.epoch, header.seq, fetched.snapshot, horizon):
                 return MISSING, header
             return codec.unpack_value(payload[header.body_start : header.body_end]), header
+        except codec.KeyMismatch:
+            self._errors += 1
+            if not self._warned_key_mismatch:
+                self._warned_key_mismatch = True
+                log.warning(
+                    "yokedcache: ignored an entry stored for another key (copied or swapped "
+                    "in the store; treated as a miss, counted in errors, logged once)"
+                )
+            return MISSING, None
         except CorruptEntryError as exc:
             self._count_error("ignored a bad entry (treated as a miss): %s", exc)
             return MISSING, None
@@ -402,9 +421,10 @@ class YokedCache:
             raise ValueError(f"ttl must be > 0 seconds or None (no expiry), got {ttl!r}")
         return None if ttl is None else float(ttl)
 
-    def _encode(self, value: object, tags: tuple[str, ...], snap: Snapshot) -> bytes:
+    def _encode(self, key: str, value: object, tags: tuple[str, ...], snap: Snapshot) -> bytes:
         return codec.encode(
             value,
+            key=self._key_scope + key,
             epoch=snap.epoch,
             seq=snap.seq,
             tags=tags,
@@ -429,9 +449,11 @@ class YokedCache:
 
     # -- protocol used by the ORM layer and @cached ----------------------------------------
 
-    def _looked_up(self, fetched: Fetched, horizon: int | None, token: str | None) -> Lookup:
+    def _looked_up(
+        self, key: str, fetched: Fetched, horizon: int | None, token: str | None
+    ) -> Lookup:
         value, header = self._decide(
-            fetched, horizon, bool(self._pending) and self._blocked(fetched.tags)
+            key, fetched, horizon, bool(self._pending) and self._blocked(fetched.tags)
         )
         self._record(value is not MISSING, header)
         lock = ComputeLock(token) if token is not None and fetched.lock == 1 else None
@@ -464,7 +486,7 @@ class YokedCache:
             self._unavailable(exc, "read")
             self._misses += 1
             return Lookup(MISSING, None)
-        return self._looked_up(fetched, horizon, token)
+        return self._looked_up(key, fetched, horizon, token)
 
     async def lookup(self, key: str, *, horizon: int | None = None, lock: bool = False) -> Lookup:
         """Async twin of :meth:`lookup_sync`."""
@@ -482,15 +504,15 @@ class YokedCache:
             self._unavailable(exc, "read")
             self._misses += 1
             return Lookup(MISSING, None)
-        return self._looked_up(fetched, horizon, token)
+        return self._looked_up(key, fetched, horizon, token)
 
     def _prepare_store(
-        self, value: object, tags: Iterable[str], snapshot: Snapshot
+        self, key: str, value: object, tags: Iterable[str], snapshot: Snapshot
     ) -> tuple[tuple[str, ...], bytes] | None:
         ids = tag_ids(tags)
         if self._blocked(ids):
             return None
-        return ids, self._encode(value, ids, snapshot)
+        return ids, self._encode(key, value, ids, snapshot)
 
     def store_sync(
         self,
@@ -508,7 +530,7 @@ class YokedCache:
             SerializationError: the value cannot be encoded (nothing stored).
         """
         me = self._target()
-        prepared = me._prepare_store(value, tags, snapshot)
+        prepared = me._prepare_store(key, value, tags, snapshot)
         if prepared is None:
             return False
         ids, payload = prepared
@@ -536,7 +558,7 @@ class YokedCache:
     ) -> bool:
         """Async twin of :meth:`store_sync`."""
         me = self._target()
-        prepared = me._prepare_store(value, tags, snapshot)
+        prepared = me._prepare_store(key, value, tags, snapshot)
         if prepared is None:
             return False
         ids, payload = prepared

@@ -2,11 +2,17 @@
 
 Layout (all integers big-endian)::
 
-    b"YK" | format:u8 | flags:u8 | header_len:u32 | header | body | [mac: 16 bytes]
+    b"YK" | format:u8 | flags:u8 | header_len:u32 | key digest: 8 bytes | header | body
+          | [mac: 16 bytes]
 
-``header`` is msgpack ``[epoch, seq, tags, created]`` — the tag-version snapshot the value was
-computed under (see docs/consistency.md). ``body`` is msgpack with extension types for
-datetime, date, time, timedelta, Decimal, UUID, enum members, tuples, sets and frozensets.
+The key digest is a blake2b of the entry's full key (key prefix included): an entry copied
+under another key is refused (:class:`KeyMismatch`). With a signing secret the MAC covers the
+full key too, so a copy cannot be made to verify. ``header`` is msgpack ``[epoch, seq, tags,
+created]`` — the tag-version snapshot the value was computed under (see docs/consistency.md).
+``body`` is msgpack with extension types for datetime, date, time (with their exact tzinfo:
+zoneinfo key or fixed offset), timedelta, Decimal, UUID, enum members, tuples, sets,
+frozensets, OrderedDict and Counter. Types are matched exactly: a value decodes
+to the very type it was encoded from, or it is refused with SerializationError.
 No pickle, no import of modules named by an entry: an enum is decoded only if its class is
 already imported. Any defect raises :class:`~yokedcache_sa.errors.CorruptEntryError`.
 """
@@ -20,8 +26,11 @@ import hmac
 import struct
 import sys
 import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final, NamedTuple
+from zoneinfo import ZoneInfo
 
 import msgpack
 
@@ -31,18 +40,34 @@ __all__ = [
     "FORMAT_VERSION",
     "Entry",
     "Header",
+    "KeyMismatch",
     "decode",
     "decode_header",
     "encode",
+    "key_digest",
+    "pack_key",
     "pack_value",
     "unpack_value",
 ]
 
 MAGIC: Final = b"YK"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+"""2 added the key digest and the key under the MAC; entries of format 1 are misses."""
 FLAG_SIGNED: Final = 0x01
 _PREFIX = struct.Struct(">2sBBI")
+DIGEST_LEN: Final = 8
+_HEAD: Final = _PREFIX.size + DIGEST_LEN
 MAC_LEN: Final = 16
+
+
+class KeyMismatch(CorruptEntryError):
+    """The entry was stored for another key (copied, or swapped in the store)."""
+
+
+def key_digest(key: str) -> bytes:
+    """The short digest of a full entry key stored in (and checked against) its entry."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=DIGEST_LEN).digest()
+
 
 _EXT_DATETIME = 1
 _EXT_DATE = 2
@@ -54,6 +79,11 @@ _EXT_TUPLE = 7
 _EXT_SET = 8
 _EXT_FROZENSET = 9
 _EXT_TIMEDELTA = 10
+_EXT_DATETIME_TZ = 11
+_EXT_TIME_TZ = 12
+_EXT_ORDEREDDICT = 13
+_EXT_COUNTER = 14
+_EXT_KEY_TYPED = 15  # in keys only (pack_key), never decoded
 
 
 class Entry(NamedTuple):
@@ -66,52 +96,212 @@ class Entry(NamedTuple):
     value: Any
 
 
-def _default(obj: object) -> object:
-    # bool/int/float/str/bytes/list/dict/None are native; order of checks matters for
-    # subclasses (datetime is a date, IntEnum is an int but is handled natively first).
-    if isinstance(obj, enum.Enum):
-        cls = type(obj)
-        return msgpack.ExtType(_EXT_ENUM, _packb([cls.__module__, cls.__qualname__, obj.value]))
-    if isinstance(obj, dt.datetime):
-        return msgpack.ExtType(_EXT_DATETIME, obj.isoformat().encode())
-    if isinstance(obj, dt.date):
-        return msgpack.ExtType(_EXT_DATE, obj.isoformat().encode())
-    if isinstance(obj, dt.time):
-        return msgpack.ExtType(_EXT_TIME, obj.isoformat().encode())
-    if isinstance(obj, dt.timedelta):
-        return msgpack.ExtType(_EXT_TIMEDELTA, _packb([obj.days, obj.seconds, obj.microseconds]))
-    if isinstance(obj, Decimal):
-        return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
-    if isinstance(obj, uuid.UUID):
-        return msgpack.ExtType(_EXT_UUID, obj.bytes)
-    if isinstance(obj, tuple):
-        return msgpack.ExtType(_EXT_TUPLE, _packb(list(obj)))
-    if isinstance(obj, frozenset):
-        return msgpack.ExtType(_EXT_FROZENSET, _packb(list(obj)))
-    if isinstance(obj, set):
-        return msgpack.ExtType(_EXT_SET, _packb(list(obj)))
-    # subclasses of native types (defaultdict, str enums handled above…): encode as the base
-    if isinstance(obj, dict):
-        return dict(obj)
-    if isinstance(obj, list):
-        return list(obj)
-    if isinstance(obj, str):
-        return str(obj)
-    if isinstance(obj, bytes):
-        return bytes(obj)
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return float(obj)
-    raise SerializationError(
-        f"cannot cache a value of type {type(obj).__module__}.{type(obj).__qualname__}; "
-        "return plain data (dict, list, str, int, float, bool, None, bytes, datetime, "
-        "Decimal, UUID, enum) or convert it first"
+_MAX_DEPTH: Final = 500
+_SCALARS: Final = frozenset({type(None), bool, int, float, str, bytes})
+_SEQUENCES: Final = frozenset({list, tuple, set, frozenset})
+_MAPPINGS: Final = frozenset({dict, OrderedDict, Counter})
+# msgpack packs these natively as bytes or as a raw extension: they would decode as another
+# type (bytes, or whatever our extension codes mean).
+_NATIVE_NEAR_MISSES: Final = frozenset({bytearray, memoryview, msgpack.ExtType, msgpack.Timestamp})
+
+
+def _refuse(obj: object, why: str = "") -> SerializationError:
+    cls = type(obj)
+    return SerializationError(
+        f"cannot cache a value of type {cls.__module__}.{cls.__qualname__}{why}; only exact "
+        "dict, list, tuple, set, frozenset, OrderedDict, Counter, str, int, float, bool, None, "
+        "bytes, datetime, date, time, timedelta, Decimal, UUID and importable enum "
+        "members round-trip exactly (subclasses do not): convert it first, or leave it uncached"
     )
+
+
+def _check(obj: object, depth: int) -> None:
+    # msgpack packs some types natively (bytearray and memoryview as bytes, ExtType as is),
+    # where ``default`` never sees them: walk the value once so nothing comes back as a
+    # near miss. Every other type is checked (by exact type) in _default.
+    if depth > _MAX_DEPTH:
+        raise SerializationError(f"value is nested deeper than {_MAX_DEPTH} levels")
+    cls = type(obj)
+    if cls in _SEQUENCES:
+        scalars = _SCALARS
+        for item in obj:  # type: ignore[attr-defined]  # cls is one of _SEQUENCES
+            if type(item) not in scalars:
+                _check(item, depth + 1)
+    elif cls in _MAPPINGS:
+        scalars = _SCALARS
+        for k, v in obj.items():  # type: ignore[attr-defined]  # cls is one of _MAPPINGS
+            if type(k) not in scalars:
+                _check(k, depth + 1)
+            if type(v) not in scalars:
+                _check(v, depth + 1)
+    elif cls in _NATIVE_NEAR_MISSES:
+        raise _refuse(obj)
+    elif isinstance(obj, enum.Enum) and type(obj._value_) not in _SCALARS:
+        _check(obj._value_, depth + 1)
+
+
+def _tz_spec(tz: dt.tzinfo, obj: object) -> object:
+    """An exact description of *tz*: a zoneinfo key, or a fixed offset and its name."""
+    cls = type(tz)
+    if cls is dt.timezone:
+        args = tz.__getinitargs__()  # type: ignore[attr-defined]  # (offset,) or (offset, name)
+        off: dt.timedelta = args[0]
+        return [off.days, off.seconds, off.microseconds, args[1] if len(args) > 1 else None]
+    if cls is ZoneInfo:
+        key = tz.key  # type: ignore[attr-defined]
+        # Only a tzinfo that ZoneInfo(key) gives back is rebuilt exactly (not no_cache or
+        # from_file instances).
+        if key is not None and ZoneInfo(key) is tz:
+            return key
+    raise _refuse(obj, f" with tzinfo {cls.__module__}.{cls.__qualname__}")
+
+
+def _plain_tz(tz: dt.tzinfo | None) -> bool:
+    # A tzinfo the isoformat text rebuilds exactly: none, or an unnamed fixed offset
+    # (fromisoformat turns +00:00 back into the timezone.utc singleton).
+    return tz is None or (type(tz) is dt.timezone and len(tz.__getinitargs__()) == 1)  # type: ignore[attr-defined]
+
+
+def _enc_datetime(obj: dt.datetime) -> msgpack.ExtType:
+    tz = obj.tzinfo
+    if obj.fold == 0 and _plain_tz(tz):
+        return msgpack.ExtType(_EXT_DATETIME, obj.isoformat().encode())
+    spec = None if tz is None else _tz_spec(tz, obj)
+    naive = obj.replace(tzinfo=None, fold=0).isoformat()
+    return msgpack.ExtType(_EXT_DATETIME_TZ, _packb([naive, obj.fold, spec]))
+
+
+def _enc_time(obj: dt.time) -> msgpack.ExtType:
+    tz = obj.tzinfo
+    if obj.fold == 0 and _plain_tz(tz):
+        return msgpack.ExtType(_EXT_TIME, obj.isoformat().encode())
+    spec = None if tz is None else _tz_spec(tz, obj)
+    naive = obj.replace(tzinfo=None, fold=0).isoformat()
+    return msgpack.ExtType(_EXT_TIME_TZ, _packb([naive, obj.fold, spec]))
+
+
+def _enc_enum(obj: enum.Enum) -> msgpack.ExtType:
+    cls = type(obj)
+    module, qualname = cls.__module__, cls.__qualname__
+    # Decoding looks the class up by name and calls it with the value: refuse members that
+    # would come back as another class or another member (local classes, shadowed names).
+    try:
+        found = _find_enum(module, qualname)
+        same = found is cls and found(obj._value_) is obj
+    except (CorruptEntryError, ValueError, TypeError):
+        same = False
+    if not same:
+        raise _refuse(obj, " (its class cannot be found again by module and name)")
+    return msgpack.ExtType(_EXT_ENUM, _packb([module, qualname, obj._value_]))
+
+
+def _pairs(obj: dict[Any, Any]) -> list[list[Any]]:
+    return [[k, v] for k, v in obj.items()]
+
+
+_ENCODERS: Final[dict[type, Callable[[Any], object]]] = {
+    dt.datetime: _enc_datetime,
+    dt.date: lambda o: msgpack.ExtType(_EXT_DATE, o.isoformat().encode()),
+    dt.time: _enc_time,
+    dt.timedelta: lambda o: msgpack.ExtType(
+        _EXT_TIMEDELTA, _packb([o.days, o.seconds, o.microseconds])
+    ),
+    Decimal: lambda o: msgpack.ExtType(_EXT_DECIMAL, str(o).encode()),  # str keeps the exponent
+    uuid.UUID: lambda o: msgpack.ExtType(_EXT_UUID, o.bytes),
+    tuple: lambda o: msgpack.ExtType(_EXT_TUPLE, _packb(list(o))),
+    frozenset: lambda o: msgpack.ExtType(_EXT_FROZENSET, _packb(list(o))),
+    set: lambda o: msgpack.ExtType(_EXT_SET, _packb(list(o))),
+    OrderedDict: lambda o: msgpack.ExtType(_EXT_ORDEREDDICT, _packb(_pairs(o))),
+    Counter: lambda o: msgpack.ExtType(_EXT_COUNTER, _packb(_pairs(o))),
+}
+
+
+def _default(obj: object) -> object:
+    # Called for every type msgpack does not pack natively under strict_types (exact
+    # bool/int/float/str/bytes/list/dict/None). Dispatch is on the exact type: a subclass
+    # (a namedtuple, Decimal or str subclass, defaultdict…) has no encoding, because it
+    # would decode as its base type.
+    enc = _ENCODERS.get(type(obj))
+    if enc is not None:
+        return enc(obj)
+    if isinstance(obj, enum.Enum):
+        return _enc_enum(obj)
+    raise _refuse(obj)
 
 
 def _packb(obj: object) -> bytes:
     return msgpack.packb(obj, default=_default, use_bin_type=True, strict_types=True)  # type: ignore[no-any-return]
+
+
+def _key_default(obj: object) -> object:
+    # Keys are never decoded; they must only be distinct for distinct values. A subclass of
+    # a supported type is packed as its base value tagged with its class name, so Name("x")
+    # and "x" (or Money(1) and Decimal(1)) give different keys yet stay cacheable.
+    cls = type(obj)
+    enc = _ENCODERS.get(cls)
+    if enc is not None:
+        return enc(obj)
+    if isinstance(obj, enum.Enum):
+        value = [cls.__module__, cls.__qualname__, obj._value_]
+        return msgpack.ExtType(_EXT_ENUM, _packb_key(value))
+    for base in cls.__mro__[1:]:
+        if base in _KEY_BASES:
+            plain = _KEY_BASES[base](obj)
+            return msgpack.ExtType(
+                _EXT_KEY_TYPED, _packb_key([f"{cls.__module__}.{cls.__qualname__}", plain])
+            )
+    raise _refuse(obj)
+
+
+_KEY_BASES: Final[dict[type, Callable[[Any], object]]] = {
+    bool: bool,
+    int: int,
+    float: float,
+    str: str,
+    bytes: bytes,
+    dict: dict,
+    list: list,
+    tuple: list,
+    set: list,
+    frozenset: list,
+    Decimal: str,
+    dt.datetime: lambda o: _enc_datetime(dt.datetime.fromisoformat(o.isoformat())),
+    dt.date: lambda o: o.isoformat(),
+    uuid.UUID: lambda o: o.bytes,
+}
+
+
+def _packb_key(obj: object) -> bytes:
+    return msgpack.packb(obj, default=_key_default, use_bin_type=True, strict_types=True)  # type: ignore[no-any-return]
+
+
+def pack_key(value: object) -> bytes:
+    """Encode *value* (query parameters, function arguments) as bytes for a cache key.
+
+    Unlike :func:`pack_value` the bytes are never decoded: subclasses of supported types are
+    accepted, tagged with their class so that distinct values never share a key.
+
+    Raises:
+        SerializationError: the value (or something inside it) has no encoding.
+    """
+    try:
+        return _packb_key(value)
+    except SerializationError:
+        raise
+    except RecursionError:
+        raise SerializationError("value is nested too deeply (or contains itself)") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(f"cannot use this value in a cache key: {exc}") from exc
+
+
+def _dec_tz(spec: Any) -> dt.tzinfo | None:
+    if spec is None:
+        return None
+    if type(spec) is str:
+        return ZoneInfo(spec)
+    days, seconds, micros, name = spec  # a malformed spec raises: the entry is corrupt
+    off = dt.timedelta(days=days, seconds=seconds, microseconds=micros)
+    return dt.timezone(off) if name is None else dt.timezone(off, name)
 
 
 def _ext_hook(code: int, data: bytes) -> object:
@@ -138,6 +328,16 @@ def _ext_hook(code: int, data: bytes) -> object:
         if code == _EXT_ENUM:
             module, qualname, value = _unpackb(data)
             return _find_enum(module, qualname)(value)
+        if code == _EXT_DATETIME_TZ:
+            naive, fold, spec = _unpackb(data)
+            return dt.datetime.fromisoformat(naive).replace(tzinfo=_dec_tz(spec), fold=fold)
+        if code == _EXT_TIME_TZ:
+            naive, fold, spec = _unpackb(data)
+            return dt.time.fromisoformat(naive).replace(tzinfo=_dec_tz(spec), fold=fold)
+        if code == _EXT_ORDEREDDICT:
+            return OrderedDict((k, v) for k, v in _unpackb(data))
+        if code == _EXT_COUNTER:
+            return Counter({k: v for k, v in _unpackb(data)})
     except CorruptEntryError:
         raise
     except Exception as exc:  # any malformed extension payload is corruption
@@ -168,9 +368,13 @@ def pack_value(value: object) -> bytes:
         SerializationError: the value (or something inside it) has no encoding.
     """
     try:
+        if type(value) not in _SCALARS:
+            _check(value, 0)
         return _packb(value)
     except SerializationError:
         raise
+    except RecursionError:
+        raise SerializationError("value is nested too deeply (or contains itself)") from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(f"cannot cache this value: {exc}") from exc
 
@@ -185,13 +389,16 @@ def unpack_value(data: bytes) -> Any:
         raise CorruptEntryError(f"body does not decode: {exc}") from None
 
 
-def _mac(secret: bytes, data: bytes) -> bytes:
-    return hmac.new(secret, data, hashlib.sha256).digest()[:MAC_LEN]
+def _mac(secret: bytes, key: str, data: bytes | memoryview) -> bytes:
+    kb = key.encode("utf-8", "surrogatepass")
+    msg = b"".join((len(kb).to_bytes(4, "big"), kb, data))
+    return hmac.digest(secret, msg, "sha256")[:MAC_LEN]
 
 
 def encode(
     value: object,
     *,
+    key: str,
     epoch: str,
     seq: int,
     tags: tuple[str, ...],
@@ -199,7 +406,7 @@ def encode(
     secret: bytes | None,
     max_bytes: int,
 ) -> bytes:
-    """Encode an entry.
+    """Encode an entry for the full key *key* (the cache's key prefix included).
 
     Raises:
         SerializationError: the value cannot be encoded, or the entry exceeds *max_bytes*.
@@ -207,9 +414,11 @@ def encode(
     body = pack_value(value)
     header: bytes = msgpack.packb([epoch, seq, list(tags), created], use_bin_type=True)
     flags = FLAG_SIGNED if secret else 0
-    out = _PREFIX.pack(MAGIC, FORMAT_VERSION, flags, len(header)) + header + body
+    out = b"".join(
+        (_PREFIX.pack(MAGIC, FORMAT_VERSION, flags, len(header)), key_digest(key), header, body)
+    )
     if secret:
-        out += _mac(secret, out)
+        out += _mac(secret, key, out)
     if len(out) > max_bytes:
         raise SerializationError(
             f"encoded entry is {len(out)} bytes, over max_value_bytes={max_bytes}; "
@@ -229,37 +438,40 @@ class Header(NamedTuple):
     body_end: int
 
 
-def decode_header(payload: bytes, *, secret: bytes | None, max_bytes: int) -> Header:
-    """Verify an entry's envelope (size, magic, format, MAC) and decode its header.
+def decode_header(payload: bytes, *, key: str, secret: bytes | None, max_bytes: int) -> Header:
+    """Verify an entry's envelope (size, magic, format, key, MAC) and decode its header.
 
     Raises:
+        KeyMismatch: the entry was stored for another key than *key*.
         CorruptEntryError: truncated, corrupt, oversized, of another format version, unsigned
             while a secret is configured, or with a MAC that does not verify.
     """
     n = len(payload)
     if n > max_bytes:
         raise CorruptEntryError(f"entry of {n} bytes exceeds max_value_bytes={max_bytes}")
-    if n < _PREFIX.size:
+    if n < _HEAD:
         raise CorruptEntryError("entry is truncated")
     magic, version, flags, hlen = _PREFIX.unpack_from(payload)
     if magic != MAGIC:
         raise CorruptEntryError("not a yokedcache entry")
     if version != FORMAT_VERSION:
         raise CorruptEntryError(f"entry format {version}, this library reads {FORMAT_VERSION}")
+    if payload[_PREFIX.size : _HEAD] != key_digest(key):
+        raise KeyMismatch("entry was stored under another key")
     end = n
     if secret:
         if not flags & FLAG_SIGNED:
             raise CorruptEntryError("unsigned entry while a signing secret is configured")
         end = n - MAC_LEN
-        if end < _PREFIX.size or not hmac.compare_digest(
-            payload[end:], _mac(secret, payload[:end])
+        if end < _HEAD or not hmac.compare_digest(
+            payload[end:], _mac(secret, key, memoryview(payload)[:end])
         ):
             raise CorruptEntryError("entry signature does not verify")
     elif flags & FLAG_SIGNED:
         raise CorruptEntryError("signed entry but no signing secret is configured")
     if flags & ~FLAG_SIGNED:
         raise CorruptEntryError(f"unknown entry flags {flags:#x}")
-    hstart = _PREFIX.size
+    hstart = _HEAD
     if hstart + hlen > end:
         raise CorruptEntryError("entry header is truncated")
     try:
@@ -279,12 +491,12 @@ def decode_header(payload: bytes, *, secret: bytes | None, max_bytes: int) -> He
     return Header(epoch, seq, tuple(tags), float(created), hstart + hlen, end)
 
 
-def decode(payload: bytes, *, secret: bytes | None, max_bytes: int) -> Entry:
-    """Decode and verify an entry.
+def decode(payload: bytes, *, key: str, secret: bytes | None, max_bytes: int) -> Entry:
+    """Decode and verify an entry stored under the full key *key*.
 
     Raises:
         CorruptEntryError: as :func:`decode_header`, or a body that does not decode.
     """
-    h = decode_header(payload, secret=secret, max_bytes=max_bytes)
+    h = decode_header(payload, key=key, secret=secret, max_bytes=max_bytes)
     value = unpack_value(payload[h.body_start : h.body_end])
     return Entry(h.epoch, h.seq, h.tags, h.created, value)

@@ -82,7 +82,7 @@ class _Cached:
             bound.apply_defaults()
             parts = {n: v for n, v in bound.arguments.items() if not _excluded(v)}
             try:
-                raw = codec.pack_value([self.name, parts])
+                raw = codec.pack_key([self.name, parts])
             except SerializationError as exc:
                 log.debug("yokedcache: %s called with uncacheable arguments: %s", self.name, exc)
                 return None

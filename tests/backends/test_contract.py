@@ -781,6 +781,7 @@ def test_forged_entry_claiming_a_later_seq_is_rejected_when_signed(cache: YokedC
     # an attacker with store access writes an entry claiming the current seq, without the key
     forged = codec.encode(
         "forged",
+        key=signed._key_scope + _normalize_key("k"),
         epoch=snap.epoch,
         seq=snap.seq,
         tags=("*", "t"),

@@ -40,11 +40,11 @@ class Outer:
 def enc(value: Any, *, secret: bytes | None = None, max_bytes: int = MAX, **kw: Any) -> bytes:
     fields: dict[str, Any] = {"epoch": "ep1", "seq": 7, "tags": ("*", "t"), "created": 1.5}
     fields.update(kw)
-    return codec.encode(value, secret=secret, max_bytes=max_bytes, **fields)
+    return codec.encode(value, key="k", secret=secret, max_bytes=max_bytes, **fields)
 
 
 def dec(payload: bytes, *, secret: bytes | None = None, max_bytes: int = MAX) -> codec.Entry:
-    return codec.decode(payload, secret=secret, max_bytes=max_bytes)
+    return codec.decode(payload, key="k", secret=secret, max_bytes=max_bytes)
 
 
 def roundtrip(value: Any, secret: bytes | None = None) -> Any:
@@ -143,11 +143,12 @@ def test_enum_members_are_identical_objects() -> None:
     assert roundtrip(Outer.Inner.A) is Outer.Inner.A
 
 
-def test_native_subclasses_encode_as_their_base() -> None:
-    out = roundtrip({"d": defaultdict(int, a=1), "o": OrderedDict(b=2), "b": bytearray(b"x")})
-    assert out == {"d": {"a": 1}, "o": {"b": 2}, "b": b"x"}
-    assert type(out["d"]) is dict
-    assert type(out["b"]) is bytes
+def test_native_subclasses_are_refused_not_coerced_to_their_base() -> None:
+    with pytest.raises(SerializationError, match="defaultdict"):
+        enc({"d": defaultdict(int, a=1)})
+    with pytest.raises(SerializationError, match="bytearray"):
+        enc({"b": bytearray(b"x")})
+    assert type(roundtrip({"o": OrderedDict(b=2)})["o"]) is OrderedDict
 
 
 def test_header_fields_round_trip() -> None:
@@ -212,7 +213,8 @@ def _reframe(payload: bytes, **changes: int) -> bytes:
 
 def _entry_with_body(body: bytes, header: list[Any] | None = None) -> bytes:
     h = bytes(msgpack.packb(header if header is not None else ["ep", 1, ["*"], 1.0]))
-    return codec._PREFIX.pack(codec.MAGIC, codec.FORMAT_VERSION, 0, len(h)) + h + body
+    head = codec._PREFIX.pack(codec.MAGIC, codec.FORMAT_VERSION, 0, len(h))
+    return head + codec.key_digest("k") + h + body
 
 
 VALID = enc({"a": [1, 2, 3], "b": "text" * 10})
@@ -234,7 +236,7 @@ SIGNED = enc({"a": [1, 2, 3], "b": "text" * 10}, secret=SECRET)
         b"\x80\x04pickle" + VALID,
         b'{"json": true}',
         _reframe(VALID, version=0),
-        _reframe(VALID, version=2),
+        _reframe(VALID, version=1),  # the format before entries were bound to their key
         _reframe(VALID, version=255),
         _reframe(VALID, flags=0x02),
         _reframe(VALID, flags=0x80),
@@ -324,8 +326,9 @@ def test_forged_header_with_recomputed_layout_but_old_mac_is_rejected() -> None:
     # Swap the header for one claiming a later write sequence, keeping the MAC.
     _m, _v, flags, hlen = codec._PREFIX.unpack_from(SIGNED)
     header = msgpack.packb(["ep1", 10**9, ["*"], 1.5])
-    body_mac = SIGNED[codec._PREFIX.size + hlen :]
-    forged = codec._PREFIX.pack(codec.MAGIC, 1, flags, len(header)) + header + body_mac
+    body_mac = SIGNED[codec._HEAD + hlen :]
+    head = codec._PREFIX.pack(codec.MAGIC, codec.FORMAT_VERSION, flags, len(header))
+    forged = head + SIGNED[codec._PREFIX.size : codec._HEAD] + header + body_mac
     with pytest.raises(CorruptEntryError, match="signature"):
         dec(forged, secret=SECRET)
 
@@ -342,7 +345,7 @@ def test_enum_of_a_module_not_imported_is_rejected_without_importing(
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert name not in sys.modules
-    forged = enc(msgpack.ExtType(6, msgpack.packb([name, "E", 1])))
+    forged = _entry_with_body(msgpack.packb(msgpack.ExtType(6, msgpack.packb([name, "E", 1]))))
     with pytest.raises(CorruptEntryError, match="not imported"):
         dec(forged)
     assert name not in sys.modules
@@ -361,7 +364,9 @@ def test_enum_decoding_does_not_call_arbitrary_classes() -> None:
     monkey = pytest.MonkeyPatch()
     monkey.setattr(module, "Trap", Trap, raising=False)
     try:
-        forged = enc(msgpack.ExtType(6, msgpack.packb([__name__, "Trap", 1])))
+        forged = _entry_with_body(
+            msgpack.packb(msgpack.ExtType(6, msgpack.packb([__name__, "Trap", 1])))
+        )
         with pytest.raises(CorruptEntryError, match="not an enum"):
             dec(forged)
     finally:
@@ -372,8 +377,9 @@ def test_enum_decoding_does_not_call_arbitrary_classes() -> None:
 def test_prefix_layout_is_stable() -> None:
     # The on-the-wire prefix is part of the format: magic, version, flags, header length.
     assert VALID[:2] == b"YK"
-    assert VALID[2] == codec.FORMAT_VERSION == 1
+    assert VALID[2] == codec.FORMAT_VERSION == 2
     assert VALID[3] == 0
     assert SIGNED[3] == codec.FLAG_SIGNED
     (hlen,) = struct.unpack(">I", VALID[4:8])
-    assert 8 + hlen < len(VALID)
+    assert VALID[8:16] == codec.key_digest("k")
+    assert 16 + hlen < len(VALID)

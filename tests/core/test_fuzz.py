@@ -22,7 +22,7 @@ FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCh
 
 def _try_decode(payload: bytes, secret: bytes | None) -> None:
     try:
-        entry = codec.decode(payload, secret=secret, max_bytes=MAX)
+        entry = codec.decode(payload, key="k", secret=secret, max_bytes=MAX)
     except CorruptEntryError:
         return
     assert isinstance(entry, codec.Entry)
@@ -61,7 +61,14 @@ values = st.recursive(
 
 def _encode(value: Any, secret: bytes | None) -> bytes:
     return codec.encode(
-        value, epoch="ep", seq=3, tags=("*", "t"), created=1.0, secret=secret, max_bytes=MAX
+        value,
+        key="k",
+        epoch="ep",
+        seq=3,
+        tags=("*", "t"),
+        created=1.0,
+        secret=secret,
+        max_bytes=MAX,
     )
 
 
@@ -87,7 +94,12 @@ def test_arbitrary_msgpack_bodies(ext_payloads: list[bytes]) -> None:
         for ext in (code, code + 1, code + 6, 99):
             body = msgpack.packb([msgpack.ExtType(ext, blob), {"k": msgpack.ExtType(ext, blob)}])
             header = msgpack.packb(["ep", 1, ["*"], 1.0])
-            entry = codec._PREFIX.pack(b"YK", 1, 0, len(header)) + header + body
+            entry = (
+                codec._PREFIX.pack(b"YK", codec.FORMAT_VERSION, 0, len(header))
+                + codec.key_digest("k")
+                + header
+                + body
+            )
             _try_decode(entry, None)
 
 
@@ -100,7 +112,7 @@ def test_arbitrary_msgpack_bodies(ext_payloads: list[bytes]) -> None:
 def test_mutated_valid_entries(value: Any, secret: bytes | None, data: st.DataObject) -> None:
     payload = bytearray(_encode(value, secret))
     # the unmutated entry round-trips
-    assert codec.decode(bytes(payload), secret=secret, max_bytes=MAX).value == value
+    assert codec.decode(bytes(payload), key="k", secret=secret, max_bytes=MAX).value == value
     kind = data.draw(st.sampled_from(["flip", "set", "truncate", "insert", "delete", "splice"]))
     n = len(payload)
     if kind == "flip":
@@ -134,7 +146,7 @@ def test_signed_entries_reject_any_single_bit_flip(value: Any) -> None:
         forged = bytearray(payload)
         forged[i] ^= 0x10
         try:
-            codec.decode(bytes(forged), secret=SECRET, max_bytes=MAX)
+            codec.decode(bytes(forged), key="k", secret=SECRET, max_bytes=MAX)
         except CorruptEntryError:
             continue
         raise AssertionError(f"a flipped bit at {i} was accepted")
@@ -151,4 +163,4 @@ def test_known_tricky_values_round_trip() -> None:
         (frozenset(), set(), ()),
     ]
     for v in tricky:
-        assert codec.decode(_encode(v, None), secret=None, max_bytes=MAX).value == v
+        assert codec.decode(_encode(v, None), key="k", secret=None, max_bytes=MAX).value == v

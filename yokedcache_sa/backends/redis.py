@@ -21,7 +21,14 @@ import weakref
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendError, BackendUnavailable, MissingDependency, redact_url
+from ..errors import (
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    MissingDependency,
+    redact_text,
+    redact_url,
+)
 from ..tags import Snapshot
 from .base import Fetched, StoreOutcome
 
@@ -335,38 +342,53 @@ class RedisBackend:
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
+        # redis-py texts may quote the URL or an AUTH argument: every text is redacted, and
+        # an original whose text needed it is not chained (a traceback would print it).
         r = self._redis
         try:
             yield
         except (r.exceptions.ConnectionError, r.exceptions.TimeoutError, OSError) as exc:
+            text, cause = self._clean(exc)
             raise BackendUnavailable(
                 f"Redis at {self.url_redacted} did not answer {what}: "
-                f"{type(exc).__name__}: {self._clean(exc)}; check that it runs and that "
+                f"{type(exc).__name__}: {text}; check that it runs and that "
                 "YOKEDCACHE_REDIS_URL points at it"
-            ) from exc
+            ) from cause
         except r.exceptions.InvalidResponse as exc:
+            text, cause = self._clean(exc)
             raise BackendUnavailable(
                 f"the server at {self.url_redacted} does not speak the Redis protocol "
-                f"({self._clean(exc)}); is YOKEDCACHE_REDIS_URL pointing at the right port?"
-            ) from exc
+                f"({text}); is YOKEDCACHE_REDIS_URL pointing at the right port?"
+            ) from cause
         except r.exceptions.RedisError as exc:
-            raise BackendError(
-                f"Redis at {self.url_redacted} refused {what}: {self._clean(exc)}"
-            ) from exc
+            text, cause = self._clean(exc)
+            raise BackendError(f"Redis at {self.url_redacted} refused {what}: {text}") from cause
 
-    def _clean(self, exc: BaseException) -> str:
-        text = str(exc)
-        raw = self._url
-        if raw and raw in text:
-            text = text.replace(raw, self.url_redacted)
-        return text
+    def _clean(self, exc: BaseException) -> tuple[str, BaseException | None]:
+        raw = str(exc)
+        text = redact_text(raw, self._url)
+        return text, (exc if text == raw else None)
+
+    def _pool(self, pool_cls: Any) -> Any:
+        try:
+            pool = pool_cls.from_url(self._url, **self._kw)
+            # Build one connection object (no I/O) so an unknown URL option fails here, named,
+            # rather than as a TypeError on the first command.
+            pool.connection_class(**pool.connection_kwargs)
+        except (ValueError, TypeError) as exc:
+            text, cause = self._clean(exc)
+            raise ConfigError(
+                f"the Redis URL {self.url_redacted} is not usable: {text}; fix "
+                "YOKEDCACHE_REDIS_URL (its options are those of redis-py's Redis.from_url)"
+            ) from cause
+        return pool
 
     def _sync(self) -> dict[str, Any]:
         if self._client is None:
             with self._errors("a connection"):
                 # A plain bounded pool: when all max_connections are busy a call fails at once
                 # (a miss, served by the database) instead of queueing behind a lock.
-                pool = self._redis.ConnectionPool.from_url(self._url, **self._kw)
+                pool = self._pool(self._redis.ConnectionPool)
                 client = self._redis.Redis(connection_pool=pool)
                 self._scripts = {n: _Script(client, s, self._redis) for n, s in _SCRIPTS.items()}
                 self._client = client
@@ -378,7 +400,7 @@ class RedisBackend:
         if pair is None:
             with self._errors("a connection"):
                 ra = self._redis.asyncio
-                pool = ra.ConnectionPool.from_url(self._url, **self._kw)
+                pool = self._pool(ra.ConnectionPool)
                 client = ra.Redis(connection_pool=pool)
                 scripts = {n: client.register_script(s) for n, s in _SCRIPTS.items()}
             closer = _close_with_loop(client)

@@ -392,7 +392,7 @@ def _key(shape: _Shape, ck: Any, ox: ORMExecuteState, tags: list[Any], context: 
         lo = ox.load_options
         extra = [getattr(lo, k, None) for k in _LOAD_OPTION_KEYS]
         eo = ox.execution_options
-        raw = codec.pack_value(
+        raw = codec.pack_key(
             [
                 values,
                 _params(stmt_params),
