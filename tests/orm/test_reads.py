@@ -640,3 +640,38 @@ def test_polymorphic_objects_keep_their_class(env: Env) -> None:
         ]
 
     assert env.warm(read) == [("Employee", "eve", None), ("Manager", "mallory", 100)]
+
+
+def test_lazy_load_keys_are_the_same_in_every_process(tmp_path: Any) -> None:
+    """Lazy loaders bind values under anonymous names that embed object ids; keys must not
+    depend on them, or a lazy load cached by one process is a miss in every other."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ormkit import Base, P, reseed
+    from sqlalchemy import create_engine
+
+    url = f"sqlite:///{tmp_path / 'lazy.db'}"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    reseed(engine)
+    engine.dispose()
+    worker = Path(__file__).resolve().parent / "lazy_key_worker.py"
+    envvars = {**os.environ, "YC_TEST_TABLE_PREFIX": P}
+    outs = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, str(worker), url],
+            env=envvars,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        outs.append(json.loads(done.stdout))
+    assert outs[0]["emails"] == ["a1@x", "a2@x"]
+    assert len(outs[0]["keys"]) == 2  # the get and the lazy load
+    assert outs[0]["keys"] == outs[1]["keys"]

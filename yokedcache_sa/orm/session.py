@@ -373,12 +373,32 @@ def _shape_for(statement: Any, ck_key: Any, bind: Any, hint: Hint) -> _Shape:
     return shape
 
 
-def _params(params: Any) -> Any:
+def _params(params: Any, ck: Any = None) -> Any:
+    """Parameters as key material, process-independent.
+
+    Lazy loaders pass values under anonymous bind names that embed an object id
+    (``%(140444463755472 param)s``); those are replaced by the bind's position in the
+    statement's cache key, so every process computes the same key for the same load.
+    """
     if not params:
         return None
+    if ck is not None and any(
+        type(k) is not str for k in (params if isinstance(params, dict) else params[0])
+    ):
+        positions = {bp.key: i for i, bp in enumerate(ck.bindparams)}
+        if isinstance(params, dict):
+            return {_param_name(k, positions): v for k, v in params.items()}
+        return [{_param_name(k, positions): v for k, v in p.items()} for p in params]
     if isinstance(params, dict):
         return dict(params)
     return [dict(p) for p in params]
+
+
+def _param_name(name: Any, positions: dict[Any, int]) -> Any:
+    if type(name) is str:
+        return name
+    pos = positions.get(name)
+    return pos if pos is not None else name
 
 
 _LOAD_OPTION_KEYS = ("_only_return_tuples", "_legacy_uniquing", "_invoke_all_eagers")
@@ -396,7 +416,7 @@ def _key(shape: _Shape, ck: Any, ox: ORMExecuteState, tags: list[Any], context: 
             [
                 values,
                 _params(stmt_params),
-                _params(ox.parameters),
+                _params(ox.parameters, ck),
                 extra,
                 eo.get("identity_token"),
                 repr(sorted(eo.get("schema_translate_map", {}).items()))
