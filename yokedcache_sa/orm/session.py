@@ -33,7 +33,6 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.result import Result
 from sqlalchemy.orm import ORMExecuteState, Query, Session, SessionTransaction
 from sqlalchemy.orm.interfaces import MapperProperty
-from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select
 
@@ -297,20 +296,17 @@ def _stable(obj: Any, out: list[str]) -> bool:
 def _make_shape(statement: Any, ck_key: Any, bind: Any, hint: Hint) -> _Shape:
     if not isinstance(statement, Select):
         return _Shape(None, frozenset(), "not a select()")
-    for el in visitors.iterate(statement):
-        if isinstance(el, TextClause) and not hint.tables:
-            return _Shape(None, frozenset(), "contains text(); pass FromCache(tables=[...])")
     try:
-        compiled = statement.compile(bind=bind)
+        rendered, text = tracking.rendered_tables(statement, bind.dialect)
     except Exception as exc:  # cannot compile for this bind: let SQLAlchemy raise normally
         return _Shape(None, frozenset(), f"does not compile: {exc}")
-    tables = tracking.read_tables(compiled, statement)
-    for el in visitors.iterate(
-        getattr(getattr(compiled, "compile_state", None), "statement", statement)
-    ):
-        md = getattr(el, "metadata", None)
+    if text and not hint.tables:
+        return _Shape(None, frozenset(), "contains text(); pass FromCache(tables=[...])")
+    for t in rendered:
+        md = getattr(t, "metadata", None)
         if isinstance(md, MetaData):
             _known_metadata.add(md)
+    tables = tracking.tags_of(rendered)
     tables = tables | {table_tag(*_split(t)) for t in hint.tables}
     if not tables:
         return _Shape(None, frozenset(), "reads no table")
@@ -657,12 +653,12 @@ def _compiled_tables(compiled: Any) -> frozenset[str] | None:
     cached = compiled.__dict__.get("_yc_read_tables", False)
     if cached is not False:
         return cached  # type: ignore[no-any-return]
-    stmt = compiled.statement
     tables: frozenset[str] | None
-    if any(isinstance(el, TextClause) for el in visitors.iterate(stmt)):
+    try:
+        # what this SQL renders, nested ORM selects included (once per compiled statement)
+        tables = tracking.read_tables(compiled.statement, compiled.dialect)
+    except Exception:  # not recompilable on its own: its tables are unknown
         tables = None
-    else:
-        tables = tracking.read_tables(compiled, stmt)
     compiled.__dict__["_yc_read_tables"] = tables
     return tables
 
