@@ -209,7 +209,9 @@ def per_object_strategy(statement: Any) -> str | None:
             strategy = dict(getattr(el, "strategy", None) or ())
             if strategy.get("lazy") in _STATE_STRATEGIES or strategy.get("raiseload"):
                 return "its loader options raise or skip loads on the objects it returns"
-            if getattr(el, "_extra_criteria", None):
+            # with_expression() carries its expression in the same slot: only relationship
+            # strategies (the "lazy" ones) filter
+            if "lazy" in strategy and getattr(el, "_extra_criteria", None):
                 return "its loader options filter the relationships of the objects it returns"
     return None
 

@@ -20,6 +20,7 @@ import contextvars
 import hashlib
 import itertools
 import logging
+import re
 import threading
 import types
 import weakref
@@ -33,9 +34,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.result import Result
 from sqlalchemy.orm import ORMExecuteState, Query, Session, SessionTransaction
 from sqlalchemy.orm.interfaces import MapperProperty
-from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import TextClause
-from sqlalchemy.sql.selectable import Select
+from sqlalchemy.sql.selectable import CompoundSelect, Select
 
 from .. import codec, flight
 from ..cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_cache
@@ -163,6 +163,11 @@ class SessionCache:
         self.horizon: int | None = None
         self.candidate: int | None = None
         self.snapshot_isolated = False
+        # per bind (engine) begun in this transaction: is it snapshot-isolated; and the binds
+        # whose database snapshot exists (a consistent read of a table has run)
+        self.isolated: dict[Any, bool] = {}
+        self.snapshots: set[Any] = set()
+        self.locking: set[Any] = set()  # binds whose every SELECT is a locking read
         self.dirty_reads = False
         self.conn_begun = False
         self.no_store = False
@@ -327,22 +332,19 @@ def _stable(obj: Any, out: list[str]) -> bool:
 def _make_shape(statement: Any, ck_key: Any, bind: Any, hint: Hint) -> _Shape:
     if not isinstance(statement, Select):
         return _Shape(None, frozenset(), "not a select()")
-    for el in visitors.iterate(statement):
-        if isinstance(el, TextClause) and not hint.tables:
-            return _Shape(None, frozenset(), "contains text(); pass FromCache(tables=[...])")
     try:
-        compiled = statement.compile(bind=bind)
+        rendered, text, sql = tracking.render(statement, bind.dialect)
     except Exception as exc:  # cannot compile for this bind: let SQLAlchemy raise normally
         return _Shape(None, frozenset(), f"does not compile: {exc}")
-    if state_change(str(compiled)) is not None:
+    if state_change(sql) is not None:
         return _Shape(None, frozenset(), "changes connection state (set_config)")
-    tables = tracking.read_tables(compiled, statement)
-    for el in visitors.iterate(
-        getattr(getattr(compiled, "compile_state", None), "statement", statement)
-    ):
-        md = getattr(el, "metadata", None)
+    if text and not hint.tables:
+        return _Shape(None, frozenset(), "contains text(); pass FromCache(tables=[...])")
+    for t in rendered:
+        md = getattr(t, "metadata", None)
         if isinstance(md, MetaData):
             _known_metadata.add(md)
+    tables = tracking.tags_of(rendered)
     tables = tables | {table_tag(*_split(t)) for t in hint.tables}
     if not tables:
         return _Shape(None, frozenset(), "reads no table")
@@ -507,9 +509,12 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
         log.warning("yokedcache: no cache configured for this session; reading uncached")
         return None
     outer = _collector.get()
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    if engine not in st.isolated and _predicted(bind) is None:
+        session.connection(bind_arguments=ox.bind_arguments)  # after_begin learns it
+    horizon = _horizon(st, bind)
 
     def lookup(lock: bool = False) -> Lookup:
-        horizon = st.horizon if st.conn_begun and st.snapshot_isolated else None
         return bridge(cache.lookup_sync, cache.lookup, key, horizon=horizon, lock=lock)
 
     def served(look: Lookup) -> Result[Any] | None:
@@ -549,8 +554,68 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
         if look.lock is not None:
             bridge(cache.unlock_sync, cache.unlock, key, look.lock.token)
         return compute(look)
+    if horizon == _NOTHING_VALID and look.lock is None:
+        # before its snapshot exists nobody's result can serve this transaction: waiting
+        # for (or locking out) another computation of the key would gain nothing
+        return compute(look)
     io = _greenlet_io if in_greenlet() else sync_io
     return flight.run_sync(cache, key, lookup, compute, on_hit, look, io)
+
+
+_NOTHING_VALID: Final = -1  # a horizon no entry satisfies (tag versions are >= 0)
+_learned: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
+def _isolation_of(bind: Any) -> str:
+    iso = bind.get_execution_options().get("isolation_level")
+    if not iso:
+        dialect = bind.dialect
+        iso = getattr(dialect, "_on_connect_isolation_level", None)
+        iso = iso or getattr(dialect, "default_isolation_level", None)
+    return str(iso or "").upper()
+
+
+def _snapshot_isolated(conn: Connection) -> bool:
+    """Whether *conn*'s transaction reads one snapshot (REPEATABLE READ, SERIALIZABLE)."""
+    if _isolation_of(conn) in _STATEMENT_LEVEL:
+        return False
+    if conn.dialect.name == "sqlite":
+        # sqlite3's legacy transaction control runs SELECTs outside a transaction until the
+        # first write, after which the write lock keeps every other writer out: no snapshot
+        # to be consistent with. (With BEGIN issued by the application it is one.)
+        dbapi = conn.connection.dbapi_connection
+        legacy = getattr(dbapi, "autocommit", -1) == -1  # sqlite3.LEGACY_TRANSACTION_CONTROL
+        if legacy and getattr(dbapi, "isolation_level", None) is not None:
+            return False
+    return True
+
+
+def _predicted(bind: Any) -> bool | None:
+    """Whether a transaction on *bind* (not begun yet) will be snapshot-isolated; None when
+    only a connection can tell (engine never connected, SQLite's transaction control)."""
+    if isinstance(bind, Connection):
+        return _snapshot_isolated(bind)
+    known = _learned.get(bind)
+    if known is not None:
+        return known
+    iso = _isolation_of(bind)
+    if not iso or bind.dialect.name == "sqlite":
+        return None
+    return iso not in _STATEMENT_LEVEL
+
+
+def _horizon(st: SessionCache, bind: Any) -> int | None:
+    """The horizon a lookup must respect: None when the transaction is not
+    snapshot-isolated, and one no entry satisfies while its snapshot does not exist yet."""
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    if engine in st.snapshots:
+        return st.horizon if st.horizon is not None else _NOTHING_VALID
+    isolated = st.isolated.get(engine)
+    if isolated is None:
+        isolated = _predicted(bind) is not False
+    # No hit before the database snapshot exists: it may be taken after a commit the
+    # cached data predates. The first read goes to the database and starts it.
+    return _NOTHING_VALID if isolated else None
 
 
 def _run_and_store(
@@ -698,16 +763,28 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
         variant = connection_variant(connection)
         if variant is not None:
             st.variants[connection.engine] = variant
-    iso = connection.get_execution_options().get("isolation_level") or getattr(
-        connection, "default_isolation_level", None
-    )
-    iso = (iso or "").upper()
+    iso = _isolation_of(connection)
     if iso == "READ UNCOMMITTED":
         st.dirty_reads = True
-    if iso not in _STATEMENT_LEVEL and not st.snapshot_isolated:
+    isolated = _snapshot_isolated(connection)
+    engine = connection.engine
+    st.isolated[engine] = isolated
+    if iso == "SERIALIZABLE" and connection.dialect.name in ("mysql", "mariadb"):
+        # InnoDB turns every SELECT into a locking read of the latest rows: a cached read
+        # would take no lock, so none is ever served (results are still stored)
+        st.locking.add(engine)
+    if connection.get_execution_options().get("isolation_level") == (
+        engine.get_execution_options().get("isolation_level")
+    ):
+        _learned[engine] = isolated
+    if isolated:
         st.snapshot_isolated = True
     if st.snapshot_isolated and st.horizon is None and not st.conn_begun:
-        if st.candidate is not None:
+        if connection.__dict__.get("_yc_ran"):
+            # joined a database transaction that already ran SQL: its snapshot may predate
+            # any sequence observed now, so nothing is provably of it
+            st.no_store = True
+        elif st.candidate is not None:
             st.horizon = st.candidate
         else:
             cache = st.cache
@@ -759,12 +836,12 @@ def _compiled_tables(compiled: Any) -> frozenset[str] | None:
     cached = compiled.__dict__.get("_yc_read_tables", False)
     if cached is not False:
         return cached  # type: ignore[no-any-return]
-    stmt = compiled.statement
     tables: frozenset[str] | None
-    if any(isinstance(el, TextClause) for el in visitors.iterate(stmt)):
+    try:
+        # what this SQL renders, nested ORM selects included (once per compiled statement)
+        tables = tracking.read_tables(compiled.statement, compiled.dialect)
+    except Exception:  # not recompilable on its own: its tables are unknown
         tables = None
-    else:
-        tables = tracking.read_tables(compiled, stmt)
     compiled.__dict__["_yc_read_tables"] = tables
     return tables
 
@@ -875,9 +952,45 @@ def _state_change_of(conn: Connection, statement: str, compiled: Any) -> Any:
     return state_change(statement, conn.dialect.name == "postgresql")
 
 
+_TXN_CONTROL: Final = re.compile(r"\s*(BEGIN|SET|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
+
+
+def _after_cursor_execute(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    cd = conn.__dict__
+    if "_yc_ran" not in cd and not _TXN_CONTROL.match(statement):
+        cd["_yc_ran"] = True  # the database transaction may have its snapshot now
+    st: SessionCache | None = cd.get("_yc_state")
+    if st is None or conn.engine in st.snapshots or not st.isolated.get(conn.engine):
+        return
+    if conn.engine in st.locking:
+        return
+    if _takes_snapshot(context):
+        st.snapshots.add(conn.engine)
+
+
+def _takes_snapshot(context: Any) -> bool:
+    """Whether a statement that ran began the transaction's snapshot: a non-locking SELECT of
+    a table does on every database (on InnoDB, nothing else does)."""
+    compiled = getattr(context, "compiled", None)
+    if compiled is None or context.isinsert or context.isupdate or context.isdelete:
+        return False
+    stmt = compiled.statement
+    if not isinstance(stmt, Select | CompoundSelect) or stmt._for_update_arg is not None:
+        return False
+    return bool(_compiled_tables(compiled))
+
+
 def _on_begin(conn: Connection) -> None:
     conn.__dict__["_yc_begun_at"] = next(_begin_counter)
     conn.__dict__.pop("_yc_dirty", None)
+    conn.__dict__.pop("_yc_ran", None)
 
 
 def _autocommits(conn: Connection) -> bool:
@@ -888,6 +1001,7 @@ def _autocommits(conn: Connection) -> bool:
 def _on_commit(conn: Connection) -> None:
     conn.__dict__.pop("_yc_dirty", None)
     conn.__dict__.pop("_yc_tainted", None)
+    conn.__dict__.pop("_yc_ran", None)
     st: SessionCache | None = conn.__dict__.get("_yc_state")
     if st is not None:
         # Normally before_commit took the marks; this covers commits that bypass the
@@ -903,6 +1017,7 @@ def _on_commit(conn: Connection) -> None:
 def _on_rollback(conn: Connection) -> None:
     conn.__dict__.pop("_yc_dirty", None)
     conn.__dict__.pop("_yc_tainted", None)
+    conn.__dict__.pop("_yc_ran", None)
 
 
 _installed = False
@@ -915,6 +1030,7 @@ def _install_engine_listeners() -> None:
         if _installed:
             return
         event.listen(Engine, "before_cursor_execute", _before_cursor_execute)
+        event.listen(Engine, "after_cursor_execute", _after_cursor_execute)
         event.listen(Engine, "begin", _on_begin)
         event.listen(Engine, "commit", _on_commit)
         event.listen(Engine, "rollback", _on_rollback)

@@ -6,6 +6,7 @@ import logging
 import re
 import weakref
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, Table
 from sqlalchemy.sql import visitors
@@ -15,12 +16,19 @@ from sqlalchemy.sql.expression import TableClause
 
 from ..tags import ALL_TAG, table_tag
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine.interfaces import Dialect
+    from sqlalchemy.sql.elements import ClauseElement
+
 __all__ = [
     "cascade_closure",
     "declare_dependency",
     "dependencies",
     "read_tables",
+    "render",
+    "rendered_tables",
     "tables_in",
+    "tags_of",
     "written_tables_of_sql",
 ]
 
@@ -41,13 +49,71 @@ def tables_in(element: object) -> frozenset[str]:
     return frozenset(out)
 
 
-def read_tables(compiled: object, statement: object) -> frozenset[str]:
-    """Tags of the tables a compiled SELECT reads (ORM eager joins and inheritance included)."""
-    state = getattr(compiled, "compile_state", None)
-    core = getattr(state, "statement", None)
-    if core is None:
-        return tables_in(statement)
-    return tables_in(core) | tables_in(statement)
+class _RenderedTables:
+    """Mixin for a dialect's statement compiler: records every table it renders as a FROM
+    (at any nesting level, ORM expansions included) and whether raw SQL text was rendered."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self.yc_tables: set[TableClause] = set()
+        self.yc_text = False
+        super().__init__(*args, **kw)
+
+    def visit_table(self, table: TableClause, **kw: Any) -> str:
+        if kw.get("asfrom") or kw.get("within_tstring"):
+            self.yc_tables.add(table)
+        return super().visit_table(table, **kw)  # type: ignore[misc, no-any-return]
+
+    def visit_textclause(self, element: Any, **kw: Any) -> str:
+        self.yc_text = True
+        return super().visit_textclause(element, **kw)  # type: ignore[misc, no-any-return]
+
+    def visit_textual_select(self, element: Any, **kw: Any) -> str:
+        self.yc_text = True
+        return super().visit_textual_select(element, **kw)  # type: ignore[misc, no-any-return]
+
+
+_recorders: dict[type[Any], type[Any]] = {}
+
+
+def _recording_compiler(cls: type[Any]) -> type[Any]:
+    sub = _recorders.get(cls)
+    if sub is None:
+        sub = type(f"YokedCacheRecording{cls.__name__}", (_RenderedTables, cls), {})
+        sub = _recorders.setdefault(cls, sub)
+    return sub
+
+
+def rendered_tables(
+    statement: ClauseElement, dialect: Dialect
+) -> tuple[frozenset[TableClause], bool]:
+    """The tables the SQL of *statement* names as FROMs for *dialect*, and whether it
+    contains raw SQL text (whose tables cannot be known).
+
+    The statement is compiled once with the dialect's own compiler class, so what is recorded
+    is exactly what the database is sent: ORM constructs expanded only at compile time
+    (relationship joins inside subqueries or ``exists()``, ``column_property`` subqueries,
+    loader criteria, joined inheritance, joined eager loads) included.
+    """
+    tables, text, _sql = render(statement, dialect)
+    return tables, text
+
+
+def render(statement: ClauseElement, dialect: Dialect) -> tuple[frozenset[TableClause], bool, str]:
+    """:func:`rendered_tables` plus the SQL string itself."""
+    compiler = _recording_compiler(dialect.statement_compiler)(dialect, statement)
+    return frozenset(compiler.yc_tables), compiler.yc_text, compiler.string
+
+
+def tags_of(tables: Iterable[TableClause]) -> frozenset[str]:
+    """The tags of *tables*."""
+    return frozenset(_tag_of(t) for t in tables)
+
+
+def read_tables(statement: ClauseElement, dialect: Dialect) -> frozenset[str] | None:
+    """Tags of the tables a SELECT reads as *dialect* renders it; None when raw SQL text
+    inside it may read tables nobody can name."""
+    tables, text = rendered_tables(statement, dialect)
+    return None if text else tags_of(tables)
 
 
 # -- writes -------------------------------------------------------------------------------
