@@ -42,7 +42,7 @@ from ..cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_c
 from ..errors import InvalidationError, SerializationError
 from ..flight import sync_io
 from ..tags import ALL_TAG, Snapshot, table_tag, tag_id
-from . import tracking
+from . import routines, sqltext, tracking
 from ._bridge import await_ as _await
 from ._bridge import bridge, in_greenlet
 from .options import FromCache, Hint, NoCache, hint_from
@@ -158,6 +158,9 @@ class SessionCache:
         self.db_commit_started = False
         self.committed = False
         self.autocommitted = False
+        # PostgreSQL: per connection, the modification counters before this transaction's
+        # first write; before COMMIT, tables whose counters moved are added to the writes
+        self.pg_base: dict[int, dict[tuple[str, str, bool], int]] = {}
         self.conns: list[weakref.ref[Connection]] = []
 
     # writes --------------------------------------------------------------------------------
@@ -304,10 +307,17 @@ def _make_shape(statement: Any, ck_key: Any, bind: Any, hint: Hint) -> _Shape:
         compiled = statement.compile(bind=bind)
     except Exception as exc:  # cannot compile for this bind: let SQLAlchemy raise normally
         return _Shape(None, frozenset(), f"does not compile: {exc}")
+    core = getattr(getattr(compiled, "compile_state", None), "statement", statement)
+    facts = tracking.facts_of_statement(core)
+    if facts.written is None or facts.written:
+        return _Shape(None, frozenset(), "writes (DML inside a CTE or SQL text)")
     tables = tracking.read_tables(compiled, statement)
-    for el in visitors.iterate(
-        getattr(getattr(compiled, "compile_state", None), "statement", statement)
-    ):
+    kinds = _function_kinds(facts.functions, bind, None)
+    for name, kind in kinds.items():
+        if kind is not routines.FunctionKind.READONLY:
+            return _Shape(None, frozenset(), f"calls {name}(), not known to be read-only")
+        tables = tables | routines.declared_reads(name)
+    for el in visitors.iterate(core):
         md = getattr(el, "metadata", None)
         if isinstance(md, MetaData):
             _known_metadata.add(md)
@@ -319,6 +329,44 @@ def _make_shape(statement: Any, ck_key: Any, bind: Any, hint: Hint) -> _Shape:
         return _Shape(None, tables, "structure has no stable key")
     digest = hashlib.blake2b("".join(parts).encode(), digest_size=16).hexdigest()
     return _Shape(digest, frozenset(tables))
+
+
+def _function_kinds(
+    names: Iterable[str], bind: Any, conn: Connection | None
+) -> dict[str, routines.FunctionKind]:
+    """Kind of each called function: declarations and builtins first, then (PostgreSQL)
+    ``pg_proc`` through *conn*, or a connection of *bind*'s engine; else UNKNOWN."""
+    out: dict[str, routines.FunctionKind] = {}
+    ask: list[str] = []
+    for name in names:
+        kind = routines.kind_of(name)
+        if kind is None:
+            ask.append(name)
+        else:
+            out[name] = kind
+    if not ask:
+        return out
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    if getattr(getattr(engine, "dialect", None), "name", "") != "postgresql":
+        return out | dict.fromkeys(ask, routines.FunctionKind.UNKNOWN)
+    if conn is None and isinstance(bind, Connection):
+        conn = bind
+    try:
+        if conn is not None:
+            return out | routines.pg_volatility(engine, conn.connection.dbapi_connection, ask)
+        with engine.connect() as c:
+            return out | routines.pg_volatility(engine, c.connection.dbapi_connection, ask)
+    except Exception as exc:  # the lookup failed: assume the worst
+        log.warning("yokedcache: could not read pg_proc (%s); treating %s as volatile", exc, ask)
+        return out | dict.fromkeys(ask, routines.FunctionKind.UNKNOWN)
+
+
+def _forget_shapes() -> None:
+    with _shapes_lock:
+        _shapes.clear()
+
+
+routines.on_declare(_forget_shapes)
 
 
 def _split(name: str) -> tuple[str, str | None]:
@@ -627,7 +675,106 @@ def _before_commit(session: Session) -> None:
     # committed; commit() then rolls the transaction back and re-raises.
     # (A savepoint's commit marks early too; that only lengthens the lease.)
     session.flush()
+    if st.pg_base:
+        _add_pg_modified(st)
     st.mark_pending()
+
+
+_PG_COUNTS = (
+    "SELECT schemaname, relname, schemaname = current_schema(), "
+    "n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_xact_user_tables "
+    "WHERE n_tup_ins + n_tup_upd + n_tup_del > 0"
+)
+# PostgreSQL >= 15 reports a backend's not-yet-flushed counts of earlier transactions in
+# pg_stat_xact_*; forcing the flush when this transaction ends lets the next one on the
+# same connection skip its baseline query
+_PG_COUNTS_FLUSH = _PG_COUNTS.replace(
+    " WHERE", ", (SELECT pg_catalog.pg_stat_force_next_flush()) AS f WHERE"
+)
+_PG_CLEAN = "_yc_pg_clean"
+
+
+def _pg_counts(conn: Connection, flush: bool = False) -> dict[tuple[str, str, bool], int]:
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.execute(_PG_COUNTS_FLUSH if flush else _PG_COUNTS)
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    return {(schema, table, bool(default)): int(n) for schema, table, default, n in rows}
+
+
+def _pg_note_write(st: SessionCache, conn: Connection) -> None:
+    """Before the first write of a transaction on a PostgreSQL connection: record the
+    counters it starts from (none to ask for when the last check left them flushed)."""
+    if id(conn) in st.pg_base:
+        return
+    clean = conn.connection.info.pop(_PG_CLEAN, False)
+    st.pg_base[id(conn)] = {} if clean else _pg_counts(conn)
+
+
+def _add_pg_modified(st: SessionCache) -> None:
+    """Add the tables PostgreSQL counted as modified by the open transaction: trigger and
+    function writes and FK actions the metadata does not show (TRUNCATE is not counted:
+    it is tracked from the SQL text)."""
+    bases, st.pg_base = st.pg_base, {}
+    if ALL_TAG in st.written:
+        return
+    for ref in st.conns:
+        conn = ref()
+        if conn is None or id(conn) not in bases or conn.closed or not conn.in_transaction():
+            continue
+        flush = (conn.dialect.server_version_info or (0,)) >= (15,)
+        counts = _pg_counts(conn, flush=flush)
+        if flush:
+            conn.connection.info[_PG_CLEAN] = True
+        base = bases[id(conn)]
+        tags = set()
+        for (schema, table, default), n in counts.items():
+            if n != base.get((schema, table, default), 0):
+                tags.add(table_tag(table, schema))
+                if default:
+                    tags.add(table_tag(table))
+        if tags:
+            st.note_written(tracking.with_aliases(tags, None, list(_known_metadata)))
+
+
+_facts_of_sql: OrderedDict[str, tracking.StatementFacts] = OrderedDict()
+
+
+def _facts(compiled: Any, statement: str) -> tracking.StatementFacts:
+    """What a statement about to run writes and calls (memoised per compiled form)."""
+    if compiled is not None and not isinstance(getattr(compiled, "statement", None), TextClause):
+        facts: tracking.StatementFacts | None = compiled.__dict__.get("_yc_facts")
+        if facts is None:
+            facts = tracking.facts_of_statement(compiled.statement)
+            compiled.__dict__["_yc_facts"] = facts
+        return facts
+    facts = _facts_of_sql.get(statement)
+    if facts is None:
+        scan = sqltext.scan_sql(statement)
+        written = None if scan.written is None else tracking.tags_of_names(scan.written)
+        facts = tracking.StatementFacts(written, scan.functions, scan.why)
+        with _shapes_lock:
+            _facts_of_sql[statement] = facts
+            while len(_facts_of_sql) > _MAX_SHAPES:
+                _facts_of_sql.popitem(last=False)
+    return facts
+
+
+_warned: set[str] = set()
+
+
+def _warn_unknown(why: str, statement: str) -> None:
+    level = logging.WARNING if why not in _warned else logging.DEBUG
+    _warned.add(why)
+    log.log(
+        level,
+        "yokedcache: cannot tell which tables this SQL writes (%s), invalidating the whole "
+        "cache at commit: %.200s",
+        why,
+        statement,
+    )
 
 
 def _after_commit(session: Session) -> None:
@@ -683,28 +830,44 @@ def _before_cursor_execute(
     )
     if is_dml:
         cd["_yc_dirty"] = True  # this transaction now sees its own uncommitted rows
+    pg = conn.dialect.name == "postgresql"
     if st is None and col is None:
+        if pg and _may_write(context, statement):
+            conn.connection.info.pop(_PG_CLEAN, None)  # its counters are not flushed now
         return
     compiled = getattr(context, "compiled", None)
     is_ddl = bool(context is not None and getattr(context, "isddl", False))
     written: frozenset[str] | None = frozenset()
+    uncacheable = False
     if is_ddl:
         written = None
-    elif is_dml and compiled is not None:
-        written = tracking.written_tables_of_statement(compiled.statement)
-    elif compiled is None or isinstance(getattr(compiled, "statement", None), TextClause):
-        written = tracking.written_tables_of_sql(statement)
+    else:
+        facts = _facts(compiled, statement)
+        written, why = facts.written, facts.why
+        if facts.functions:
+            for name, kind in _function_kinds(facts.functions, conn.engine, conn).items():
+                if kind is routines.FunctionKind.UNKNOWN and written is not None:
+                    written, why = None, f"it calls {name}(), which may write"
+                elif kind is not routines.FunctionKind.READONLY:
+                    uncacheable = True
     if written != frozenset():
         cd["_yc_dirty"] = True
     if st is not None and written != frozenset():
         if written is None:
-            log.warning(
-                "yokedcache: cannot tell which tables this SQL writes, invalidating the whole "
-                "cache at commit: %.200s",
-                statement,
-            )
+            _warn_unknown(why if not is_ddl else "DDL", statement)
             written = frozenset({ALL_TAG})
-        st.note_written(written, autocommit=_autocommits(conn))
+        else:
+            written = tracking.with_aliases(
+                written, conn.dialect.default_schema_name, list(_known_metadata)
+            )
+        autocommit = _autocommits(conn)
+        if pg and not autocommit and ALL_TAG not in written:
+            _pg_note_write(st, conn)
+        elif pg:
+            conn.connection.info.pop(_PG_CLEAN, None)
+        st.note_written(written, autocommit=autocommit)
+    if col is not None and (written != frozenset() or uncacheable):
+        col.mark_unknown("a statement that writes or calls a function not known read-only")
     if col is not None and not is_dml and not is_ddl and written == frozenset():
         if compiled is None or isinstance(getattr(compiled, "statement", None), TextClause):
             col.mark_unknown("raw SQL read")
@@ -742,6 +905,16 @@ def _before_cursor_execute(
 def _on_begin(conn: Connection) -> None:
     conn.__dict__["_yc_begun_at"] = next(_begin_counter)
     conn.__dict__.pop("_yc_dirty", None)
+
+
+def _may_write(context: Any, statement: str) -> bool:
+    """Whether a statement run outside caching sessions may change table counters."""
+    if context is None or getattr(context, "isddl", False):
+        return True
+    facts = _facts(getattr(context, "compiled", None), statement)
+    return facts.written != frozenset() or any(
+        routines.kind_of(f) is not routines.FunctionKind.READONLY for f in facts.functions
+    )
 
 
 def _autocommits(conn: Connection) -> bool:
