@@ -20,7 +20,15 @@ from typing import Any
 
 from ..tags import table_tag
 
-__all__ = ["FunctionKind", "declare_function", "declared_reads", "kind_of", "pg_volatility"]
+__all__ = [
+    "FunctionKind",
+    "declare_function",
+    "declared_reads",
+    "forget_catalog",
+    "kind_of",
+    "pg_side_effects",
+    "pg_volatility",
+]
 
 log = logging.getLogger("yokedcache_sa")
 
@@ -209,3 +217,51 @@ def pg_volatility(engine: Any, dbapi_conn: Any, names: Iterable[str]) -> dict[st
                 known[n] = got
             out[n] = got or FunctionKind.UNKNOWN
     return out
+
+
+# -- PostgreSQL: tables whose writes change other tables -----------------------------------
+
+_side_cache: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
+
+_SIDE_EFFECTS = (
+    "SELECT c.relname FROM pg_catalog.pg_class c WHERE c.relname IN ({names}) AND ("
+    "EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid "
+    "AND NOT t.tgisinternal) "
+    "OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.ev_class = c.oid "
+    "AND r.ev_type <> '1') "
+    "OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.confrelid = c.oid "
+    "AND k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') "
+    "OR k.confupdtype IN ('c', 'n', 'd'))))"
+)
+
+
+def pg_side_effects(engine: Any, dbapi_conn: Any, tags: Iterable[str]) -> bool:
+    """Whether writing any of the tables tagged *tags* may change other rows: a user
+    trigger, a rule, or a cascading foreign key points at it. Cached per engine."""
+    names = {t[len("table:") :].rpartition(".")[2] for t in tags if t.startswith("table:")}
+    with _pg_lock:
+        known = _side_cache.setdefault(engine, {})
+        if any(known.get(n) for n in names):
+            return True
+        todo = sorted(n for n in names if n not in known)
+    if not todo:
+        return False
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(_SIDE_EFFECTS.format(names=", ".join(_quote(n) for n in todo)))
+        hit = {row[0] for row in cur.fetchall()}
+    finally:
+        cur.close()
+    with _pg_lock:
+        for n in todo:
+            known[n] = n in hit
+    return bool(hit)
+
+
+def forget_catalog(engine: Any) -> None:
+    """Drop what is cached about *engine*'s functions and triggers (after DDL)."""
+    if engine is None:
+        return
+    with _pg_lock:
+        _pg_cache.pop(engine, None)
+        _side_cache.pop(engine, None)

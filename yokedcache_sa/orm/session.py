@@ -704,39 +704,66 @@ def _pg_counts(conn: Connection, flush: bool = False) -> dict[tuple[str, str, bo
     return {(schema, table, bool(default)): int(n) for schema, table, default, n in rows}
 
 
-def _pg_note_write(st: SessionCache, conn: Connection) -> None:
-    """Before the first write of a transaction on a PostgreSQL connection: record the
-    counters it starts from (none to ask for when the last check left them flushed)."""
-    if id(conn) in st.pg_base:
-        return
-    clean = conn.connection.info.pop(_PG_CLEAN, False)
-    st.pg_base[id(conn)] = {} if clean else _pg_counts(conn)
+def _pg_note_write(st: SessionCache, conn: Connection, written: Iterable[str]) -> None:
+    """Before a write on a PostgreSQL connection: at the transaction's first, record the
+    counters it starts from (nothing to ask when the last check left them flushed); when a
+    written table has triggers, rules or cascading foreign keys, recheck right after the
+    statement, so the transaction's own reads see what they changed too."""
+    if id(conn) not in st.pg_base:
+        clean = conn.connection.info.pop(_PG_CLEAN, False)
+        st.pg_base[id(conn)] = {} if clean else _pg_counts(conn)
+    if routines.pg_side_effects(conn.engine, conn.connection.dbapi_connection, written):
+        conn.__dict__["_yc_pg_recheck"] = st
+
+
+def _pg_changed(st: SessionCache, conn: Connection, flush: bool = False) -> set[str]:
+    """Tags of the tables whose counters moved since the transaction's first write."""
+    base = st.pg_base.get(id(conn), {})
+    tags: set[str] = set()
+    for (schema, table, default), n in _pg_counts(conn, flush=flush).items():
+        if n != base.get((schema, table, default), 0):
+            tags.add(table_tag(table, schema))
+            if default:
+                tags.add(table_tag(table))
+    return tags
 
 
 def _add_pg_modified(st: SessionCache) -> None:
     """Add the tables PostgreSQL counted as modified by the open transaction: trigger and
     function writes and FK actions the metadata does not show (TRUNCATE is not counted:
     it is tracked from the SQL text)."""
-    bases, st.pg_base = st.pg_base, {}
     if ALL_TAG in st.written:
+        st.pg_base = {}
         return
     for ref in st.conns:
         conn = ref()
-        if conn is None or id(conn) not in bases or conn.closed or not conn.in_transaction():
+        if conn is None or id(conn) not in st.pg_base or conn.closed:
+            continue
+        if not conn.in_transaction():
             continue
         flush = (conn.dialect.server_version_info or (0,)) >= (15,)
-        counts = _pg_counts(conn, flush=flush)
+        tags = _pg_changed(st, conn, flush=flush)
         if flush:
             conn.connection.info[_PG_CLEAN] = True
-        base = bases[id(conn)]
-        tags = set()
-        for (schema, table, default), n in counts.items():
-            if n != base.get((schema, table, default), 0):
-                tags.add(table_tag(table, schema))
-                if default:
-                    tags.add(table_tag(table))
         if tags:
             st.note_written(tracking.with_aliases(tags, None, list(_known_metadata)))
+    st.pg_base = {}
+
+
+def _after_cursor_execute(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    st: SessionCache | None = conn.__dict__.pop("_yc_pg_recheck", None)
+    if st is None:
+        return
+    tags = _pg_changed(st, conn)
+    if tags:
+        st.note_written(tracking.with_aliases(tags, None, list(_known_metadata)))
 
 
 _facts_of_sql: OrderedDict[str, tracking.StatementFacts] = OrderedDict()
@@ -832,7 +859,7 @@ def _before_cursor_execute(
         cd["_yc_dirty"] = True  # this transaction now sees its own uncommitted rows
     pg = conn.dialect.name == "postgresql"
     if st is None and col is None:
-        if pg and _may_write(context, statement):
+        if pg and _may_write(conn, context, statement):
             conn.connection.info.pop(_PG_CLEAN, None)  # its counters are not flushed now
         return
     compiled = getattr(context, "compiled", None)
@@ -852,6 +879,8 @@ def _before_cursor_execute(
                     uncacheable = True
     if written != frozenset():
         cd["_yc_dirty"] = True
+    if pg and written is None:
+        routines.forget_catalog(conn.engine)  # functions or triggers may have changed
     if st is not None and written != frozenset():
         if written is None:
             _warn_unknown(why if not is_ddl else "DDL", statement)
@@ -862,7 +891,7 @@ def _before_cursor_execute(
             )
         autocommit = _autocommits(conn)
         if pg and not autocommit and ALL_TAG not in written:
-            _pg_note_write(st, conn)
+            _pg_note_write(st, conn, written)
         elif pg:
             conn.connection.info.pop(_PG_CLEAN, None)
         st.note_written(written, autocommit=autocommit)
@@ -907,11 +936,13 @@ def _on_begin(conn: Connection) -> None:
     conn.__dict__.pop("_yc_dirty", None)
 
 
-def _may_write(context: Any, statement: str) -> bool:
-    """Whether a statement run outside caching sessions may change table counters."""
-    if context is None or getattr(context, "isddl", False):
-        return True
+def _may_write(conn: Connection, context: Any, statement: str) -> bool:
+    """Whether a statement run outside caching sessions may change table counters (a DDL
+    statement also drops what is known of the database's functions and triggers)."""
     facts = _facts(getattr(context, "compiled", None), statement)
+    if context is None or getattr(context, "isddl", False) or facts.written is None:
+        routines.forget_catalog(conn.engine)
+        return True
     return facts.written != frozenset() or any(
         routines.kind_of(f) is not routines.FunctionKind.READONLY for f in facts.functions
     )
@@ -950,6 +981,7 @@ def _install_engine_listeners() -> None:
         if _installed:
             return
         event.listen(Engine, "before_cursor_execute", _before_cursor_execute)
+        event.listen(Engine, "after_cursor_execute", _after_cursor_execute)
         event.listen(Engine, "begin", _on_begin)
         event.listen(Engine, "commit", _on_commit)
         event.listen(Engine, "rollback", _on_rollback)
