@@ -26,6 +26,7 @@ __all__ = [
     "declared_reads",
     "forget_catalog",
     "kind_of",
+    "pg_known",
     "pg_side_effects",
     "pg_volatility",
 ]
@@ -73,6 +74,10 @@ _READONLY_BUILTINS = _names(
     array_length array_position array_to_string cardinality unnest generate_series
     string_to_array array_append array_cat distinct aggregate_strings cube rollup
     grouping_sets grouping any all some json_each jsonb_each json_array_elements
+    printf typeof unicode zeroblob likely unlikely likelihood soundex instr octet_length
+    date_format str_to_date from_unixtime datediff timestampdiff date_add date_sub adddate
+    subdate makedate year month day dayofmonth dayofweek dayofyear hour minute second week
+    weekday quarter last_day to_days from_days time_format sec_to_time time_to_sec
     """
 )
 # answer depends on the clock, randomness, sequence or session state; never write tables
@@ -118,6 +123,10 @@ def declare_function(name: str, *, readonly: bool = True, reads: Iterable[str] =
         declare_function("order_total", readonly=True, reads=["order_lines"])
     """
     _declared[name.lower()] = _Declared(readonly, frozenset(table_tag(*_split(t)) for t in reads))
+    _changed()
+
+
+def _changed() -> None:
     for callback in _on_declare:
         callback()
 
@@ -126,7 +135,9 @@ _on_declare: list[Callable[[], None]] = []
 
 
 def on_declare(callback: Callable[[], None]) -> None:
-    """Call *callback* after every :func:`declare_function` (drops memoised decisions)."""
+    """Call *callback* whenever what is known of a function changes: a
+    :func:`declare_function`, or a function learnt read-only from the database (so
+    memoised "not cacheable" decisions are taken again)."""
     _on_declare.append(callback)
 
 
@@ -210,13 +221,23 @@ def pg_volatility(engine: Any, dbapi_conn: Any, names: Iterable[str]) -> dict[st
         for key in (proname.lower(), f"{nsp.lower()}.{proname.lower()}"):
             if key not in found or rank[kind] > rank[found[key]]:
                 found[key] = kind
+    learnt = False
     with _pg_lock:
         for n in todo:
             got = found.get(n)
             if got is not None:
                 known[n] = got
+                learnt = learnt or got is FunctionKind.READONLY
             out[n] = got or FunctionKind.UNKNOWN
+    if learnt:
+        _changed()
     return out
+
+
+def pg_known(engine: Any, name: str) -> FunctionKind:
+    """The kind ``pg_proc`` gave *name* on *engine*, UNKNOWN if not looked up yet."""
+    with _pg_lock:
+        return _pg_cache.get(engine, {}).get(name, FunctionKind.UNKNOWN)
 
 
 # -- PostgreSQL: tables whose writes change other tables -----------------------------------
