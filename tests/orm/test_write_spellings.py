@@ -16,7 +16,7 @@ from ormkit import Address, Employee, Env, P, Tag, User
 from sqlalchemy import Column, Integer, MetaData, Table, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from yokedcache_sa.orm import declare_function, routines
+from yokedcache_sa.orm import CachingSession, declare_function, routines
 
 U, A, T = User.__tablename__, Address.__tablename__, Tag.__tablename__
 PG = pytest.mark.parametrize("db", ["postgresql"], indirect=True)
@@ -332,3 +332,39 @@ def test_database_fk_cascade_missing_from_metadata(env: Env, pg_side_effects: No
         s.execute(text(f"DELETE FROM {U} WHERE id = 1"))
 
     check(env, [note_ids, user_names], write, unaffected=(tag_names,))
+
+
+@PG
+def test_autocommit_write_to_a_table_with_a_trigger(env: Env, pg_side_effects: None) -> None:
+    env.warm(tag_names)
+    env.warm(employee_names)
+    auto = env.engine.execution_options(isolation_level="AUTOCOMMIT")
+    with env.Session(bind=auto) as s:
+        s.execute(text(f"UPDATE {A} SET email = 'auto@x' WHERE id = 1"))
+    assert env.fresh_read(tag_names) == env.truth(tag_names) == ["red!", "blue"]
+    assert env.fresh_read(employee_names)  # unknown targets: everything was invalidated
+
+
+@PG
+def test_async_session_sees_trigger_writes(env: Env, pg_side_effects: None) -> None:
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    env.warm(tag_names)
+    url = env.engine.url.set(drivername="postgresql+asyncpg")
+
+    async def main() -> None:
+        engine = create_async_engine(url)
+        try:
+            S = async_sessionmaker(engine, sync_session_class=CachingSession, cache=env.cache)
+            async with S() as s:
+                await s.execute(text(f"UPDATE {A} SET email = 'async@x' WHERE id = 1"))
+                got = (await s.scalars(select(Tag.name).order_by(Tag.id))).all()
+                assert got == ["red!", "blue"]
+                await s.commit()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    assert env.fresh_read(tag_names) == env.truth(tag_names) == ["red!", "blue"]

@@ -903,6 +903,13 @@ def _before_cursor_execute(
             _pg_note_write(st, conn, written)
         elif pg:
             conn.connection.info.pop(_PG_CLEAN, None)
+            if ALL_TAG not in written and routines.pg_side_effects(
+                conn.engine, conn.connection.dbapi_connection, written
+            ):
+                # autocommit: the statement commits as it runs, before anything could be
+                # counted, so what its triggers or cascades change is unknown
+                _warn_unknown("an autocommit write to a table with triggers", statement)
+                written = frozenset({ALL_TAG})
         st.note_written(written, autocommit=autocommit)
     if col is not None and (written != frozenset() or uncacheable):
         col.mark_unknown("a statement that writes or calls a function not known read-only")
