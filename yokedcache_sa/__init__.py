@@ -51,6 +51,7 @@ __all__ = [  # noqa: RUF022 - grouped: core names, then lazily imported ones
     "cached",
     "cached_dependency",
     "declare_dependency",
+    "declare_function",
     "instrument_session",
 ]
 
@@ -62,6 +63,7 @@ _LAZY = {
     "NoCache": "yokedcache_sa.orm",
     "instrument_session": "yokedcache_sa.orm",
     "declare_dependency": "yokedcache_sa.orm",
+    "declare_function": "yokedcache_sa.orm",
     "cached": "yokedcache_sa.functions",
     "cached_dependency": "yokedcache_sa.integrations.fastapi",
     "cache_router": "yokedcache_sa.integrations.fastapi",

@@ -256,15 +256,17 @@ def test_exec_driver_sql(env: Env) -> None:
 def test_unparseable_raw_sql_invalidates_everything(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # a leading line comment hides the verb from the parser: the targets are unknown
-    sql = f"-- set a name\nUPDATE {P}users SET name = 'hidden' WHERE id = 1"
+    # a literal that ends in a different place with or without backslash escapes: the
+    # scanner cannot tell which reading the server uses, so the targets are unknown
+    lit = r"'it\'s' <> ''" if env.db.name == "mariadb" else r"'x\' <> ''"
+    sql = f"UPDATE {P}users SET name = 'hidden' WHERE id = 1 AND {lit}"
 
     def write(s: Session) -> None:
         s.execute(text(sql))
 
     env.warm(tag_names)
     env.warm(emails)
-    with caplog.at_level(logging.WARNING, logger="yokedcache_sa"):
+    with caplog.at_level(logging.DEBUG, logger="yokedcache_sa"):  # warned once per process
         [names] = check_write(env, [user_names], write)
     assert names[0] == "hidden"
     assert "cannot tell which tables" in caplog.text

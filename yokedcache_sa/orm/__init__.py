@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .options import FromCache as FromCache
 from .options import NoCache as NoCache
+from .routines import declare_function as declare_function
 from .session import CachingQuery as CachingQuery
 from .session import CachingSession as CachingSession
 from .session import instrument_session as instrument_session
@@ -16,6 +17,7 @@ __all__ = [
     "FromCache",
     "NoCache",
     "declare_dependency",
+    "declare_function",
     "instrument_session",
     "state_of",
 ]

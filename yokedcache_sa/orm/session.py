@@ -42,7 +42,7 @@ from ..cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_c
 from ..errors import InvalidationError, SerializationError
 from ..flight import sync_io
 from ..tags import ALL_TAG, Snapshot, table_tag, tag_id
-from . import _compat, tracking
+from . import _compat, routines, sqltext, tracking
 from ._bridge import await_ as _await
 from ._bridge import bridge, in_greenlet
 from .bindstate import TAINT_KEY, connection_variant, engine_identity, state_change
@@ -174,6 +174,9 @@ class SessionCache:
         self.db_commit_started = False
         self.committed = False
         self.autocommitted = False
+        # PostgreSQL: per connection, the modification counters before this transaction's
+        # first write; before COMMIT, tables whose counters moved are added to the writes
+        self.pg_base: dict[int, dict[tuple[str, str, bool], int]] = {}
         self.conns: list[weakref.ref[Connection]] = []
         # SQL that changed connection state (SET, set_config) ran in this transaction or on
         # its pooled connection: nothing is served or stored (unless vary_on keys that state)
@@ -333,18 +336,26 @@ def _make_shape(statement: Any, ck_key: Any, bind: Any, hint: Hint) -> _Shape:
     if not isinstance(statement, Select):
         return _Shape(None, frozenset(), "not a select()")
     try:
-        rendered, text, sql = tracking.render(statement, bind.dialect)
+        r = tracking.render(statement, bind.dialect)
     except Exception as exc:  # cannot compile for this bind: let SQLAlchemy raise normally
         return _Shape(None, frozenset(), f"does not compile: {exc}")
-    if state_change(sql) is not None:
+    if state_change(r.sql) is not None:
         return _Shape(None, frozenset(), "changes connection state (set_config)")
-    if text and not hint.tables:
+    if r.text and not hint.tables:
         return _Shape(None, frozenset(), "contains text(); pass FromCache(tables=[...])")
-    for t in rendered:
+    facts = tracking.facts_of_statement(r.core)
+    if facts.written is None or facts.written:
+        return _Shape(None, frozenset(), "writes (DML inside a CTE or SQL text)")
+    tables = tracking.tags_of(r.tables)
+    kinds = _function_kinds(facts.functions, bind, None)
+    for name, kind in kinds.items():
+        if kind is not routines.FunctionKind.READONLY:
+            return _Shape(None, frozenset(), f"calls {name}(), not known to be read-only")
+        tables = tables | routines.declared_reads(name)
+    for t in r.tables:
         md = getattr(t, "metadata", None)
         if isinstance(md, MetaData):
             _known_metadata.add(md)
-    tables = tracking.tags_of(rendered)
     tables = tables | {table_tag(*_split(t)) for t in hint.tables}
     if not tables:
         return _Shape(None, frozenset(), "reads no table")
@@ -353,6 +364,48 @@ def _make_shape(statement: Any, ck_key: Any, bind: Any, hint: Hint) -> _Shape:
         return _Shape(None, tables, "structure has no stable key")
     digest = hashlib.blake2b("".join(parts).encode(), digest_size=16).hexdigest()
     return _Shape(digest, frozenset(tables))
+
+
+def _function_kinds(
+    names: Iterable[str], bind: Any, conn: Connection | None
+) -> dict[str, routines.FunctionKind]:
+    """Kind of each called function: declarations and builtins first, then (PostgreSQL)
+    ``pg_proc`` through *conn* (or *bind* if it is a connection); else UNKNOWN.
+
+    Without a connection only what an earlier lookup learnt is used: a statement's first
+    run looks its functions up on its own connection (never a second pool connection, which
+    could wait on a pool the session exhausts), and a function learnt read-only makes the
+    memoised shapes be rebuilt, so the statement is cached from its next run on."""
+    out: dict[str, routines.FunctionKind] = {}
+    ask: list[str] = []
+    for name in names:
+        kind = routines.kind_of(name)
+        if kind is None:
+            ask.append(name)
+        else:
+            out[name] = kind
+    if not ask:
+        return out
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    if getattr(getattr(engine, "dialect", None), "name", "") != "postgresql":
+        return out | dict.fromkeys(ask, routines.FunctionKind.UNKNOWN)
+    if conn is None and isinstance(bind, Connection):
+        conn = bind
+    if conn is None:
+        return out | {name: routines.pg_known(engine, name) for name in ask}
+    try:
+        return out | routines.pg_volatility(engine, conn.connection.dbapi_connection, ask)
+    except Exception as exc:  # the lookup failed: assume the worst
+        log.warning("yokedcache: could not read pg_proc (%s); treating %s as volatile", exc, ask)
+        return out | dict.fromkeys(ask, routines.FunctionKind.UNKNOWN)
+
+
+def _forget_shapes() -> None:
+    with _shapes_lock:
+        _shapes.clear()
+
+
+routines.on_declare(_forget_shapes)
 
 
 def _split(name: str) -> tuple[str, str | None]:
@@ -806,7 +859,132 @@ def _before_commit(session: Session) -> None:
     # committed; commit() then rolls the transaction back and re-raises.
     # (A savepoint's commit marks early too; that only lengthens the lease.)
     session.flush()
+    if st.pg_base:
+        _add_pg_modified(st)
     st.mark_pending()
+
+
+# pg_stat_xact_user_tables without the view's joins and grouping (about 40% cheaper)
+_PG_COUNTS = (
+    "SELECT n.nspname, c.relname, n.nspname = current_schema(), s.n "
+    "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "CROSS JOIN LATERAL (SELECT pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid) "
+    "+ pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) "
+    "+ pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid) AS n) s "
+    "WHERE c.relkind IN ('r', 'm') AND n.nspname <> 'pg_catalog' "
+    "AND n.nspname <> 'information_schema' AND s.n > 0"
+)
+# PostgreSQL >= 15 reports a backend's not-yet-flushed counts of earlier transactions in
+# pg_stat_xact_*; forcing the flush when this transaction ends lets the next one on the
+# same connection skip its baseline query
+_PG_COUNTS_FLUSH = _PG_COUNTS.replace(
+    " WHERE", " CROSS JOIN (SELECT pg_catalog.pg_stat_force_next_flush()) f WHERE"
+)
+_PG_CLEAN = "_yc_pg_clean"
+
+
+def _pg_counts(conn: Connection, flush: bool = False) -> dict[tuple[str, str, bool], int]:
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.execute(_PG_COUNTS_FLUSH if flush else _PG_COUNTS)
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    return {(schema, table, bool(default)): int(n) for schema, table, default, n in rows}
+
+
+def _pg_note_write(st: SessionCache, conn: Connection, written: Iterable[str]) -> None:
+    """Before a write on a PostgreSQL connection: at the transaction's first, record the
+    counters it starts from (nothing to ask when the last check left them flushed); when a
+    written table has triggers, rules or cascading foreign keys, recheck right after the
+    statement, so the transaction's own reads see what they changed too."""
+    if id(conn) not in st.pg_base:
+        clean = conn.connection.info.pop(_PG_CLEAN, False)
+        st.pg_base[id(conn)] = {} if clean else _pg_counts(conn)
+    if routines.pg_side_effects(conn.engine, conn.connection.dbapi_connection, written):
+        conn.__dict__["_yc_pg_recheck"] = st
+
+
+def _pg_changed(st: SessionCache, conn: Connection, flush: bool = False) -> set[str]:
+    """Tags of the tables whose counters moved since the transaction's first write."""
+    base = st.pg_base.get(id(conn), {})
+    tags: set[str] = set()
+    for (schema, table, default), n in _pg_counts(conn, flush=flush).items():
+        if n != base.get((schema, table, default), 0):
+            tags.add(table_tag(table, schema))
+            if default:
+                tags.add(table_tag(table))
+    return tags
+
+
+def _add_pg_modified(st: SessionCache) -> None:
+    """Add the tables PostgreSQL counted as modified by the open transaction: trigger and
+    function writes and FK actions the metadata does not show (TRUNCATE is not counted:
+    it is tracked from the SQL text)."""
+    if ALL_TAG in st.written:
+        st.pg_base = {}
+        return
+    for ref in st.conns:
+        conn = ref()
+        if conn is None or id(conn) not in st.pg_base or conn.closed:
+            continue
+        if not conn.in_transaction():
+            continue
+        flush = (conn.dialect.server_version_info or (0,)) >= (15,)
+        tags = _pg_changed(st, conn, flush=flush)
+        if flush:
+            conn.connection.info[_PG_CLEAN] = True
+        if tags:
+            st.note_written(tracking.with_aliases(tags, None, list(_known_metadata)))
+    st.pg_base = {}
+
+
+def _pg_recheck(conn: Connection) -> None:
+    """After a write to a table with triggers or cascades: count what it changed."""
+    st: SessionCache | None = conn.__dict__.pop("_yc_pg_recheck", None)
+    if st is None:
+        return
+    tags = _pg_changed(st, conn)
+    if tags:
+        st.note_written(tracking.with_aliases(tags, None, list(_known_metadata)))
+
+
+_facts_of_sql: OrderedDict[str, tracking.StatementFacts] = OrderedDict()
+
+
+def _facts(compiled: Any, statement: str) -> tracking.StatementFacts:
+    """What a statement about to run writes and calls (memoised per compiled form)."""
+    if compiled is not None and not isinstance(getattr(compiled, "statement", None), TextClause):
+        facts: tracking.StatementFacts | None = compiled.__dict__.get("_yc_facts")
+        if facts is None:
+            facts = tracking.facts_of_statement(compiled.statement)
+            compiled.__dict__["_yc_facts"] = facts
+        return facts
+    facts = _facts_of_sql.get(statement)
+    if facts is None:
+        scan = sqltext.scan_sql(statement)
+        written = None if scan.written is None else tracking.tags_of_names(scan.written)
+        facts = tracking.StatementFacts(written, scan.functions, scan.why)
+        with _shapes_lock:
+            _facts_of_sql[statement] = facts
+            while len(_facts_of_sql) > _MAX_SHAPES:
+                _facts_of_sql.popitem(last=False)
+    return facts
+
+
+_warned: set[str] = set()
+
+
+def _warn_unknown(why: str, statement: str) -> None:
+    level = logging.WARNING if why not in _warned else logging.DEBUG
+    _warned.add(why)
+    log.log(
+        level,
+        "yokedcache: cannot tell which tables this SQL writes (%s), invalidating the whole "
+        "cache at commit: %.200s",
+        why,
+        statement,
+    )
 
 
 def _after_commit(session: Session) -> None:
@@ -865,35 +1043,61 @@ def _before_cursor_execute(
     compiled = getattr(context, "compiled", None)
     change = _state_change_of(conn, statement, compiled)
     if change is not None:
-        scope, why = change
-        cd["_yc_tainted"] = why
+        scope, why_taint = change
+        cd["_yc_tainted"] = why_taint
         if scope == "connection":
-            conn.info[TAINT_KEY] = why  # outlives the transaction, on the pooled connection
+            conn.info[TAINT_KEY] = why_taint  # outlives the transaction, on the pooled connection
         if st is not None:
-            st.taint(conn, why)
+            st.taint(conn, why_taint)
+    pg = conn.dialect.name == "postgresql"
     if st is None and col is None:
+        if pg and _may_write(conn, context, statement):
+            conn.connection.info.pop(_PG_CLEAN, None)  # its counters are not flushed now
         return
     is_ddl = bool(context is not None and getattr(context, "isddl", False))
     written: frozenset[str] | None = frozenset()
+    uncacheable = False
+    why = ""
     if is_ddl:
         written = None
-    elif is_dml and compiled is not None:
-        written = tracking.written_tables_of_statement(compiled.statement)
     elif change is not None and ";" not in statement.strip().rstrip(";"):
         written = frozenset()  # SET / USE / set_config(): state, not rows
-    elif compiled is None or isinstance(getattr(compiled, "statement", None), TextClause):
-        written = tracking.written_tables_of_sql(statement)
+    else:
+        facts = _facts(compiled, statement)
+        written, why = facts.written, facts.why
+        if facts.functions:
+            for name, kind in _function_kinds(facts.functions, conn.engine, conn).items():
+                if kind is routines.FunctionKind.UNKNOWN and written is not None:
+                    written, why = None, f"it calls {name}(), which may write"
+                elif kind is not routines.FunctionKind.READONLY:
+                    uncacheable = True
     if written != frozenset():
         cd["_yc_dirty"] = True
+    if pg and written is None:
+        routines.forget_catalog(conn.engine)  # functions or triggers may have changed
     if st is not None and written != frozenset():
         if written is None:
-            log.warning(
-                "yokedcache: cannot tell which tables this SQL writes, invalidating the whole "
-                "cache at commit: %.200s",
-                statement,
-            )
+            _warn_unknown(why if not is_ddl else "DDL", statement)
             written = frozenset({ALL_TAG})
-        st.note_written(written, autocommit=_autocommits(conn))
+        else:
+            written = tracking.with_aliases(
+                written, conn.dialect.default_schema_name, list(_known_metadata)
+            )
+        autocommit = _autocommits(conn)
+        if pg and not autocommit and ALL_TAG not in written:
+            _pg_note_write(st, conn, written)
+        elif pg:
+            conn.connection.info.pop(_PG_CLEAN, None)
+            if ALL_TAG not in written and routines.pg_side_effects(
+                conn.engine, conn.connection.dbapi_connection, written
+            ):
+                # autocommit: the statement commits as it runs, before anything could be
+                # counted, so what its triggers or cascades change is unknown
+                _warn_unknown("an autocommit write to a table with triggers", statement)
+                written = frozenset({ALL_TAG})
+        st.note_written(written, autocommit=autocommit)
+    if col is not None and (written != frozenset() or uncacheable):
+        col.mark_unknown("a statement that writes or calls a function not known read-only")
     if col is not None and not is_dml and not is_ddl and written == frozenset():
         if compiled is None or isinstance(getattr(compiled, "statement", None), TextClause):
             col.mark_unknown("raw SQL read")
@@ -964,6 +1168,8 @@ def _after_cursor_execute(
     executemany: bool,
 ) -> None:
     cd = conn.__dict__
+    if "_yc_pg_recheck" in cd:
+        _pg_recheck(conn)
     if "_yc_ran" not in cd and not _TXN_CONTROL.match(statement):
         cd["_yc_ran"] = True  # the database transaction may have its snapshot now
     st: SessionCache | None = cd.get("_yc_state")
@@ -991,6 +1197,18 @@ def _on_begin(conn: Connection) -> None:
     conn.__dict__["_yc_begun_at"] = next(_begin_counter)
     conn.__dict__.pop("_yc_dirty", None)
     conn.__dict__.pop("_yc_ran", None)
+
+
+def _may_write(conn: Connection, context: Any, statement: str) -> bool:
+    """Whether a statement run outside caching sessions may change table counters (a DDL
+    statement also drops what is known of the database's functions and triggers)."""
+    facts = _facts(getattr(context, "compiled", None), statement)
+    if context is None or getattr(context, "isddl", False) or facts.written is None:
+        routines.forget_catalog(conn.engine)
+        return True
+    return facts.written != frozenset() or any(
+        routines.kind_of(f) is not routines.FunctionKind.READONLY for f in facts.functions
+    )
 
 
 def _autocommits(conn: Connection) -> bool:

@@ -3,32 +3,40 @@
 from __future__ import annotations
 
 import logging
-import re
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, Table
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import UpdateBase
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.elements import ColumnClause, TextClause
 from sqlalchemy.sql.expression import TableClause
+from sqlalchemy.sql.functions import FunctionElement
 
 from ..tags import ALL_TAG, table_tag
+from . import sqltext
+from .sqltext import Name
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import Dialect
     from sqlalchemy.sql.elements import ClauseElement
 
 __all__ = [
+    "Rendered",
+    "StatementFacts",
     "cascade_closure",
     "declare_dependency",
     "dependencies",
+    "facts_of_statement",
     "read_tables",
     "render",
     "rendered_tables",
     "tables_in",
     "tags_of",
+    "tags_of_names",
+    "with_aliases",
     "written_tables_of_sql",
 ]
 
@@ -94,14 +102,30 @@ def rendered_tables(
     (relationship joins inside subqueries or ``exists()``, ``column_property`` subqueries,
     loader criteria, joined inheritance, joined eager loads) included.
     """
-    tables, text, _sql = render(statement, dialect)
-    return tables, text
+    r = render(statement, dialect)
+    return r.tables, r.text
 
 
-def render(statement: ClauseElement, dialect: Dialect) -> tuple[frozenset[TableClause], bool, str]:
-    """:func:`rendered_tables` plus the SQL string itself."""
+@dataclass(frozen=True)
+class Rendered:
+    """What compiling a statement once for a dialect tells."""
+
+    tables: frozenset[TableClause]  # every table rendered as a FROM, at any depth
+    text: bool  # raw SQL text was rendered (its tables cannot be known)
+    sql: str
+    core: object  # the Core statement an ORM statement compiled to (else the statement)
+
+
+def render(statement: ClauseElement, dialect: Dialect) -> Rendered:
+    """Compile *statement* once for *dialect*; see :func:`rendered_tables`."""
     compiler = _recording_compiler(dialect.statement_compiler)(dialect, statement)
-    return frozenset(compiler.yc_tables), compiler.yc_text, compiler.string
+    core = getattr(getattr(compiler, "compile_state", None), "statement", None)
+    return Rendered(
+        frozenset(compiler.yc_tables),
+        compiler.yc_text,
+        compiler.string,
+        core if core is not None else statement,
+    )
 
 
 def tags_of(tables: Iterable[TableClause]) -> frozenset[str]:
@@ -118,42 +142,22 @@ def read_tables(statement: ClauseElement, dialect: Dialect) -> frozenset[str] | 
 
 # -- writes -------------------------------------------------------------------------------
 
-_WRITE_VERB = re.compile(
-    r"^\s*(?:/\*.*?\*/\s*)*(INSERT|UPDATE|DELETE|REPLACE|MERGE|TRUNCATE|UPSERT|ALTER|DROP|"
-    r"CREATE|RENAME|COPY|LOAD|CALL|EXEC|EXECUTE|DO|GRANT|REVOKE|VACUUM|ANALYZE|SET|BEGIN|"
-    r"COMMIT|ROLLBACK|SAVEPOINT|RELEASE|WITH|SELECT|SHOW|EXPLAIN|PRAGMA|DESCRIBE|VALUES)\b",
-    re.IGNORECASE | re.DOTALL,
-)
-_NAME = r"((?:[`\"\[]?[\w$]+[`\"\]]?\.)?[`\"\[]?[\w$]+[`\"\]]?)"
-_TARGET = re.compile(
-    r"^\s*(?:INSERT\s+(?:(?:LOW_PRIORITY|DELAYED|HIGH_PRIORITY|IGNORE|OR\s+\w+)\s+)*(?:INTO\s+)?"
-    r"|REPLACE\s+(?:(?:LOW_PRIORITY|DELAYED)\s+)?(?:INTO\s+)?"
-    r"|UPDATE\s+(?:(?:LOW_PRIORITY|IGNORE|OR\s+\w+|ONLY)\s+)*"
-    r"|DELETE\s+(?:(?:LOW_PRIORITY|QUICK|IGNORE)\s+)*FROM\s+(?:ONLY\s+)?"
-    r"|TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?)" + _NAME + r"\s*(.*)$",
-    re.IGNORECASE | re.DOTALL,
-)
-_READ_ONLY = frozenset(
-    {
-        "SELECT",
-        "SHOW",
-        "EXPLAIN",
-        "PRAGMA",
-        "DESCRIBE",
-        "VALUES",
-        "BEGIN",
-        "COMMIT",
-        "ROLLBACK",
-        "SAVEPOINT",
-        "RELEASE",
-        "SET",
-        "ANALYZE",
-    }
-)
 
+def tags_of_names(names: Iterable[Name]) -> frozenset[str]:
+    """Tags a write of *names* (from raw SQL) must bump.
 
-def _unquote(name: str) -> str:
-    return ".".join(p.strip('`"[]') for p in name.split("."))
+    Over-approximates on purpose: the name as written and lower-cased (PostgreSQL folds
+    unquoted names, MariaDB may compare them case-insensitively), and a qualified name also
+    as a bare one (its schema or database may be the connection's default).
+    """
+    out: set[str] = set()
+    for n in names:
+        for table in {n.table, n.table.lower()}:
+            out.add(table_tag(table))
+            if n.schema:
+                for schema in {n.schema, n.schema.lower()}:
+                    out.add(table_tag(table, schema))
+    return frozenset(out)
 
 
 def written_tables_of_sql(sql: str) -> frozenset[str] | None:
@@ -161,74 +165,128 @@ def written_tables_of_sql(sql: str) -> frozenset[str] | None:
 
     Returns an empty set for statements that write nothing, and None when the statement may
     write but its targets cannot be determined with confidence (the caller then invalidates
-    everything and logs why).
+    everything and logs why). Functions the string calls are not considered here.
     """
-    m = _WRITE_VERB.match(sql)
-    if m is None:
-        return None
-    verb = m.group(1).upper()
-    if verb in _READ_ONLY:
-        if verb == "SELECT" and re.search(r"\bINTO\b", sql, re.IGNORECASE):
-            return None  # SELECT … INTO creates or writes a table
-        return frozenset()
-    if verb in (
-        "WITH",
-        "MERGE",
-        "UPSERT",
-        "ALTER",
-        "DROP",
-        "CREATE",
-        "RENAME",
-        "COPY",
-        "LOAD",
-        "CALL",
-        "EXEC",
-        "EXECUTE",
-        "DO",
-        "GRANT",
-        "REVOKE",
-        "VACUUM",
-    ):
-        if verb == "WITH" and not re.search(
-            r"\b(INSERT|UPDATE|DELETE|MERGE)\b", sql, re.IGNORECASE
-        ):
-            return frozenset()
-        return None
-    body = sql.strip().rstrip(";")
-    if ";" in body:
-        return None  # several statements in one string
-    t = _TARGET.match(body)
-    if t is None:
-        return None
-    name, rest = _unquote(t.group(1)), t.group(2)
-    if verb in ("UPDATE", "DELETE") and re.search(
-        r"\bJOIN\b|,\s*[\w`\"]",
-        rest.split(" SET ")[0] if verb == "UPDATE" else rest.split(" WHERE ")[0],
-        re.IGNORECASE,
-    ):
-        return None  # multi-table UPDATE/DELETE (MySQL): targets unclear
-    schema, _, table = name.rpartition(".")
-    return frozenset({table_tag(table, schema or None)})
+    scan = sqltext.scan_sql(sql)
+    return None if scan.written is None else tags_of_names(scan.written)
+
+
+@dataclass(frozen=True)
+class StatementFacts:
+    """What executing a statement does, as far as its structure and SQL text tell.
+
+    ``written``: tags of the tables it writes (None: may write, targets unknown — ``why``);
+    ``functions``: lower-case names of the SQL functions it calls.
+    """
+
+    written: frozenset[str] | None
+    functions: frozenset[str]
+    why: str = ""
+
+
+def _fragments(statement: object) -> Iterator[str]:
+    """SQL text embedded in a Core element: ``text()`` clauses and literal columns."""
+    for el in visitors.iterate(statement):  # type: ignore[arg-type]
+        if isinstance(el, TextClause):
+            yield el.text
+        elif isinstance(el, ColumnClause) and el.is_literal:
+            yield el.name
+
+
+def _dml_tables(el: UpdateBase) -> set[str]:
+    out: set[str] = set()
+    table = getattr(el, "table", None)
+    if isinstance(table, TableClause):
+        out.add(_tag_of(table))
+    entity = getattr(table, "_annotations", {}).get("parententity")
+    if entity is not None:
+        for t in getattr(entity, "tables", ()):
+            out.add(_tag_of(t))
+    if not out and table is not None:
+        out |= tables_in(table)
+    # MySQL multi-table UPDATE … FROM / extra froms
+    for extra in getattr(el, "_extra_froms", ()) or ():
+        out |= tables_in(extra)
+    return out
+
+
+def facts_of_statement(statement: object) -> StatementFacts:
+    """Writes and function calls of a Core/ORM statement, DML inside CTEs (at any depth)
+    and SQL text fragments included."""
+    if isinstance(statement, TextClause):
+        scan = sqltext.scan_sql(statement.text)
+        written = None if scan.written is None else tags_of_names(scan.written)
+        return StatementFacts(written, scan.functions, scan.why)
+    out: set[str] = set()
+    functions: set[str] = set()
+    for el in visitors.iterate(statement):  # type: ignore[arg-type]
+        if isinstance(el, UpdateBase):
+            tables = _dml_tables(el)
+            if not tables:
+                return StatementFacts(None, frozenset(functions), "DML on an unknown table")
+            out |= tables
+        elif isinstance(el, FunctionElement):
+            name = getattr(el, "name", None) or type(el).__name__
+            packages = getattr(el, "packagenames", None) or ()
+            functions.add(".".join((*packages, name)).lower())
+    for sql in _fragments(statement):
+        scan = sqltext.scan_fragment(sql)
+        functions |= scan.functions
+        if scan.written is None:
+            return StatementFacts(None, frozenset(functions), scan.why)
+        out |= tags_of_names(scan.written)
+    return StatementFacts(frozenset(out), frozenset(functions))
 
 
 def written_tables_of_statement(statement: object) -> frozenset[str] | None:
     """Tags of the tables a Core/ORM DML statement writes (None if not determinable)."""
-    if isinstance(statement, UpdateBase):
-        table = getattr(statement, "table", None)
-        out: set[str] = set()
-        if isinstance(table, TableClause):
-            out.add(_tag_of(table))
-        entity = getattr(table, "_annotations", {}).get("parententity")
-        if entity is not None:
-            for t in getattr(entity, "tables", ()):
-                out.add(_tag_of(t))
-        # MySQL multi-table UPDATE … FROM / extra froms
-        for extra in getattr(statement, "_extra_froms", ()) or ():
-            out |= tables_in(extra)
-        return frozenset(out) if out else None
-    if isinstance(statement, TextClause):
-        return written_tables_of_sql(statement.text)
-    return None
+    facts = facts_of_statement(statement)
+    if facts.written is not None and not facts.written and isinstance(statement, UpdateBase):
+        return None
+    return facts.written
+
+
+def with_aliases(
+    tags: Iterable[str], default_schema: str | None, metadatas: Iterable[MetaData]
+) -> frozenset[str]:
+    """*tags* plus the other tags reads of the same tables may carry.
+
+    A table in the connection's default schema is read as ``table:t`` or, through a
+    ``Table(..., schema=...)``, as ``table:<schema>.t``: a write of either bumps both. Known
+    tables whose names differ only in case are included too (over-invalidation is safe).
+    """
+    out = set(tags)
+    for tag in list(out):
+        if not tag.startswith("table:"):
+            continue
+        name = tag[len("table:") :]
+        if default_schema:
+            if "." not in name:
+                out.add(table_tag(name, default_schema))
+            else:
+                schema, _, table = name.rpartition(".")
+                if schema.lower() == default_schema.lower():
+                    out.add(table_tag(table))
+    folded = {t.lower() for t in out}
+    for md in metadatas:
+        for known in _known_tags(md):
+            if known.lower() in folded:
+                out.add(known)
+    return frozenset(out)
+
+
+_known_tags_cache: weakref.WeakKeyDictionary[MetaData, tuple[int, frozenset[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _known_tags(metadata: MetaData) -> frozenset[str]:
+    cached = _known_tags_cache.get(metadata)
+    if cached is not None and cached[0] == len(metadata.tables):
+        return cached[1]
+    tags = frozenset(_tag_of(t) for t in metadata.tables.values())
+    _known_tags_cache[metadata] = (len(metadata.tables), tags)
+    return tags
 
 
 # -- FK cascades and declared dependencies ------------------------------------------------

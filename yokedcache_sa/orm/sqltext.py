@@ -1,0 +1,431 @@
+"""What a raw SQL string writes and which functions it calls: a small, conservative scanner.
+
+Pure (no SQLAlchemy, no I/O). It never under-reports: a statement it cannot account for is
+reported as "unknown" (None) and the caller invalidates everything.
+
+Tokens are produced under two lexical readings when they could differ (backslash escapes
+and ``#`` comments of MySQL/MariaDB vs standard SQL); the results are merged, so a write
+hidden from one reading is still seen.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Name", "Scan", "scan_fragment", "scan_sql"]
+
+
+@dataclass(frozen=True)
+class Name:
+    """A (possibly qualified) table name as written: ``quoted`` parts keep their case."""
+
+    table: str
+    schema: str | None = None
+    quoted: bool = False
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What a SQL string does: ``written`` None = may write, targets unknown (``why`` says)."""
+
+    written: frozenset[Name] | None
+    functions: frozenset[str]
+    why: str = ""
+
+
+class _Unparsable(Exception):
+    pass
+
+
+# kinds: w = word, q = quoted identifier, s = string, p = punctuation, x = parameter/number
+_Tok = tuple[str, str]
+
+_WORD = re.compile(r"[A-Za-z_\u0080-\U0010ffff][\w$\u0080-\U0010ffff]*")
+_NUM = re.compile(r"\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+")
+_PARAM = re.compile(r"%\(\w+\)s|%s|\?|:\w+|\$\d+")
+_DOLLAR = re.compile(r"\$([A-Za-z_]\w*)?\$")
+
+
+def _tokens(sql: str, mysql: bool) -> list[_Tok]:
+    out: list[_Tok] = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c.isspace():
+            i += 1
+        elif sql.startswith("--", i) or (mysql and c == "#"):
+            j = sql.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif sql.startswith("/*", i):
+            if sql.startswith(("/*!", "/*M!"), i):
+                raise _Unparsable("a MySQL executable comment")
+            depth, j = 1, i + 2
+            while depth:
+                if j >= n:
+                    raise _Unparsable("an unterminated comment")
+                if sql.startswith("*/", j):
+                    depth, j = depth - 1, j + 2
+                elif not mysql and sql.startswith("/*", j):
+                    depth, j = depth + 1, j + 2
+                else:
+                    j += 1
+            i = j
+        elif c in "'\"`":
+            backslash = mysql or (
+                c == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not sql[i - 2].isalnum())
+            )
+            j = i + 1
+            buf: list[str] = []
+            while True:
+                if j >= n:
+                    raise _Unparsable("an unterminated quote")
+                ch = sql[j]
+                if backslash and ch == "\\" and c != "`":
+                    buf.append(sql[j : j + 2])
+                    j += 2
+                elif ch == c:
+                    if j + 1 < n and sql[j + 1] == c:
+                        buf.append(c)
+                        j += 2
+                    else:
+                        j += 1
+                        break
+                else:
+                    buf.append(ch)
+                    j += 1
+            if c == "'":
+                out.append(("s", ""))
+            else:
+                out.append(("q", "".join(buf)))
+            i = j
+        elif c == "$" and not mysql and (m := _DOLLAR.match(sql, i)):
+            end = sql.find(m.group(0), m.end())
+            if end < 0:
+                raise _Unparsable("an unterminated dollar quote")
+            out.append(("s", ""))
+            i = end + len(m.group(0))
+        elif (m := _PARAM.match(sql, i)) and (c != ":" or not sql.startswith("::", i)):
+            out.append(("x", m.group(0)))
+            i = m.end()
+        elif m := _WORD.match(sql, i):
+            out.append(("w", m.group(0)))
+            i = m.end()
+        elif m := _NUM.match(sql, i):
+            out.append(("x", m.group(0)))
+            i = m.end()
+        elif sql.startswith("::", i):
+            out.append(("p", "::"))
+            i += 2
+        else:
+            out.append(("p", c))
+            i += 1
+    return out
+
+
+# -- statement structure ------------------------------------------------------------------
+
+_READ_VERBS = frozenset(
+    {
+        "SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN", "DESCRIBE", "DESC", "PRAGMA",
+        "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "SET", "ANALYZE",
+        "LISTEN", "UNLISTEN", "NOTIFY", "FETCH", "CLOSE", "DECLARE", "CHECKPOINT", "DISCARD",
+        "RESET", "LOCK", "UNLOCK", "USE", "XA", "HELP",
+    }
+)  # fmt: skip
+_DML_VERBS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "REPLACE", "TRUNCATE"})
+_INSERT_MODS = frozenset(
+    {"LOW_PRIORITY", "DELAYED", "HIGH_PRIORITY", "IGNORE", "OR", "REPLACE", "ROLLBACK",
+     "ABORT", "FAIL"}
+)  # fmt: skip
+_UPDATE_MODS = frozenset(
+    {"LOW_PRIORITY", "IGNORE", "ONLY", "OR", "REPLACE", "ROLLBACK", "ABORT", "FAIL"}
+)
+_TRUNCATE_TAIL = frozenset({"RESTART", "CONTINUE", "IDENTITY", "RESTRICT"})
+_DELETE_MODS = frozenset({"LOW_PRIORITY", "QUICK", "IGNORE"})
+_JOIN_WORDS = frozenset({"JOIN", "STRAIGHT_JOIN"})
+_REGION_END = frozenset(
+    {"WHERE", "SET", "ORDER", "LIMIT", "RETURNING", "ON", "USING", "FROM", "GROUP", "HAVING",
+     "WINDOW", "UNION", "EXCEPT", "INTERSECT", "FOR", "OUTPUT"}
+)  # fmt: skip
+# a word before "(" that is not a function call
+_NOT_FUNCTIONS = frozenset(
+    {
+        "IN", "EXISTS", "ANY", "ALL", "SOME", "VALUES", "AS", "OVER", "FILTER", "WITHIN",
+        "USING", "ON", "AND", "OR", "NOT", "WHERE", "SELECT", "FROM", "JOIN", "BY", "IS",
+        "WHEN", "THEN", "ELSE", "CASE", "LATERAL", "ROW", "INTO", "TABLE", "CONFLICT", "SET",
+        "UPDATE", "DELETE", "INSERT", "WITH", "RECURSIVE", "MATERIALIZED", "UNION",
+        "EXCEPT", "INTERSECT", "HAVING", "LIKE", "ILIKE", "BETWEEN", "RETURNING", "KEY",
+        "PRIMARY", "UNIQUE", "CHECK", "REFERENCES", "INDEX", "ARRAY", "CAST", "TRY_CAST",
+        "CONVERT", "EXTRACT", "POSITION", "SUBSTRING", "TRIM", "OVERLAY", "INTERVAL", "DO",
+        "LIMIT", "OFFSET", "FETCH", "WINDOW", "PARTITION", "RANGE", "ROWS", "GROUPS", "TO",
+        "OF", "FOR", "DISTINCT", "RETURN", "OVERRIDING", "DEFAULT", "NULLS", "ORDER",
+        "GROUP", "CUBE", "ROLLUP", "GROUPING", "SETS", "MATCH", "AGAINST", "COLLATE",
+        "ESCAPE", "SIMILAR", "ISNULL", "NOTNULL", "NATURAL", "CROSS", "INNER", "LEFT",
+        "RIGHT", "FULL", "OUTER", "STRAIGHT_JOIN", "TABLESAMPLE", "REPEATABLE",
+        "ONLY", "UNNEST_ORDINALITY", "ORDINALITY", "MERGE", "MATCHED", "SOURCE", "TARGET",
+        # type names in casts
+        "VARCHAR", "CHAR", "CHARACTER", "VARYING", "NCHAR", "NVARCHAR", "NUMERIC", "DECIMAL",
+        "DEC", "FLOAT", "DOUBLE", "REAL", "PRECISION", "INT", "INTEGER", "BIGINT", "SMALLINT",
+        "TINYINT", "MEDIUMINT", "BIT", "BINARY", "VARBINARY", "TIME", "TIMESTAMP",
+        "DATETIME", "TEXT", "BLOB", "SIGNED", "UNSIGNED", "ZONE", "WITHOUT", "ENUM",
+    }
+)  # fmt: skip
+
+# functions called without parentheses
+_BARE_FUNCTIONS = frozenset(
+    {"CURRENT_TIMESTAMP", "CURRENT_DATE", "CURRENT_TIME", "LOCALTIME", "LOCALTIMESTAMP",
+     "CURRENT_USER", "SESSION_USER", "SYSTEM_USER", "CURRENT_ROLE", "UTC_TIMESTAMP",
+     "UTC_DATE", "UTC_TIME", "SYSDATE"}
+)  # fmt: skip
+
+
+def _word(tok: _Tok | None) -> str:
+    return tok[1].upper() if tok is not None and tok[0] == "w" else ""
+
+
+class _Parser:
+    def __init__(self, toks: list[_Tok]) -> None:
+        self.t = toks
+        self.written: set[Name] = set()
+        self.functions: set[str] = set()
+        self.used: set[int] = set()  # indexes of INTO words consumed by INSERT/MERGE/REPLACE
+        self.calls: dict[int, str] = {}  # index of a word followed by "(" -> function name
+        self.targets: set[int] = set()  # indexes of tokens that name a written table
+
+    def at(self, i: int) -> _Tok | None:
+        return self.t[i] if 0 <= i < len(self.t) else None
+
+    def name(self, i: int) -> tuple[Name, int] | None:
+        """Parse ``[schema.]table`` at *i*; return it and the index after it."""
+        parts: list[tuple[str, bool]] = []
+        while True:
+            tok = self.at(i)
+            if tok is None:
+                return None
+            if tok[0] == "w":
+                parts.append((tok[1], False))
+            elif tok[0] == "q":
+                parts.append((tok[1], True))
+            elif tok == ("p", "[") and self.at(i + 2) == ("p", "]"):
+                inner = self.at(i + 1)
+                if inner is None or inner[0] not in "wq":
+                    return None
+                parts.append((inner[1], True))
+                i += 2
+            else:
+                return None
+            i += 1
+            if self.at(i) != ("p", ".") or len(parts) == 3:
+                break
+            i += 1
+        if len(parts) == 3:  # database.schema.table (or catalog.schema.table)
+            parts = parts[1:]
+        quoted = any(q for _, q in parts)
+        if len(parts) == 1:
+            return Name(parts[0][0], None, quoted), i
+        return Name(parts[1][0], parts[0][0], quoted), i
+
+    def target(self, i: int, what: str) -> int:
+        got = self.name(i)
+        if got is None:
+            raise _Unparsable(f"cannot read the table {what} writes")
+        self.written.add(got[0])
+        self.targets.update(range(i, got[1]))
+        return got[1]
+
+    def region(self, i: int, stop: frozenset[str]) -> int:
+        """Collect the table names of a FROM-like list (after the start, ``,`` and JOIN)
+        until a word in *stop* at paren depth 0; return the index of that word."""
+        depth, expect = 0, True
+        while i < len(self.t):
+            tok = self.t[i]
+            w = _word(tok)
+            if depth == 0 and w in stop:
+                return i
+            if tok == ("p", "("):
+                depth += 1
+                expect = False
+            elif tok == ("p", ")"):
+                depth -= 1
+            elif depth == 0 and (tok == ("p", ",") or w in _JOIN_WORDS):
+                expect = True
+            elif depth == 0 and expect and w not in ("ONLY", "LATERAL"):
+                got = self.name(i)
+                if got is not None:
+                    self.written.add(got[0])
+                    self.targets.update(range(i, got[1]))
+                    i = got[1]
+                    expect = False
+                    continue
+                expect = False
+            i += 1
+        return i
+
+    def run(self) -> None:
+        t = self.t
+        for i, tok in enumerate(t):
+            w = _word(tok)
+            prev = _word(self.at(i - 1))
+            nxt = self.at(i + 1)
+            if nxt == ("p", "(") and (tok[0] == "q" or (w and w not in _NOT_FUNCTIONS)):
+                if prev != "AS" and not self._cte_columns(i + 1):
+                    fname = tok[1] if tok[0] == "q" else tok[1].lower()
+                    if self.at(i - 1) == ("p", ".") and _word(self.at(i - 2)):
+                        fname = f"{t[i - 2][1].lower()}.{fname}"
+                    self.calls[i] = fname
+            elif w in _BARE_FUNCTIONS:
+                self.calls[i] = w.lower()
+            if w not in _DML_VERBS:
+                continue
+            if self.at(i - 1) == ("p", "."):
+                continue  # a qualified name (schema.update)
+            if w in ("INSERT", "REPLACE"):
+                if nxt == ("p", "(") or prev == "OR":
+                    continue  # INSERT()/REPLACE() string functions, INSERT OR REPLACE
+                if w == "REPLACE" and prev in ("OR", "CREATE"):
+                    continue
+                j = i + 1
+                while _word(self.at(j)) in _INSERT_MODS:
+                    j += 1
+                if _word(self.at(j)) == "INTO":
+                    self.used.add(j)
+                    j += 1
+                if prev == "THEN" or _word(self.at(j)) in ("VALUES", "DEFAULT", "ROW", "SELECT"):
+                    continue  # MERGE … THEN INSERT: the MERGE target is recorded
+                if self.at(j) == ("p", "("):
+                    continue
+                self.target(j, w)
+            elif w == "UPDATE":
+                if prev in ("FOR", "KEY", "DO", "THEN", "ON", "SHARE"):
+                    continue  # FOR UPDATE, ON DUPLICATE KEY UPDATE, DO UPDATE, THEN UPDATE
+                j = i + 1
+                while _word(self.at(j)) in _UPDATE_MODS:
+                    j += 1
+                if _word(self.at(j)) == "SET":
+                    raise _Unparsable("UPDATE without a table")
+                before = len(self.written)
+                self.region(j, frozenset({"SET"}))
+                if len(self.written) == before:
+                    raise _Unparsable("cannot read the tables UPDATE writes")
+            elif w == "DELETE":
+                if prev in ("ON", "THEN"):
+                    continue  # ON DELETE CASCADE, MERGE … THEN DELETE
+                j = i + 1
+                while _word(self.at(j)) in _DELETE_MODS:
+                    j += 1
+                before = len(self.written)
+                if _word(self.at(j)) == "FROM":
+                    k = self.region(j + 1, _REGION_END)
+                    if _word(self.at(k)) == "USING":
+                        self.region(k + 1, _REGION_END - {"USING", "FROM", "ON"} | {"WHERE"})
+                else:  # DELETE t1[, t2] FROM refs (MySQL multi-table; t1 may be an alias)
+                    k = self.region(j, frozenset({"FROM"}))
+                    if _word(self.at(k)) != "FROM":
+                        raise _Unparsable("cannot read the tables DELETE writes")
+                    self.region(k + 1, _REGION_END - {"FROM", "ON"} | {"WHERE"})
+                if len(self.written) == before:
+                    raise _Unparsable("cannot read the table DELETE writes")
+            elif w == "MERGE":
+                j = i + 1
+                if _word(self.at(j)) == "INTO":
+                    self.used.add(j)
+                    j += 1
+                self.target(j, w)
+            elif w == "TRUNCATE":
+                if nxt == ("p", "("):
+                    continue  # the TRUNCATE() numeric function
+                if any(_word(x) == "CASCADE" for x in t[i:]):
+                    raise _Unparsable("TRUNCATE … CASCADE")
+                j = i + 1
+                if _word(self.at(j)) == "TABLE":
+                    j += 1
+                while True:
+                    if _word(self.at(j)) == "ONLY":
+                        j += 1
+                    j = self.target(j, w)
+                    if self.at(j) == ("p", "*"):
+                        j += 1
+                    if self.at(j) != ("p", ","):
+                        break
+                    j += 1
+                if any(_word(x) not in _TRUNCATE_TAIL for x in t[j:]):
+                    raise _Unparsable("TRUNCATE with options this scanner does not know")
+        self.functions.update(f for i, f in self.calls.items() if i not in self.targets)
+        for i, tok in enumerate(t):
+            if _word(tok) == "INTO" and i not in self.used:
+                raise _Unparsable("SELECT … INTO or another INTO this scanner does not know")
+
+    def _cte_columns(self, i: int) -> bool:
+        """``name (a, b) AS (`` — a CTE's column list, not a call."""
+        depth = 0
+        for j in range(i, len(self.t)):
+            if self.t[j] == ("p", "("):
+                depth += 1
+            elif self.t[j] == ("p", ")"):
+                depth -= 1
+                if depth == 0:
+                    after = _word(self.at(j + 1))
+                    return after == "AS" and (
+                        self.at(j + 2) == ("p", "(")
+                        or _word(self.at(j + 2)) in ("MATERIALIZED", "NOT")
+                    )
+        return False
+
+
+def _statements(toks: list[_Tok]) -> list[list[_Tok]]:
+    out: list[list[_Tok]] = [[]]
+    for tok in toks:
+        if tok == ("p", ";"):
+            out.append([])
+        else:
+            out[-1].append(tok)
+    return [s for s in out if s]
+
+
+def _scan_tokens(toks: list[_Tok], fragment: bool) -> Scan:
+    written: set[Name] = set()
+    functions: set[str] = set()
+    for stmt in _statements(toks) if not fragment else [toks]:
+        if not fragment:
+            first = _word(stmt[0]) if stmt[0][0] == "w" else ""
+            if first not in _READ_VERBS and first not in _DML_VERBS:
+                return Scan(None, frozenset(), f"a {first or stmt[0][1]!r} statement")
+        p = _Parser(stmt)
+        try:
+            p.run()
+        except _Unparsable as exc:
+            return Scan(None, frozenset(p.functions), str(exc))
+        written |= p.written
+        functions |= p.functions
+    return Scan(frozenset(written), frozenset(functions))
+
+
+def _scan(sql: str, fragment: bool) -> Scan:
+    readings = [False]
+    if "\\" in sql or "#" in sql:
+        readings.append(True)
+    results: list[Scan] = []
+    for mysql in readings:
+        try:
+            toks = _tokens(sql, mysql)
+        except _Unparsable as exc:
+            results.append(Scan(None, frozenset(), str(exc)))
+            continue
+        results.append(_scan_tokens(toks, fragment))
+    functions = frozenset().union(*(r.functions for r in results))
+    for r in results:
+        if r.written is None:
+            return Scan(None, functions, r.why)
+    written: frozenset[Name] = frozenset().union(*(r.written or () for r in results))
+    return Scan(written, functions)
+
+
+def scan_sql(sql: str) -> Scan:
+    """Scan one or more complete SQL statements."""
+    return _scan(sql, fragment=False)
+
+
+def scan_fragment(sql: str) -> Scan:
+    """Scan a piece of SQL embedded in a larger statement (a ``text()`` column or clause)."""
+    return _scan(sql, fragment=True)
