@@ -894,15 +894,20 @@ def _pg_counts(conn: Connection, flush: bool = False) -> dict[tuple[str, str, bo
 
 
 def _pg_note_write(st: SessionCache, conn: Connection, written: Iterable[str]) -> None:
-    """Before a write on a PostgreSQL connection: at the transaction's first, record the
-    counters it starts from (nothing to ask when the last check left them flushed); when a
-    written table has triggers, rules or cascading foreign keys, recheck right after the
-    statement, so the transaction's own reads see what they changed too."""
+    """Before a write on a PostgreSQL connection to a table with triggers, rules or
+    cascading foreign keys: at the transaction's first such write, record the counters it
+    starts from (nothing to ask when the last check left them flushed), and recheck right
+    after the statement, so the transaction's own reads see what they changed too. Writes
+    to other tables change only the tables their SQL names, which are tracked already."""
+    if not routines.pg_side_effects(conn.engine, conn.connection.dbapi_connection, written):
+        # the SQL names every table this statement changes: nothing to count (and no cost
+        # on the commit path), but the connection's counters are no longer flushed
+        conn.connection.info.pop(_PG_CLEAN, None)
+        return
     if id(conn) not in st.pg_base:
         clean = conn.connection.info.pop(_PG_CLEAN, False)
         st.pg_base[id(conn)] = {} if clean else _pg_counts(conn)
-    if routines.pg_side_effects(conn.engine, conn.connection.dbapi_connection, written):
-        conn.__dict__["_yc_pg_recheck"] = st
+    conn.__dict__["_yc_pg_recheck"] = st
 
 
 def _pg_changed(st: SessionCache, conn: Connection, flush: bool = False) -> set[str]:
