@@ -618,3 +618,29 @@ def test_engine_identity() -> None:
     assert engine_identity(create_engine(url, creator=lambda: None)).startswith(
         engine_identity(create_engine(url)).rsplit("|", 1)[0] + "|local:"
     )
+
+
+def test_qualified_raw_write_invalidates_schema_mapped_reads(
+    tenant_db: Tenants, cache: YokedCache
+) -> None:
+    """A raw ``UPDATE <tenant schema>.items`` (a console, a migration script spelled with the
+    schema) invalidates what was read through a schema map or search_path."""
+    base = tenant_db.engine()
+    eng_a = base.execution_options(schema_translate_map={None: tenant_db.a})
+    read_in(sessions(eng_a, cache))
+    assert read_in(sessions(eng_a, cache)) == (ROWS["a"], 0)
+    with sessions(base, cache)() as s:
+        s.execute(
+            text(f"UPDATE {tenant_db.a}.{Item.__tablename__} SET label = 'a-9' WHERE label = 'a-1'")
+        )
+        s.commit()
+    try:
+        out, n = read_in(sessions(eng_a, cache))
+        assert (out, n > 0) == (["a-9"], True)
+    finally:
+        with base.begin() as conn:
+            conn.execute(
+                text(
+                    f"UPDATE {tenant_db.a}.{Item.__tablename__} SET label = 'a-1' WHERE label = 'a-9'"
+                )
+            )
