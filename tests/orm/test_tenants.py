@@ -639,8 +639,28 @@ def test_qualified_raw_write_invalidates_schema_mapped_reads(
         assert (out, n > 0) == (["a-9"], True)
     finally:
         with base.begin() as conn:
-            conn.execute(
-                text(
-                    f"UPDATE {tenant_db.a}.{Item.__tablename__} SET label = 'a-1' WHERE label = 'a-9'"
-                )
-            )
+            conn.execute(text(f"UPDATE {tenant_db.a}.{Item.__tablename__} SET label = 'a-1'"))
+
+
+def test_in_memory_sqlite_engines_never_share_entries(cache: YokedCache) -> None:
+    """Two ``create_engine("sqlite://")`` are two databases: the same URL is not the same data.
+    An option engine shares its parent's pool, hence its database and entries."""
+    engines = [create_engine("sqlite://") for _ in range(2)]
+    try:
+        for i, eng in enumerate(engines):
+            TBase.metadata.create_all(eng)
+            with eng.begin() as conn:
+                conn.execute(Item.__table__.insert(), [{"id": 1, "label": f"db{i}"}])
+        assert read_in(sessions(engines[0], cache)) == (["db0"], 1)
+        assert read_in(sessions(engines[0], cache)) == (["db0"], 0)
+        assert read_in(sessions(engines[1], cache)) == (["db1"], 1)
+        option = engines[0].execution_options(stream_results=False)
+        assert read_in(sessions(option, cache)) == (["db0"], 0)
+    finally:
+        for eng in engines:
+            eng.dispose()
+
+
+def test_engine_identity_survives_odd_options() -> None:
+    eng = create_engine("sqlite://").execution_options(schema_translate_map=object())
+    assert engine_identity(eng).startswith("sqlite|")

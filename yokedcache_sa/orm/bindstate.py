@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 import weakref
+from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 from sqlalchemy.engine import Connection, Engine
@@ -84,14 +85,42 @@ def _schema_map(options: Any) -> str | None:
     stm = options.get("schema_translate_map")
     if not stm:
         return None
+    if not isinstance(stm, Mapping):
+        return _local_id_of(stm)  # not a mapping SQLAlchemy could apply: never shared
     return repr(sorted(stm.items(), key=lambda kv: str(kv[0])))
+
+
+def _local_id_of(obj: Any) -> str:
+    try:
+        return _local_id(obj)
+    except TypeError:  # not weak-referenceable
+        return f"local:{_PROCESS}:{id(obj)}"
+
+
+def _private_database(engine: Engine) -> bool:
+    """Whether the URL names a database private to the engine's pool (SQLite in memory):
+    two engines with the same such URL hold different data."""
+    if engine.dialect.name != "sqlite":
+        return False
+    db = engine.url.database
+    query = {k.lower(): str(v).lower() for k, v in engine.url.query.items()}
+    return (
+        not db
+        or db == ":memory:"
+        or query.get("mode") == "memory"
+        or (db.startswith("file:") and ":memory:" in db)
+    )
 
 
 def engine_identity(engine: Engine) -> str:
     """Everything about *engine* that can change the rows a statement returns."""
     url = engine.url.render_as_string(hide_password=True)
     stm = _schema_map(engine.get_execution_options())
-    return f"{engine.dialect.name}|{url}|{stm}|{_creator_identity(engine)}"
+    ident = f"{engine.dialect.name}|{url}|{stm}|{_creator_identity(engine)}"
+    if _private_database(engine):
+        # the pool holds the database (option engines share their parent's pool)
+        ident += "|" + _local_id_of(engine.pool)
+    return ident
 
 
 def connection_variant(conn: Connection) -> str | None:
