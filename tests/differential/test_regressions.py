@@ -1,0 +1,148 @@
+"""Divergences the differential tester found, shrunk to plain tests.
+
+Each is a strict xfail naming its class: it fails today and flips to XPASS (a failure) once the
+cache is fixed, so the fixer removes the mark and puts the construct back into the random
+programs (see ``KNOWN_BUGS`` in conftest.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tests.differential import ops
+from tests.differential.conftest import Pair, Side
+from tests.differential.schema import Models, reseed
+from yokedcache_sa import YokedCache
+from yokedcache_sa.orm import CachingSession
+
+
+def _sessions(pair: Pair, cache: YokedCache) -> tuple[Callable[[], Session], Callable[[], Session]]:
+    for side in (pair.plain, pair.cached):
+        reseed(side.engine, side.models)
+    cache.clear_sync()
+    plain = sessionmaker(pair.plain.engine)
+    cached = sessionmaker(pair.cached.engine, class_=CachingSession, cache=cache)
+    return plain, cached
+
+
+def _both(
+    pair: Pair, cache: YokedCache, program: Callable[[Models, Callable[[], Session]], Any]
+) -> tuple[Any, Any]:
+    """Run *program* on each side (it opens sessions with the factory it is given); return
+    the normal forms of what it returned, plain first."""
+    out = []
+    for side, factory in zip((pair.plain, pair.cached), _sessions(pair, cache), strict=True):
+        out.append(_run(side, factory, program))
+    return out[0], out[1]
+
+
+def _run(side: Side, factory: Callable[[], Session], program: Any) -> Any:
+    try:
+        return ("ok", ops.norm(program(side.models, factory)))
+    except Exception as exc:
+        return ("raise", type(exc).__name__)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="loader fidelity: joined-inheritance subclass columns loaded on access read None "
+    "on objects built from the cache",
+)
+def test_subclass_columns_loaded_on_access(lazy_subclass_pair: Pair, cache: YokedCache) -> None:
+    # Employee query of a Manager row without polymorphic_load="inline": SQLAlchemy loads
+    # `budget` with a second SELECT when it is first read; the cached object returns None.
+    def program(m: Models, session: Callable[[], Session]) -> Any:
+        with session() as s:
+            return s.get(m.Employee, 2).budget
+
+    plain, cached = _both(lazy_subclass_pair, cache, program)
+    assert plain == ("ok", ("int", 100))
+    assert cached == plain
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="transaction state: after a failed flush a cache hit is served where a plain "
+    "Session raises PendingRollbackError",
+)
+def test_read_after_failed_flush(pair: Pair, cache: YokedCache) -> None:
+    def program(m: Models, session: Callable[[], Session]) -> Any:
+        with session() as s:
+            s.get(m.User, 1)  # stored in the cache
+            s.add(m.Address(id=1, user_id=1, email="dup@x"))  # id 1 exists
+            with pytest.raises(IntegrityError):
+                s.flush()
+            return s.get(m.User, 1)
+
+    plain, cached = _both(pair, cache, program)
+    assert plain == ("raise", "PendingRollbackError")
+    assert cached == plain
+
+
+def test_snapshot_begun_by_a_hit(pair: Pair, cache: YokedCache, request: Any) -> None:
+    # Under REPEATABLE READ / SERIALIZABLE (MariaDB, SQLite) a transaction's snapshot starts
+    # at its first read. When that read is a cache hit, no statement starts the snapshot, and
+    # a later miss reads newer data than the plain Session's snapshot shows.
+    if pair.db != "postgresql":  # READ COMMITTED: both sides see the commit
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="snapshot isolation: a transaction whose first read was a hit sees "
+                "rows committed after that read",
+            )
+        )
+
+    def program(m: Models, session: Callable[[], Session]) -> Any:
+        with session() as writer, session() as reader:
+            ops.addresses_per_user(m, writer)  # a miss: stored
+            ops.addresses_per_user(m, reader)  # a hit on the cached side: no snapshot yet
+            ops.text_insert_address(m, writer, 4, 1)
+            writer.commit()
+            return ops.addresses_per_user(m, reader)
+
+    plain, cached = _both(pair, cache, program)
+    assert cached == plain
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="tables read: Query.count() over a many-to-many join misses the association "
+    "table, so its cached count outlives writes to it",
+)
+def test_count_over_secondary_join(pair: Pair, cache: YokedCache) -> None:
+    def program(m: Models, session: Callable[[], Session]) -> Any:
+        with session() as s:
+            before = ops.query_count_groups(m, s, 1)  # alice is in group 1
+            ops.toggle_group(m, s, 1, 1)  # takes her out (writes user_groups only)
+            s.commit()
+        with session() as s:
+            return before, ops.query_count_groups(m, s, 1)
+
+    plain, cached = _both(pair, cache, program)
+    assert plain == ("ok", ("tuple", (("int", 1), ("int", 0))))
+    assert cached == plain
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="loader options: an object built from the cache forgets the selectinload it was "
+    "loaded with; refreshed after commit, it no longer eager-loads",
+)
+def test_refresh_keeps_eager_loader(pair: Pair, cache: YokedCache) -> None:
+    def program(m: Models, session: Callable[[], Session]) -> Any:
+        with session() as s:
+            held = ops.selectin_users(m, s, 1)
+            s.commit()  # expires alice; the next access refreshes her
+            alice = s.get(m.User, 1)
+            assert alice is held[0]
+            return sorted(sa_inspect(alice).unloaded)
+
+    plain, cached = _both(pair, cache, program)
+    assert plain == ("ok", ("list", ()))
+    assert cached == plain
