@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, exists, func, insert, or_, select, text, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Row
-from sqlalchemy.orm import Session, joinedload, selectinload
+from sqlalchemy.orm import Session, joinedload, raiseload, selectinload
 
 from tests.differential.schema import Models
 from yokedcache_sa import FromCache
@@ -351,3 +351,21 @@ def delete_employee(m: Models, s: Session, eid: int) -> Any:
     s.delete(e)
     s.flush()
     return True
+
+
+def stmt_params(m: Models, s: Session, lo: int) -> Any:
+    U = m.User
+    stmt = select(U).where(U.age > bindparam("lo")).params(lo=lo).order_by(U.id)
+    return s.scalars(stmt).all()
+
+
+def raiseload_addresses(m: Models, s: Session, uid: int) -> Any:
+    U = m.User
+    u = s.scalars(select(U).options(raiseload(U.addresses)).where(U.id == uid)).first()
+    return None if u is None else (u, list(u.addresses))
+
+
+def selectin_filtered(m: Models, s: Session, suffix: str) -> Any:
+    U, A = m.User, m.Address
+    opt = selectinload(U.addresses.and_(A.email.like("%" + suffix)))
+    return s.scalars(select(U).options(opt).order_by(U.id)).all()

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import event, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker, with_loader_criteria
 
 from tests.differential import ops
 from tests.differential.conftest import Pair, Side
@@ -145,4 +146,59 @@ def test_refresh_keeps_eager_loader(pair: Pair, cache: YokedCache) -> None:
 
     plain, cached = _both(pair, cache, program)
     assert plain == ("ok", ("list", ()))
+    assert cached == plain
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cache key: values given with Executable.params() are not in the key; another "
+    "value is served the first value's rows",
+)
+def test_statement_params(pair: Pair, cache: YokedCache) -> None:
+    def program(m: Models, session: Callable[[], Session]) -> Any:
+        with session() as s:
+            ops.stmt_params(m, s, 26)  # alice (30), dave (41); stored
+        with session() as s:
+            return [u.id for u in ops.stmt_params(m, s, 35)]
+
+    plain, cached = _both(pair, cache, program)
+    assert plain == ("ok", ("list", (("int", 4),)))
+    assert cached == plain
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="loader options: raiseload is lost on objects built from the cache; the "
+    "relationship loads instead of raising",
+)
+def test_raiseload_kept(pair: Pair, cache: YokedCache) -> None:
+    def program(m: Models, session: Callable[[], Session]) -> Any:
+        with session() as s:
+            return ops.raiseload_addresses(m, s, 1)
+
+    plain, cached = _both(pair, cache, program)
+    assert plain == ("raise", "InvalidRequestError")
+    assert cached == plain
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="events: a statement changed by the user's do_orm_execute listener is run "
+    "unchanged on the miss path",
+)
+def test_do_orm_execute_listener_applies(pair: Pair, cache: YokedCache) -> None:
+    def program(m: Models, session: Callable[[], Session]) -> Any:
+        A = m.Address
+        with session() as s:
+
+            @event.listens_for(s, "do_orm_execute")
+            def _only_x(ox: ORMExecuteState) -> None:
+                if ox.is_select:
+                    crit = with_loader_criteria(A, A.email.like("%x"))
+                    ox.statement = ox.statement.options(crit)
+
+            return [a.id for a in s.scalars(select(A).order_by(A.id))]
+
+    plain, cached = _both(pair, cache, program)
+    assert plain == ("ok", ("list", (("int", 1), ("int", 3))))
     assert cached == plain

@@ -290,6 +290,24 @@ class DifferentialMachine(RuleBasedStateMachine):
     def query_params(self, slot: int, lo: int) -> None:
         self.read(slot, ops.query_params, lo)
 
+    # Known bug (test_statement_params): Executable.params() values are not in the cache
+    # key; left out unless YOKEDCACHE_DIFF_KNOWN_BUGS is set.
+    @precondition(lambda _self: KNOWN_BUGS)
+    @rule(slot=slots, lo=ages)
+    def stmt_params(self, slot: int, lo: int) -> None:
+        self.read(slot, ops.stmt_params, lo)
+
+    # Known bug (test_raiseload_kept): objects built from the cache lose raiseload; left out
+    # unless YOKEDCACHE_DIFF_KNOWN_BUGS is set.
+    @precondition(lambda _self: KNOWN_BUGS)
+    @rule(slot=slots, uid=user_ids)
+    def raiseload_addresses(self, slot: int, uid: int) -> None:
+        self.read(slot, ops.raiseload_addresses, uid)
+
+    @rule(slot=slots, suffix=suffixes)
+    def selectin_filtered(self, slot: int, suffix: str) -> None:
+        self.read(slot, ops.selectin_filtered, suffix, fresh=not KNOWN_BUGS)  # as selectin_users
+
     @rule(slot=slots, hi=user_ids)
     def text_rows(self, slot: int, hi: int) -> None:
         self.read(slot, ops.text_rows, hi)
@@ -479,7 +497,7 @@ class DifferentialMachine(RuleBasedStateMachine):
 def _settings(long: bool) -> settings:
     factor = 10 if long else 1
     return settings(
-        max_examples=24 * factor,
+        max_examples=32 * factor,
         stateful_step_count=30 * (2 if long else 1),
         deadline=None,
         derandomize=not long,
