@@ -186,7 +186,9 @@ def text_entities(m: Models, s: Session, hi: int) -> Any:
 def aggregates(m: Models, s: Session) -> Any:
     U = m.User
     return s.execute(
-        select(func.count(U.id), func.sum(U.age), func.max(U.age), func.min(U.name))
+        select(
+            func.count(U.id), func.sum(U.age), func.avg(U.age), func.max(U.age), func.min(U.name)
+        )
     ).one()
 
 
@@ -369,3 +371,45 @@ def selectin_filtered(m: Models, s: Session, suffix: str) -> Any:
     U, A = m.User, m.Address
     opt = selectinload(U.addresses.and_(A.email.like("%" + suffix)))
     return s.scalars(select(U).options(opt).order_by(U.id)).all()
+
+
+def user_mappings(m: Models, s: Session, lo: int) -> Any:
+    U = m.User
+    stmt = select(U.id, U.name.label("who")).where(U.age >= lo).order_by(U.id)
+    return [sorted(r.items()) for r in s.execute(stmt).mappings()]
+
+
+def populate_existing(m: Models, s: Session, uid: int) -> Any:
+    stmt = select(m.User).where(m.User.id == uid).execution_options(populate_existing=True)
+    return s.scalars(stmt).first()
+
+
+def refresh_user(m: Models, s: Session, uid: int) -> Any:
+    u = s.get(m.User, uid)
+    if u is not None:
+        s.refresh(u)
+    return u
+
+
+def merge_user(m: Models, s: Session, uid: int, name: str) -> Any:
+    return s.merge(m.User(id=uid, name=name, age=None))
+
+
+def items(m: Models, s: Session) -> Any:
+    return s.scalars(select(m.Item).order_by(m.Item.id)).all()
+
+
+def item_columns(m: Models, s: Session) -> Any:
+    It = m.Item
+    cols = (It.made, It.day, It.flag, It.ratio, It.data, It.uid)
+    return s.execute(select(*cols).order_by(It.id)).all()
+
+
+def set_item(m: Models, s: Session, iid: int, ratio: float | None, flag: bool | None) -> Any:
+    item = s.get(m.Item, iid)
+    if item is None:
+        return None
+    item.ratio, item.flag = ratio, flag
+    item.data = {"ratio": ratio, "flag": flag}
+    s.flush()
+    return True

@@ -8,11 +8,28 @@ return is the cache's doing.
 
 from __future__ import annotations
 
-import uuid
+import datetime as dt
+import uuid as uuid_mod
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Engine, ForeignKey, Integer, MetaData, String, Table, event, insert
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Uuid,
+    event,
+    insert,
+)
 from sqlalchemy.orm import DeclarativeBase, mapped_column, relationship
 
 
@@ -27,6 +44,7 @@ class Models:
     Group: Any
     Employee: Any
     Manager: Any
+    Item: Any
     user_groups: Table
 
     def table(self, logical: str) -> str:
@@ -101,7 +119,19 @@ def build(prefix: str, inline_subclass: bool = True) -> Models:
         budget = mapped_column(Integer, nullable=False)
         __mapper_args__ = {"polymorphic_identity": "manager", **poly_load}
 
-    return Models(p, Base.metadata, User, Address, Group, Employee, Manager, user_groups)
+    class Item(Base):
+        """Column types whose Python values a cache must give back exactly."""
+
+        __tablename__ = p + "items"
+        id = mapped_column(Integer, primary_key=True, autoincrement=False)
+        made = mapped_column(DateTime, nullable=True)
+        day = mapped_column(Date, nullable=True)
+        flag = mapped_column(Boolean, nullable=True)
+        ratio = mapped_column(Float, nullable=True)
+        data = mapped_column(JSON, nullable=True)
+        uid = mapped_column(Uuid, nullable=True)
+
+    return Models(p, Base.metadata, User, Address, Group, Employee, Manager, Item, user_groups)
 
 
 def seed_rows(m: Models) -> list[tuple[Any, list[dict[str, Any]]]]:
@@ -141,6 +171,29 @@ def seed_rows(m: Models) -> list[tuple[Any, list[dict[str, Any]]]]:
             ],
         ),
         (m.Manager.__table__, [{"id": 2, "budget": 100}, {"id": 3, "budget": 50}]),
+        (
+            m.Item.__table__,
+            [
+                {
+                    "id": 1,
+                    "made": dt.datetime(2024, 1, 2, 3, 4, 5),
+                    "day": dt.date(2024, 2, 29),
+                    "flag": True,
+                    "ratio": 0.25,
+                    "data": {"a": [1, 2], "b": None, "c": "é"},
+                    "uid": uuid_mod.UUID("1b4e28ba-2fa1-41d2-883f-0016d3cca427"),
+                },
+                {
+                    "id": 2,
+                    "made": None,
+                    "day": None,
+                    "flag": False,
+                    "ratio": None,
+                    "data": [1, "two", 3.5],
+                    "uid": None,
+                },
+            ],
+        ),
     ]
 
 
@@ -175,4 +228,4 @@ def sqlite_engine_setup(engine: Engine) -> None:
 
 
 def unique_prefix(kind: str) -> str:
-    return f"yd{kind}{uuid.uuid4().hex[:6]}_"
+    return f"yd{kind}{uuid_mod.uuid4().hex[:6]}_"

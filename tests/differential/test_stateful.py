@@ -308,6 +308,26 @@ class DifferentialMachine(RuleBasedStateMachine):
     def selectin_filtered(self, slot: int, suffix: str) -> None:
         self.read(slot, ops.selectin_filtered, suffix, fresh=not KNOWN_BUGS)  # as selectin_users
 
+    @rule(slot=slots, lo=ages)
+    def user_mappings(self, slot: int, lo: int) -> None:
+        self.read(slot, ops.user_mappings, lo)
+
+    @rule(slot=slots, uid=user_ids)
+    def populate_existing(self, slot: int, uid: int) -> None:
+        self.read(slot, ops.populate_existing, uid)
+
+    @rule(slot=slots, uid=user_ids)
+    def refresh_user(self, slot: int, uid: int) -> None:
+        self.read(slot, ops.refresh_user, uid)
+
+    @rule(slot=slots)
+    def items(self, slot: int) -> None:
+        self.read(slot, ops.items)
+
+    @rule(slot=slots)
+    def item_columns(self, slot: int) -> None:
+        self.read(slot, ops.item_columns)
+
     @rule(slot=slots, hi=user_ids)
     def text_rows(self, slot: int, hi: int) -> None:
         self.read(slot, ops.text_rows, hi)
