@@ -1,7 +1,8 @@
 """Differential-tester fixtures: two copies of one schema on each database, one cache per test.
 
-``--diff-long`` (or ``YOKEDCACHE_DIFF_LONG=1``) multiplies the examples and steps for local bug
-hunting; the default is sized for CI (the whole suite in well under a minute on 2 cores).
+``--diff-long`` (given with a path under ``tests/differential``, where this conftest is loaded
+before options are parsed) or ``YOKEDCACHE_DIFF_LONG=1`` (anywhere) multiplies the examples
+and steps for local bug hunting; the default is sized for CI (well under a minute on 2 cores).
 """
 
 from __future__ import annotations
