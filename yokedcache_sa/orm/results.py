@@ -2,8 +2,9 @@
 
 A cached result is ``[rows, objects]``: rows hold scalars and references into ``objects``;
 each object is ``[class name, primary key, identity token, {column: value},
-{relationship: ref | [refs] | None}]`` — the column values as the database returned them and
-the relationships that the query itself loaded eagerly. Live ORM objects are never pickled.
+{relationship: ref | [refs] | None}, [attributes left to load on access]]`` — the column
+values as the database returned them and the relationships that the query itself loaded
+eagerly. Live ORM objects are never pickled.
 """
 
 from __future__ import annotations
@@ -100,7 +101,10 @@ class _Freezer:
             raise NotCacheable("an object without identity")
         idx = len(self.objects)
         self.memo[oid] = idx
-        record: list[Any] = [_name(mapper), list(state.key[1]), state.key[2], {}, {}]
+        record: list[Any] = [_name(mapper), list(state.key[1]), state.key[2], {}, {}, []]
+        if state.expired_attributes:
+            # e.g. subclass columns of a polymorphic load: SQLAlchemy loads them on access
+            record[5] = sorted(state.expired_attributes)
         self.objects.append(record)
         self.mappers[record[0]] = mapper
         dict_ = state.dict
@@ -282,7 +286,8 @@ def thaw_rows(
     imap = session.identity_map
     built: list[Any] = [None] * len(objects)
     fresh: list[bool] = [False] * len(objects)
-    for i, (name, pk, token, cols, _rels) in enumerate(objects):
+    for i, record in enumerate(objects):
+        name, pk, token, cols = record[0], record[1], record[2], record[3]
         mapper = mappers.get(name)
         if mapper is None:
             raise NotCacheable(f"unknown class {name}")
@@ -295,6 +300,8 @@ def thaw_rows(
             state.key = key
             state.identity_token = token
             state.session_id = session.hash_key
+            if len(record) > 5 and record[5]:
+                state.expired_attributes.update(record[5])
             imap._add_unpresent(state, key)
             fresh[i] = True
         else:

@@ -523,6 +523,13 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
 
 def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
     session = ox.session
+    tx = session.get_transaction()
+    if tx is not None and not tx.is_active:
+        return None  # e.g. after a failed flush: SQLAlchemy raises PendingRollbackError
+    for ref in st.conns:
+        conn = ref()
+        if conn is not None and "_yc_failed" in conn.__dict__:
+            return None  # a statement failed in this transaction: let the database answer
     hint = hint_from(ox.user_defined_options, ox.execution_options)
     if not _cacheable(ox, st, hint):
         return None
@@ -933,6 +940,8 @@ def _add_pg_modified(st: SessionCache) -> None:
         conn = ref()
         if conn is None or id(conn) not in st.pg_base or conn.closed:
             continue
+        if "_yc_failed" in conn.__dict__:
+            continue  # aborted: PostgreSQL turns the COMMIT into a ROLLBACK, nothing to count
         if not conn.in_transaction():
             continue
         flush = (conn.dialect.server_version_info or (0,)) >= (15,)
@@ -1202,6 +1211,7 @@ def _on_begin(conn: Connection) -> None:
     conn.__dict__["_yc_begun_at"] = next(_begin_counter)
     conn.__dict__.pop("_yc_dirty", None)
     conn.__dict__.pop("_yc_ran", None)
+    conn.__dict__.pop("_yc_failed", None)
 
 
 def _may_write(conn: Connection, context: Any, statement: str) -> bool:
@@ -1225,6 +1235,7 @@ def _on_commit(conn: Connection) -> None:
     conn.__dict__.pop("_yc_dirty", None)
     conn.__dict__.pop("_yc_tainted", None)
     conn.__dict__.pop("_yc_ran", None)
+    conn.__dict__.pop("_yc_failed", None)
     st: SessionCache | None = conn.__dict__.get("_yc_state")
     if st is not None:
         # Normally before_commit took the marks; this covers commits that bypass the
@@ -1241,6 +1252,20 @@ def _on_rollback(conn: Connection) -> None:
     conn.__dict__.pop("_yc_dirty", None)
     conn.__dict__.pop("_yc_tainted", None)
     conn.__dict__.pop("_yc_ran", None)
+    conn.__dict__.pop("_yc_failed", None)
+
+
+def _on_error(context: Any) -> None:
+    """A statement failed: the database may have aborted the transaction (PostgreSQL refuses
+    every later statement until ROLLBACK), so nothing is served from the cache on this
+    connection until the transaction or the savepoint is rolled back."""
+    conn = getattr(context, "connection", None)
+    if conn is not None:
+        conn.__dict__["_yc_failed"] = True
+
+
+def _on_rollback_savepoint(conn: Connection, name: str, context: Any) -> None:
+    conn.__dict__.pop("_yc_failed", None)
 
 
 _installed = False
@@ -1257,6 +1282,8 @@ def _install_engine_listeners() -> None:
         event.listen(Engine, "begin", _on_begin)
         event.listen(Engine, "commit", _on_commit)
         event.listen(Engine, "rollback", _on_rollback)
+        event.listen(Engine, "rollback_savepoint", _on_rollback_savepoint)
+        event.listen(Engine, "handle_error", _on_error)
         _installed = True
 
 
