@@ -1,0 +1,208 @@
+"""The memory backend across processes of one host: the version record is shared.
+
+Real processes (``fork`` and ``spawn``), no Redis. The "database" is a shared array of
+counters; a writer follows the ORM's protocol (begin_write → COMMIT → end_write), then
+publishes the value its ``commit()`` returned. A read is *stale* when it returns a value older
+than what had been published before the read began.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import random
+import signal
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from yokedcache_sa import CacheConfig, YokedCache
+from yokedcache_sa.backends import memory
+from yokedcache_sa.backends.memory import MemoryBackend
+from yokedcache_sa.backends.shared import shared_path
+from yokedcache_sa.cache import MISSING
+
+KEYS = 4
+PROCS = 3
+OPS = 600
+
+pytestmark = pytest.mark.slow
+
+
+def _cache(prefix: str, **kw: Any) -> YokedCache:
+    return YokedCache(CacheConfig(key_prefix=prefix, default_ttl=None, **kw))
+
+
+def _worker(prefix: str, me: int, db: Any, published: Any, lock: Any, start: Any, out: Any) -> None:
+    """Write now and then, read the rest of the time; report (reads, stale, hits)."""
+    cache = _cache(prefix)
+    start.wait(60)  # spawned processes start slowly: make them overlap
+    rng = random.Random(me)
+    reads = stale = hits = 0
+    for n in range(OPS):
+        k = rng.randrange(KEYS)
+        tag = f"row:{k}"
+        if rng.random() < 0.15:
+            writer = f"w{me}-{n}"
+            cache.begin_write_sync([tag], writer)
+            with lock:  # the database COMMIT
+                db[k] += 1
+                value = db[k]
+            cache.end_write_sync([tag], writer)
+            with lock:  # commit() has returned
+                published[k] = max(published[k], value)
+            continue
+        floor = published[k]
+        look = cache.lookup_sync(f"k{k}")
+        reads += 1
+        if look.value is MISSING:
+            value = db[k]  # the query, after the lookup observed the snapshot
+            if look.snapshot is not None:
+                cache.store_sync(f"k{k}", value, tags=[tag], snapshot=look.snapshot)
+        else:
+            hits += 1
+            value = look.value
+        stale += value < floor
+    cache.disconnect_sync()
+    out.put((reads, stale, hits))
+
+
+def _run(method: str, prefix: str, delete_file: bool = False) -> tuple[int, int, int]:
+    ctx: Any = mp.get_context(method)
+    db = ctx.Array("q", KEYS, lock=False)
+    published = ctx.Array("q", KEYS, lock=False)
+    lock = ctx.Lock()
+    start = ctx.Barrier(PROCS)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker, args=(prefix, i, db, published, lock, start, out))
+        for i in range(PROCS)
+    ]
+    for p in procs:
+        p.start()
+    deleted = 0
+    path = shared_path(prefix)
+    while delete_file and any(p.is_alive() for p in procs):
+        time.sleep(0.03)
+        try:
+            os.unlink(path)
+            deleted += 1
+        except FileNotFoundError:
+            pass
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    if delete_file:
+        assert deleted >= 2, "the run ended before the file could be deleted"
+    reads, stale, hits = (sum(r[i] for r in results) for i in range(3))
+    print(f"{method}: {reads} reads, {stale} stale, hit rate {hits / reads:.1%}")
+    return reads, stale, hits
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_commit_in_one_process_invalidates_every_other(method: str) -> None:
+    prefix = "t" + uuid.uuid4().hex[:12]
+    reads, stale, hits = _run(method, prefix)
+    assert reads >= 1000
+    assert stale == 0
+    assert hits > 0
+
+
+def test_file_deleted_mid_run_gives_a_new_epoch_not_stale_reads() -> None:
+    prefix = "t" + uuid.uuid4().hex[:12]
+    reads, stale, hits = _run("fork", prefix, delete_file=True)
+    assert reads >= 1000
+    assert stale == 0
+    assert hits > 0
+
+
+def _hold_mark(prefix: str, ready: Any) -> None:
+    cache = _cache(prefix, write_lease=1.0)
+    cache.begin_write_sync(["row:0"], "doomed")
+    ready.set()
+    time.sleep(60)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_killed_writer_blocks_until_its_mark_expires(method: str) -> None:
+    prefix = "t" + uuid.uuid4().hex[:12]
+    cache = _cache(prefix)
+    assert cache.set_sync("k0", "old", tags=["row:0"])
+    ctx: Any = mp.get_context(method)
+    ready = ctx.Event()
+    proc = ctx.Process(target=_hold_mark, args=(prefix, ready))
+    proc.start()
+    try:
+        assert ready.wait(30)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(10)
+        marked_at = time.monotonic()
+        assert cache.get_sync("k0") is None, "served while another process writes the row"
+        assert not cache.set_sync("k1", "x", tags=["row:0"]), "stored while being written"
+        assert cache.set_sync("k2", "x", tags=["row:1"]), "an unrelated tag is not blocked"
+        while time.monotonic() - marked_at < 5 and cache.get_sync("k0") is None:
+            time.sleep(0.05)
+        # nothing was committed: once the lease is over the entry is current again
+        assert cache.get_sync("k0") == "old"
+        assert cache.set_sync("k1", "x", tags=["row:0"])
+        assert time.monotonic() - marked_at < 5
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        cache.clear_sync()
+        cache.disconnect_sync()
+
+
+def test_clear_and_invalidation_reach_other_caches_of_the_prefix() -> None:
+    prefix = "t" + uuid.uuid4().hex[:12]
+    a, b = _cache(prefix), _cache(prefix)
+    try:
+        assert a.set_sync("k", 1, tags=["row:0"])
+        assert a.get_sync("k") == 1
+        b.invalidate_tags_sync(["row:0"])
+        assert a.get_sync("k") is None
+        assert a.set_sync("k", 2, tags=["row:0"])
+        b.clear_sync()
+        assert a.get_sync("k") is None
+        assert a.set_sync("k", 3, tags=["row:0"])
+        pid = os.fork()
+        if pid == 0:  # a forked child (gunicorn --preload) writes through its inherited cache
+            try:
+                a.invalidate_all_sync()
+            finally:
+                os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert a.get_sync("k") is None
+    finally:
+        a.disconnect_sync()
+        b.disconnect_sync()
+
+
+def test_unusable_directory_warns_once_and_falls_back(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setattr(memory, "_warned", False)
+    missing = str(tmp_path / "no" / "such" / "dir")
+    with caplog.at_level(logging.WARNING, logger="yokedcache_sa"):
+        first = MemoryBackend(shared_prefix="x", shared_dir=missing)
+        second = MemoryBackend(shared_prefix="y", shared_dir=missing)
+    assert not first.shared and not second.shared
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "stale across processes" in warnings[0].getMessage()
+    c = YokedCache(CacheConfig(), backend=first)
+    assert c.set_sync("k", 1) and c.get_sync("k") == 1
+
+
+def test_sharing_is_the_default_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    prefix = "t" + uuid.uuid4().hex[:12]
+    on = _cache(prefix)
+    assert isinstance(on.backend, MemoryBackend) and on.backend.shared
+    monkeypatch.setenv("YOKEDCACHE_MEMORY_SHARED", "false")
+    off = _cache(prefix)
+    assert isinstance(off.backend, MemoryBackend) and not off.backend.shared
+    on.disconnect_sync()
