@@ -22,7 +22,7 @@ import pytest
 from yokedcache_sa import CacheConfig, YokedCache
 from yokedcache_sa.backends import memory
 from yokedcache_sa.backends.memory import MemoryBackend
-from yokedcache_sa.backends.shared import shared_path
+from yokedcache_sa.backends.shared import WINDOW, attach, shared_path
 from yokedcache_sa.cache import MISSING
 
 KEYS = 4
@@ -206,3 +206,84 @@ def test_sharing_is_the_default_and_can_be_turned_off(monkeypatch: pytest.Monkey
     off = _cache(prefix)
     assert isinstance(off.backend, MemoryBackend) and not off.backend.shared
     on.disconnect_sync()
+
+
+MANY = tuple(range(300))  # a long read: a writer often lands in the middle of it
+
+
+def _bump_forever(prefix: str, started: Any) -> None:
+    record = attach(prefix)
+    started.set()
+    n = 0
+    while True:
+        record.end_write(MANY, f"w{n}")
+        n += 1
+
+
+def test_lock_free_reads_never_see_a_half_written_update() -> None:
+    # end_write moves seq and then the versions: a read that mixed two updates would report a
+    # version above the sequence it read.
+    prefix = "t" + uuid.uuid4().hex[:12]
+    record = attach(prefix)
+    ctx: Any = mp.get_context("fork")
+    started = ctx.Event()
+    proc = ctx.Process(target=_bump_forever, args=(prefix, started))
+    proc.start()
+    try:
+        assert started.wait(30)
+        torn = 0
+        first = record.read(())[1]
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            _epoch, seq, top, _mark = record.read(MANY)
+            torn += top > seq
+        assert seq - first > 100, "the writer did not run alongside the reads"
+        assert torn == 0
+    finally:
+        proc.kill()
+        proc.join(10)
+        record.close()
+
+
+def _die_inside_update(prefix: str) -> None:
+    record = attach(prefix)
+    with record._writing():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_writer_killed_inside_an_update_moves_to_a_new_epoch() -> None:
+    prefix = "t" + uuid.uuid4().hex[:12]
+    cache = _cache(prefix)
+    assert cache.set_sync("k", 1, tags=["row:0"])
+    ctx: Any = mp.get_context("spawn")
+    proc = ctx.Process(target=_die_inside_update, args=(prefix,))
+    proc.start()
+    proc.join(30)
+    assert proc.exitcode == -signal.SIGKILL
+    # the record may be half written: nothing recorded under it is served, nothing hangs
+    assert cache.get_sync("k") is None
+    assert cache.set_sync("k", 2, tags=["row:0"])
+    assert cache.get_sync("k") == 2
+    cache.invalidate_tags_sync(["row:0"])
+    assert cache.get_sync("k") is None
+    cache.disconnect_sync()
+
+
+def test_many_writers_on_one_tag_each_keep_it_marked_until_the_last_ends() -> None:
+    # more writers than a slot's window of mark records: the rest go elsewhere in the table
+    record = attach("t" + uuid.uuid4().hex[:12])
+    try:
+        writers = [f"w{i}" for i in range(WINDOW + 8)]
+        for w in writers:
+            record.begin_write((7,), w, 60.0, False)
+        record.begin_write((8,), "other", 60.0, False)
+        for w in writers[:-1]:
+            record.end_write((7,), w)
+            assert record.read((7,))[3] > time.time(), f"unmarked while {writers[-1]} writes"
+        record.end_write((7,), writers[-1])
+        assert record.read((7,))[3] == 0.0
+        assert record.read((8,))[3] > time.time()
+        record.release((8,), "other")
+        assert record.read((8,))[3] == 0.0
+    finally:
+        record.close()

@@ -10,9 +10,14 @@ Layout (native byte order, every field 8 bytes and 8-byte aligned)::
     versions u64[SLOTS]   slot version = max over the tags hashed there (seq of last bump)
     markmax  f64[SLOTS]   latest expiry (wall clock) of the live marks on the slot
     overflow f64[SLOTS]   expiry of marks that found no free record (table full)
-    mslot    u64[MARKS]   slot + 1 of a mark record (0 = free)
-    mwriter  u64[MARKS]   hash of the writer id
+    far      u64[SLOTS]   mark records of the slot placed outside its window
+    mkey     u64[MARKS]   mark record: writer hash << 14 | slot + 1 (0 = free)
     mexp     f64[MARKS]   expiry of the record
+
+A slot's mark records go in a window of ``WINDOW`` records at a home derived from the slot
+(slots share windows), so placing, finding and summarising them reads one short window; only
+when a window is full does a record go elsewhere in the table (counted in ``far``, and then
+the whole table is searched for that slot).
 
 Tags hash into slots: two tags in one slot share a version, so a collision only makes entries
 stale too early, never too late. Updates run under an exclusive ``flock`` and inside a
@@ -57,10 +62,13 @@ _HEADER = 8 * (_H_PIDS + _PIDS)
 _VER = _HEADER
 _MMAX = _VER + 8 * SLOTS
 _OFLOW = _MMAX + 8 * SLOTS
-_MSLOT = _OFLOW + 8 * SLOTS
-_MWRITER = _MSLOT + 8 * MARKS
-_MEXP = _MWRITER + 8 * MARKS
+_FAR = _OFLOW + 8 * SLOTS
+_MKEY = _FAR + 8 * SLOTS
+_MEXP = _MKEY + 8 * MARKS
 SIZE = _MEXP + 8 * MARKS
+_SLOT_BITS = 14
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
+WINDOW = 32
 _SPINS = 64
 
 
@@ -73,7 +81,11 @@ def slot_of(tag: str) -> int:
 
 def _writer_hash(writer: str) -> int:
     digest = hashlib.blake2b(writer.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") | 1
+    return int.from_bytes(digest, "little") >> _SLOT_BITS << _SLOT_BITS
+
+
+def _home(slot: int) -> int:
+    return slot * (MARKS - WINDOW) // SLOTS
 
 
 def _new_epoch() -> int:
@@ -98,7 +110,7 @@ def shared_path(prefix: str, directory: str | None = None) -> str:
 class _Mapping:
     """One open file and its typed views; replaced as a whole when the file changes."""
 
-    __slots__ = ("fd", "hdr", "ino", "mexp", "mm", "mmax", "mslot", "mwriter", "oflow", "ver")
+    __slots__ = ("far", "fd", "hdr", "ino", "mexp", "mkey", "mm", "mmax", "oflow", "ver")
 
     def __init__(self, fd: int, ino: tuple[int, int]) -> None:
         self.fd = fd
@@ -108,9 +120,9 @@ class _Mapping:
         self.hdr = mv[:_HEADER].cast("Q")
         self.ver = mv[_VER:_MMAX].cast("Q")
         self.mmax = mv[_MMAX:_OFLOW].cast("d")
-        self.oflow = mv[_OFLOW:_MSLOT].cast("d")
-        self.mslot = mv[_MSLOT:_MWRITER].cast("Q")
-        self.mwriter = mv[_MWRITER:_MEXP].cast("Q")
+        self.oflow = mv[_OFLOW:_FAR].cast("d")
+        self.far = mv[_FAR:_MKEY].cast("Q")
+        self.mkey = mv[_MKEY:_MEXP].cast("Q")
         self.mexp = mv[_MEXP:SIZE].cast("d")
 
     def close(self) -> None:
@@ -369,35 +381,68 @@ class SharedVersions:
             m.ver[s] = seq
         return seq
 
-    def _records(self, m: _Mapping, slot: int) -> list[int]:
-        key = slot + 1
-        owned = m.mslot.tolist()
-        found: list[int] = []
-        i = -1
-        while True:
-            try:
-                i = owned.index(key, i + 1)
-            except ValueError:
-                return found
-            found.append(i)
+    def _free(self, m: _Mapping, i: int, key: int) -> None:
+        m.mkey[i] = 0
+        m.mexp[i] = 0.0
+        slot = (key & _SLOT_MASK) - 1
+        home = _home(slot)
+        if not home <= i < home + WINDOW:
+            m.far[slot] -= 1
 
-    def _free_record(self, m: _Mapping, now: float) -> int:
-        try:
-            return int(m.mslot.tolist().index(0))
-        except ValueError:
-            pass
-        exp = m.mexp.tolist()
-        for i, e in enumerate(exp):
-            if e <= now:
-                return i
+    def _find(self, m: _Mapping, slot: int, key: int) -> int:
+        """Index of the record *key* of *slot*, or -1."""
+        home = _home(slot)
+        window = m.mkey[home : home + WINDOW].tolist()
+        if key in window:
+            return home + window.index(key)
+        if m.far[slot]:
+            keys = m.mkey.tolist()
+            if key in keys:
+                return keys.index(key)
         return -1
 
+    def _place(self, m: _Mapping, slot: int, key: int, now: float) -> int:
+        """Index of a free record for *slot* (freeing expired ones), or -1 if none."""
+        home = _home(slot)
+        keys = m.mkey[home : home + WINDOW].tolist()
+        exps = m.mexp[home : home + WINDOW].tolist()
+        for j, k in enumerate(keys):
+            if k and exps[j] <= now:  # a dead writer's record
+                self._free(m, home + j, k)
+                keys[j] = 0
+        if 0 in keys:
+            i = home + keys.index(0)
+        else:
+            everything = m.mkey.tolist()
+            if 0 not in everything:
+                everything = self._purge(m, now)
+            if 0 not in everything:
+                return -1
+            i = everything.index(0)
+            m.far[slot] += 1
+        m.mkey[i] = key
+        return i
+
+    def _purge(self, m: _Mapping, now: float) -> list[int]:
+        """Free every expired record; return the keys left."""
+        exps = m.mexp.tolist()
+        keys = m.mkey.tolist()
+        for i, k in enumerate(keys):
+            if k and exps[i] <= now:
+                self._free(m, i, k)
+                keys[i] = 0
+        return keys
+
     def _summarize(self, m: _Mapping, slot: int, now: float) -> None:
+        """Set the slot's ``markmax`` to the latest live expiry among its records."""
+        tag = slot + 1
+        home = _home(slot)
+        lo, hi = (0, MARKS) if m.far[slot] else (home, home + WINDOW)
+        exps = m.mexp[lo:hi].tolist()
         top = 0.0
-        for i in self._records(m, slot):
-            e = m.mexp[i]
-            if e > now and e > top:
-                top = e
+        for j, k in enumerate(m.mkey[lo:hi].tolist()):
+            if k & _SLOT_MASK == tag and exps[j] > now and exps[j] > top:
+                top = exps[j]
         over = m.oflow[slot]
         if over > now and over > top:
             top = over
@@ -412,32 +457,27 @@ class SharedVersions:
             if bump:
                 self._bump(m, slots)
             for s in set(slots):
-                mine = [i for i in self._records(m, s) if m.mwriter[i] == w]
-                if mine:
-                    i = mine[0]
-                else:
-                    i = self._free_record(m, now)
-                    if i < 0:
-                        # Table full: a mark no release can drop early, only its expiry.
-                        m.oflow[s] = max(m.oflow[s], exp)
-                        m.mmax[s] = max(m.mmax[s], exp)
-                        continue
-                    m.mslot[i] = s + 1
-                    m.mwriter[i] = w
+                key = w | (s + 1)
+                i = self._find(m, s, key)
+                if i < 0:
+                    i = self._place(m, s, key, now)
+                if i < 0:
+                    # Table full of live marks: one that no release drops, only its expiry.
+                    m.oflow[s] = max(m.oflow[s], exp)
+                    m.mmax[s] = max(m.mmax[s], exp)
+                    continue
                 m.mexp[i] = exp
                 if exp > m.mmax[s]:
                     m.mmax[s] = exp
 
     def _release(self, m: _Mapping, slots: Sequence[int], w: int, now: float) -> None:
         for s in set(slots):
-            records = self._records(m, s)
-            mine = [i for i in records if m.mwriter[i] == w]
-            if not mine and m.mmax[s] == 0.0:
+            key = w | (s + 1)
+            i = self._find(m, s, key)
+            if i >= 0:
+                self._free(m, i, key)
+            elif m.mmax[s] == 0.0:
                 continue
-            for i in mine:
-                m.mslot[i] = 0
-                m.mwriter[i] = 0
-                m.mexp[i] = 0.0
             self._summarize(m, s, now)
 
     def end_write(self, slots: Sequence[int], writer: str) -> int:
