@@ -6,7 +6,7 @@ prefix maps, so a commit in one worker makes the others' entries stale before it
 
 Layout (native byte order, every field 8 bytes and 8-byte aligned)::
 
-    header   magic, layout, gen, epoch, seq, created_ns, retired, 9 attached pids
+    header   magic, layout, gen, epoch, seq, created_ns, retired, 64 attached pids
     versions u64[SLOTS]   slot version = max over the tags hashed there (seq of last bump)
     markmax  f64[SLOTS]   latest expiry (wall clock) of the live marks on the slot
     overflow f64[SLOTS]   expiry of marks that found no free record (table full)
@@ -34,6 +34,7 @@ its first write completes, so no one still reads an older file when that write r
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import mmap
@@ -57,7 +58,7 @@ _MAGIC = 0x31_52_45_56_44_4B_59  # "YKDVER1" read little-endian
 _LAYOUT = (SLOTS << 32) | MARKS
 _H_MAGIC, _H_LAYOUT, _H_GEN, _H_EPOCH, _H_SEQ, _H_CREATED, _H_RETIRED = range(7)
 _H_PIDS = 7
-_PIDS = 9
+_PIDS = 64
 _HEADER = 8 * (_H_PIDS + _PIDS)
 _VER = _HEADER
 _MMAX = _VER + 8 * SLOTS
@@ -183,6 +184,7 @@ class SharedVersions:
         self._epoch: tuple[int, str] = (0, "")
         self._next_check = time.monotonic() + RECHECK
         self._users = 0
+        self._detached = False
         _live.add(self)
 
     # -- opening -------------------------------------------------------------------------
@@ -238,6 +240,7 @@ class SharedVersions:
         raise OSError(f"could not open a stable version file at {self.path}")
 
     def _attach(self, m: _Mapping) -> None:
+        self._detached = False
         pid = os.getpid()
         fcntl.flock(m.fd, fcntl.LOCK_EX)
         try:
@@ -510,7 +513,13 @@ class SharedVersions:
                 return
             if _attached.get(self.path) is self:
                 del _attached[self.path]
+        self._detach()
+
+    def _detach(self) -> None:
         with self._lock:
+            if self._detached:
+                return
+            self._detached = True
             m = self._map
             pid = os.getpid()
             others = False
@@ -530,7 +539,16 @@ class SharedVersions:
                     os.unlink(self.path)
             finally:
                 fcntl.flock(m.fd, fcntl.LOCK_UN)
-            _live.discard(self)
+
+
+@atexit.register
+def _detach_all() -> None:
+    """At exit, leave every file; the last process of a file deletes it."""
+    for record in list(_live):
+        try:
+            record._detach()
+        except OSError:
+            pass
 
 
 def _alive(pid: int) -> bool:
