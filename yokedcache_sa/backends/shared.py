@@ -35,10 +35,10 @@ its first write completes, so no one still reads an older file when that write r
 from __future__ import annotations
 
 import atexit
-import fcntl
 import hashlib
 import mmap
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -46,6 +46,9 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
+
+if sys.platform != "win32":
+    import fcntl
 
 __all__ = ["SLOTS", "SharedVersions", "attach", "shared_path", "slot_of"]
 
@@ -145,6 +148,8 @@ def attach(prefix: str, directory: str | None = None) -> SharedVersions:
     Raises:
         OSError: the file cannot be created or opened.
     """
+    if sys.platform == "win32":
+        raise OSError("no flock on Windows; the version record stays process-local")
     path = shared_path(prefix, directory)
     with _attached_lock:
         record = _attached.get(path)
