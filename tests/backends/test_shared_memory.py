@@ -36,24 +36,38 @@ def _cache(prefix: str, **kw: Any) -> YokedCache:
     return YokedCache(CacheConfig(key_prefix=prefix, default_ttl=None, **kw))
 
 
-def _worker(prefix: str, me: int, db: Any, published: Any, lock: Any, start: Any, out: Any) -> None:
+def _write(cache: YokedCache, k: int, writer: str, db: Any, published: Any, lock: Any) -> None:
+    tag = f"row:{k}"
+    cache.begin_write_sync([tag], writer)
+    with lock:  # the database COMMIT
+        db[k] += 1
+        value = db[k]
+    cache.end_write_sync([tag], writer)
+    with lock:  # commit() has returned
+        published[k] = max(published[k], value)
+
+
+def _late_writer(prefix: str, db: Any, published: Any, lock: Any) -> None:
+    """A process started after the file was deleted: it opens a new one and writes there."""
+    cache = _cache(prefix)
+    for k in range(KEYS):
+        _write(cache, k, f"late{os.getpid()}-{k}", db, published, lock)
+    cache.disconnect_sync()
+
+
+def _worker(
+    prefix: str, me: int, ops: int, db: Any, published: Any, lock: Any, start: Any, out: Any
+) -> None:
     """Write now and then, read the rest of the time; report (reads, stale, hits)."""
     cache = _cache(prefix)
     start.wait(60)  # spawned processes start slowly: make them overlap
     rng = random.Random(me)
     reads = stale = hits = 0
-    for n in range(OPS):
+    for n in range(ops):
         k = rng.randrange(KEYS)
         tag = f"row:{k}"
         if rng.random() < 0.15:
-            writer = f"w{me}-{n}"
-            cache.begin_write_sync([tag], writer)
-            with lock:  # the database COMMIT
-                db[k] += 1
-                value = db[k]
-            cache.end_write_sync([tag], writer)
-            with lock:  # commit() has returned
-                published[k] = max(published[k], value)
+            _write(cache, k, f"w{me}-{n}", db, published, lock)
             continue
         floor = published[k]
         look = cache.lookup_sync(f"k{k}")
@@ -70,7 +84,9 @@ def _worker(prefix: str, me: int, db: Any, published: Any, lock: Any, start: Any
     out.put((reads, stale, hits))
 
 
-def _run(method: str, prefix: str, delete_file: bool = False) -> tuple[int, int, int]:
+def _run(
+    method: str, prefix: str, delete_file: bool = False, ops: int = OPS
+) -> tuple[int, int, int]:
     ctx: Any = mp.get_context(method)
     db = ctx.Array("q", KEYS, lock=False)
     published = ctx.Array("q", KEYS, lock=False)
@@ -78,7 +94,7 @@ def _run(method: str, prefix: str, delete_file: bool = False) -> tuple[int, int,
     start = ctx.Barrier(PROCS)
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(prefix, i, db, published, lock, start, out))
+        ctx.Process(target=_worker, args=(prefix, i, ops, db, published, lock, start, out))
         for i in range(PROCS)
     ]
     for p in procs:
@@ -86,18 +102,22 @@ def _run(method: str, prefix: str, delete_file: bool = False) -> tuple[int, int,
     deleted = 0
     path = shared_path(prefix)
     while delete_file and any(p.is_alive() for p in procs):
-        time.sleep(0.03)
+        time.sleep(0.02)
         try:
             os.unlink(path)
             deleted += 1
         except FileNotFoundError:
             pass
+        late = ctx.Process(target=_late_writer, args=(prefix, db, published, lock))
+        late.start()
+        late.join(30)
+        assert late.exitcode == 0
     results = [out.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(30)
         assert p.exitcode == 0
     if delete_file:
-        assert deleted >= 2, "the run ended before the file could be deleted"
+        assert deleted >= 2, "the run ended before the file could be deleted twice"
     reads, stale, hits = (sum(r[i] for r in results) for i in range(3))
     print(f"{method}: {reads} reads, {stale} stale, hit rate {hits / reads:.1%}")
     return reads, stale, hits
@@ -114,7 +134,7 @@ def test_commit_in_one_process_invalidates_every_other(method: str) -> None:
 
 def test_file_deleted_mid_run_gives_a_new_epoch_not_stale_reads() -> None:
     prefix = "t" + uuid.uuid4().hex[:12]
-    reads, stale, hits = _run("fork", prefix, delete_file=True)
+    reads, stale, hits = _run("fork", prefix, delete_file=True, ops=3 * OPS)
     assert reads >= 1000
     assert stale == 0
     assert hits > 0
@@ -287,3 +307,39 @@ def test_many_writers_on_one_tag_each_keep_it_marked_until_the_last_ends() -> No
         assert record.read((8,))[3] == 0.0
     finally:
         record.close()
+
+
+def _attach_and_exit(prefix: str, directory: str, hold: Any) -> None:
+    attach(prefix, directory)
+    if hold is not None:
+        time.sleep(60)
+    os._exit(0)  # like SIGKILL: no exit handlers, the file stays
+
+
+def test_files_left_by_dead_processes_are_swept(tmp_path: Any) -> None:
+    d = str(tmp_path)
+    ctx: Any = mp.get_context("fork")
+    dead = ctx.Process(target=_attach_and_exit, args=("gone", d, None))
+    dead.start()
+    dead.join(30)
+    alive = ctx.Process(target=_attach_and_exit, args=("kept", d, True))
+    alive.start()
+    try:
+        gone, kept = shared_path("gone", d), shared_path("kept", d)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(kept):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # let it register
+        assert os.path.exists(gone)
+        an_hour_ago = time.time() - 3600
+        for path in (gone, kept):
+            os.utime(path, (an_hour_ago, an_hour_ago))
+        fresh = MemoryBackend(shared_prefix="fresh", shared_dir=d)
+        assert fresh.shared
+        assert not os.path.exists(gone), "a file no live process uses is left behind"
+        assert os.path.exists(kept), "a file in use was deleted"
+        fresh.close()
+    finally:
+        alive.kill()
+        alive.join(10)

@@ -195,6 +195,7 @@ class SharedVersions:
     # -- opening -------------------------------------------------------------------------
 
     def _create(self, replace: bool) -> None:
+        _sweep(os.path.dirname(self.path))
         tmp = f"{self.path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
@@ -338,7 +339,8 @@ class SharedVersions:
         if epoch != known[0]:
             if hdr[_H_RETIRED]:
                 self._recheck()
-                return self.read(slots)
+                if self._hot[0] is not hdr:  # reopened: read the new file
+                    return self.read(slots)
             return self._epoch_str(epoch), seq, top, mark
         return known[1], seq, top, mark
 
@@ -541,7 +543,10 @@ class SharedVersions:
                         hdr[i] = 0
                 if not others and self._current():
                     # Deleting a file in use is safe (see the module docstring), only slower.
-                    os.unlink(self.path)
+                    try:
+                        os.unlink(self.path)
+                    except FileNotFoundError:
+                        pass
             finally:
                 fcntl.flock(m.fd, fcntl.LOCK_UN)
 
@@ -552,6 +557,51 @@ def _detach_all() -> None:
     for record in list(_live):
         try:
             record._detach()
+        except OSError:
+            pass
+
+
+_swept: set[str] = set()
+
+
+def _sweep(directory: str) -> None:
+    """Delete this user's version files that no live process uses (once per directory).
+
+    Files of processes killed with SIGKILL are left behind; with a fresh prefix per test or
+    per deployment they would pile up. A file is deleted only when every process recorded
+    in it is dead and it was last modified over a minute ago (so none is being created);
+    deleting a file in use would be safe anyway, only slower.
+    """
+    if directory in _swept:
+        return
+    _swept.add(directory)
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    suffix = f"-{uid}.ver"
+    old = time.time() - 60
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith("yokedcache-v1-")]
+    except OSError:
+        return
+    for name in names:
+        if not name.endswith(suffix):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if os.stat(path).st_mtime > old:
+                continue
+            with open(path, "rb") as f:
+                raw = f.read(_HEADER)
+        except OSError:
+            continue
+        if len(raw) < _HEADER:
+            continue
+        words = memoryview(raw).cast("Q")
+        if words[_H_MAGIC] != _MAGIC:
+            continue
+        if any(p and _alive(p) for p in words[_H_PIDS : _H_PIDS + _PIDS]):
+            continue
+        try:
+            os.unlink(path)
         except OSError:
             pass
 
