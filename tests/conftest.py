@@ -26,6 +26,11 @@ MARIADB_URL = os.environ.get(
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# The memory backend shares its version record with every process of the host that uses the
+# same key prefix: caches built with the default prefix get one private to this test run, so
+# that concurrent runs (and a demo app) on one host never invalidate each other's entries.
+os.environ.setdefault("YOKEDCACHE_KEY_PREFIX", "t" + uuid.uuid4().hex[:12])
+
 
 def _port_open(url: str, default_port: int) -> bool:
     from urllib.parse import urlsplit

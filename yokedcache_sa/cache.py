@@ -275,7 +275,11 @@ class YokedCache:
     def _build_backend(self) -> Backend:
         cfg = self.config
         if cfg.redis_url is None:
-            return MemoryBackend(max_entries=cfg.memory_max_entries, max_bytes=cfg.memory_max_bytes)
+            return MemoryBackend(
+                max_entries=cfg.memory_max_entries,
+                max_bytes=cfg.memory_max_bytes,
+                shared_prefix=cfg.key_prefix if cfg.memory_shared else None,
+            )
         from .backends.redis import RedisBackend
 
         return RedisBackend(

@@ -56,6 +56,11 @@ class CacheConfig(BaseSettings):
     """When set, entries are HMAC-signed and unsigned or forged entries are ignored."""
     memory_max_entries: int = Field(default=10_000, ge=1)
     memory_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    memory_shared: bool = True
+    """Memory backend: share the version record (not the entries) with every process of this
+    host using the same ``key_prefix``, through a file in ``/dev/shm`` (else the temp dir), so
+    a commit in one worker process invalidates the others' entries. False: process-local.
+    Added in 0.x."""
     write_lease: float = Field(default=60.0, gt=0, le=3600)
     """Seconds a writer's "being written" mark survives if the writer dies before releasing it."""
     strict_invalidation: bool = False

@@ -1,23 +1,63 @@
-"""In-process backend: bounded (entries and bytes, LRU), TTL, thread-safe, zero services."""
+"""In-process backend: bounded (entries and bytes, LRU), TTL, thread-safe, zero services.
+
+Entries always live in the process. The version record (epoch, write sequence, tag versions,
+write marks) is either process-local or, with *shared_prefix*, mapped from a file shared by
+every process of the host using that prefix (:mod:`.shared`), so that a commit in one worker
+process makes the other workers' entries stale. Compute locks stay process-local.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from ..errors import BackendUnavailable
 from ..tags import Snapshot
 from .base import Fetched, StoreOutcome
+from .shared import SharedVersions, attach, shared_dir, slot_of
 
 __all__ = ["MemoryBackend"]
 
 _INF = float("inf")
+log = logging.getLogger("yokedcache_sa")
+_warned = False
 
 
 def _new_epoch() -> str:
     return os.urandom(8).hex()
+
+
+def _slots(tags: Sequence[str]) -> tuple[int, ...]:
+    return tuple(sorted({slot_of(t) for t in tags}))
+
+
+def _open_shared(prefix: str, directory: str | None) -> SharedVersions | None:
+    global _warned
+    try:
+        return attach(prefix, directory)
+    except OSError as exc:
+        if not _warned:
+            _warned = True
+            log.warning(
+                "yokedcache_sa: memory backend could not share its version record (%s); "
+                "falling back to a process-local record: with several worker processes and no "
+                "Redis, entries may be stale across processes. Make %s writable, run one "
+                "process, or set YOKEDCACHE_REDIS_URL.",
+                exc,
+                directory if directory is not None else shared_dir(),
+            )
+        return None
+
+
+def _unavailable(exc: OSError) -> BackendUnavailable:
+    return BackendUnavailable(
+        f"memory backend: the shared version file failed ({exc}); check that its directory "
+        "is writable and not full, or set YOKEDCACHE_MEMORY_SHARED=false for one process"
+    )
 
 
 class MemoryBackend:
@@ -26,7 +66,14 @@ class MemoryBackend:
     Args:
         max_entries: entries kept at most; the least recently used go first.
         max_bytes: payload bytes kept at most.
-        clock: monotonic clock (injectable for tests).
+        clock: monotonic clock for TTLs (injectable for tests; also times the marks of a
+            process-local record; a shared record uses the wall clock).
+        shared_prefix: share the version record with every process of this host that uses
+            the same prefix (a file in ``/dev/shm``, else the temp dir). None: process-local.
+            If the file cannot be used, one warning is logged and the record is local.
+        shared_dir: directory of the shared file (default: see above).
+
+    Added in 0.x: *shared_prefix*, *shared_dir*.
     """
 
     name = "memory"
@@ -39,21 +86,32 @@ class MemoryBackend:
         max_entries: int = 10_000,
         max_bytes: int = 64 * 1024 * 1024,
         clock: object = None,
+        shared_prefix: str | None = None,
+        shared_dir: str | None = None,
     ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._clock = clock if callable(clock) else time.monotonic
         self._lock = threading.Lock()
-        # key -> (tags, payload, expires_at, epoch, seq)
-        self._entries: OrderedDict[str, tuple[tuple[str, ...], bytes, float, str, int]] = (
-            OrderedDict()
-        )
+        # key -> (tags, payload, expires_at, epoch, seq, slots of the tags when shared)
+        self._entries: OrderedDict[
+            str, tuple[tuple[str, ...], bytes, float, str, int, tuple[int, ...]]
+        ] = OrderedDict()
         self._bytes = 0
         self._epoch = _new_epoch()
         self._seq = 0
         self._versions: dict[str, int] = {}
         self._marks: dict[str, dict[str, float]] = {}
         self._locks: dict[str, tuple[str, float]] = {}
+        self._closed = False
+        self._shared = (
+            _open_shared(shared_prefix, shared_dir) if shared_prefix is not None else None
+        )
+
+    @property
+    def shared(self) -> bool:
+        """Whether the version record is shared with the other processes of the host."""
+        return self._shared is not None
 
     # -- internals (called with the lock held) -------------------------------------------
 
@@ -86,6 +144,7 @@ class MemoryBackend:
 
     def fetch(self, key: str, lock_token: str | None = None, lock_ttl: float = 0.0) -> Fetched:
         now = self._clock()
+        shared = self._shared
         with self._lock:
             item = self._entries.get(key)
             if item is not None and item[2] <= now:
@@ -93,14 +152,29 @@ class MemoryBackend:
                 item = None
             if item is None:
                 lock = self._take(key, lock_token, lock_ttl, now) if lock_token else 0
-                return Fetched(None, Snapshot(self._epoch, self._seq), (), lock)
-            tags, payload, _expires, epoch, seq = item
+                if shared is None:
+                    return Fetched(None, Snapshot(self._epoch, self._seq), (), lock)
+                cur, seq, _top, _mark = self._read(shared, ())
+                return Fetched(None, Snapshot(cur, seq), (), lock)
+            tags, payload, _expires, epoch, seq, slots = item
             self._entries.move_to_end(key)
-            top, marked = self._state(tags, now)
+            if shared is None:
+                cur, now_seq = self._epoch, self._seq
+                top, marked = self._state(tags, now)
+            else:
+                cur, now_seq, top, mark = self._read(shared, slots)
+                marked = mark > 0.0 and mark > time.time()
             lock = 0
-            if lock_token and (marked or epoch != self._epoch or top > seq):
+            if lock_token and (marked or epoch != cur or top > seq):
                 lock = self._take(key, lock_token, lock_ttl, now)
-            return Fetched(payload, Snapshot(self._epoch, self._seq, top, marked), tags, lock)
+            return Fetched(payload, Snapshot(cur, now_seq, top, marked), tags, lock)
+
+    @staticmethod
+    def _read(shared: SharedVersions, slots: Sequence[int]) -> tuple[str, int, int, float]:
+        try:
+            return shared.read(slots)
+        except OSError as exc:
+            raise _unavailable(exc) from exc
 
     def _take(self, name: str, token: str, ttl: float, now: float) -> int:
         held = self._locks.get(name)
@@ -110,6 +184,9 @@ class MemoryBackend:
         return 1
 
     def observe(self) -> Snapshot:
+        if self._shared is not None:
+            epoch, seq, _top, _mark = self._read(self._shared, ())
+            return Snapshot(epoch, seq)
         with self._lock:
             return Snapshot(self._epoch, self._seq)
 
@@ -129,9 +206,18 @@ class MemoryBackend:
                 held = self._locks.get(key)
                 if held is not None and held[0] == lock_token:
                     del self._locks[key]
-            if epoch != self._epoch:
-                return StoreOutcome.STALE
-            top, marked = self._state(tags, now)
+            shared = self._shared
+            if shared is None:
+                slots: tuple[int, ...] = ()
+                if epoch != self._epoch:
+                    return StoreOutcome.STALE
+                top, marked = self._state(tags, now)
+            else:
+                slots = _slots(tags)
+                cur, _seq, top, mark = self._read(shared, slots)
+                if epoch != cur:
+                    return StoreOutcome.STALE
+                marked = mark > 0.0 and mark > time.time()
             if top > seq:
                 return StoreOutcome.STALE
             if marked:
@@ -141,7 +227,8 @@ class MemoryBackend:
                 return StoreOutcome.STALE
             if key in self._entries:
                 self._drop(key)
-            self._entries[key] = (tuple(tags), payload, now + ttl if ttl else _INF, epoch, seq)
+            expires = now + ttl if ttl else _INF
+            self._entries[key] = (tuple(tags), payload, expires, epoch, seq, slots)
             self._bytes += len(payload)
             self._evict()
             return StoreOutcome.STORED
@@ -149,6 +236,12 @@ class MemoryBackend:
     def begin_write(
         self, tags: Sequence[str], writer: str, lease: float, bump: bool = False
     ) -> None:
+        if self._shared is not None:
+            try:
+                self._shared.begin_write(_slots(tags), writer, lease, bump)
+            except OSError as exc:
+                raise _unavailable(exc) from exc
+            return
         now = self._clock()
         with self._lock:
             if bump:
@@ -162,6 +255,11 @@ class MemoryBackend:
                 m[writer] = now + lease
 
     def end_write(self, tags: Sequence[str], writer: str) -> int:
+        if self._shared is not None:
+            try:
+                return self._shared.end_write(_slots(tags), writer)
+            except OSError as exc:
+                raise _unavailable(exc) from exc
         with self._lock:
             self._seq += 1
             for t in tags:
@@ -178,6 +276,12 @@ class MemoryBackend:
                     del self._marks[t]
 
     def release(self, tags: Sequence[str], writer: str) -> None:
+        if self._shared is not None:
+            try:
+                self._shared.release(_slots(tags), writer)
+            except OSError as exc:
+                raise _unavailable(exc) from exc
+            return
         with self._lock:
             self._release(tags, writer)
 
@@ -221,6 +325,11 @@ class MemoryBackend:
             self._marks.clear()
             self._seq = 0
             self._epoch = _new_epoch()
+        if self._shared is not None:
+            try:
+                self._shared.new_epoch()
+            except OSError as exc:
+                raise _unavailable(exc) from exc
 
     def key_count(self) -> int:
         now = self._clock()
@@ -236,7 +345,10 @@ class MemoryBackend:
         return None
 
     def close(self) -> None:
-        return None
+        shared = self._shared
+        if shared is not None and not self._closed:
+            self._closed = True
+            shared.close()
 
     # -- async twins: the memory store never blocks, so they call the sync methods ---------
 
