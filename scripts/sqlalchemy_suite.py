@@ -9,10 +9,10 @@ Usage (from anywhere; uses the SQLAlchemy installed for this interpreter)::
     .venv/bin/python scripts/sqlalchemy_suite.py --classify # behaviour failures by category
 
 The sdist of the installed SQLAlchemy version is downloaded once into
-``.cache/sqlalchemy-sdist/`` and unpacked there; its ``test/orm`` runs from the unpacked tree
-against SQLite with ``python -s`` (so ``test/conftest.py`` does not put the sdist's ``lib/``
-first on ``sys.path``: the installed SQLAlchemy is the one tested). The swap itself is the
-pytest plugin ``tests/sqlalchemy_suite/plugin.py``.
+``.cache/sqlalchemy-sdist/`` and unpacked there; its ``test/orm`` runs against SQLite from a
+per-mode copy of the tree's test files, with ``python -s`` (so ``test/conftest.py`` does not
+put the sdist's ``lib/`` first on ``sys.path``: the installed SQLAlchemy is the one tested).
+The swap itself is the pytest plugin ``tests/sqlalchemy_suite/plugin.py``.
 
 A test that passes with a plain Session and fails with the cache is a failure unless it is on
 ``scripts/sqlalchemy_suite_allow.txt`` (``<test id>  # <reason>``; reasons are about emitted
