@@ -74,6 +74,26 @@ def _swap_session_class() -> None:
     init.__kwdefaults__ = kwdefaults
 
 
+_engine_listeners: list[tuple[str, Any]] = []
+
+
+def _record_engine_listeners() -> None:
+    """Remember which of the session module's ``_<event>`` / ``_on_<event>`` functions the
+    library installed on Engine (wrapped listeners hide from the dispatch collections)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from yokedcache_sa.orm import session as yc_session
+
+    yc_session._install_engine_listeners()
+    for name in Engine.dispatch._event_names:
+        for attr in (f"_{name}", f"_on_{name}"):
+            fn = getattr(yc_session, attr, None)
+            if callable(fn) and event.contains(Engine, name, fn):
+                _engine_listeners.append((name, fn))
+    assert _engine_listeners, "no yokedcache_sa listeners found on Engine"
+
+
 def _reattach_listeners() -> None:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
@@ -84,13 +104,7 @@ def _reattach_listeners() -> None:
     for name, fn in yc_session._SESSION_EVENTS:
         if not event.contains(CachingSession, name, fn):
             event.listen(CachingSession, name, fn)
-    engine_events: tuple[tuple[str, Any], ...] = (
-        ("before_cursor_execute", yc_session._before_cursor_execute),
-        ("begin", yc_session._on_begin),
-        ("commit", yc_session._on_commit),
-        ("rollback", yc_session._on_rollback),
-    )
-    for name, fn in engine_events:
+    for name, fn in _engine_listeners:
         if not event.contains(Engine, name, fn):
             event.listen(Engine, name, fn)
 
@@ -101,6 +115,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _mode = config.getoption("--yc-mode")
     if _mode == "cache":
         _swap_session_class()
+        _record_engine_listeners()
     if config.getoption("--yc-sql-asserts") == "off":
         # Every statement assertion of SQLAlchemy's suite (assert_sql_count, assert_execution,
         # assert_statement_count, sql_execution_asserter + CompiledSQL/AllOf/...) ends here.
