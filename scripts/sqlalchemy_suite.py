@@ -252,6 +252,11 @@ CATEGORIES: list[tuple[str, Any]] = [
         _more_sql,
     ),
     (
+        "the cache raises: an exception from inside yokedcache_sa (e.g. a listener given an "
+        "execution option value it does not expect)",
+        lambda t, e, x: "/yokedcache_sa/" in raised_at(x)[0].join(("/", "")),
+    ),
+    (
         "wrong data: an attribute the cached load left unloaded (deferred / undefer options, "
         "subclass columns, unpickled state) reads as None instead of being loaded",
         lambda t, e, x: bool(
