@@ -62,7 +62,8 @@ def _creator_identity(engine: Engine) -> str:
     ):
         # create_engine's own creator: it connects with the URL's arguments plus connect_args
         cells = dict(zip(code.co_freevars, (c.cell_contents for c in creator.__closure__ or ())))
-        if "cparams" not in cells or "cargs_tup" not in cells:
+        cargs = cells.get("cargs_tup", cells.get("cargs"))  # 2.1 / 2.0 spellings
+        if "cparams" not in cells or cargs is None:
             return _local_id(pool)
         if engine.dialect.dispatch.do_connect:
             return _local_id(pool)  # do_connect listeners may change the arguments
@@ -72,7 +73,7 @@ def _creator_identity(engine: Engine) -> str:
             for k, v in dict(cells["cparams"]).items()
             if (k not in from_url or from_url[k] != v) and not _SECRET.search(str(k))
         }
-        rendered = _render([list(cells["cargs_tup"]), extra])
+        rendered = _render([list(cargs), extra])
         return rendered if rendered is not None else _local_id(pool)
     # a custom creator: its module-level name is stable, anything else is private
     qual = getattr(creator, "__qualname__", "")
