@@ -22,7 +22,7 @@ import msgpack
 from sqlalchemy import Boolean, Integer, String, create_engine, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from yokedcache_sa import CacheConfig, CachingSession, NoCache, YokedCache
+from yokedcache_sa import CacheConfig, CachingSession, NoCache, YokedCache, codec
 
 PG_URL = os.environ.get(
     "YOKEDCACHE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -151,7 +151,8 @@ def main() -> int:
         def raw_get() -> Any:
             v = raw.get(sample)
             up = msgpack.Unpacker(raw=False, strict_map_key=False)
-            up.feed(v[v.index(b"\x00") + 1 + 8 :])  # framing, then the 8-byte entry prefix
+            # framing, then the 8-byte entry prefix and the key digest
+            up.feed(v[v.index(b"\x00") + 1 + 8 + codec.DIGEST_LEN :])
             return list(up)  # header and body
 
         hot = interleaved({"redis_pk_hot": lambda: q.first(), "raw_get": raw_get}, n)
