@@ -45,9 +45,13 @@ def _render(value: Any) -> str | None:
 
 
 def _local_id(obj: Any) -> str:
-    ident = _local_ids.get(obj)
-    if ident is None:
-        ident = _local_ids[obj] = f"local:{_PROCESS}:{uuid.uuid4().hex}"
+    """An identity private to this process, stable for *obj*'s lifetime."""
+    try:
+        ident = _local_ids.get(obj)
+        if ident is None:
+            ident = _local_ids[obj] = f"local:{_PROCESS}:{uuid.uuid4().hex}"
+    except TypeError:  # not weak-referenceable
+        return f"local:{_PROCESS}:{id(obj)}"
     return ident
 
 
@@ -87,15 +91,8 @@ def _schema_map(options: Any) -> str | None:
     if not stm:
         return None
     if not isinstance(stm, Mapping):
-        return _local_id_of(stm)  # not a mapping SQLAlchemy could apply: never shared
+        return _local_id(stm)  # not a mapping SQLAlchemy could apply: never shared
     return repr(sorted(stm.items(), key=lambda kv: str(kv[0])))
-
-
-def _local_id_of(obj: Any) -> str:
-    try:
-        return _local_id(obj)
-    except TypeError:  # not weak-referenceable
-        return f"local:{_PROCESS}:{id(obj)}"
 
 
 def _private_database(engine: Engine) -> bool:
@@ -120,7 +117,7 @@ def engine_identity(engine: Engine) -> str:
     ident = f"{engine.dialect.name}|{url}|{stm}|{_creator_identity(engine)}"
     if _private_database(engine):
         # the pool holds the database (option engines share their parent's pool)
-        ident += "|" + _local_id_of(engine.pool)
+        ident += "|" + _local_id(engine.pool)
     return ident
 
 

@@ -238,9 +238,7 @@ def _stamp_paths(
             if kinds[i] and v is not None and paths[v] is None:
                 entity = loader.entities[i] if i < len(loader.entities) else None
                 mapper_path = (
-                    entity
-                    if entity is not None
-                    else built[v]._sa_instance_state.mapper._path_registry
+                    entity if entity is not None else instance_state(built[v]).mapper._path_registry
                 )
                 paths[v] = base + mapper_path if base.path else mapper_path
     todo = [i for i, p in enumerate(paths) if p is not None]
@@ -250,14 +248,14 @@ def _stamp_paths(
             rels = objects[i][4]
             if not rels:
                 continue
-            mapper = built[i]._sa_instance_state.mapper
+            mapper = instance_state(built[i]).mapper
             for k, v in rels.items():
                 if v is None:
                     continue
                 prop = mapper.relationships[k]
                 for j in v if isinstance(v, list) else (v,):
                     if paths[j] is None:
-                        child = built[j]._sa_instance_state.mapper
+                        child = instance_state(built[j]).mapper
                         paths[j] = paths[i][prop][prop.mapper if child.isa(prop.mapper) else child]
                         nxt.append(j)
         todo = nxt
@@ -265,7 +263,7 @@ def _stamp_paths(
         if is_new:
             path = paths[i]
             if path is None:
-                path = built[i]._sa_instance_state.mapper._path_registry
+                path = instance_state(built[i]).mapper._path_registry
             _compat.set_loader_state(instance_state(built[i]), loader.options, path)
 
 

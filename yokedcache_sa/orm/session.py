@@ -743,7 +743,6 @@ def _run_and_store(
         and not unknown
         and not st.no_store
         and keyed
-        and st.tainted is None
         and not (tags & st.written)
     ):
         seq = snapshot.seq
@@ -945,22 +944,24 @@ def _add_pg_modified(st: SessionCache) -> None:
         if not conn.in_transaction():
             continue
         flush = (conn.dialect.server_version_info or (0,)) >= (15,)
-        tags = _pg_changed(st, conn, flush=flush)
+        _note_counted(st, conn, flush=flush)
         if flush:
             conn.connection.info[_PG_CLEAN] = True
-        if tags:
-            st.note_written(tracking.with_aliases(tags, None, list(_known_metadata)))
     st.pg_base = {}
+
+
+def _note_counted(st: SessionCache, conn: Connection, flush: bool = False) -> None:
+    """Add the tables whose counters moved to the transaction's writes."""
+    tags = _pg_changed(st, conn, flush=flush)
+    if tags:
+        st.note_written(tracking.with_aliases(tags, None, list(_known_metadata)))
 
 
 def _pg_recheck(conn: Connection) -> None:
     """After a write to a table with triggers or cascades: count what it changed."""
     st: SessionCache | None = conn.__dict__.pop("_yc_pg_recheck", None)
-    if st is None:
-        return
-    tags = _pg_changed(st, conn)
-    if tags:
-        st.note_written(tracking.with_aliases(tags, None, list(_known_metadata)))
+    if st is not None:
+        _note_counted(st, conn)
 
 
 _facts_of_sql: OrderedDict[str, tracking.StatementFacts] = OrderedDict()
