@@ -56,14 +56,28 @@ def _late_writer(prefix: str, db: Any, published: Any, lock: Any) -> None:
 
 
 def _worker(
-    prefix: str, me: int, ops: int, db: Any, published: Any, lock: Any, start: Any, out: Any
+    prefix: str,
+    me: int,
+    ops: int,
+    db: Any,
+    published: Any,
+    lock: Any,
+    start: Any,
+    out: Any,
+    enough: Any,
 ) -> None:
-    """Write now and then, read the rest of the time; report (reads, stale, hits)."""
+    """Write now and then, read the rest of the time; report (reads, stale, hits).
+
+    Runs at least ``ops`` operations, and goes on until ``enough`` is set (the parent has
+    done what it needed to do while the workers ran), at most twenty times as many.
+    """
     cache = _cache(prefix)
     start.wait(60)  # spawned processes start slowly: make them overlap
     rng = random.Random(me)
     reads = stale = hits = 0
-    for n in range(ops):
+    n = 0
+    while n < ops or (not enough.is_set() and n < 20 * ops):
+        n += 1
         k = rng.randrange(KEYS)
         tag = f"row:{k}"
         if rng.random() < 0.15:
@@ -93,8 +107,13 @@ def _run(
     lock = ctx.Lock()
     start = ctx.Barrier(PROCS)
     out = ctx.Queue()
+    enough = ctx.Event()
+    if not delete_file:
+        enough.set()
     procs = [
-        ctx.Process(target=_worker, args=(prefix, i, ops, db, published, lock, start, out))
+        ctx.Process(
+            target=_worker, args=(prefix, i, ops, db, published, lock, start, out, enough)
+        )
         for i in range(PROCS)
     ]
     for p in procs:
@@ -112,12 +131,14 @@ def _run(
         late.start()
         late.join(30)
         assert late.exitcode == 0
+        if deleted >= 3:
+            enough.set()
     results = [out.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(30)
         assert p.exitcode == 0
     if delete_file:
-        assert deleted >= 2, "the run ended before the file could be deleted twice"
+        assert deleted >= 2, "the workers ended before the file could be deleted twice"
     reads, stale, hits = (sum(r[i] for r in results) for i in range(3))
     print(f"{method}: {reads} reads, {stale} stale, hit rate {hits / reads:.1%}")
     return reads, stale, hits
