@@ -558,7 +558,7 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
         shape,
         ck,
         ox,
-        [sorted({*hint.tags, *st.tags}), sorted(hint.tables)],
+        _tag_hints(hint, st),
         (variant, vary) if variant is not None or vary is not None else None,
     )
     if key is None:
@@ -570,29 +570,67 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
         return None
     outer = _collector.get()
     engine = bind.engine if isinstance(bind, Connection) else bind
-    if engine not in st.isolated and _predicted(bind) is None:
-        session.connection(bind_arguments=ox.bind_arguments)  # after_begin learns it
-    horizon = _horizon(st, bind)
+    horizon = _horizon(st, bind, engine, session, ox)
+    look = bridge(cache.lookup_sync, cache.lookup, key, horizon=horizon, lock=True)
+    if look.value is not MISSING and shape.result is not None:
+        result = _served(ox, st, shape, look, outer)
+        if result is not None:
+            return result
+    return _miss(ox, st, shape, hint, cache, key, look, horizon, outer, variant)
+
+
+def _tag_hints(hint: Hint, st: SessionCache) -> list[Any]:
+    """The hint and session tags that are part of a key (SQLAlchemy's key ignores them)."""
+    if not (hint.tags or st.tags or hint.tables):
+        return _NO_TAG_HINTS
+    return [sorted({*hint.tags, *st.tags}), sorted(hint.tables)]
+
+
+_NO_TAG_HINTS: Final[list[Any]] = [[], []]
+
+
+def _served(
+    ox: ORMExecuteState,
+    st: SessionCache,
+    shape: _Shape,
+    look: Lookup,
+    outer: Collector | None,
+) -> Result[Any] | None:
+    """The result rebuilt from a fresh entry, or None when it cannot serve this session."""
+    assert shape.result is not None
+    if st.written and st.written_ids().intersection(look.tags):
+        return None  # e.g. an eager load of a table this transaction wrote
+    session = ox.session
+    try:
+        rows = thaw_rows(look.value, shape.result, session, loader_context(ox.statement))
+    except (NotCacheable, ValueError, TypeError, KeyError, IndexError) as exc:
+        log.warning("yokedcache: ignoring an unusable cached result: %s", exc)
+        return None
+    if outer is not None:
+        outer.add(shape.tables)
+        outer.add(t for t in look.tags if t.startswith("table:"))
+        if st.vary_on is not None:
+            # served for this session's vary_on state, which an @cached key lacks
+            _mark_strict(outer, "a read keyed by the session's vary_on state")
+    return shape.result.build(rows)
+
+
+def _miss(
+    ox: ORMExecuteState,
+    st: SessionCache,
+    shape: _Shape,
+    hint: Hint,
+    cache: YokedCache,
+    key: str,
+    look: Lookup,
+    horizon: int | None,
+    outer: Collector | None,
+    variant: str | None,
+) -> Result[Any] | None:
+    """Run the statement (or wait for whoever computes *key*) and store its result."""
 
     def lookup(lock: bool = False) -> Lookup:
         return bridge(cache.lookup_sync, cache.lookup, key, horizon=horizon, lock=lock)
-
-    def served(look: Lookup) -> Result[Any] | None:
-        assert shape.result is not None
-        if st.written and st.written_ids().intersection(look.tags):
-            return None  # e.g. an eager load of a table this transaction wrote
-        try:
-            rows = thaw_rows(look.value, shape.result, session, loader_context(ox.statement))
-        except (NotCacheable, ValueError, TypeError, KeyError, IndexError) as exc:
-            log.warning("yokedcache: ignoring an unusable cached result: %s", exc)
-            return None
-        if outer is not None:
-            outer.add(shape.tables)
-            outer.add(t for t in look.tags if t.startswith("table:"))
-            if st.vary_on is not None:
-                # served for this session's vary_on state, which an @cached key lacks
-                _mark_strict(outer, "a read keyed by the session's vary_on state")
-        return shape.result.build(rows)
 
     def compute(look: Lookup) -> Result[Any] | None:
         if st.written and st.written_ids().intersection(look.tags):
@@ -600,14 +638,9 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
         return _run_and_store(ox, st, shape, hint, key, look, outer, variant)
 
     def on_hit(look: Lookup) -> Result[Any] | None:
-        result = served(look) if shape.result is not None else None
+        result = _served(ox, st, shape, look, outer) if shape.result is not None else None
         return result if result is not None else compute(look)
 
-    look = lookup(lock=True)
-    if look.value is not MISSING and shape.result is not None:
-        result = served(look)
-        if result is not None:
-            return result
     if look.snapshot is None or (st.written and st.written_ids().intersection(look.tags)):
         # nothing to coordinate: the cache is unavailable, or this transaction reads its own
         # writes (never stored)
@@ -664,15 +697,24 @@ def _predicted(bind: Any) -> bool | None:
     return iso not in _STATEMENT_LEVEL
 
 
-def _horizon(st: SessionCache, bind: Any) -> int | None:
+def _horizon(
+    st: SessionCache, bind: Any, engine: Engine, session: Session, ox: ORMExecuteState
+) -> int | None:
     """The horizon a lookup must respect: None when the transaction is not
-    snapshot-isolated, and one no entry satisfies while its snapshot does not exist yet."""
-    engine = bind.engine if isinstance(bind, Connection) else bind
+    snapshot-isolated, and one no entry satisfies while its snapshot does not exist yet.
+
+    When the isolation of a transaction on *bind* cannot be predicted, begins it (the
+    after_begin listener learns it)."""
     if engine in st.snapshots:
         return st.horizon if st.horizon is not None else _NOTHING_VALID
     isolated = st.isolated.get(engine)
     if isolated is None:
-        isolated = _predicted(bind) is not False
+        isolated = _predicted(bind)
+        if isolated is None:
+            session.connection(bind_arguments=ox.bind_arguments)  # after_begin learns it
+            if engine in st.snapshots:
+                return st.horizon if st.horizon is not None else _NOTHING_VALID
+            isolated = st.isolated.get(engine, True)
     # No hit before the database snapshot exists: it may be taken after a commit the
     # cached data predates. The first read goes to the database and starts it.
     return _NOTHING_VALID if isolated else None
