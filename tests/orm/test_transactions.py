@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from ormkit import Env, OrderLine, P, SQLCounter, Tag, User, enable_sqlite_fks, root_conftest
 from sqlalchemy import event, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -69,6 +70,28 @@ def test_rollback_releases(env: Env, how: str) -> None:
         assert env.cached(lambda: tag_names(s)) == TAGS
     assert env.hit(user_names) == ALL
     assert env.hit(tag_names) == TAGS
+
+
+def test_a_hit_begins_the_session_transaction(env: Env) -> None:
+    # A plain Session's read autobegins; rollback() then expires what it loaded. A hit that
+    # needed no connection must leave the session in the same state, or the rollback expires
+    # nothing and the objects keep what the cached read filled in.
+    eager = select(User).options(selectinload(User.addresses)).where(User.id == 1)
+    env.warm(lambda s: s.scalars(eager).all())
+    with env.Session() as s:
+        held = env.cached(lambda: s.scalars(eager).all())
+        assert s.in_transaction()
+        s.rollback()
+        state = sa_inspect(held[0])
+        assert state.expired
+        assert "addresses" in state.unloaded
+        assert held[0].name == "alice"  # refreshed from the database, as a plain Session
+    plain = Session(env.engine, autobegin=False)
+    cached = env.Session(autobegin=False)
+    for s in (plain, cached):
+        with pytest.raises(InvalidRequestError, match="Autobegin is disabled"):
+            s.scalars(eager).all()
+        s.close()
 
 
 def test_close_without_commit_releases(env: Env) -> None:

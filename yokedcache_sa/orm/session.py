@@ -533,6 +533,9 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
     hint = hint_from(ox.user_defined_options, ox.execution_options)
     if not _cacheable(ox, st, hint):
         return None
+    if tx is None:
+        # as the database read would: a later rollback() then expires what this loads
+        _compat.autobegin(session)
     # The uncached query would autoflush first: pending changes become writes that make
     # their tables bypass the cache for the rest of the transaction.
     if session.autoflush and getattr(ox.load_options, "_autoflush", True):
