@@ -72,23 +72,36 @@ def test_rollback_releases(env: Env, how: str) -> None:
     assert env.hit(tag_names) == TAGS
 
 
-def test_a_hit_begins_the_session_transaction(env: Env) -> None:
-    # A plain Session's read autobegins; rollback() then expires what it loaded. A hit that
-    # needed no connection must leave the session in the same state, or the rollback expires
-    # nothing and the objects keep what the cached read filled in.
+@pytest.mark.parametrize("how", ["caching", "instrumented", "instrumented-used"])
+def test_rollback_after_a_hit_expires_as_a_plain_session(env: Env, how: str) -> None:
+    # A plain Session's read autobegins; rollback() then expires what it loaded. A hit needs
+    # no connection and begins no transaction: rollback() must still expire what it served,
+    # or the objects keep what the cached read filled in (eager-loaded relationships).
     eager = select(User).options(selectinload(User.addresses)).where(User.id == 1)
     env.warm(lambda s: s.scalars(eager).all())
-    with env.Session() as s:
+    if how == "caching":
+        s = env.Session()
+    else:
+        s = Session(env.engine)
+        if how == "instrumented-used":
+            s.scalars(select(Tag)).all()
+            s.rollback()
+        instrument_session(s, env.cache)
+    with s:
         held = env.cached(lambda: s.scalars(eager).all())
-        assert s.in_transaction()
+        assert "addresses" not in sa_inspect(held[0]).unloaded
         s.rollback()
         state = sa_inspect(held[0])
         assert state.expired
         assert "addresses" in state.unloaded
-        assert held[0].name == "alice"  # refreshed from the database, as a plain Session
-    plain = Session(env.engine, autobegin=False)
-    cached = env.Session(autobegin=False)
-    for s in (plain, cached):
+        # refreshed from the database on access, as a plain Session's object would be
+        assert env.queried(lambda: held[0].name) == "alice"
+
+
+def test_a_hit_on_a_session_without_autobegin_raises_as_a_plain_session(env: Env) -> None:
+    eager = select(User).where(User.id == 1)
+    env.warm(lambda s: s.scalars(eager).all())
+    for s in (Session(env.engine, autobegin=False), env.Session(autobegin=False)):
         with pytest.raises(InvalidRequestError, match="Autobegin is disabled"):
             s.scalars(eager).all()
         s.close()

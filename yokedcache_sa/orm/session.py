@@ -182,6 +182,8 @@ class SessionCache:
         # its pooled connection: nothing is served or stored (unless vary_on keys that state)
         self.tainted: str | None = None
         self.variants: dict[Engine, str] = {}  # connection-level schema_translate_map
+        # served a hit while the session had no transaction (see _rollback)
+        self.unbegun = False
 
     def taint(self, conn: Connection, why: str) -> None:
         """Stop serving and storing: *conn* runs with state the key does not capture."""
@@ -534,8 +536,11 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
     if not _cacheable(ox, st, hint):
         return None
     if tx is None:
-        # as the database read would: a later rollback() then expires what this loads
-        _compat.autobegin(session)
+        if not session.autobegin:
+            _compat.autobegin(session)  # raises SQLAlchemy's own error, as the read would
+        # The database read would begin the session's transaction; beginning one costs
+        # more than a hit, so rollback() begins it late instead (see _rollback).
+        st.unbegun = True
     # The uncached query would autoflush first: pending changes become writes that make
     # their tables bypass the cache for the rest of the transaction.
     if session.autoflush and getattr(ox.load_options, "_autoflush", True):
@@ -1429,6 +1434,10 @@ class CachingSession(Session):
         _commit_and_finish(self, Session.commit)
         return DONE
 
+    def rollback(self) -> None:
+        """Roll back, expiring what the transaction loaded (cache hits included)."""
+        _rollback(self, Session.rollback)
+
     @property
     def yokedcache(self) -> SessionCache:
         """This session's cache settings."""
@@ -1452,6 +1461,21 @@ def _commit_and_finish(session: Session, commit: Any) -> None:
         if st is not None and (st.marked or st.writer):
             # An exception in another after_commit listener skipped ours: finish here.
             st.finish(committed=st.committed or st.db_commit_started)
+
+
+def _rollback(session: Session, rollback: Any) -> None:
+    """*rollback* as if the hits served since the last transaction had begun one.
+
+    A read from the database autobegins the session's transaction, so a plain Session's
+    ``rollback()`` after it expires every loaded object; a hit needs no transaction and
+    begins none (it would cost more than the hit). Beginning it now gives the same result.
+    """
+    st = state_of(session)
+    if st is not None and st.unbegun:
+        st.unbegun = False
+        if session.get_transaction() is None:
+            _compat.autobegin(session)
+    rollback(session)
 
 
 def instrument_session(
@@ -1494,12 +1518,17 @@ def instrument_session(
     for name, fn in _SESSION_EVENTS:
         event.listen(session, name, fn)
     plain_commit = type(session).commit
+    plain_rollback = type(session).rollback
 
     def commit() -> _Done:
         _commit_and_finish(session, plain_commit)
         return DONE
 
+    def rollback() -> None:
+        _rollback(session, plain_rollback)
+
     session.commit = commit  # type: ignore[method-assign,assignment]  # awaitable commit
+    session.rollback = rollback  # type: ignore[method-assign]
     return session
 
 
@@ -1510,13 +1539,16 @@ def _instrumented_class(cls: type[Session]) -> type[Session]:
     """A subclass of *cls* carrying the cache listeners and the awaitable commit."""
     sub = _instrumented.get(cls)
     if sub is None:
-        plain_commit = cls.commit
+        plain_commit, plain_rollback = cls.commit, cls.rollback
 
         def commit(self: Session) -> _Done:
             _commit_and_finish(self, plain_commit)
             return DONE
 
-        sub = type(f"Instrumented{cls.__name__}", (cls,), {"commit": commit})
+        def rollback(self: Session) -> None:
+            _rollback(self, plain_rollback)
+
+        sub = type(f"Instrumented{cls.__name__}", (cls,), {"commit": commit, "rollback": rollback})
         for name, fn in _SESSION_EVENTS:
             event.listen(sub, name, fn)
         _instrumented[cls] = sub
