@@ -27,6 +27,7 @@ emails = Table(
 alice_emails = Table(P + "v_alice", md, Column("name", String(50)), Column("email", String(80)))
 late = Table(P + "v_late", md, Column("id", Integer), Column("name", String(50)))
 noisy = Table(P + "v_noisy", md, Column("id", Integer), Column("r", Integer))
+quoted = Table(P + "v_quoted", md, Column("id", Integer), Column("q", String(60)))
 mat = Table(P + "mv_names", md, Column("id", Integer), Column("name", String(50)))
 
 U, A = User.__tablename__, Address.__tablename__
@@ -44,7 +45,7 @@ RANDOM = {"sqlite": "random()", "postgresql": "random()", "mariadb": "rand()"}
 def _drop_all(conn: Any, dialect: str) -> None:
     if dialect == "postgresql":
         conn.execute(text(f"DROP MATERIALIZED VIEW IF EXISTS {mat.name}"))
-    for name in (alice_emails.name, emails.name, late.name, noisy.name):
+    for name in (alice_emails.name, emails.name, late.name, noisy.name, quoted.name):
         conn.execute(text(f"DROP VIEW IF EXISTS {name}"))
 
 
@@ -194,6 +195,25 @@ def test_view_calling_a_volatile_function_is_not_cached(views: Env) -> None:
     env.fresh_read(read)
     env.fresh_read(read)  # not stored: its content is not a function of table data
     env.warm(read_emails)  # other views still are
+
+
+def test_postgresql_view_calling_an_immutable_function_is_cached(views: Env) -> None:
+    env = views
+    if env.db.name != "postgresql":
+        pytest.skip("pg_proc volatility is PostgreSQL's")
+    # quote_ident() is in no builtin list: pg_proc says it is immutable
+    with env.engine.begin() as conn:
+        conn.execute(
+            text(f"CREATE VIEW {quoted.name} AS SELECT id, quote_ident(name) AS q FROM {U}")
+        )
+    refresh_catalog(env.engine)
+
+    def read(s: Session) -> Any:
+        return s.execute(select(quoted).order_by(quoted.c.id)).all()
+
+    env.warm(read)
+    write(env, update(User).where(User.id == 1).values(name="Alfred"))
+    assert "Alfred" in str(invalidated(env, read))
 
 
 def test_unreadable_catalog_means_no_caching(views: Env, monkeypatch: pytest.MonkeyPatch) -> None:

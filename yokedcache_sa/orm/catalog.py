@@ -232,13 +232,15 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _cacheable_functions(names: Iterable[str], volatility: dict[str, str]) -> str | None:
-    """Why a view calling *names* is not cacheable, or None when every one is read-only."""
+def _cacheable_functions(
+    names: Iterable[str], kinds: dict[str, routines.FunctionKind] | None = None
+) -> str | None:
+    """Why a view calling *names* is not cacheable, or None when every one is read-only
+    (declared or builtin, else as *kinds* — what ``pg_proc`` says — tell)."""
     for fn in names:
         kind = routines.kind_of(fn)
-        if kind is None:
-            vol = volatility.get(fn.lower()) or volatility.get(fn.lower().rpartition(".")[2])
-            kind = routines.FunctionKind.READONLY if vol == "i" else None
+        if kind is None and kinds is not None:
+            kind = kinds.get(fn)
         if kind is not routines.FunctionKind.READONLY:
             return f"it calls {fn}()"
     return None
@@ -251,7 +253,7 @@ def _parsed(rows: Iterable[tuple[Any, ...]]) -> list[_Row]:
         reads: frozenset[tuple[str | None, str]] | None = None
         if definition:
             scan = sqltext.scan_reads(_text(definition))
-            if scan.tables is not None and _cacheable_functions(scan.functions, {}) is None:
+            if scan.tables is not None and _cacheable_functions(scan.functions) is None:
                 reads = frozenset((n.schema, n.table) for n in scan.tables)
         if reads is None:
             log.debug("yokedcache: reads of view %s.%s cannot be known", schema, view)
@@ -282,21 +284,11 @@ _PG_RELATIONS = (
     "WHERE v.relkind = 'v' AND vn.nspname NOT IN ('pg_catalog', 'information_schema') "
     "GROUP BY 1, 2, 3, 4"
 )
-# each view's definition (for the functions it calls) and the volatility of the
-# non-builtin functions it depends on
+# each view's definition (for the functions it calls)
 _PG_VIEWS = (
     "SELECT n.nspname, v.relname, pg_catalog.pg_get_viewdef(v.oid) "
     "FROM pg_catalog.pg_class v JOIN pg_catalog.pg_namespace n ON n.oid = v.relnamespace "
     "WHERE v.relkind = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
-)
-_PG_FUNCTIONS = (
-    "SELECT DISTINCT pn.nspname, p.proname, p.provolatile "
-    "FROM pg_catalog.pg_depend d "
-    "JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::regclass "
-    "AND d.objid = r.oid "
-    "JOIN pg_catalog.pg_proc p ON d.refclassid = 'pg_catalog.pg_proc'::regclass "
-    "AND p.oid = d.refobjid "
-    "JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace"
 )
 
 
@@ -308,8 +300,12 @@ def _pg_rows(dbapi_conn: Any) -> list[_Row]:
         _fetchless(dbapi_conn, "SAVEPOINT yokedcache_catalog")
     try:
         relations = _fetch(dbapi_conn, _PG_RELATIONS)
-        definitions = _fetch(dbapi_conn, _PG_VIEWS)
-        functions = _fetch(dbapi_conn, _PG_FUNCTIONS)
+        scans = [
+            (nsp, view, sqltext.scan_reads(_text(definition)))
+            for nsp, view, definition in _fetch(dbapi_conn, _PG_VIEWS)
+        ]
+        ask = {f for _, _, scan in scans for f in scan.functions if routines.kind_of(f) is None}
+        kinds = _pg_immutable(dbapi_conn, ask) if ask else {}
     except Exception:
         if guard:
             _fetchless(dbapi_conn, "ROLLBACK TO SAVEPOINT yokedcache_catalog")
@@ -317,28 +313,47 @@ def _pg_rows(dbapi_conn: Any) -> list[_Row]:
         raise
     if guard:
         _fetchless(dbapi_conn, "RELEASE SAVEPOINT yokedcache_catalog")
-    volatility: dict[str, str] = {}
-    rank = {"i": 0, "s": 1, "v": 2}
-    for nsp, proname, vol in functions:
-        vol = _text(vol)
-        for key in (_text(proname).lower(), f"{_text(nsp).lower()}.{_text(proname).lower()}"):
-            if rank.get(vol, 2) >= rank.get(volatility.get(key, "i"), 2):
-                volatility[key] = vol
     reads: dict[tuple[str, str], set[tuple[str | None, str]]] = {}
     for vn, v, tn, t in relations:
         reads.setdefault((vn, v), set()).add((tn, t))
     out: list[_Row] = []
-    for nsp, view, definition in definitions:
-        scan = sqltext.scan_reads(_text(definition))
+    for nsp, view, scan in scans:
         why = (
             scan.why or "its definition cannot be read"
             if scan.tables is None
-            else _cacheable_functions(scan.functions, volatility)
+            else _cacheable_functions(scan.functions, kinds)
         )
         if why:
             log.debug("yokedcache: reads of view %s.%s cannot be known: %s", nsp, view, why)
         out.append((nsp, view, None if why else frozenset(reads.get((nsp, view), ()))))
     return out
+
+
+def _pg_immutable(dbapi_conn: Any, names: Iterable[str]) -> dict[str, routines.FunctionKind]:
+    """READONLY for each of *names* (maybe ``schema.name``) every ``pg_proc`` entry of which
+    is immutable. (Not routines.pg_volatility: what it learns makes every memoised statement
+    shape be rebuilt, so the read that loads the catalog would not be served next time.)"""
+    names = sorted(set(names))
+    bases = sorted({n.rpartition(".")[2].lower() for n in names})
+    quoted = ", ".join("'" + b.replace("'", "''") + "'" for b in bases)
+    rows = _fetch(
+        dbapi_conn,
+        "SELECT n.nspname, p.proname, p.provolatile FROM pg_catalog.pg_proc p "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
+        f"WHERE lower(p.proname) IN ({quoted})",
+    )
+    mutable: set[str] = set()
+    found: set[str] = set()
+    for nsp, proname, vol in rows:
+        for key in (_text(proname).lower(), f"{_text(nsp).lower()}.{_text(proname).lower()}"):
+            found.add(key)
+            if _text(vol) != "i":
+                mutable.add(key)
+    return {
+        n: routines.FunctionKind.READONLY
+        for n in names
+        if n.lower() in found and n.lower() not in mutable
+    }
 
 
 def _fetchless(dbapi_conn: Any, sql: str) -> None:
