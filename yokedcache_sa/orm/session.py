@@ -42,7 +42,7 @@ from ..cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_c
 from ..errors import InvalidationError, SerializationError
 from ..flight import sync_io
 from ..tags import ALL_TAG, Snapshot, table_tag, tag_id
-from . import _compat, routines, sqltext, tracking
+from . import _compat, catalog, routines, sqltext, tracking
 from ._bridge import await_ as _await
 from ._bridge import bridge, in_greenlet
 from .bindstate import TAINT_KEY, connection_variant, engine_identity, state_change
@@ -1138,6 +1138,8 @@ def _before_cursor_execute(
                     uncacheable = True
     if written != frozenset():
         cd["_yc_dirty"] = True
+    if written is None:
+        catalog.forget(conn)  # views may have changed
     if pg and written is None:
         routines.forget_catalog(conn.engine)  # functions or triggers may have changed
     if st is not None and written != frozenset():
@@ -1170,6 +1172,10 @@ def _before_cursor_execute(
         tables = _compiled_tables(compiled)
         if tables is None:
             col.mark_unknown("text() inside a query")
+            return
+        tables = catalog.read_tags(conn, tables)  # views: the tables they read, too
+        if tables is None:
+            col.mark_unknown("a view whose tables cannot be known")
             return
         col.add(tables)
         # The checks concern every @cached computation in progress, also when the innermost
@@ -1271,6 +1277,7 @@ def _may_write(conn: Connection, context: Any, statement: str) -> bool:
     facts = _facts(getattr(context, "compiled", None), statement)
     if context is None or getattr(context, "isddl", False) or facts.written is None:
         routines.forget_catalog(conn.engine)
+        catalog.forget(conn)
         return True
     return facts.written != frozenset() or any(
         routines.kind_of(f) is not routines.FunctionKind.READONLY for f in facts.functions
@@ -1283,6 +1290,7 @@ def _autocommits(conn: Connection) -> bool:
 
 
 def _on_commit(conn: Connection) -> None:
+    catalog.settle(conn)
     conn.__dict__.pop("_yc_dirty", None)
     conn.__dict__.pop("_yc_tainted", None)
     conn.__dict__.pop("_yc_ran", None)
@@ -1300,6 +1308,7 @@ def _on_commit(conn: Connection) -> None:
 
 
 def _on_rollback(conn: Connection) -> None:
+    catalog.settle(conn)
     conn.__dict__.pop("_yc_dirty", None)
     conn.__dict__.pop("_yc_tainted", None)
     conn.__dict__.pop("_yc_ran", None)
