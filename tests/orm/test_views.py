@@ -197,10 +197,9 @@ def test_view_calling_a_volatile_function_is_not_cached(views: Env) -> None:
     env.warm(read_emails)  # other views still are
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # pg_proc volatility
 def test_postgresql_view_calling_an_immutable_function_is_cached(views: Env) -> None:
     env = views
-    if env.db.name != "postgresql":
-        pytest.skip("pg_proc volatility is PostgreSQL's")
     # quote_ident() is in no builtin list: pg_proc says it is immutable
     with env.engine.begin() as conn:
         conn.execute(
@@ -235,14 +234,14 @@ def test_unreadable_catalog_means_no_caching(views: Env, monkeypatch: pytest.Mon
 
 @pytest.fixture
 def matview(views: Env) -> Iterator[Env]:
-    if views.db.name != "postgresql":
-        pytest.skip("materialized views are PostgreSQL's")
+    assert views.db.name == "postgresql"
     with views.engine.begin() as conn:
         conn.execute(text(f"CREATE MATERIALIZED VIEW {mat.name} AS SELECT id, name FROM {U}"))
     refresh_catalog(views.engine)
     yield views
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # materialized views
 @pytest.mark.parametrize("concurrently", [False, True])
 def test_materialized_view_changes_only_on_refresh(matview: Env, concurrently: bool) -> None:
     env = matview
