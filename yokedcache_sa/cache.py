@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, TypeVar
 
@@ -30,6 +30,7 @@ from .errors import (
     InvalidationError,
     SerializationError,
 )
+from .logs import StateLog, debug_on, key_digest, tables_of
 from .tags import ALL_TAG, Snapshot, is_fresh, table_tag, tag_id, tag_ids
 
 __all__ = [
@@ -143,6 +144,7 @@ class _Breaker:
         self.failures = 0
         self.open_until = 0.0
         self._lock = threading.Lock()
+        self.on_recover: Callable[[bool], None] | None = None
 
     def allow(self) -> bool:
         if not self.enabled or self.failures < self.threshold:
@@ -160,7 +162,10 @@ class _Breaker:
 
     def success(self) -> None:
         if self.failures:
+            was_open = self.is_open
             self.failures = 0
+            if self.on_recover is not None:
+                self.on_recover(was_open)
 
     def failure(self) -> None:
         with self._lock:
@@ -250,6 +255,10 @@ class YokedCache:
         self._breaker = _Breaker(
             cfg.circuit_breaker_threshold, cfg.circuit_breaker_timeout, cfg.enable_circuit_breaker
         )
+        self._state_log = StateLog(
+            getattr(self.backend, "url_redacted", None) or f"({self.backend.name} backend)"
+        )
+        self._breaker.on_recover = self._recovered
         self._lock = threading.Lock()
         self._hits = self._misses = self._sets = self._invalidations = self._errors = 0
         self._table_hits: Counter[str] = Counter()
@@ -437,12 +446,33 @@ class YokedCache:
             max_bytes=self._max_bytes,
         )
 
-    def _unavailable(self, exc: BackendError, what: str) -> None:
+    def _unavailable(
+        self,
+        exc: BackendError,
+        what: str,
+        consequence: str = "reads use the database, invalidations are retried",
+    ) -> None:
         # A refusal by the open breaker is not a failure: counting it would push the next
         # probe back on every call, so under steady traffic the breaker would never close.
-        if isinstance(exc, BackendUnavailable) and not isinstance(exc, _BreakerOpen):
-            self._breaker.failure()
+        if isinstance(exc, _BreakerOpen):
+            self._errors += 1
+            if debug_on():
+                log.debug("yokedcache: %s skipped: %s", what, exc)
+            return
+        if isinstance(exc, BackendUnavailable):
+            self._errors += 1
+            breaker = self._breaker
+            breaker.failure()
+            self._state_log.unreachable(what, exc, consequence)  # WARNING once per outage
+            if breaker.is_open:
+                self._state_log.opened(breaker.failures, breaker.timeout)
+            return
         self._count_error("cache %s failed, using the database: %s", what, exc)
+
+    def _recovered(self, was_open: bool) -> None:
+        if was_open:
+            self._state_log.closed()
+        self._state_log.reachable()
 
     def _check_breaker(self) -> None:
         if not self._breaker.allow():
@@ -454,12 +484,14 @@ class YokedCache:
     # -- protocol used by the ORM layer and @cached ----------------------------------------
 
     def _looked_up(
-        self, key: str, fetched: Fetched, horizon: int | None, token: str | None
+        self, key: str, fetched: Fetched, horizon: int | None, token: str | None, t0: float
     ) -> Lookup:
         value, header = self._decide(
             key, fetched, horizon, bool(self._pending) and self._blocked(fetched.tags)
         )
         self._record(value is not MISSING, header)
+        if t0:
+            _debug_lookup(key, value is not MISSING, header, fetched, t0)
         lock = ComputeLock(token) if token is not None and fetched.lock == 1 else None
         return Lookup(value, fetched.snapshot, fetched.tags, lock, fetched.lock == -1)
 
@@ -480,6 +512,7 @@ class YokedCache:
             self._retry_pending_sync()
         token = _new_writer() if lock else None
         breaker = self._breaker
+        t0 = time.perf_counter() if debug_on() else 0.0
         try:
             if breaker.failures:
                 self._check_breaker()
@@ -490,7 +523,7 @@ class YokedCache:
             self._unavailable(exc, "read")
             self._misses += 1
             return Lookup(MISSING, None)
-        return self._looked_up(key, fetched, horizon, token)
+        return self._looked_up(key, fetched, horizon, token, t0)
 
     async def lookup(self, key: str, *, horizon: int | None = None, lock: bool = False) -> Lookup:
         """Async twin of :meth:`lookup_sync`."""
@@ -500,6 +533,7 @@ class YokedCache:
         if self._pending:
             await self._retry_pending()
         token = _new_writer() if lock else None
+        t0 = time.perf_counter() if debug_on() else 0.0
         try:
             self._check_breaker()
             fetched = await self.backend.afetch(key, token, COMPUTE_LOCK_SECONDS)
@@ -508,13 +542,19 @@ class YokedCache:
             self._unavailable(exc, "read")
             self._misses += 1
             return Lookup(MISSING, None)
-        return self._looked_up(key, fetched, horizon, token)
+        return self._looked_up(key, fetched, horizon, token, t0)
 
     def _prepare_store(
         self, key: str, value: object, tags: Iterable[str], snapshot: Snapshot
     ) -> tuple[tuple[str, ...], bytes] | None:
         ids = tag_ids(tags)
         if self._blocked(ids):
+            if debug_on():
+                log.debug(
+                    "yokedcache: store refused (invalidation pending here) key=%s tables=%s",
+                    key_digest(key),
+                    tables_of(ids),
+                )
             return None
         return ids, self._encode(key, value, ids, snapshot)
 
@@ -539,6 +579,7 @@ class YokedCache:
             return False
         ids, payload = prepared
         token = me._lock_token(lock)
+        t0 = time.perf_counter() if debug_on() else 0.0
         try:
             me._check_breaker()
             outcome = me.backend.store(
@@ -548,7 +589,7 @@ class YokedCache:
         except BackendError as exc:
             me._unavailable(exc, "write")
             return False
-        return me._stored(outcome, lock)
+        return me._stored(outcome, lock, key, ids, t0)
 
     async def store(
         self,
@@ -567,6 +608,7 @@ class YokedCache:
             return False
         ids, payload = prepared
         token = me._lock_token(lock)
+        t0 = time.perf_counter() if debug_on() else 0.0
         try:
             me._check_breaker()
             outcome = await me.backend.astore(
@@ -576,15 +618,30 @@ class YokedCache:
         except BackendError as exc:
             me._unavailable(exc, "write")
             return False
-        return me._stored(outcome, lock)
+        return me._stored(outcome, lock, key, ids, t0)
 
     @staticmethod
     def _lock_token(lock: ComputeLock | None) -> str | None:
         return lock.token if lock is not None and not lock.released else None
 
-    def _stored(self, outcome: StoreOutcome, lock: ComputeLock | None) -> bool:
+    def _stored(
+        self,
+        outcome: StoreOutcome,
+        lock: ComputeLock | None,
+        key: str = "",
+        ids: Sequence[str] = (),
+        t0: float = 0.0,
+    ) -> bool:
         if lock is not None:
             lock.released = True  # the store script dropped it, whatever the outcome
+        if t0:
+            log.debug(
+                "yokedcache: %s key=%s tables=%s in %.2f ms",
+                _STORE_WORDS[outcome],
+                key_digest(key),
+                tables_of(ids),
+                (time.perf_counter() - t0) * 1000,
+            )
         if outcome is StoreOutcome.STORED:
             self._sets += 1
             return True
@@ -629,13 +686,16 @@ class YokedCache:
     # once, in the _*_failed helpers.
 
     def _begin_failed(self, ids: tuple[str, ...], writer: str, exc: BackendError) -> None:
-        self._unavailable(exc, "begin_write")
         if self.config.strict_invalidation:
+            self._unavailable(
+                exc, "marking written tables", "strict_invalidation refuses commits meanwhile"
+            )
             raise InvalidationError(
                 f"strict_invalidation: could not mark {list(ids)} before COMMIT ({exc}); "
                 "the transaction is not committed — retry when the cache answers, or turn "
                 "strict_invalidation off to commit with a bounded staleness window"
             ) from exc
+        self._unavailable(exc, "marking written tables")
         self._add_pending(ids, writer)
 
     def _end_failed(
@@ -744,6 +804,8 @@ class YokedCache:
             me._unavailable(exc, "release")
 
     def _count_invalidation(self, ids: Sequence[str]) -> None:
+        if debug_on():
+            log.debug("yokedcache: invalidated tags=%s", list(ids))
         self._invalidations += 1
         for t in ids:
             if t.startswith("table:"):
@@ -754,6 +816,7 @@ class YokedCache:
             for t in ids:
                 _w, attempts, _n = self._pending.get(t, (writer, 0, 0.0))
                 self._pending[t] = (writer, attempts, time.monotonic())
+        self._state_log.pending_now(ids)
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:
@@ -798,7 +861,10 @@ class YokedCache:
         with self._lock:
             for t in ids:
                 self._pending.pop(t, None)
+            left = len(self._pending)
         self._count_invalidation(ids)
+        if not left:
+            self._state_log.delivered()
 
     def _retry_pending_sync(self) -> None:
         for writer, ids in self._due_pending().items():
@@ -1064,6 +1130,31 @@ class YokedCache:
         except BackendError:
             return False
         return True
+
+
+_STORE_WORDS: Final = {
+    StoreOutcome.STORED: "stored",
+    StoreOutcome.STALE: "store refused (a tag moved since the read, or new epoch)",
+    StoreOutcome.BEING_WRITTEN: "store refused (a tag is being written)",
+}
+
+
+def _debug_lookup(
+    key: str, hit: bool, header: codec.Header | None, fetched: Fetched, t0: float
+) -> None:
+    if hit:
+        what = "hit"
+    elif header is not None:
+        what = "miss (stale entry)"
+    else:
+        what = "miss"
+    log.debug(
+        "yokedcache: %s key=%s tables=%s in %.2f ms",
+        what,
+        key_digest(key),
+        tables_of(header.tags if header is not None else fetched.tags),
+        (time.perf_counter() - t0) * 1000,
+    )
 
 
 def make_key(*parts: object) -> str:
