@@ -52,6 +52,7 @@ __all__ = [  # noqa: RUF022 - grouped: core names, then lazily imported ones
     "cached_dependency",
     "declare_dependency",
     "declare_function",
+    "explain",
     "instrument_session",
 ]
 
@@ -64,6 +65,7 @@ _LAZY = {
     "instrument_session": "yokedcache_sa.orm",
     "declare_dependency": "yokedcache_sa.orm",
     "declare_function": "yokedcache_sa.orm",
+    "explain": "yokedcache_sa.orm",
     "cached": "yokedcache_sa.functions",
     "cached_dependency": "yokedcache_sa.integrations.fastapi",
     "cache_router": "yokedcache_sa.integrations.fastapi",

@@ -17,7 +17,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
 from . import codec
 from .backends.base import Backend, Fetched, StoreOutcome
@@ -32,6 +32,9 @@ from .errors import (
 )
 from .logs import StateLog, debug_on, key_digest, tables_of
 from .tags import ALL_TAG, Snapshot, is_fresh, table_tag, tag_id, tag_ids
+
+if TYPE_CHECKING:
+    from .orm.explain import Explanation
 
 __all__ = [
     "MISSING",
@@ -1130,6 +1133,13 @@ class YokedCache:
         except BackendError:
             return False
         return True
+
+    def explain(self, statement_or_query: Any, *, session: Any, params: Any = None) -> Explanation:
+        """What *session* would do with a statement, looked up in this cache; see
+        :func:`yokedcache_sa.orm.explain.explain`. Added in 0.x."""
+        from .orm.explain import explain
+
+        return explain(statement_or_query, session=session, cache=self, params=params)
 
 
 _STORE_WORDS: Final = {
