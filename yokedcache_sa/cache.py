@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import weakref
+from asyncio import _get_running_loop
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from .errors import (
     InvalidationError,
     SerializationError,
 )
-from .logs import StateLog, debug_on, key_digest, tables_of
+from .logs import StateLog, debug_on, key_digest, loop_check, tables_of
 from .tags import ALL_TAG, Snapshot, is_fresh, table_tag, tag_id, tag_ids
 
 if TYPE_CHECKING:
@@ -328,24 +329,46 @@ class YokedCache:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def connect(self) -> YokedCache:
+    async def connect(self, *, required: bool = True) -> YokedCache:
         """Check the store answers and make this the default cache of ``@cached``.
 
-        Raises:
-            BackendUnavailable: the store cannot be reached.
-        """
-        global _last_connected
-        await self.backend.aping()
-        self.connected = True
-        with _registry_lock:
-            _last_connected = weakref.ref(self)
-        return self
+        Args:
+            required: False to start even when the store does not answer: one WARNING is
+                logged, reads go to the database and caching starts when it answers
+                (``connected`` stays False). Added in 0.x.
 
-    def connect_sync(self) -> YokedCache:
+        Raises:
+            BackendUnavailable: the store cannot be reached (only with ``required=True``).
+        """
+        try:
+            await self.backend.aping()
+        except BackendUnavailable as exc:
+            self._connect_failed(exc, required)
+        else:
+            self.connected = True
+        return self._registered()
+
+    def connect_sync(self, *, required: bool = True) -> YokedCache:
         """Sync twin of :meth:`connect`."""
+        try:
+            self.backend.ping()
+        except BackendUnavailable as exc:
+            self._connect_failed(exc, required)
+        else:
+            self.connected = True
+        return self._registered()
+
+    def _connect_failed(self, exc: BackendUnavailable, required: bool) -> None:
+        if required:
+            raise exc
+        self._unavailable(
+            exc,
+            "connect",
+            "starting anyway (required=False): reads use the database until it answers",
+        )
+
+    def _registered(self) -> YokedCache:
         global _last_connected
-        self.backend.ping()
-        self.connected = True
         with _registry_lock:
             _last_connected = weakref.ref(self)
         return self
@@ -511,6 +534,8 @@ class YokedCache:
         me = self._target()
         if me is not self:
             return me.lookup_sync(key, horizon=horizon, lock=lock)
+        if loop_check.armed and _get_running_loop() is not None:
+            loop_check.fire("cache read")
         if self._pending:
             self._retry_pending_sync()
         token = _new_writer() if lock else None
@@ -723,6 +748,8 @@ class YokedCache:
                 version bump) could not be delivered; the caller must not commit.
         """
         me = self._target()
+        if loop_check.armed and _get_running_loop() is not None:
+            loop_check.fire("commit")
         ids = tuple(tag_id(t) for t in tags)
         cfg = me.config
         try:

@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Iterable
 
-__all__ = ["StateLog", "debug_on", "key_digest", "tables_of"]
+__all__ = ["LoopCheck", "StateLog", "debug_on", "key_digest", "loop_check", "tables_of"]
 
 log = logging.getLogger("yokedcache_sa")
 _DEBUG = logging.DEBUG
@@ -106,3 +106,35 @@ class StateLog:
         """Every pending invalidation was delivered."""
         if self._flip("pending", False):
             log.warning("yokedcache: pending invalidations delivered to %s", self.where)
+
+
+class LoopCheck:
+    """Warns once per process when a sync cache call runs on a thread with a running event
+    loop: a sync session (or sync ``@cached`` function) used in ``async def`` code, which
+    blocks the loop for every database and Redis round trip.
+
+    ``armed`` is checked before anything else, so after the warning the check costs one
+    attribute read.
+    """
+
+    def __init__(self) -> None:
+        self.armed = True
+
+    def fire(self, what: str) -> None:
+        if not self.armed:
+            return
+        self.armed = False
+        log.warning(
+            "yokedcache: a sync %s ran on the event loop thread: a sync Session / "
+            "CachingSession (or a sync @cached function) in async code blocks the loop on "
+            "every database and cache round trip, and `await session.execute(...)` fails "
+            "with TypeError. Use an AsyncSession over CachingSession: "
+            "async_sessionmaker(async_engine, sync_session_class=CachingSession, "
+            "cache=cache), or declare the route with `def` so FastAPI runs it in its "
+            "threadpool. Logged once per process.",
+            what,
+        )
+
+
+loop_check = LoopCheck()
+"""The process-wide :class:`LoopCheck` (``loop_check.armed = True`` re-arms it)."""

@@ -3,6 +3,7 @@ and item 3: a Redis outage logs one WARNING per change of state, not one per req
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -190,3 +191,28 @@ def test_strict_refusal_is_not_preceded_by_a_misleading_warning(
             assert s.scalar(select(Player.name).where(Player.id == 1)) == "p1"
     finally:
         cache.disconnect_sync()
+
+
+async def test_connect_required_false_starts_while_redis_is_down(
+    redis_server: RedisProcess, sqlite_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_server.kill()
+    cache = YokedCache(CacheConfig(redis_url=redis_server.url, key_prefix="boot", **FAST))
+    try:
+        with pytest.raises(BackendUnavailable, match="did not answer PING"):
+            await cache.connect()
+        with caplog.at_level(logging.WARNING, logger="yokedcache_sa"):
+            assert await cache.connect(required=False) is cache
+        assert not cache.connected
+        logged = _warnings(caplog)
+        assert len(logged) == 1 and "starting anyway (required=False)" in logged[0], logged
+        from yokedcache_sa import get_default_cache
+
+        assert get_default_cache() is cache
+        redis_server.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not await cache.set("k", 1):
+            await asyncio.sleep(0.05)
+        assert await cache.get("k") == 1  # caching started once Redis answered
+    finally:
+        await cache.disconnect()
