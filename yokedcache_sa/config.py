@@ -58,8 +58,8 @@ class CacheConfig(BaseSettings):
     """Seconds the breaker stays open before one probe is let through."""
     log_level: LogLevel = "WARNING"
     """Deprecated: configure the ``yokedcache_sa`` logger with :mod:`logging` instead. Only
-    when set explicitly (argument or ``YOKEDCACHE_LOG_LEVEL``) is it applied to that logger,
-    with a DeprecationWarning; the default never touches the logger."""
+    a level other than WARNING set explicitly (argument or ``YOKEDCACHE_LOG_LEVEL``) is
+    applied to that logger, with a DeprecationWarning; otherwise the logger is left alone."""
     socket_timeout: float = Field(default=0.25, gt=0, le=60)
     socket_connect_timeout: float = Field(default=0.5, gt=0, le=60)
     max_value_bytes: int = Field(default=1_048_576, ge=64, le=512 * 1024 * 1024)
@@ -145,7 +145,9 @@ class CacheConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _apply_log_level(self) -> CacheConfig:
-        if "log_level" in self.model_fields_set:
+        # only a non-default level given explicitly is applied: a config rebuilt from
+        # model_dump() (which carries the default) must not reset the application's logger
+        if "log_level" in self.model_fields_set and self.log_level != "WARNING":
             warnings.warn(
                 "CacheConfig.log_level (YOKEDCACHE_LOG_LEVEL) is deprecated: configure "
                 f"logging instead, e.g. logging.getLogger('yokedcache_sa').setLevel("

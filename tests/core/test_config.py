@@ -213,6 +213,7 @@ def test_config_does_not_touch_the_logger_level() -> None:
         logger.setLevel(logging.DEBUG)
         CacheConfig()
         CacheConfig(default_ttl=5)
+        CacheConfig(**CacheConfig().model_dump())  # a copy carries log_level="WARNING"
         assert logger.level == logging.DEBUG
     finally:
         logger.setLevel(before)
