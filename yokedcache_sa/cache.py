@@ -47,6 +47,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("yokedcache_sa")
+# hot paths ask the logger directly (its answer is cached by the logging module)
+_debug_enabled = log.isEnabledFor
+_DEBUG: Final = logging.DEBUG
 
 T = TypeVar("T")
 
@@ -540,7 +543,7 @@ class YokedCache:
             self._retry_pending_sync()
         token = _new_writer() if lock else None
         breaker = self._breaker
-        t0 = time.perf_counter() if debug_on() else 0.0
+        t0 = time.perf_counter() if _debug_enabled(_DEBUG) else 0.0
         try:
             if breaker.failures:
                 self._check_breaker()
@@ -561,7 +564,7 @@ class YokedCache:
         if self._pending:
             await self._retry_pending()
         token = _new_writer() if lock else None
-        t0 = time.perf_counter() if debug_on() else 0.0
+        t0 = time.perf_counter() if _debug_enabled(_DEBUG) else 0.0
         try:
             self._check_breaker()
             fetched = await self.backend.afetch(key, token, COMPUTE_LOCK_SECONDS)
@@ -607,7 +610,7 @@ class YokedCache:
             return False
         ids, payload = prepared
         token = me._lock_token(lock)
-        t0 = time.perf_counter() if debug_on() else 0.0
+        t0 = time.perf_counter() if _debug_enabled(_DEBUG) else 0.0
         try:
             me._check_breaker()
             outcome = me.backend.store(
@@ -636,7 +639,7 @@ class YokedCache:
             return False
         ids, payload = prepared
         token = me._lock_token(lock)
-        t0 = time.perf_counter() if debug_on() else 0.0
+        t0 = time.perf_counter() if _debug_enabled(_DEBUG) else 0.0
         try:
             me._check_breaker()
             outcome = await me.backend.astore(
