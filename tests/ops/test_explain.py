@@ -153,3 +153,39 @@ async def test_aexplain_with_an_async_session(stack: Stack) -> None:
         assert e.cacheable and e.fresh
     finally:
         await aengine.dispose()
+
+
+CASES = {
+    "plain": lambda: by_team(1),
+    "no_cache": lambda: by_team(1).options(NoCache()),
+    "eo_false": lambda: by_team(1).execution_options(yokedcache=False),
+    "populate": lambda: by_team(2).execution_options(populate_existing=True),
+    "for_update": lambda: by_team(2).with_for_update(),
+    "join": lambda: select(Player.name, Team.name).join(Team).where(Team.id == 2),
+    "count": lambda: select(func.count()).select_from(Player),
+    "hinted": lambda: by_team(2).options(FromCache(ttl=7, tags=["t-x"])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_explain_agrees_with_what_the_session_then_does(stack: Stack, case: str) -> None:
+    """The prediction is checked against the real read listener: a statement explained as
+    cacheable is found stored (fresh, under the explained key) after one read; one explained
+    as not cacheable stores nothing."""
+    stmt = CASES[case]()
+    with session(stack) as s:
+        before = explain(stmt, session=s)
+    keys = stack.cache.get_stats_sync().key_count
+    with session(stack) as s:
+        s.execute(stmt).all()
+    with session(stack) as s:
+        after = explain(stmt, session=s)
+    if before.cacheable:
+        assert not before.exists
+        assert after.key == before.key and after.exists and after.fresh, after
+        assert stack.cache.get_stats_sync().key_count == keys + 1
+    else:
+        assert before.reason and after.reason == before.reason
+        assert stack.cache.get_stats_sync().key_count == keys
+    if case == "hinted":
+        assert before.ttl == 7.0 and "t-x" in before.tags
