@@ -152,6 +152,7 @@ class _Breaker:
         self.open_until = 0.0
         self._lock = threading.Lock()
         self.on_recover: Callable[[bool], None] | None = None
+        self.on_open: Callable[[int], None] | None = None
 
     def allow(self) -> bool:
         if not self.enabled or self.failures < self.threshold:
@@ -179,6 +180,9 @@ class _Breaker:
             self.failures += 1
             if self.failures >= self.threshold:
                 self.open_until = time.monotonic() + self.timeout
+            opened = self.enabled and self.failures == self.threshold
+        if opened and self.on_open is not None:
+            self.on_open(self.failures)
 
 
 class _BreakerOpen(BackendUnavailable):
@@ -266,6 +270,7 @@ class YokedCache:
             getattr(self.backend, "url_redacted", None) or f"({self.backend.name} backend)"
         )
         self._breaker.on_recover = self._recovered
+        self._breaker.on_open = lambda n: self._state_log.opened(n, cfg.circuit_breaker_timeout)
         self._lock = threading.Lock()
         self._hits = self._misses = self._sets = self._invalidations = self._errors = 0
         self._table_hits: Counter[str] = Counter()
@@ -490,11 +495,9 @@ class YokedCache:
             return
         if isinstance(exc, BackendUnavailable):
             self._errors += 1
-            breaker = self._breaker
-            breaker.failure()
-            self._state_log.unreachable(what, exc, consequence)  # WARNING once per outage
-            if breaker.is_open:
-                self._state_log.opened(breaker.failures, breaker.timeout)
+            # WARNING once per outage (the breaker logs its own opening)
+            self._state_log.unreachable(what, exc, consequence)
+            self._breaker.failure()
             return
         self._count_error("cache %s failed, using the database: %s", what, exc)
 

@@ -216,3 +216,25 @@ async def test_connect_required_false_starts_while_redis_is_down(
         assert await cache.get("k") == 1  # caching started once Redis answered
     finally:
         await cache.disconnect()
+
+
+def test_commits_during_an_outage_warn_once_not_per_commit(
+    redis_server: RedisProcess, sqlite_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = YokedCache(CacheConfig(redis_url=redis_server.url, key_prefix="wout", **FAST))
+    try:
+        cache.connect_sync()
+        redis_server.kill()
+        with caplog.at_level(logging.WARNING, logger="yokedcache_sa"):
+            for i in range(10):
+                with CachingSession(sqlite_engine, cache=cache) as s:
+                    s.execute(update(Player).where(Player.id == 1).values(name=f"n{i}"))
+                    s.commit()  # committed; invalidation pending
+                assert _read(sqlite_engine, cache)[0] == f"n{i}"  # never stale here
+        logged = _warnings(caplog)
+        assert len([m for m in logged if "is unreachable" in m]) == 1, logged
+        assert len([m for m in logged if "circuit breaker opened" in m]) == 1, logged
+        assert len([m for m in logged if "not delivered" in m]) == 1, logged
+        assert len(logged) == 3, logged
+    finally:
+        cache.disconnect_sync()
