@@ -266,11 +266,15 @@ class YokedCache:
         self._breaker = _Breaker(
             cfg.circuit_breaker_threshold, cfg.circuit_breaker_timeout, cfg.enable_circuit_breaker
         )
-        self._state_log = StateLog(
+        state_log = self._state_log = StateLog(
             getattr(self.backend, "url_redacted", None) or f"({self.backend.name} backend)"
         )
-        self._breaker.on_recover = self._recovered
-        self._breaker.on_open = lambda n: self._state_log.opened(n, cfg.circuit_breaker_timeout)
+        # The callbacks must not reference self: a cycle would keep a dropped cache alive
+        # (and the default of get_default_cache) until the garbage collector runs.
+        self._breaker.on_recover = state_log.recovered
+        self._breaker.on_open = functools.partial(
+            state_log.opened, timeout=cfg.circuit_breaker_timeout
+        )
         self._lock = threading.Lock()
         self._hits = self._misses = self._sets = self._invalidations = self._errors = 0
         self._table_hits: Counter[str] = Counter()
@@ -500,11 +504,6 @@ class YokedCache:
             self._breaker.failure()
             return
         self._count_error("cache %s failed, using the database: %s", what, exc)
-
-    def _recovered(self, was_open: bool) -> None:
-        if was_open:
-            self._state_log.closed()
-        self._state_log.reachable()
 
     def _check_breaker(self) -> None:
         if not self._breaker.allow():

@@ -77,6 +77,12 @@ class StateLog:
         if self._flip("down", False):
             log.warning("yokedcache: the cache store %s answers again", self.where)
 
+    def recovered(self, was_open: bool) -> None:
+        """An operation succeeded after failures (the breaker was open or not)."""
+        if was_open:
+            self.closed()
+        self.reachable()
+
     def opened(self, failures: int, timeout: float) -> None:
         if self._flip("breaker_open", True):
             log.warning(

@@ -236,5 +236,26 @@ def test_commits_during_an_outage_warn_once_not_per_commit(
         assert len([m for m in logged if "circuit breaker opened" in m]) == 1, logged
         assert len([m for m in logged if "not delivered" in m]) == 1, logged
         assert len(logged) == 3, logged
+        redis_server.start()  # deliver, so no retry timer keeps this cache alive
+        deadline = time.monotonic() + 10
+        while cache.flush_pending_sync() and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         cache.disconnect_sync()
+
+
+def test_a_dropped_cache_is_freed_at_once() -> None:
+    """No reference cycle through the breaker callbacks: the weak registry of
+    get_default_cache forgets a cache as soon as its last reference goes."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        cache = YokedCache(CacheConfig(memory_shared=False))
+        cache.connect_sync()
+        ref = weakref.ref(cache)
+        del cache
+        assert ref() is None
+    finally:
+        gc.enable()
