@@ -14,10 +14,11 @@ import os
 import threading
 import time
 import weakref
+from asyncio import _get_running_loop
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
 from . import codec
 from .backends.base import Backend, Fetched, StoreOutcome
@@ -30,7 +31,11 @@ from .errors import (
     InvalidationError,
     SerializationError,
 )
+from .logs import StateLog, debug_on, key_digest, loop_check, tables_of
 from .tags import ALL_TAG, Snapshot, is_fresh, table_tag, tag_id, tag_ids
+
+if TYPE_CHECKING:
+    from .orm.explain import Explanation
 
 __all__ = [
     "MISSING",
@@ -42,6 +47,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("yokedcache_sa")
+# hot paths ask the logger directly (its answer is cached by the logging module)
+_debug_enabled = log.isEnabledFor
+_DEBUG: Final = logging.DEBUG
 
 T = TypeVar("T")
 
@@ -143,6 +151,8 @@ class _Breaker:
         self.failures = 0
         self.open_until = 0.0
         self._lock = threading.Lock()
+        self.on_recover: Callable[[bool], None] | None = None
+        self.on_open: Callable[[int], None] | None = None
 
     def allow(self) -> bool:
         if not self.enabled or self.failures < self.threshold:
@@ -160,13 +170,19 @@ class _Breaker:
 
     def success(self) -> None:
         if self.failures:
+            was_open = self.is_open
             self.failures = 0
+            if self.on_recover is not None:
+                self.on_recover(was_open)
 
     def failure(self) -> None:
         with self._lock:
             self.failures += 1
             if self.failures >= self.threshold:
                 self.open_until = time.monotonic() + self.timeout
+            opened = self.enabled and self.failures == self.threshold
+        if opened and self.on_open is not None:
+            self.on_open(self.failures)
 
 
 class _BreakerOpen(BackendUnavailable):
@@ -250,6 +266,15 @@ class YokedCache:
         self._breaker = _Breaker(
             cfg.circuit_breaker_threshold, cfg.circuit_breaker_timeout, cfg.enable_circuit_breaker
         )
+        state_log = self._state_log = StateLog(
+            getattr(self.backend, "url_redacted", None) or f"({self.backend.name} backend)"
+        )
+        # The callbacks must not reference self: a cycle would keep a dropped cache alive
+        # (and the default of get_default_cache) until the garbage collector runs.
+        self._breaker.on_recover = state_log.recovered
+        self._breaker.on_open = functools.partial(
+            state_log.opened, timeout=cfg.circuit_breaker_timeout
+        )
         self._lock = threading.Lock()
         self._hits = self._misses = self._sets = self._invalidations = self._errors = 0
         self._table_hits: Counter[str] = Counter()
@@ -316,24 +341,46 @@ class YokedCache:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def connect(self) -> YokedCache:
+    async def connect(self, *, required: bool = True) -> YokedCache:
         """Check the store answers and make this the default cache of ``@cached``.
 
-        Raises:
-            BackendUnavailable: the store cannot be reached.
-        """
-        global _last_connected
-        await self.backend.aping()
-        self.connected = True
-        with _registry_lock:
-            _last_connected = weakref.ref(self)
-        return self
+        Args:
+            required: False to start even when the store does not answer: one WARNING is
+                logged, reads go to the database and caching starts when it answers
+                (``connected`` stays False). Added in 0.x.
 
-    def connect_sync(self) -> YokedCache:
+        Raises:
+            BackendUnavailable: the store cannot be reached (only with ``required=True``).
+        """
+        try:
+            await self.backend.aping()
+        except BackendUnavailable as exc:
+            self._connect_failed(exc, required)
+        else:
+            self.connected = True
+        return self._registered()
+
+    def connect_sync(self, *, required: bool = True) -> YokedCache:
         """Sync twin of :meth:`connect`."""
+        try:
+            self.backend.ping()
+        except BackendUnavailable as exc:
+            self._connect_failed(exc, required)
+        else:
+            self.connected = True
+        return self._registered()
+
+    def _connect_failed(self, exc: BackendUnavailable, required: bool) -> None:
+        if required:
+            raise exc
+        self._unavailable(
+            exc,
+            "connect",
+            "starting anyway (required=False): reads use the database until it answers",
+        )
+
+    def _registered(self) -> YokedCache:
         global _last_connected
-        self.backend.ping()
-        self.connected = True
         with _registry_lock:
             _last_connected = weakref.ref(self)
         return self
@@ -437,11 +484,25 @@ class YokedCache:
             max_bytes=self._max_bytes,
         )
 
-    def _unavailable(self, exc: BackendError, what: str) -> None:
+    def _unavailable(
+        self,
+        exc: BackendError,
+        what: str,
+        consequence: str = "reads use the database, invalidations are retried",
+    ) -> None:
         # A refusal by the open breaker is not a failure: counting it would push the next
         # probe back on every call, so under steady traffic the breaker would never close.
-        if isinstance(exc, BackendUnavailable) and not isinstance(exc, _BreakerOpen):
+        if isinstance(exc, _BreakerOpen):
+            self._errors += 1
+            if debug_on():
+                log.debug("yokedcache: %s skipped: %s", what, exc)
+            return
+        if isinstance(exc, BackendUnavailable):
+            self._errors += 1
+            # WARNING once per outage (the breaker logs its own opening)
+            self._state_log.unreachable(what, exc, consequence)
             self._breaker.failure()
+            return
         self._count_error("cache %s failed, using the database: %s", what, exc)
 
     def _check_breaker(self) -> None:
@@ -454,12 +515,14 @@ class YokedCache:
     # -- protocol used by the ORM layer and @cached ----------------------------------------
 
     def _looked_up(
-        self, key: str, fetched: Fetched, horizon: int | None, token: str | None
+        self, key: str, fetched: Fetched, horizon: int | None, token: str | None, t0: float
     ) -> Lookup:
         value, header = self._decide(
             key, fetched, horizon, bool(self._pending) and self._blocked(fetched.tags)
         )
         self._record(value is not MISSING, header)
+        if t0:
+            _debug_lookup(key, value is not MISSING, header, fetched, t0)
         lock = ComputeLock(token) if token is not None and fetched.lock == 1 else None
         return Lookup(value, fetched.snapshot, fetched.tags, lock, fetched.lock == -1)
 
@@ -476,10 +539,13 @@ class YokedCache:
         me = self._target()
         if me is not self:
             return me.lookup_sync(key, horizon=horizon, lock=lock)
+        if loop_check.armed and _get_running_loop() is not None:
+            loop_check.fire("cache read")
         if self._pending:
             self._retry_pending_sync()
         token = _new_writer() if lock else None
         breaker = self._breaker
+        t0 = time.perf_counter() if _debug_enabled(_DEBUG) else 0.0
         try:
             if breaker.failures:
                 self._check_breaker()
@@ -490,7 +556,7 @@ class YokedCache:
             self._unavailable(exc, "read")
             self._misses += 1
             return Lookup(MISSING, None)
-        return self._looked_up(key, fetched, horizon, token)
+        return self._looked_up(key, fetched, horizon, token, t0)
 
     async def lookup(self, key: str, *, horizon: int | None = None, lock: bool = False) -> Lookup:
         """Async twin of :meth:`lookup_sync`."""
@@ -500,6 +566,7 @@ class YokedCache:
         if self._pending:
             await self._retry_pending()
         token = _new_writer() if lock else None
+        t0 = time.perf_counter() if _debug_enabled(_DEBUG) else 0.0
         try:
             self._check_breaker()
             fetched = await self.backend.afetch(key, token, COMPUTE_LOCK_SECONDS)
@@ -508,13 +575,19 @@ class YokedCache:
             self._unavailable(exc, "read")
             self._misses += 1
             return Lookup(MISSING, None)
-        return self._looked_up(key, fetched, horizon, token)
+        return self._looked_up(key, fetched, horizon, token, t0)
 
     def _prepare_store(
         self, key: str, value: object, tags: Iterable[str], snapshot: Snapshot
     ) -> tuple[tuple[str, ...], bytes] | None:
         ids = tag_ids(tags)
         if self._blocked(ids):
+            if debug_on():
+                log.debug(
+                    "yokedcache: store refused (invalidation pending here) key=%s tables=%s",
+                    key_digest(key),
+                    tables_of(ids),
+                )
             return None
         return ids, self._encode(key, value, ids, snapshot)
 
@@ -539,6 +612,7 @@ class YokedCache:
             return False
         ids, payload = prepared
         token = me._lock_token(lock)
+        t0 = time.perf_counter() if _debug_enabled(_DEBUG) else 0.0
         try:
             me._check_breaker()
             outcome = me.backend.store(
@@ -548,7 +622,7 @@ class YokedCache:
         except BackendError as exc:
             me._unavailable(exc, "write")
             return False
-        return me._stored(outcome, lock)
+        return me._stored(outcome, lock, key, ids, t0)
 
     async def store(
         self,
@@ -567,6 +641,7 @@ class YokedCache:
             return False
         ids, payload = prepared
         token = me._lock_token(lock)
+        t0 = time.perf_counter() if _debug_enabled(_DEBUG) else 0.0
         try:
             me._check_breaker()
             outcome = await me.backend.astore(
@@ -576,15 +651,30 @@ class YokedCache:
         except BackendError as exc:
             me._unavailable(exc, "write")
             return False
-        return me._stored(outcome, lock)
+        return me._stored(outcome, lock, key, ids, t0)
 
     @staticmethod
     def _lock_token(lock: ComputeLock | None) -> str | None:
         return lock.token if lock is not None and not lock.released else None
 
-    def _stored(self, outcome: StoreOutcome, lock: ComputeLock | None) -> bool:
+    def _stored(
+        self,
+        outcome: StoreOutcome,
+        lock: ComputeLock | None,
+        key: str = "",
+        ids: Sequence[str] = (),
+        t0: float = 0.0,
+    ) -> bool:
         if lock is not None:
             lock.released = True  # the store script dropped it, whatever the outcome
+        if t0:
+            log.debug(
+                "yokedcache: %s key=%s tables=%s in %.2f ms",
+                _STORE_WORDS[outcome],
+                key_digest(key),
+                tables_of(ids),
+                (time.perf_counter() - t0) * 1000,
+            )
         if outcome is StoreOutcome.STORED:
             self._sets += 1
             return True
@@ -629,13 +719,16 @@ class YokedCache:
     # once, in the _*_failed helpers.
 
     def _begin_failed(self, ids: tuple[str, ...], writer: str, exc: BackendError) -> None:
-        self._unavailable(exc, "begin_write")
         if self.config.strict_invalidation:
+            self._unavailable(
+                exc, "marking written tables", "strict_invalidation refuses commits meanwhile"
+            )
             raise InvalidationError(
                 f"strict_invalidation: could not mark {list(ids)} before COMMIT ({exc}); "
                 "the transaction is not committed — retry when the cache answers, or turn "
                 "strict_invalidation off to commit with a bounded staleness window"
             ) from exc
+        self._unavailable(exc, "marking written tables")
         self._add_pending(ids, writer)
 
     def _end_failed(
@@ -660,6 +753,8 @@ class YokedCache:
                 version bump) could not be delivered; the caller must not commit.
         """
         me = self._target()
+        if loop_check.armed and _get_running_loop() is not None:
+            loop_check.fire("commit")
         ids = tuple(tag_id(t) for t in tags)
         cfg = me.config
         try:
@@ -744,6 +839,8 @@ class YokedCache:
             me._unavailable(exc, "release")
 
     def _count_invalidation(self, ids: Sequence[str]) -> None:
+        if debug_on():
+            log.debug("yokedcache: invalidated tags=%s", list(ids))
         self._invalidations += 1
         for t in ids:
             if t.startswith("table:"):
@@ -754,6 +851,7 @@ class YokedCache:
             for t in ids:
                 _w, attempts, _n = self._pending.get(t, (writer, 0, 0.0))
                 self._pending[t] = (writer, attempts, time.monotonic())
+        self._state_log.pending_now(ids)
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:
@@ -798,7 +896,10 @@ class YokedCache:
         with self._lock:
             for t in ids:
                 self._pending.pop(t, None)
+            left = len(self._pending)
         self._count_invalidation(ids)
+        if not left:
+            self._state_log.delivered()
 
     def _retry_pending_sync(self) -> None:
         for writer, ids in self._due_pending().items():
@@ -1064,6 +1165,38 @@ class YokedCache:
         except BackendError:
             return False
         return True
+
+    def explain(self, statement_or_query: Any, *, session: Any, params: Any = None) -> Explanation:
+        """What *session* would do with a statement, looked up in this cache; see
+        :func:`yokedcache_sa.orm.explain.explain`. Added in 0.x."""
+        from .orm.explain import explain
+
+        return explain(statement_or_query, session=session, cache=self, params=params)
+
+
+_STORE_WORDS: Final = {
+    StoreOutcome.STORED: "stored",
+    StoreOutcome.STALE: "store refused (a tag moved since the read, or new epoch)",
+    StoreOutcome.BEING_WRITTEN: "store refused (a tag is being written)",
+}
+
+
+def _debug_lookup(
+    key: str, hit: bool, header: codec.Header | None, fetched: Fetched, t0: float
+) -> None:
+    if hit:
+        what = "hit"
+    elif header is not None:
+        what = "miss (stale entry)"
+    else:
+        what = "miss"
+    log.debug(
+        "yokedcache: %s key=%s tables=%s in %.2f ms",
+        what,
+        key_digest(key),
+        tables_of(header.tags if header is not None else fetched.tags),
+        (time.perf_counter() - t0) * 1000,
+    )
 
 
 def make_key(*parts: object) -> str:

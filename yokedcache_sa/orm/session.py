@@ -255,7 +255,8 @@ class SessionCache:
             except InvalidationError as exc:
                 # The commit happened; the cache keeps the tags pending (bypassed here,
                 # retried) — see docs/consistency.md for what other processes may see.
-                log.error("yokedcache: %s", exc)
+                # The cache logs a WARNING when tags become pending and when delivered.
+                log.debug("yokedcache: %s", exc)
         else:
             bridge(cache.release_sync, cache.release, marked, writer)
 
