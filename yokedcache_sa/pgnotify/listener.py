@@ -1,0 +1,335 @@
+"""A background thread that turns PostgreSQL notifications into cache invalidations.
+
+Writers outside the application's caching sessions (another service, ``psql``, cron jobs,
+migrations) commit without telling the cache. With the triggers of
+:func:`~yokedcache_sa.pgnotify.install` in place, each such commit sends ``NOTIFY`` naming
+the tables it changed; the listener invalidates their ``table:`` tags shortly after.
+
+Fail closed: notifications sent while the listener was disconnected are lost, so after every
+reconnect it invalidates every table it watches (the whole cache when it watches all).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..cache import YokedCache
+from ..errors import InvalidationError, YokedCacheError, redact_text
+from ..tags import table_tag
+from .conninfo import DEFAULT_CHANNEL, PgNotifyError, Target, connect, quote_ident, target_of
+from .conninfo import split_qualified as _split
+
+__all__ = ["ListenerStats", "NotifyListener", "start_listener", "tags_of_payload"]
+
+log = logging.getLogger("yokedcache_sa")
+
+# TCP keepalives: a peer that vanished without closing the socket is noticed in ~20 s
+_KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+}
+
+
+def tags_of_payload(payload: str) -> frozenset[str] | None:
+    """The tags a notification for ``schema.table[,schema.table…]`` must invalidate.
+
+    Both ``table:<schema>.<table>`` and ``table:<table>``: a read through a ``Table`` without
+    ``schema=`` is tagged with the bare name, whatever schema the search path resolved it to.
+    None for a payload that is not a table list (the caller invalidates everything).
+    """
+    try:
+        names = _split(payload)
+    except ValueError:
+        return None
+    out: set[str] = set()
+    for schema, table in names:
+        out.add(table_tag(table))
+        if schema:
+            out.add(table_tag(table, schema))
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
+class ListenerStats:
+    """Counters of one listener: notifications received, invalidation calls made (one per
+    batch), connections made after the first, and invalidations the cache did not take
+    (left pending in the cache, retried by it)."""
+
+    notifications: int
+    batches: int
+    reconnects: int
+    undelivered: int
+    connected: bool
+
+
+class NotifyListener:
+    """Listens on one channel with a dedicated connection and invalidates the tables named.
+
+    Args:
+        cache: the cache whose ``table:`` tags to invalidate.
+        engine_or_url: an Engine, AsyncEngine or URL of any PostgreSQL driver; the listener
+            opens its own psycopg connection to the same database.
+        channel: the channel the triggers notify (``install(channel=...)``).
+        tables: the tables whose triggers notify this channel (``schema.table`` or bare);
+            after a reconnect these are invalidated. None: after a reconnect the whole cache
+            is invalidated.
+        connect_args: extra libpq keywords (``password=``, ``sslmode=`` …).
+        max_backoff: the longest wait between reconnection attempts, in seconds.
+
+    Call :meth:`start` (or use it as a context manager) and :meth:`stop`. Added in 0.2.
+    """
+
+    def __init__(
+        self,
+        cache: YokedCache,
+        engine_or_url: Any,
+        *,
+        channel: str = DEFAULT_CHANNEL,
+        tables: Iterable[str] | None = None,
+        connect_args: Mapping[str, Any] | None = None,
+        max_backoff: float = 10.0,
+    ) -> None:
+        if not channel:
+            raise PgNotifyError("channel must be a non-empty string")
+        self.cache = cache
+        self.channel = channel
+        self.target: Target = target_of(engine_or_url, connect_args)
+        self.tables = None if tables is None else tuple(tables)
+        self._gap_tags: frozenset[str] | None = None
+        if self.tables is not None:
+            tags: set[str] = set()
+            for name in self.tables:
+                got = tags_of_payload(name)
+                if got is None:
+                    raise PgNotifyError(f"bad table name {name!r}: use table or schema.table")
+                tags |= got
+            self._gap_tags = frozenset(tags)
+        self.max_backoff = max_backoff
+        self.backend_pid: int | None = None
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._thread: threading.Thread | None = None
+        self._conn: Any = None
+        self._notifications = self._batches = self._reconnects = self._undelivered = 0
+        self._warned_cache = False
+        self._attempts = 0
+        self._was_up = False
+
+    def __repr__(self) -> str:
+        return f"<NotifyListener {self.target.redacted} channel={self.channel!r}>"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> NotifyListener:
+        """Start the thread (once); return self. Connecting happens in the background."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"yokedcache-pgnotify:{self.channel}", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until ``LISTEN`` is active; return whether it is."""
+        return self._ready.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        """Whether ``LISTEN`` is active now."""
+        return self._ready.is_set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread and close its connection (idempotent)."""
+        self._stopping.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if thread is None or not thread.is_alive():
+            for s in (self._wake_r, self._wake_w):
+                s.close()
+
+    def __enter__(self) -> NotifyListener:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stats(self) -> ListenerStats:
+        """The listener's counters."""
+        return ListenerStats(
+            self._notifications,
+            self._batches,
+            self._reconnects,
+            self._undelivered,
+            self.connected,
+        )
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.1
+        logged_down = False
+        while not self._stopping.is_set():
+            try:
+                self._listen()
+            except YokedCacheError as exc:
+                reason = str(exc)
+            except Exception as exc:  # psycopg errors, OSError: the connection is gone
+                reason = redact_text(f"{type(exc).__name__}: {exc}", self.target.url)
+            else:
+                reason = "connection closed"
+            self._drop_connection()
+            if self._stopping.is_set():
+                break
+            if self._was_up:  # a new outage: log it once, retry quickly first
+                self._was_up = False
+                backoff, logged_down = 0.1, False
+            if not logged_down:
+                logged_down = True
+                log.warning(
+                    "yokedcache: change notification from %s is disconnected (%s); "
+                    "reconnecting with backoff, outside writes are not seen until then",
+                    self.target.redacted,
+                    reason,
+                )
+            if self._stopping.wait(backoff):
+                break
+            backoff = min(self.max_backoff, backoff * 2)
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        self._ready.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _listen(self) -> None:
+        """Connect, LISTEN, cover the gap, then turn notifications into invalidations until
+        the connection fails or the listener stops."""
+        self._attempts += 1
+        conn = connect(self.target, **_KEEPALIVE)
+        self._conn = conn
+        pending: list[str] = []
+        conn.add_notify_handler(lambda n: pending.append(n.payload))
+        conn.execute(f"LISTEN {quote_ident(self.channel)}")
+        self.backend_pid = conn.info.backend_pid
+        if self._attempts > 1:
+            # a previous attempt failed or its connection dropped: what was committed
+            # meanwhile was never notified to us
+            self._reconnects += 1
+            self._cover_gap()
+        self._was_up = True
+        self._ready.set()
+        pgconn = conn.pgconn
+        fd = conn.fileno()
+        wake = self._wake_r.fileno()
+        enc = conn.info.encoding
+        bad = __import__("psycopg").pq.ConnStatus.BAD
+        while not self._stopping.is_set():
+            if not pending:
+                readable, _w, _x = select.select([fd, wake], [], [], 60.0)
+                if wake in readable:
+                    return
+                if not readable:
+                    continue  # idle; keepalives watch the connection
+                pgconn.consume_input()
+                if pgconn.status == bad:
+                    raise PgNotifyError("the listener connection was closed by the server")
+            while True:
+                n = pgconn.notifies()
+                if n is None:
+                    break
+                pending.append(n.extra.decode(enc))
+            if pending:
+                batch, pending[:] = list(pending), []
+                self._deliver(batch)
+            if pgconn.status == bad:
+                raise PgNotifyError("the listener connection was closed by the server")
+
+    def _deliver(self, payloads: list[str]) -> None:
+        """One invalidation for a batch of notifications."""
+        self._notifications += len(payloads)
+        tags: set[str] = set()
+        for p in payloads:
+            got = tags_of_payload(p)
+            if got is None:
+                log.warning(
+                    "yokedcache: notification %.100r on %r is not a table list; "
+                    "invalidating the whole cache",
+                    p,
+                    self.channel,
+                )
+                self._invalidate(None)
+                return
+            tags |= got
+        self._invalidate(frozenset(tags))
+
+    def _cover_gap(self) -> None:
+        what = (
+            "the whole cache"
+            if self._gap_tags is None
+            else f"the {len(self.tables or ())} watched tables"
+        )
+        log.warning(
+            "yokedcache: change notification from %s reconnected; invalidated %s because "
+            "notifications sent while disconnected are lost",
+            self.target.redacted,
+            what,
+        )
+        self._invalidate(self._gap_tags)
+
+    def _invalidate(self, tags: frozenset[str] | None) -> None:
+        self._batches += 1
+        try:
+            if tags is None:
+                self.cache.invalidate_all_sync()
+            else:
+                self.cache.invalidate_tags_sync(sorted(tags))
+        except InvalidationError as exc:
+            # the cache keeps the tags pending (bypassed here, retried until delivered)
+            self._undelivered += 1
+            if not self._warned_cache:
+                self._warned_cache = True
+                log.warning("yokedcache: change notification could not invalidate: %s", exc)
+        else:
+            self._warned_cache = False
+
+
+def start_listener(
+    cache: YokedCache,
+    engine_or_url: Any,
+    *,
+    channel: str = DEFAULT_CHANNEL,
+    tables: Iterable[str] | None = None,
+    connect_args: Mapping[str, Any] | None = None,
+) -> NotifyListener:
+    """Start a :class:`NotifyListener` and return it (stop it with ``.stop()`` or use it as a
+    context manager).
+
+    Example (FastAPI lifespan)::
+
+        @asynccontextmanager
+        async def lifespan(app):
+            with start_listener(cache, engine, tables=["users", "orders"]):
+                yield
+    """
+    return NotifyListener(
+        cache, engine_or_url, channel=channel, tables=tables, connect_args=connect_args
+    ).start()
