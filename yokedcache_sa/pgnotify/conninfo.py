@@ -168,8 +168,8 @@ def split_qualified(payload: str) -> list[tuple[str | None, str]]:
             j = i
             while j < n and payload[j] not in ".,":
                 j += 1
-            if j == i:
-                raise ValueError(f"empty name in {payload!r}")
+            if j == i or '"' in payload[i:j]:
+                raise ValueError(f"empty or badly quoted name in {payload!r}")
             parts.append(payload[i:j])
             i = j
         if i < n and payload[i] == ".":

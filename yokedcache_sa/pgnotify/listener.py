@@ -204,7 +204,7 @@ class NotifyListener:
                     "yokedcache: change notification from %s is disconnected (%s); "
                     "reconnecting with backoff, outside writes are not seen until then",
                     self.target.redacted,
-                    reason,
+                    " ".join(reason.split()),
                 )
             if self._stopping.wait(backoff):
                 break
@@ -265,8 +265,8 @@ class NotifyListener:
 
     def _deliver(self, payloads: list[str]) -> None:
         """One invalidation for a batch of notifications."""
-        self._notifications += len(payloads)
         tags: set[str] = set()
+        everything = False
         for p in payloads:
             got = tags_of_payload(p)
             if got is None:
@@ -276,10 +276,12 @@ class NotifyListener:
                     p,
                     self.channel,
                 )
-                self._invalidate(None)
-                return
+                everything = True
+                break
             tags |= got
-        self._invalidate(frozenset(tags))
+        self._invalidate(None if everything else frozenset(tags))
+        # counted once handled, so a caller that saw the count rise sees the invalidation
+        self._notifications += len(payloads)
 
     def _cover_gap(self) -> None:
         what = (
@@ -287,16 +289,15 @@ class NotifyListener:
             if self._gap_tags is None
             else f"the {len(self.tables or ())} watched tables"
         )
+        self._invalidate(self._gap_tags)
         log.warning(
             "yokedcache: change notification from %s reconnected; invalidated %s because "
             "notifications sent while disconnected are lost",
             self.target.redacted,
             what,
         )
-        self._invalidate(self._gap_tags)
 
     def _invalidate(self, tags: frozenset[str] | None) -> None:
-        self._batches += 1
         try:
             if tags is None:
                 self.cache.invalidate_all_sync()
@@ -310,6 +311,8 @@ class NotifyListener:
                 log.warning("yokedcache: change notification could not invalidate: %s", exc)
         else:
             self._warned_cache = False
+        finally:
+            self._batches += 1
 
 
 def start_listener(
