@@ -309,3 +309,42 @@ def test_async_driver_url_is_accepted(world: World) -> None:
     conn = connect(target_of(url))
     assert conn.execute("SELECT 1").fetchone() == (1,)
     conn.close()
+
+
+def test_write_to_a_partition_invalidates_reads_of_the_parent(world: World) -> None:
+    """A statement on a partition notifies the partition and its ancestors."""
+    from sqlalchemy import Column, MetaData, Table, select
+
+    from tests.pgnotify.conftest import SCHEMA
+    from yokedcache_sa.pgnotify import install, uninstall
+
+    with world.engine.begin() as c:
+        c.exec_driver_sql(
+            f'CREATE TABLE "{SCHEMA}".parted (id int, name text) PARTITION BY RANGE (id)'
+        )
+        c.exec_driver_sql(
+            f'CREATE TABLE "{SCHEMA}".parted_1 PARTITION OF "{SCHEMA}".parted '
+            "FOR VALUES FROM (0) TO (100)"
+        )
+        c.exec_driver_sql(f"INSERT INTO \"{SCHEMA}\".parted VALUES (1, 'p')")
+    parted = Table("parted", MetaData(), Column("id"), Column("name"), schema=SCHEMA)
+    try:
+        st = install(world.engine, schema=SCHEMA, tables=["parted", "parted_1"])
+        assert {f"{SCHEMA}.parted", f"{SCHEMA}.parted_1"} <= set(st.tables)
+
+        def names() -> tuple[list[str], int]:
+            before = world.sql.n
+            with world.Session() as s:
+                got = list(s.execute(select(parted.c.name)).scalars())
+            return got, world.sql.n - before
+
+        with NotifyListener(world.cache, world.engine) as lst:
+            assert lst.wait_ready(10)
+            names()
+            assert names() == (["p"], 0)
+            world.outside(f"UPDATE \"{SCHEMA}\".parted_1 SET name = 'p2'")
+            assert wait_until(lambda: names() == (["p2"], 1))
+    finally:
+        uninstall(world.engine, schema=SCHEMA, tables=["parted", "parted_1"])
+        with world.engine.begin() as c:
+            c.exec_driver_sql(f'DROP TABLE "{SCHEMA}".parted')
