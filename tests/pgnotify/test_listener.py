@@ -348,3 +348,39 @@ def test_write_to_a_partition_invalidates_reads_of_the_parent(world: World) -> N
         uninstall(world.engine, schema=SCHEMA, tables=["parted", "parted_1"])
         with world.engine.begin() as c:
             c.exec_driver_sql(f'DROP TABLE "{SCHEMA}".parted')
+
+
+def test_a_payload_that_is_not_a_table_list_invalidates_everything(world: World) -> None:
+    from yokedcache_sa.pgnotify import start_listener
+
+    world.cache.set_sync("unrelated", 1, tags=["not-a-table"])
+    with start_listener(world.cache, world.engine, tables=["nothing"]) as lst:
+        assert lst.wait_ready(10)
+        with world.engine.connect() as c:
+            c.exec_driver_sql("SELECT pg_notify('yokedcache', 'a.b.c')")
+            c.commit()
+        assert wait_until(lambda: lst.stats().notifications == 1)
+    assert world.cache.get_sync("unrelated") is None
+
+
+def test_own_commit_on_a_notifying_table_counts_nothing(
+    world: World, listener: NotifyListener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our trigger changes no rows: a caching session's write to its table does not ask
+    pg_stat_xact_* what the transaction changed (that is for tables with user triggers)."""
+    from yokedcache_sa.orm import routines
+    from yokedcache_sa.orm import session as orm_session
+
+    routines.forget_catalog(world.engine)
+    calls: list[object] = []
+    real = orm_session._pg_counts
+
+    def spy(*args: object, **kw: object) -> object:
+        calls.append(args)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(orm_session, "_pg_counts", spy)
+    with world.Session() as s:
+        s.get(Item, 1).name = "x"  # type: ignore[union-attr]
+        s.commit()
+    assert calls == []

@@ -117,13 +117,14 @@ def _psycopg() -> Any:
 
 
 def connect(target: Target, **extra: Any) -> psycopg.Connection[Any]:
-    """Open an autocommit psycopg connection to *target*.
+    """Open an autocommit psycopg connection to *target* (*extra*: defaults its URL and
+    connect_args override).
 
     Raises:
         PgNotifyError: PostgreSQL could not be reached or refused the login.
     """
     psycopg = _psycopg()
-    kw = {"application_name": "yokedcache-pgnotify", **target.kwargs, **extra}
+    kw = {"application_name": "yokedcache-pgnotify", **extra, **target.kwargs}
     try:
         return psycopg.connect(autocommit=True, **kw)  # type: ignore[no-any-return]
     except psycopg.Error as exc:

@@ -185,8 +185,9 @@ def _scoped(st: NotifyStatus, schema: str | None) -> NotifyStatus:
 
 def _run(engine_or_url: Any, connect_args: Mapping[str, Any] | None, fn: Any) -> Any:
     target: Target = target_of(engine_or_url, connect_args)
-    psycopg = __import__("psycopg")
-    conn = connect(target)
+    conn = connect(target, connect_timeout=10)
+    import psycopg
+
     try:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(_LOCK)

@@ -12,7 +12,7 @@ reconnect it invalidates every table it watches (the whole cache when it watches
 from __future__ import annotations
 
 import logging
-import select
+import selectors
 import socket
 import threading
 from collections.abc import Iterable, Mapping
@@ -29,8 +29,10 @@ __all__ = ["ListenerStats", "NotifyListener", "start_listener", "tags_of_payload
 
 log = logging.getLogger("yokedcache_sa")
 
-# TCP keepalives: a peer that vanished without closing the socket is noticed in ~20 s
+# Defaults the URL or connect_args may override. TCP keepalives: a peer that vanished
+# without closing the socket is noticed in about 20 s; a connect attempt gives up after 10 s.
 _KEEPALIVE = {
+    "connect_timeout": 10,
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 3,
@@ -237,17 +239,25 @@ class NotifyListener:
             self._cover_gap()
         self._was_up = True
         self._ready.set()
+        from psycopg import pq
+
         pgconn = conn.pgconn
-        fd = conn.fileno()
-        wake = self._wake_r.fileno()
         enc = conn.info.encoding
-        bad = __import__("psycopg").pq.ConnStatus.BAD
+        bad = pq.ConnStatus.BAD
+        with selectors.DefaultSelector() as sel:  # no FD_SETSIZE limit, unlike select()
+            sel.register(conn.fileno(), selectors.EVENT_READ, "db")
+            sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+            self._pump(sel, pgconn, pending, enc, bad)
+
+    def _pump(
+        self, sel: selectors.BaseSelector, pgconn: Any, pending: list[str], enc: str, bad: Any
+    ) -> None:
         while not self._stopping.is_set():
             if not pending:
-                readable, _w, _x = select.select([fd, wake], [], [], 60.0)
-                if wake in readable:
+                events = sel.select(60.0)
+                if any(key.data == "wake" for key, _mask in events):
                     return
-                if not readable:
+                if not events:
                     continue  # idle; keepalives watch the connection
                 pgconn.consume_input()
                 if pgconn.status == bad:
