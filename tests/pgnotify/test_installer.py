@@ -52,6 +52,17 @@ def _triggers(engine: Engine, schema: str) -> list[tuple[str, str]]:
         ]
 
 
+def _trigger_oids(engine: Engine, schema: str) -> list[int]:
+    with engine.connect() as c:
+        return sorted(
+            r[0]
+            for r in c.exec_driver_sql(
+                "SELECT t.oid FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{schema}'"
+            )
+        )
+
+
 def _functions(engine: Engine, schema: str) -> list[str]:
     with engine.connect() as c:
         return [
@@ -75,8 +86,10 @@ def test_install_is_idempotent_and_uninstall_removes_everything(
         f'{s}."Odd.Name"': "yokedcache",
     }
     trig = _triggers(engine, s)
+    oids = _trigger_oids(engine, s)
     assert install(engine, schema=s) == first  # again: nothing changes
     assert _triggers(engine, s) == trig
+    assert _trigger_oids(engine, s) == oids  # not dropped and re-created
     assert all(name.startswith("yokedcache_notify_") for _t, name in trig)
     assert len(trig) == 3
     assert installed(engine, schema=s) == first
