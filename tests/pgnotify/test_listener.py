@@ -3,6 +3,7 @@ changed shortly after their COMMIT, on the memory and the Redis backend."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -384,3 +385,42 @@ def test_own_commit_on_a_notifying_table_counts_nothing(
         s.get(Item, 1).name = "x"  # type: ignore[union-attr]
         s.commit()
     assert calls == []
+
+
+async def test_async_app_with_an_asyncpg_engine(world: World) -> None:
+    """The thread serves an asyncio app as well: AsyncEngine in, AsyncSession reads refreshed."""
+    from sqlalchemy import select
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from tests.conftest import PG_ASYNC_URL
+    from yokedcache_sa.orm import CachingSession
+
+    engine = create_async_engine(PG_ASYNC_URL)
+    factory = async_sessionmaker(engine, sync_session_class=CachingSession, cache=world.cache)
+    sent = [0]
+
+    def count(*_a: object) -> None:
+        sent[0] += 1
+
+    from sqlalchemy import event
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+
+    async def read() -> tuple[str, int]:
+        before = sent[0]
+        async with factory() as s:
+            name = (await s.execute(select(Item.name).where(Item.id == 1))).scalar_one()
+        return name, sent[0] - before
+
+    try:
+        with NotifyListener(world.cache, engine, tables=[Item.__tablename__]) as lst:
+            assert lst.wait_ready(10)
+            await read()
+            assert await read() == ("a", 0)
+            world.outside(f"UPDATE {Item.__tablename__} SET name = 'async' WHERE id = 1")
+            deadline = time.monotonic() + BOUND
+            while await read() != ("async", 1):
+                assert time.monotonic() < deadline, "still stale"
+                await asyncio.sleep(0.005)
+    finally:
+        await engine.dispose()
