@@ -424,3 +424,36 @@ async def test_async_app_with_an_asyncpg_engine(world: World) -> None:
                 await asyncio.sleep(0.005)
     finally:
         await engine.dispose()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_starts_its_own_listener(world: World, listener: NotifyListener) -> None:
+    """The thread does not survive fork: the child restarts it on a connection of its own
+    (covering the gap), and the parent's connection is left alone."""
+    import warnings
+
+    parent_pid = listener.backend_pid
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+        pid = os.fork()
+    if pid == 0:  # child: report through the exit code only
+        code = 1
+        try:
+            if listener.connected:
+                code = 2
+            elif not listener.start().wait_ready(10):
+                code = 3
+            elif listener.backend_pid == parent_pid or listener.stats().reconnects != 1:
+                code = 4
+            else:
+                code = 0
+            listener.stop()
+        finally:
+            os._exit(code)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert listener.connected and listener.backend_pid == parent_pid
+    assert listener.stats().reconnects == 0
+    world.warm()
+    world.outside(f"UPDATE {Item.__tablename__} SET name = 'after-fork' WHERE id = 1")
+    assert wait_until(lambda: world.read() == (("after-fork", 0), 1))

@@ -12,9 +12,11 @@ reconnect it invalidates every table it watches (the whole cache when it watches
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import socket
 import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,20 @@ _KEEPALIVE = {
     "keepalives_interval": 3,
     "keepalives_count": 3,
 }
+
+
+_listeners: weakref.WeakSet[NotifyListener] = weakref.WeakSet()
+# connections inherited over fork: closing them in the child would end the parent's session
+_inherited: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for listener in list(_listeners):
+        listener._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def tags_of_payload(payload: str) -> frozenset[str] | None:
@@ -126,6 +142,24 @@ class NotifyListener:
         self._warned_cache = False
         self._attempts = 0
         self._was_up = False
+        _listeners.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child: the thread did not survive; the parent's connection stays the
+        parent's. Reset, so :meth:`start` starts this process's own listener."""
+        if self._conn is not None:
+            _inherited.append(self._conn)
+        self._conn = None
+        self._thread = None
+        # new events: the parent's thread may have held their locks at the fork
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        # the child's first LISTEN starts after the parent's view stopped covering this
+        # process: treat it as a reconnect (invalidate what is watched)
+        self._attempts = 1
+        self._was_up = False
 
     def __repr__(self) -> str:
         return f"<NotifyListener {self.target.redacted} channel={self.channel!r}>"
@@ -133,7 +167,8 @@ class NotifyListener:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> NotifyListener:
-        """Start the thread (once); return self. Connecting happens in the background."""
+        """Start the thread (once per process: in a forked child call it again); return
+        self. Connecting happens in the background."""
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._run, name=f"yokedcache-pgnotify:{self.channel}", daemon=True
