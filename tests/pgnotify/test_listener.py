@@ -7,12 +7,12 @@ import asyncio
 import functools
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
@@ -229,10 +229,82 @@ def _reads(world: World, want: tuple[str, int]) -> bool:
     return bool(world.read()[0] == want)
 
 
-def test_outside_writer_process_while_readers_run(world: World, listener: NotifyListener) -> None:
+class _Writer:
+    """Another process that commits ``UPDATE … SET v = i`` when told, and says when done."""
+
+    def __init__(self, kind: str) -> None:
+        from urllib.parse import urlsplit
+
+        conn = target_of(PG_URL)
+        table = Item.__tablename__
+        if kind == "psql":
+            if shutil.which("psql") is None:
+                pytest.skip("psql is not on PATH")
+            kw = conn.kwargs
+            cmd = [
+                "psql",
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(kw.get("host", "")),
+                "-p",
+                str(kw.get("port", 5432)),
+                "-U",
+                str(kw.get("user", "")),
+                str(kw.get("dbname", "")),
+            ]
+            env = {**os.environ, "PGPASSWORD": str(kw.get("password", ""))}
+            self.template = f"UPDATE {table} SET v = {{i}} WHERE id = 1;\n\\echo committed {{i}}\n"
+        else:
+            assert urlsplit(conn.url).scheme == "postgresql"
+            script = (
+                "import sys, psycopg\n"
+                f"c = psycopg.connect({conn.url!r}, autocommit=True)\n"
+                "for line in sys.stdin:\n"
+                "    i = int(line)\n"
+                f"    c.execute('UPDATE {table} SET v = %s WHERE id = 1', (i,))\n"
+                "    print('committed', i, flush=True)\n"
+            )
+            cmd = [sys.executable, "-c", script]
+            env = dict(os.environ)
+            self.template = "{i}\n"
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+
+    def commit(self, i: int) -> None:
+        """Return once the other process's COMMIT of ``v = i`` returned."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(self.template.format(i=i))
+        self.proc.stdin.flush()
+        while True:
+            line = self.proc.stdout.readline()
+            assert line, "the writer process ended"
+            if line.strip() == f"committed {i}":
+                return
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        try:
+            assert self.proc.wait(10) == 0
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            self.proc.stdout.close()
+
+
+@pytest.mark.parametrize("kind", ["python", "psql"])
+def test_outside_writer_process_while_readers_run(
+    world: World, listener: NotifyListener, kind: str
+) -> None:
     """Another process commits 30 increments; readers run all along. Each commit is seen
     within the bound, and no read after that returns an older value."""
     world.warm()
+    writer = _Writer(kind)
     stop = threading.Event()
     confirmed = [0]  # highest value whose window has closed
     stale: list[tuple[int, int]] = []
@@ -251,40 +323,16 @@ def test_outside_writer_process_while_readers_run(world: World, listener: Notify
     threads = [threading.Thread(target=reader) for _ in range(2)]
     for t in threads:
         t.start()
-    script = (
-        "import sys, psycopg\n"
-        f"c = psycopg.connect({target_of(PG_URL).url.replace('+psycopg', '')!r}, "
-        "autocommit=True)\n"
-        "for i in range(1, 31):\n"
-        f"    c.execute('UPDATE {Item.__tablename__} SET v = %s WHERE id = 1', (i,))\n"
-        "    print(i, flush=True)\n"
-        "    sys.stdin.readline()\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
-    assert proc.stdin is not None and proc.stdout is not None
     try:
         for i in range(1, 31):
-            assert int(proc.stdout.readline()) == i  # committed (autocommit returned)
+            writer.commit(i)
             assert wait_until(functools.partial(_reads, world, ("a", i))), f"write {i} unseen"
             confirmed[0] = i
-            proc.stdin.write("\n")
-            proc.stdin.flush()
-        assert proc.wait(10) == 0
     finally:
         stop.set()
         for t in threads:
             t.join(10)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        proc.stdin.close()
-        proc.stdout.close()
+        writer.close()
     assert not errors, errors
     assert stale == []
 
