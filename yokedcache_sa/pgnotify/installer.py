@@ -88,12 +88,8 @@ class NotifyStatus:
     functions: tuple[str, ...] = ()
     tables: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def complete(self) -> bool:
-        """A function exists and every listed trigger calls one."""
-        return bool(self.functions)
-
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the CLI's ``--json``)."""
         return {"functions": list(self.functions), "tables": dict(sorted(self.tables.items()))}
 
 
