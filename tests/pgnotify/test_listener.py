@@ -505,3 +505,28 @@ def test_forked_child_starts_its_own_listener(world: World, listener: NotifyList
     world.warm()
     world.outside(f"UPDATE {Item.__tablename__} SET name = 'after-fork' WHERE id = 1")
     assert wait_until(lambda: world.read() == (("after-fork", 0), 1))
+
+
+def test_reconnect_also_covers_tables_found_in_the_catalog(world: World) -> None:
+    """``tables=`` with a bare name: after a reconnect the listener also invalidates its
+    schema-qualified tag and every other table whose trigger notifies the channel."""
+    from sqlalchemy import Column, MetaData, Table, select
+
+    qualified = Table(Item.__tablename__, MetaData(), Column("id"), Column("name"), schema="public")
+
+    def read_qualified() -> tuple[str, int]:
+        before = world.sql.n
+        with world.Session() as s:
+            name = s.execute(select(qualified.c.name).where(qualified.c.id == 1)).scalar_one()
+        return name, world.sql.n - before
+
+    with NotifyListener(world.cache, world.engine, tables=[Item.__tablename__]) as lst:
+        assert lst.wait_ready(10)
+        read_qualified()
+        assert read_qualified() == ("a", 0)
+        assert world.warm(Other) == "o"
+        with world.engine.begin() as c:
+            c.exec_driver_sql(f"SELECT pg_terminate_backend({lst.backend_pid})")
+        assert wait_until(lambda: lst.stats().reconnects >= 1 and lst.connected)
+        assert read_qualified() == ("a", 1)
+        assert world.read(Other) == ("o", 1)

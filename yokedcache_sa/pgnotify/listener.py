@@ -26,6 +26,7 @@ from ..errors import InvalidationError, YokedCacheError, redact_text
 from ..tags import table_tag
 from .conninfo import DEFAULT_CHANNEL, PgNotifyError, Target, connect, quote_ident, target_of
 from .conninfo import split_qualified as _split
+from .installer import TRIGGER_NAME
 
 __all__ = ["ListenerStats", "NotifyListener", "start_listener", "tags_of_payload"]
 
@@ -41,6 +42,18 @@ _KEEPALIVE = {
     "keepalives_count": 3,
 }
 
+
+_NOTIFYING = (
+    "SELECT n.nspname, c.relname FROM pg_catalog.pg_trigger t "
+    "JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE t.tgname = %s AND pg_catalog.encode(t.tgargs, 'escape') = %s"
+)
+_RESOLVE = (
+    "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.oid = pg_catalog.to_regclass(%s)"
+)
 
 _listeners: weakref.WeakSet[NotifyListener] = weakref.WeakSet()
 # connections inherited over fork: closing them in the child would end the parent's session
@@ -97,8 +110,8 @@ class NotifyListener:
             opens its own psycopg connection to the same database.
         channel: the channel the triggers notify (``install(channel=...)``).
         tables: the tables whose triggers notify this channel (``schema.table`` or bare);
-            after a reconnect these are invalidated. None: after a reconnect the whole cache
-            is invalidated.
+            after a reconnect these, and every table whose trigger notifies this channel, are
+            invalidated. None: after a reconnect the whole cache is invalidated.
         connect_args: extra libpq keywords (``password=``, ``sslmode=`` …).
         max_backoff: the longest wait between reconnection attempts, in seconds.
 
@@ -271,7 +284,7 @@ class NotifyListener:
             # a previous attempt failed or its connection dropped: what was committed
             # meanwhile was never notified to us
             self._reconnects += 1
-            self._cover_gap()
+            self._cover_gap(conn)
         self._was_up = True
         self._ready.set()
         from psycopg import pq
@@ -328,13 +341,29 @@ class NotifyListener:
         # counted once handled, so a caller that saw the count rise sees the invalidation
         self._notifications += len(payloads)
 
-    def _cover_gap(self) -> None:
-        what = (
-            "the whole cache"
-            if self._gap_tags is None
-            else f"the {len(self.tables or ())} watched tables"
-        )
-        self._invalidate(self._gap_tags)
+    def _gap_tags_now(self, conn: Any) -> frozenset[str] | None:
+        """The watched tables' tags, plus every table whose trigger notifies this channel and
+        the schema of each bare name as this connection resolves it; None (everything) when
+        watching all or when the catalog cannot be read."""
+        if self._gap_tags is None:
+            return None
+        tags = set(self._gap_tags)
+        try:
+            rows = conn.execute(_NOTIFYING, (TRIGGER_NAME, f"{self.channel}\\000")).fetchall()
+            for name in self.tables or ():
+                if "." not in name and '"' not in name:
+                    rows += conn.execute(_RESOLVE, (quote_ident(name),)).fetchall()
+        except Exception as exc:  # fail closed
+            log.warning("yokedcache: cannot list the notifying tables (%s)", exc)
+            return None
+        for nsp, rel in rows:
+            tags |= {table_tag(rel), table_tag(rel, nsp)}
+        return frozenset(tags)
+
+    def _cover_gap(self, conn: Any) -> None:
+        tags = self._gap_tags_now(conn)
+        self._invalidate(tags)
+        what = "the whole cache" if tags is None else f"{len(tags)} table tags it watches"
         log.warning(
             "yokedcache: change notification from %s reconnected; invalidated %s because "
             "notifications sent while disconnected are lost",
