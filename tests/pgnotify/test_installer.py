@@ -199,3 +199,25 @@ def test_cli_unreachable_is_a_failure() -> None:
     r = _cli("status", "--url", url)
     assert r.returncode == 1
     assert "cannot connect" in r.stderr and "s3cretpw" not in r.stderr
+
+
+def test_a_channel_name_needing_quotes(schema: tuple[Engine, str]) -> None:
+    """The channel reaches pg_notify() and LISTEN spelled the same (case, dots, quotes)."""
+    import time
+
+    from yokedcache_sa import CacheConfig, YokedCache
+    from yokedcache_sa.pgnotify import NotifyListener
+
+    engine, s = schema
+    channel = 'Odd.Chan "x"'
+    install(engine, tables=["a"], schema=s, channel=channel)
+    cache = YokedCache(CacheConfig(key_prefix="ycpnchan" + uuid.uuid4().hex[:6]))
+    with NotifyListener(cache, engine, channel=channel, tables=[f"{s}.a"]) as lst:
+        assert lst.wait_ready(10)
+        with engine.begin() as c:
+            c.exec_driver_sql(f'INSERT INTO "{s}".a VALUES (1)')
+        deadline = time.monotonic() + 10
+        while lst.stats().notifications < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lst.stats().notifications == 1
+    uninstall(engine, schema=s)
