@@ -496,6 +496,11 @@ def test_forked_child_starts_its_own_listener(world: World, listener: NotifyList
             else:
                 code = 0
             listener.stop()
+            # closing what the child inherited must not end the parent's session
+            from yokedcache_sa.pgnotify import listener as listener_mod
+
+            for inherited in listener_mod._inherited:
+                inherited.close()
         finally:
             os._exit(code)
     _pid, status = os.waitpid(pid, 0)

@@ -56,7 +56,7 @@ _RESOLVE = (
 )
 
 _listeners: weakref.WeakSet[NotifyListener] = weakref.WeakSet()
-# connections inherited over fork: closing them in the child would end the parent's session
+# connections inherited over fork (their descriptors now lead to /dev/null)
 _inherited: list[Any] = []
 
 
@@ -161,6 +161,14 @@ class NotifyListener:
         """In a forked child: the thread did not survive; the parent's connection stays the
         parent's. Reset, so :meth:`start` starts this process's own listener."""
         if self._conn is not None:
+            try:
+                # point the inherited descriptor at /dev/null: closing or collecting the
+                # connection here then sends its Terminate message nowhere
+                null = os.open(os.devnull, os.O_RDWR)
+                os.dup2(null, self._conn.pgconn.socket)
+                os.close(null)
+            except Exception:  # not a socket any more: nothing to protect
+                pass
             _inherited.append(self._conn)
         self._conn = None
         self._thread = None
