@@ -53,6 +53,7 @@ __all__ = [  # noqa: RUF022 - grouped: core names, then lazily imported ones
     "declare_dependency",
     "declare_function",
     "instrument_session",
+    "refresh_catalog",
 ]
 
 
@@ -62,6 +63,7 @@ _LAZY = {
     "FromCache": "yokedcache_sa.orm",
     "NoCache": "yokedcache_sa.orm",
     "instrument_session": "yokedcache_sa.orm",
+    "refresh_catalog": "yokedcache_sa.orm",
     "declare_dependency": "yokedcache_sa.orm",
     "declare_function": "yokedcache_sa.orm",
     "cached": "yokedcache_sa.functions",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .catalog import refresh_catalog as refresh_catalog
 from .options import FromCache as FromCache
 from .options import NoCache as NoCache
 from .routines import declare_function as declare_function
@@ -19,5 +20,6 @@ __all__ = [
     "declare_dependency",
     "declare_function",
     "instrument_session",
+    "refresh_catalog",
     "state_of",
 ]
