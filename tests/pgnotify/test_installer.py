@@ -152,9 +152,9 @@ def test_our_trigger_is_not_a_side_effect(schema: tuple[Engine, str]) -> None:
     routines.forget_catalog(engine)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, module: str = "yokedcache_sa.pgnotify") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "yokedcache_sa.pgnotify", *args],
+        [sys.executable, "-m", *module.split(), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -179,6 +179,19 @@ def test_cli_json(schema: tuple[Engine, str]) -> None:
     r = _cli("install", "--url", url, "--schema", s, "--table", "missing", "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["ok"] is False
     assert "pw-not-shown" not in r.stdout + r.stderr
+
+
+def test_the_main_command_line_runs_it_as_pg_notify(schema: tuple[Engine, str]) -> None:
+    _engine, s = schema
+    main_cli = "yokedcache_sa pg-notify"
+    r = _cli("install", "--url", PG_URL, "--schema", s, "--table", "a", "--json", module=main_cli)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["tables"] == {f"{s}.a": "yokedcache"}
+    r = _cli("status", "--url", PG_URL, "--schema", s, "--json", module=main_cli)
+    assert r.returncode == 0 and json.loads(r.stdout)["functions"] == [f"{s}.yokedcache_notify"]
+    r = _cli("uninstall", "--url", PG_URL, "--schema", s, module=main_cli)
+    assert r.returncode == 0, r.stderr
+    assert _cli("frobnicate", "--url", PG_URL, module=main_cli).returncode == 2
 
 
 def test_cli_usage_errors() -> None:
