@@ -38,7 +38,8 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import CompoundSelect, Select
 
 from .. import codec, flight
-from ..cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_cache
+from ..cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache
+from ..defaults import get_session_default_cache
 from ..errors import InvalidationError, SerializationError
 from ..flight import sync_io
 from ..tags import ALL_TAG, Snapshot, table_tag, tag_id
@@ -153,7 +154,7 @@ class SessionCache:
     @property
     def cache(self) -> YokedCache:
         """The cache this session uses (the default cache when none was given)."""
-        c = self._cache if self._cache is not None else get_default_cache()
+        c = self._cache if self._cache is not None else get_session_default_cache()
         return c._target()
 
     def _reset(self) -> None:
