@@ -26,7 +26,7 @@ def run_steps_sync(flow: Generator[S, Any, T], perform: Callable[[S], Any]) -> T
         while True:
             try:
                 result = perform(step)
-            except Exception as exc:
+            except BaseException as exc:  # cancellation too: the flow's cleanups must run
                 step = flow.throw(exc)
                 continue
             step = flow.send(result)
@@ -41,7 +41,7 @@ async def run_steps_async(flow: Generator[S, Any, T], perform: Callable[[S], Awa
         while True:
             try:
                 result = await perform(step)
-            except Exception as exc:
+            except BaseException as exc:  # cancellation too: the flow's cleanups must run
                 step = flow.throw(exc)
                 continue
             step = flow.send(result)
