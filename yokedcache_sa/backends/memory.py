@@ -405,4 +405,4 @@ class MemoryBackend:
         return None
 
     async def aclose(self) -> None:
-        return None
+        self.close()

@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import os
 import weakref
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -29,6 +29,7 @@ from ..errors import (
     redact_text,
     redact_url,
 )
+from ..steps import run_steps_async, run_steps_sync
 from ..tags import Snapshot
 from .base import Fetched, StoreOutcome
 
@@ -229,34 +230,12 @@ _SCRIPTS = {
 }
 
 
-class _Script:
-    """EVALSHA with a NOSCRIPT fallback, with less per-call work than redis-py's Script."""
+_SHAS = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in _SCRIPTS.items()}
 
-    __slots__ = ("client", "noscript", "sha", "source")
-
-    def __init__(self, client: Any, source: str, redis_mod: Any) -> None:
-        self.client = client
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-        self.noscript = redis_mod.exceptions.NoScriptError
-
-    def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except self.noscript:
-            self.client.script_load(self.source)
-            return self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-
-
-class _AsyncScript(_Script):
-    __slots__ = ()
-
-    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except self.noscript:
-            await self.client.script_load(self.source)
-            return await self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+Command = tuple[Any, ...]
+"""A Redis command as ``execute_command`` takes it."""
+Commands = Generator[Command, Any, Any]
+"""A backend operation: yields commands, receives their (parsed) replies, returns the result."""
 
 
 def _import_redis() -> Any:
@@ -329,10 +308,8 @@ class RedisBackend:
             health_check_interval=30,
         )
         self._client: redis_sync.Redis | None = None
-        self._scripts: dict[str, Any] = {}
         self._aclients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop,
-            tuple[redis_async.Redis, dict[str, Any], AsyncGenerator[None, None]],
+            asyncio.AbstractEventLoop, tuple[redis_async.Redis, AsyncGenerator[None, None]]
         ] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
@@ -383,18 +360,17 @@ class RedisBackend:
             ) from cause
         return pool
 
-    def _sync(self) -> dict[str, Any]:
-        if self._client is None:
+    def _sync(self) -> Any:
+        client = self._client
+        if client is None:
             with self._errors("a connection"):
                 # A plain bounded pool: when all max_connections are busy a call fails at once
                 # (a miss, served by the database) instead of queueing behind a lock.
                 pool = self._pool(self._redis.ConnectionPool)
-                client = self._redis.Redis(connection_pool=pool)
-                self._scripts = {n: _Script(client, s, self._redis) for n, s in _SCRIPTS.items()}
-                self._client = client
-        return self._scripts
+                client = self._client = self._redis.Redis(connection_pool=pool)
+        return client
 
-    def _async(self) -> tuple[Any, dict[str, Any]]:
+    def _async(self) -> Any:
         loop = asyncio.get_running_loop()
         pair = self._aclients.get(loop)
         if pair is None:
@@ -402,23 +378,41 @@ class RedisBackend:
                 ra = self._redis.asyncio
                 pool = self._pool(ra.ConnectionPool)
                 client = ra.Redis(connection_pool=pool)
-                scripts = {n: client.register_script(s) for n, s in _SCRIPTS.items()}
             closer = _close_with_loop(client)
             _start_closer(closer)
-            pair = (client, scripts, closer)
+            pair = (client, closer)
             self._aclients[loop] = pair
-        return pair[0], pair[1]
+        return pair[0]
 
     @property
     def client(self) -> redis_sync.Redis:
         """The sync redis-py client (created on first use)."""
-        self._sync()
-        assert self._client is not None
-        return self._client
+        return self._sync()  # type: ignore[no-any-return]
 
-    def entry_key(self, key: str) -> str:
-        """The Redis key of an entry."""
-        return self._entry_prefix + key
+    # -- the two drivers: the only code that sends commands -----------------------------------
+
+    def _run(self, what: str, commands: Commands) -> Any:
+        client = self._sync()
+        with self._errors(what):
+            return run_steps_sync(commands, lambda cmd: client.execute_command(*cmd))
+
+    async def _arun(self, what: str, commands: Commands) -> Any:
+        client = self._async()
+        with self._errors(what):
+            return await run_steps_async(commands, lambda cmd: client.execute_command(*cmd))
+
+    def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Commands:
+        """EVALSHA of the script *name*, loading it once if the server lacks it."""
+        call = ("EVALSHA", _SHAS[name], len(keys), *keys, *args)
+        try:
+            return (yield call)
+        except self._redis.exceptions.NoScriptError:
+            yield "SCRIPT", "LOAD", _SCRIPTS[name]
+            return (yield call)
+
+    def _scan(self, cursor: int) -> Command:
+        """One SCAN page (about 1000 keys) of this prefix's entries."""
+        return "SCAN", cursor, "MATCH", _glob_escape(self._entry_prefix) + "*", "COUNT", 1000
 
     # -- decoding of script replies (shared by both twins) ----------------------------------
 
@@ -449,24 +443,89 @@ class RedisBackend:
         ttl_ms = max(1, int(ttl * 1000)) if ttl else 0
         return [framed, ttl_ms, epoch, seq, lock_token or "", *tags]
 
-    def _fetch_args(self, key: str, lock_token: str | None, lock_ttl: float) -> dict[str, Any]:
-        return {
-            "keys": [self._entry_prefix + key, self.meta_key, self._lock_key(key)],
-            "args": [_new_epoch(), lock_token or "", max(1, int(lock_ttl * 1000))],
-        }
+    def entry_key(self, key: str) -> str:
+        """The Redis key of an entry."""
+        return self._entry_prefix + key
+
+    def _lock_key(self, name: str) -> str:
+        return f"{self.prefix}:l:{name}"
+
+    # -- operations: each built once as commands, run by either driver -----------------------
+
+    def _fetch(self, key: str, lock_token: str | None, lock_ttl: float) -> Commands:
+        keys = (self._entry_prefix + key, self.meta_key, self._lock_key(key))
+        args = (_new_epoch(), lock_token or "", max(1, int(lock_ttl * 1000)))
+        return self._fetched((yield from self._eval("fetch", keys, args)))
+
+    def _observe(self) -> Commands:
+        return self._observed((yield from self._eval("observe", (self.meta_key,), (_new_epoch(),))))
+
+    def _store(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float | None,
+        tags: Sequence[str],
+        epoch: str,
+        seq: int,
+        lock_token: str | None,
+    ) -> Commands:
+        keys = (self._entry_prefix + key, self.meta_key, self._lock_key(key))
+        args = self._store_args(payload, ttl, tags, epoch, seq, lock_token)
+        return StoreOutcome(int((yield from self._eval("store", keys, args))))
+
+    def _begin_write(self, tags: Sequence[str], writer: str, lease: float, bump: bool) -> Commands:
+        args = (writer, int(lease * 1000), _new_epoch(), int(bump), *tags)
+        yield from self._eval("begin", (self.meta_key,), args)
+
+    def _end_write(self, tags: Sequence[str], writer: str) -> Commands:
+        return int((yield from self._eval("end", (self.meta_key,), (writer, _new_epoch(), *tags))))
+
+    def _release(self, tags: Sequence[str], writer: str) -> Commands:
+        yield from self._eval("release", (self.meta_key,), (writer, *tags))
+
+    def _acquire(self, name: str, token: str, ttl: float) -> Commands:
+        px = max(1, int(ttl * 1000))
+        return bool((yield "SET", self._lock_key(name), token, "NX", "PX", px))
+
+    def _unlock(self, name: str, token: str) -> Commands:
+        yield from self._eval("unlock", (self._lock_key(name),), (token,))
+
+    def _locked(self, name: str) -> Commands:
+        return bool((yield "EXISTS", self._lock_key(name)))
+
+    def _delete_many(self, keys: Sequence[str]) -> Commands:
+        if not keys:
+            return 0
+        return int((yield ("DEL", *[self._entry_prefix + k for k in keys])))
+
+    def _clear(self) -> Commands:
+        # Dropping the version hash first makes every entry stale at once; the SCAN that
+        # follows only frees memory.
+        yield "DEL", self.meta_key
+        cursor = None
+        while cursor != 0:
+            cursor, keys = yield self._scan(cursor or 0)
+            if keys:
+                yield ("UNLINK", *keys)
+
+    def _key_count(self) -> Commands:
+        count, cursor = 0, None
+        while cursor != 0:
+            cursor, keys = yield self._scan(cursor or 0)
+            count += len(keys)
+        return count
+
+    def _ping(self) -> Commands:
+        yield ("PING",)
 
     # -- sync API --------------------------------------------------------------------------
 
     def fetch(self, key: str, lock_token: str | None = None, lock_ttl: float = 0.0) -> Fetched:
-        s = self._sync()
-        with self._errors("a read"):
-            reply = s["fetch"](**self._fetch_args(key, lock_token, lock_ttl))
-        return self._fetched(reply)
+        return self._run("a read", self._fetch(key, lock_token, lock_ttl))  # type: ignore[no-any-return]
 
     def observe(self) -> Snapshot:
-        s = self._sync()
-        with self._errors("a read"):
-            return self._observed(s["observe"](keys=[self.meta_key], args=[_new_epoch()]))
+        return self._run("a read", self._observe())  # type: ignore[no-any-return]
 
     def store(
         self,
@@ -478,116 +537,56 @@ class RedisBackend:
         seq: int,
         lock_token: str | None = None,
     ) -> StoreOutcome:
-        s = self._sync()
-        with self._errors("a write"):
-            r = s["store"](
-                keys=[self._entry_prefix + key, self.meta_key, self._lock_key(key)],
-                args=self._store_args(payload, ttl, tags, epoch, seq, lock_token),
-            )
-        return StoreOutcome(int(r))
+        return self._run("a write", self._store(key, payload, ttl, tags, epoch, seq, lock_token))  # type: ignore[no-any-return]
 
     def begin_write(
         self, tags: Sequence[str], writer: str, lease: float, bump: bool = False
     ) -> None:
-        s = self._sync()
-        with self._errors("begin_write"):
-            s["begin"](
-                keys=[self.meta_key],
-                args=[writer, int(lease * 1000), _new_epoch(), int(bump), *tags],
-            )
+        self._run("begin_write", self._begin_write(tags, writer, lease, bump))
 
     def end_write(self, tags: Sequence[str], writer: str) -> int:
-        s = self._sync()
-        with self._errors("an invalidation"):
-            return int(s["end"](keys=[self.meta_key], args=[writer, _new_epoch(), *tags]))
+        return self._run("an invalidation", self._end_write(tags, writer))  # type: ignore[no-any-return]
 
     def release(self, tags: Sequence[str], writer: str) -> None:
-        s = self._sync()
-        with self._errors("a release"):
-            s["release"](keys=[self.meta_key], args=[writer, *tags])
-
-    def _lock_key(self, name: str) -> str:
-        return f"{self.prefix}:l:{name}"
+        self._run("a release", self._release(tags, writer))
 
     def acquire(self, name: str, token: str, ttl: float) -> bool:
-        self._sync()
-        assert self._client is not None
-        with self._errors("a lock"):
-            return bool(
-                self._client.set(self._lock_key(name), token, nx=True, px=max(1, int(ttl * 1000)))
-            )
+        return self._run("a lock", self._acquire(name, token, ttl))  # type: ignore[no-any-return]
 
     def unlock(self, name: str, token: str) -> None:
-        s = self._sync()
-        with self._errors("an unlock"):
-            s["unlock"](keys=[self._lock_key(name)], args=[token])
+        self._run("an unlock", self._unlock(name, token))
 
     def locked(self, name: str) -> bool:
-        self._sync()
-        assert self._client is not None
-        with self._errors("a lock check"):
-            return bool(self._client.exists(self._lock_key(name)))
+        return self._run("a lock check", self._locked(name))  # type: ignore[no-any-return]
 
     def delete_many(self, keys: Sequence[str]) -> int:
-        if not keys:
-            return 0
-        self._sync()
-        assert self._client is not None
-        with self._errors("a delete"):
-            return int(self._client.delete(*[self._entry_prefix + k for k in keys]))
+        return self._run("a delete", self._delete_many(keys))  # type: ignore[no-any-return]
 
     def clear(self) -> None:
-        self._sync()
-        c = self._client
-        assert c is not None
-        with self._errors("clear"):
-            # Dropping the version hash first makes every entry stale at once; the SCAN that
-            # follows only frees memory.
-            c.delete(self.meta_key)
-            batch: list[bytes] = []
-            for k in c.scan_iter(match=_glob_escape(self._entry_prefix) + "*", count=1000):
-                batch.append(k)
-                if len(batch) >= 1000:
-                    c.unlink(*batch)
-                    batch.clear()
-            if batch:
-                c.unlink(*batch)
+        self._run("clear", self._clear())
 
     def key_count(self) -> int:
-        self._sync()
-        c = self._client
-        assert c is not None
-        with self._errors("a key count"):
-            return sum(
-                1 for _ in c.scan_iter(match=_glob_escape(self._entry_prefix) + "*", count=1000)
-            )
+        return self._run("a key count", self._key_count())  # type: ignore[no-any-return]
 
     def ping(self) -> None:
-        self._sync()
-        assert self._client is not None
-        with self._errors("PING"):
-            self._client.ping()
+        self._run("PING", self._ping())
 
     def close(self) -> None:
+        """Close the sync client (asyncio clients close with their event loop, or aclose)."""
         if self._client is not None:
             self._client.close()
             self._client.connection_pool.disconnect()
             self._client = None
 
-    # -- async twins -----------------------------------------------------------------------
+    # -- async twins: the same operations, run by the async driver ---------------------------
 
     async def afetch(
         self, key: str, lock_token: str | None = None, lock_ttl: float = 0.0
     ) -> Fetched:
-        _c, s = self._async()
-        with self._errors("a read"):
-            reply = await s["fetch"](**self._fetch_args(key, lock_token, lock_ttl))
-        return self._fetched(reply)
+        return await self._arun("a read", self._fetch(key, lock_token, lock_ttl))  # type: ignore[no-any-return]
 
     async def aobserve(self) -> Snapshot:
-        _c, s = self._async()
-        with self._errors("a read"):
-            return self._observed(await s["observe"](keys=[self.meta_key], args=[_new_epoch()]))
+        return await self._arun("a read", self._observe())  # type: ignore[no-any-return]
 
     async def astore(
         self,
@@ -599,89 +598,49 @@ class RedisBackend:
         seq: int,
         lock_token: str | None = None,
     ) -> StoreOutcome:
-        _c, s = self._async()
-        with self._errors("a write"):
-            r = await s["store"](
-                keys=[self._entry_prefix + key, self.meta_key, self._lock_key(key)],
-                args=self._store_args(payload, ttl, tags, epoch, seq, lock_token),
-            )
-        return StoreOutcome(int(r))
+        return await self._arun(  # type: ignore[no-any-return]
+            "a write", self._store(key, payload, ttl, tags, epoch, seq, lock_token)
+        )
 
     async def abegin_write(
         self, tags: Sequence[str], writer: str, lease: float, bump: bool = False
     ) -> None:
-        _c, s = self._async()
-        with self._errors("begin_write"):
-            await s["begin"](
-                keys=[self.meta_key],
-                args=[writer, int(lease * 1000), _new_epoch(), int(bump), *tags],
-            )
+        await self._arun("begin_write", self._begin_write(tags, writer, lease, bump))
 
     async def aend_write(self, tags: Sequence[str], writer: str) -> int:
-        _c, s = self._async()
-        with self._errors("an invalidation"):
-            return int(await s["end"](keys=[self.meta_key], args=[writer, _new_epoch(), *tags]))
+        return await self._arun("an invalidation", self._end_write(tags, writer))  # type: ignore[no-any-return]
 
     async def arelease(self, tags: Sequence[str], writer: str) -> None:
-        _c, s = self._async()
-        with self._errors("a release"):
-            await s["release"](keys=[self.meta_key], args=[writer, *tags])
+        await self._arun("a release", self._release(tags, writer))
 
     async def aacquire(self, name: str, token: str, ttl: float) -> bool:
-        c, _s = self._async()
-        with self._errors("a lock"):
-            return bool(
-                await c.set(self._lock_key(name), token, nx=True, px=max(1, int(ttl * 1000)))
-            )
+        return await self._arun("a lock", self._acquire(name, token, ttl))  # type: ignore[no-any-return]
 
     async def aunlock(self, name: str, token: str) -> None:
-        _c, s = self._async()
-        with self._errors("an unlock"):
-            await s["unlock"](keys=[self._lock_key(name)], args=[token])
+        await self._arun("an unlock", self._unlock(name, token))
 
     async def alocked(self, name: str) -> bool:
-        c, _s = self._async()
-        with self._errors("a lock check"):
-            return bool(await c.exists(self._lock_key(name)))
+        return await self._arun("a lock check", self._locked(name))  # type: ignore[no-any-return]
 
     async def adelete_many(self, keys: Sequence[str]) -> int:
-        if not keys:
-            return 0
-        c, _s = self._async()
-        with self._errors("a delete"):
-            return int(await c.delete(*[self._entry_prefix + k for k in keys]))
+        return await self._arun("a delete", self._delete_many(keys))  # type: ignore[no-any-return]
 
     async def aclear(self) -> None:
-        c, _s = self._async()
-        with self._errors("clear"):
-            await c.delete(self.meta_key)
-            batch: list[bytes] = []
-            async for k in c.scan_iter(match=_glob_escape(self._entry_prefix) + "*", count=1000):
-                batch.append(k)
-                if len(batch) >= 1000:
-                    await c.unlink(*batch)
-                    batch.clear()
-            if batch:
-                await c.unlink(*batch)
+        await self._arun("clear", self._clear())
 
     async def akey_count(self) -> int:
-        c, _s = self._async()
-        n = 0
-        with self._errors("a key count"):
-            async for _ in c.scan_iter(match=_glob_escape(self._entry_prefix) + "*", count=1000):
-                n += 1
-        return n
+        return await self._arun("a key count", self._key_count())  # type: ignore[no-any-return]
 
     async def aping(self) -> None:
-        c, _s = self._async()
-        with self._errors("PING"):
-            await c.ping()
+        await self._arun("PING", self._ping())
 
     async def aclose(self) -> None:
+        """Close this event loop's client and the sync client."""
+        self.close()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover
             return
         pair = self._aclients.pop(loop, None)
         if pair is not None:
-            await pair[2].aclose()  # closes the client and its connection pool
+            await pair[1].aclose()  # closes the client and its connection pool
