@@ -163,7 +163,7 @@ async def drive_async(
 def lookup_sync(cache: CacheState, key: str, horizon: int | None, lock: bool) -> Lookup:
     """The lookup flow (:func:`yokedcache_sa.flows.lookup`) run by the sync driver; its
     common case is hand-inlined (the documented fast path of the hit)."""
-    if cache._redirect is not None or cache._pending or cache._breaker.failures:
+    if cache._redirect is not None or cache._pending.tags or cache._breaker.failures:
         from .flows import lookup  # the flows import this module's Ops
 
         return drive_sync(lookup, cache, key, horizon, lock)

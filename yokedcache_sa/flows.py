@@ -67,7 +67,7 @@ __all__ = [
 def lookup(c: CacheState, key: str, horizon: int | None, lock: bool) -> Flow[Lookup]:
     """Read *key* (a store key); never fails: an unreachable store is a miss that must not
     be stored (``snapshot=None``)."""
-    if c._pending:
+    if c._pending.tags:
         yield from retry_pending(c)
     token = new_token() if lock else None
     try:

@@ -164,9 +164,8 @@ class CacheState:
     ) -> Lookup:
         """The :class:`Lookup` of a fetch, counted as a hit or a miss."""
         pending = self._pending
-        value, header = self.decide(
-            key, fetched, horizon, bool(pending) and pending.blocks(fetched.tags)
-        )
+        blocked = bool(pending.tags) and pending.blocks(fetched.tags)  # .tags: a C-level test
+        value, header = self.decide(key, fetched, horizon, blocked)
         if value is MISSING:
             self._counts.misses += 1
         elif header is not None:
