@@ -24,69 +24,20 @@ Flows of non-backend steps (waits, user code) run with :mod:`yokedcache_sa.steps
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
-from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar, cast
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar, cast
 
+from . import flows
 from .errors import BackendError, BackendUnavailable
 from .keys import new_token
+from .ops import FETCH, Flow, Op
 from .state import COMPUTE_LOCK_SECONDS, CacheState, Lookup
 
-__all__ = [
-    "ACQUIRE",
-    "BEGIN_WRITE",
-    "CLEAR",
-    "CLOSE",
-    "DELETE_MANY",
-    "END_WRITE",
-    "FETCH",
-    "KEY_COUNT",
-    "LOCKED",
-    "OBSERVE",
-    "PING",
-    "RELEASE",
-    "STORE",
-    "UNLOCK",
-    "Flow",
-    "Op",
-    "drive_async",
-    "drive_sync",
-    "lookup_sync",
-]
+__all__ = ["drive_async", "drive_sync", "lookup_sync"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
 C = TypeVar("C", bound=CacheState)
-
-
-class Op(NamedTuple):
-    """A backend operation: its sync and async method names and its breaker policy."""
-
-    name: str
-    """The sync method of :class:`~yokedcache_sa.backends.base.Backend` (and the op's name)."""
-    async_name: str
-    guarded: bool
-    """Refused while the breaker is open."""
-    counted: bool
-    """Its success closes the breaker, its store failure counts toward opening it."""
-
-
-FETCH = Op("fetch", "afetch", True, True)
-OBSERVE = Op("observe", "aobserve", True, True)
-STORE = Op("store", "astore", True, True)
-BEGIN_WRITE = Op("begin_write", "abegin_write", True, True)
-END_WRITE = Op("end_write", "aend_write", True, True)
-RELEASE = Op("release", "arelease", True, True)
-ACQUIRE = Op("acquire", "aacquire", True, True)
-UNLOCK = Op("unlock", "aunlock", False, True)  # always tried: a held lock delays others
-LOCKED = Op("locked", "alocked", False, False)
-DELETE_MANY = Op("delete_many", "adelete_many", False, False)
-CLEAR = Op("clear", "aclear", False, False)
-KEY_COUNT = Op("key_count", "akey_count", False, False)
-PING = Op("ping", "aping", False, False)
-CLOSE = Op("close", "aclose", False, False)
-
-Flow = Generator[tuple[Op, tuple[Any, ...]], Any, T]
-"""A cache operation: yields ``(op, args)``, receives the op's result, returns T."""
 
 
 def _failed(cache: CacheState, op: Op, exc: BaseException) -> BackendError:
@@ -164,9 +115,7 @@ def lookup_sync(cache: CacheState, key: str, horizon: int | None, lock: bool) ->
     """The lookup flow (:func:`yokedcache_sa.flows.lookup`) run by the sync driver; its
     common case is hand-inlined (the documented fast path of the hit)."""
     if cache._redirect is not None or cache._pending.tags or cache._breaker.failures:
-        from .flows import lookup  # the flows import this module's Ops
-
-        return drive_sync(lookup, cache, key, horizon, lock)
+        return drive_sync(flows.lookup, cache, key, horizon, lock)
     token = new_token() if lock else None
     try:
         fetched = cache.backend.fetch(key, token, COMPUTE_LOCK_SECONDS)

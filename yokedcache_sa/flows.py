@@ -1,7 +1,7 @@
 """Every cache operation, written once as a flow (sans-IO).
 
 A flow is a generator taking a :class:`~yokedcache_sa.state.CacheState` and arguments; it
-yields ``(op, args)`` for each backend operation (see :mod:`yokedcache_sa.drivers`) and
+yields ``(op, args)`` for each backend operation (:mod:`yokedcache_sa.ops`) and
 receives the result, or the op's :class:`~yokedcache_sa.errors.BackendError` raised at the
 ``yield``. What a failure means (a miss, a pending invalidation, an error for the caller) is
 decided here, once, for the sync and the async API alike.
@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 
 from . import codec
 from .backends.base import StoreOutcome
-from .drivers import (
+from .errors import BackendError, InvalidationError
+from .keys import DEFAULT_TTL, MISSING, TTL, new_token, normalize_key
+from .ops import (
     ACQUIRE,
     BEGIN_WRITE,
     CLEAR,
@@ -31,8 +33,6 @@ from .drivers import (
     UNLOCK,
     Flow,
 )
-from .errors import BackendError, InvalidationError
-from .keys import DEFAULT_TTL, MISSING, TTL, new_token, normalize_key
 from .state import COMPUTE_LOCK_SECONDS, CacheState, ComputeLock, Lookup
 from .stats import CacheStats
 from .tags import Snapshot, tag_id, tag_ids

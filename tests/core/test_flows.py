@@ -18,7 +18,7 @@ import pytest
 from yokedcache_sa import CacheConfig, YokedCache, defaults, flows
 from yokedcache_sa.backends.base import Fetched, StoreOutcome
 from yokedcache_sa.breaker import BreakerOpen
-from yokedcache_sa.drivers import END_WRITE, FETCH, OBSERVE, STORE, drive_async, drive_sync
+from yokedcache_sa.drivers import drive_async, drive_sync
 from yokedcache_sa.errors import (
     ArgumentTypeError,
     BackendError,
@@ -29,6 +29,7 @@ from yokedcache_sa.errors import (
 )
 from yokedcache_sa.flight import flight_flow
 from yokedcache_sa.keys import MISSING, normalize_key
+from yokedcache_sa.ops import END_WRITE, FETCH, OBSERVE, STORE
 from yokedcache_sa.state import ComputeLock, Lookup
 from yokedcache_sa.steps import run_steps_async, run_steps_sync
 from yokedcache_sa.tags import Snapshot
