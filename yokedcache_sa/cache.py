@@ -14,7 +14,7 @@ from typing import Any
 from . import defaults, flows
 from .backends.base import Backend
 from .config import CacheConfig
-from .drivers import drive_async, drive_sync, lookup_sync
+from .drivers import drive_async, drive_sync, lookup_async, lookup_sync
 from .errors import SerializationError
 from .keys import DEFAULT_TTL, MISSING, TTL, make_key, new_token
 from .keys import normalize_key as _normalize_key
@@ -135,12 +135,13 @@ class YokedCache(CacheState):
             lock: on a miss, also take the compute lock of *key* (same round trip).
 
         Never raises for a sick cache: an unreachable store or a bad entry is a miss with
-        ``snapshot=None`` (do not store) or a plain miss.
+        ``snapshot=None`` (do not store) or a plain miss. (Its hit has a documented fast
+        path: see :mod:`yokedcache_sa.drivers`.)
         """
-        return await drive_async(flows.lookup, self, key, horizon, lock)
+        return await lookup_async(self, key, horizon, lock)
 
     def lookup_sync(self, key: str, *, horizon: int | None = None, lock: bool = False) -> Lookup:
-        """Sync twin of :meth:`lookup` (its hit has a fast path: see :mod:`.drivers`)."""
+        """Sync twin of :meth:`lookup`."""
         return lookup_sync(self, key, horizon, lock)
 
     async def store(
@@ -274,7 +275,8 @@ class YokedCache(CacheState):
 
     async def get(self, key: str, default: Any = None) -> Any:
         """Return the fresh value at *key*, or *default*. Never raises for a sick cache."""
-        return await drive_async(flows.get, self, key, default)
+        look = await lookup_async(self, _normalize_key(key), None, False)
+        return default if look.value is MISSING else look.value
 
     def get_sync(self, key: str, default: Any = None) -> Any:
         """Sync twin of :meth:`get`."""

@@ -14,11 +14,12 @@ around each call, and nothing else:
 
 Policy (what a failure means: a miss, a pending invalidation, an error) stays in the flow.
 
-One hand-written fast path exists, :func:`lookup_sync`: the sync lookup with nothing unusual
-afoot (no redirect, no pending invalidation, a breaker that has seen no failure) calls the
-backend's ``fetch`` directly, because driving a generator costs about as much as the rest
-of a memory-backend hit. It uses the same pure steps as the lookup flow
-(``looked_up``/``read_failed``) and the same error mapping; anything else goes to the flow.
+One hand-written fast path exists, :func:`lookup_sync` / :func:`lookup_async`: a lookup with
+nothing unusual afoot (no redirect, no pending invalidation, a breaker that has seen no
+failure) calls the backend's ``fetch`` / ``afetch`` directly, because driving a generator
+costs about a third of a memory-backend hit (measured: 0.7us of 2.5us async, 1us of 2.3us
+sync). It uses the same pure steps as the lookup flow (``looked_up``/``read_failed``) and
+the same error mapping; anything else goes to the flow.
 Flows of non-backend steps (waits, user code) run with :mod:`yokedcache_sa.steps`.
 """
 
@@ -33,7 +34,7 @@ from .keys import new_token
 from .ops import FETCH, Flow, Op
 from .state import COMPUTE_LOCK_SECONDS, CacheState, Lookup
 
-__all__ = ["drive_async", "drive_sync", "lookup_sync"]
+__all__ = ["drive_async", "drive_sync", "lookup_async", "lookup_sync"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -111,14 +112,31 @@ async def drive_async(
         return stop.value  # type: ignore[no-any-return]  # the flow's return value is T
 
 
+def _plain(cache: CacheState) -> bool:
+    """Nothing for the lookup flow to do but fetch: the fast path's condition."""
+    return cache._redirect is None and not cache._pending.tags and not cache._breaker.failures
+
+
 def lookup_sync(cache: CacheState, key: str, horizon: int | None, lock: bool) -> Lookup:
     """The lookup flow (:func:`yokedcache_sa.flows.lookup`) run by the sync driver; its
     common case is hand-inlined (the documented fast path of the hit)."""
-    if cache._redirect is not None or cache._pending.tags or cache._breaker.failures:
+    if not _plain(cache):
         return drive_sync(flows.lookup, cache, key, horizon, lock)
     token = new_token() if lock else None
     try:
         fetched = cache.backend.fetch(key, token, COMPUTE_LOCK_SECONDS)
+    except (BackendError, OSError) as exc:
+        return cache.read_failed(_failed(cache, FETCH, exc))
+    return cache.looked_up(key, fetched, horizon, token)
+
+
+async def lookup_async(cache: CacheState, key: str, horizon: int | None, lock: bool) -> Lookup:
+    """The lookup flow run by the async driver; its common case is hand-inlined."""
+    if not _plain(cache):
+        return await drive_async(flows.lookup, cache, key, horizon, lock)
+    token = new_token() if lock else None
+    try:
+        fetched = await cache.backend.afetch(key, token, COMPUTE_LOCK_SECONDS)
     except (BackendError, OSError) as exc:
         return cache.read_failed(_failed(cache, FETCH, exc))
     return cache.looked_up(key, fetched, horizon, token)

@@ -205,8 +205,9 @@ def retry_pending(c: CacheState, everything: bool = False) -> Flow[int]:
         except BackendError:
             pending.failed(ids)
         else:
-            pending.delivered(ids)
-            c._counts.invalidated(ids)
+            done = pending.delivered(ids)
+            if done:  # counted once even when the timer and a flush both delivered
+                c._counts.invalidated(done)
     return len(pending)
 
 

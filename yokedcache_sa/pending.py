@@ -72,10 +72,11 @@ class PendingInvalidations:
                     delay = min(5.0, 0.05 * 2**attempts)
                     self.tags[t] = (writer, attempts + 1, now + delay)
 
-    def delivered(self, ids: Sequence[str]) -> None:
+    def delivered(self, ids: Sequence[str]) -> list[str]:
+        """Drop *ids* from the queue; return those still in it (a concurrent retry — the
+        timer and a flush — may have delivered some first)."""
         with self._lock:
-            for t in ids:
-                self.tags.pop(t, None)
+            return [t for t in ids if self.tags.pop(t, None) is not None]
 
     def schedule(self) -> None:
         """Start the background retry timer unless it runs or nothing is pending."""

@@ -490,3 +490,34 @@ def test_redis_script_is_loaded_once_when_the_server_lacks_it() -> None:
     with pytest.raises(StopIteration) as stop:
         flow.send([None, b"ep", 3, 0, 0, b"", 0])
     assert stop.value.value == Fetched(None, Snapshot("ep", 3, 0, False), (), 0)
+
+
+def test_the_async_fast_path_agrees_with_the_flow() -> None:
+    cache, backend = make(fetch=Fetched(None, SNAP, (), 1))
+
+    async def main() -> None:
+        look = await cache.lookup("k:x", lock=True)
+        assert look.lock is not None and look.snapshot == SNAP
+        backend.answers["fetch"] = BackendUnavailable("down")
+        assert await cache.lookup("k:x") == Lookup(MISSING, None)
+        assert cache._breaker.failures == 1
+        cache._pending.add(["table:a"], "w")  # now the flow runs: it retries first
+        await cache.lookup("k:x")
+
+    asyncio.run(main())
+    assert backend.calls[-2:] == ["end_write", "fetch"]
+
+
+def test_an_invalidation_delivered_twice_is_counted_once() -> None:
+    cache, _ = make(end_write=BackendUnavailable("down"))
+    with pytest.raises(InvalidationError):
+        cache.invalidate_tags_sync(["t"])
+    cache._pending.tags["t"] = ("w", 0, 0.0)  # due now
+    cache.backend.answers["end_write"] = 1  # type: ignore[attr-defined]
+    first = flows.retry_pending(cache)
+    second = flows.retry_pending(cache)  # a concurrent retry saw the same due tag
+    next(first), next(second)
+    for flow in (first, second):
+        with pytest.raises(StopIteration):
+            flow.send(1)
+    assert cache.get_stats_sync().invalidations == 1
