@@ -27,9 +27,15 @@ class RedisProcess:
     No persistence (``--save '' --appendonly no``): a restart is a server without data.
     """
 
-    def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        workdir: Path | None = None,
+        password: str | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.workdir = workdir
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
 
@@ -43,13 +49,17 @@ class RedisProcess:
         cmd += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
         if self.workdir is not None:
             cmd += ["--dir", str(self.workdir)]
+        if self.password is not None:
+            cmd += ["--requirepass", self.password]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
             try:
-                with redis_py.Redis(port=self.port, socket_timeout=0.5) as r:
+                with redis_py.Redis(
+                    port=self.port, socket_timeout=0.5, password=self.password
+                ) as r:
                     if r.ping():
                         return
             except redis_py.exceptions.ConnectionError:
@@ -91,7 +101,7 @@ class RedisProcess:
         self.kill()
 
     def client(self) -> redis_py.Redis:
-        return redis_py.Redis(port=self.port, socket_timeout=5)
+        return redis_py.Redis(port=self.port, socket_timeout=5, password=self.password)
 
     def connections_received(self) -> int:
         with self.client() as r:

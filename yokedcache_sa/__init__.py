@@ -56,7 +56,9 @@ __all__ = [  # noqa: RUF022 - grouped: core names, then lazily imported ones
     "cached_dependency",
     "declare_dependency",
     "declare_function",
+    "explain",
     "instrument_session",
+    "refresh_catalog",
 ]
 
 
@@ -66,8 +68,10 @@ _LAZY = {
     "FromCache": "yokedcache_sa.orm",
     "NoCache": "yokedcache_sa.orm",
     "instrument_session": "yokedcache_sa.orm",
+    "refresh_catalog": "yokedcache_sa.orm",
     "declare_dependency": "yokedcache_sa.orm",
     "declare_function": "yokedcache_sa.orm",
+    "explain": "yokedcache_sa.orm",
     "cached": "yokedcache_sa.functions",
     "cached_dependency": "yokedcache_sa.integrations.fastapi",
     "cache_router": "yokedcache_sa.integrations.fastapi",

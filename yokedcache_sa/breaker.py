@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from .errors import BackendUnavailable
 
@@ -24,6 +25,10 @@ class CircuitBreaker:
         self.failures = 0
         self.open_until = 0.0
         self._lock = threading.Lock()
+        self.on_recover: Callable[[bool], None] | None = None
+        """Called after a success that ends a run of failures (with: was it open)."""
+        self.on_open: Callable[[int], None] | None = None
+        """Called when the failures reach the threshold (with: how many)."""
 
     def allow(self) -> bool:
         """Whether a call may go to the store now (while open: one probe per *timeout*)."""
@@ -49,10 +54,16 @@ class CircuitBreaker:
 
     def success(self) -> None:
         if self.failures:
+            was_open = self.is_open
             self.failures = 0
+            if self.on_recover is not None:
+                self.on_recover(was_open)
 
     def failure(self) -> None:
         with self._lock:
             self.failures += 1
             if self.failures >= self.threshold:
                 self.open_until = time.monotonic() + self.timeout
+            opened = self.enabled and self.failures == self.threshold
+        if opened and self.on_open is not None:
+            self.on_open(self.failures)

@@ -8,8 +8,9 @@ the operation's flow (:mod:`yokedcache_sa.flows`) with the sync or the async dri
 
 from __future__ import annotations
 
+from asyncio import _get_running_loop
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import defaults, flows
 from .backends.base import Backend
@@ -18,9 +19,13 @@ from .drivers import drive_async, drive_sync, lookup_async, lookup_sync
 from .errors import SerializationError
 from .keys import DEFAULT_TTL, MISSING, TTL, make_key, new_token
 from .keys import normalize_key as _normalize_key
+from .logs import loop_check
 from .state import COMPUTE_LOCK_SECONDS, CacheState, ComputeLock, Lookup
 from .stats import CacheStats
 from .tags import ALL_TAG, Snapshot, table_tag
+
+if TYPE_CHECKING:
+    from .orm.explain import Explanation
 
 get_default_cache = defaults.get_default_cache
 set_default_cache = defaults.set_default_cache
@@ -99,17 +104,22 @@ class YokedCache(CacheState):
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def connect(self) -> YokedCache:
+    async def connect(self, *, required: bool = True) -> YokedCache:
         """Check the store answers and make this the default cache of ``@cached``.
 
-        Raises:
-            BackendUnavailable: the store cannot be reached.
-        """
-        return await drive_async(flows.connect, self)
+        Args:
+            required: False to start even when the store does not answer: one WARNING is
+                logged, reads go to the database and caching starts when it answers
+                (``connected`` stays False). Added in 0.x.
 
-    def connect_sync(self) -> YokedCache:
+        Raises:
+            BackendUnavailable: the store cannot be reached (only with ``required=True``).
+        """
+        return await drive_async(flows.connect, self, required)
+
+    def connect_sync(self, *, required: bool = True) -> YokedCache:
         """Sync twin of :meth:`connect`."""
-        return drive_sync(flows.connect, self)
+        return drive_sync(flows.connect, self, required)
 
     async def disconnect(self) -> None:
         """Close connections (they reopen on next use)."""
@@ -204,6 +214,8 @@ class YokedCache(CacheState):
 
     def begin_write_sync(self, tags: Iterable[str], writer: str) -> None:
         """Sync twin of :meth:`begin_write`."""
+        if loop_check.armed and _get_running_loop() is not None:
+            loop_check.fire("commit")
         drive_sync(flows.begin_write, self, tags, writer)
 
     async def end_write(self, tags: Iterable[str], writer: str) -> None:
@@ -374,3 +386,10 @@ class YokedCache(CacheState):
     def health_sync(self) -> bool:
         """Sync twin of :meth:`health`."""
         return drive_sync(flows.health, self)
+
+    def explain(self, statement_or_query: Any, *, session: Any, params: Any = None) -> Explanation:
+        """What *session* would do with a statement, looked up in this cache; see
+        :func:`yokedcache_sa.orm.explain.explain`. Added in 0.x."""
+        from .orm.explain import explain
+
+        return explain(statement_or_query, session=session, cache=self, params=params)

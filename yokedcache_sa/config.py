@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
+import os
+import threading
+import warnings
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -14,6 +18,11 @@ from .errors import ConfigError, redact_url
 __all__ = ["CacheConfig"]
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+log = logging.getLogger("yokedcache_sa")
+ENV_PREFIX = "YOKEDCACHE_"
+_NO_EXPIRY = frozenset({"none", "null", "no", "never", "off", "inf"})
+_warned_env: set[str] = set()
+_warned_lock = threading.Lock()
 
 
 class CacheConfig(BaseSettings):
@@ -48,6 +57,9 @@ class CacheConfig(BaseSettings):
     circuit_breaker_timeout: float = Field(default=5.0, gt=0)
     """Seconds the breaker stays open before one probe is let through."""
     log_level: LogLevel = "WARNING"
+    """Deprecated: configure the ``yokedcache_sa`` logger with :mod:`logging` instead. Only
+    a level other than WARNING set explicitly (argument or ``YOKEDCACHE_LOG_LEVEL``) is
+    applied to that logger, with a DeprecationWarning; otherwise the logger is left alone."""
     socket_timeout: float = Field(default=0.25, gt=0, le=60)
     socket_connect_timeout: float = Field(default=0.5, gt=0, le=60)
     max_value_bytes: int = Field(default=1_048_576, ge=64, le=512 * 1024 * 1024)
@@ -70,6 +82,7 @@ class CacheConfig(BaseSettings):
     trip; makes writes fail while the cache is unreachable."""
 
     def __init__(self, **data: Any) -> None:
+        _warn_unknown_env(self.__class__)
         try:
             super().__init__(**data)
         except ValidationError as exc:
@@ -97,6 +110,19 @@ class CacheConfig(BaseSettings):
             raise ValueError(f"bad port in {redact_url(raw)!r}") from None
         return raw
 
+    @field_validator("default_ttl", mode="before")
+    @classmethod
+    def _ttl_words(cls, value: object) -> object:
+        # the environment has no None: "none"/"null" (any case) there mean "no expiry", and
+        # an empty value means "not set" (the default)
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in _NO_EXPIRY:
+                return None
+            if not word:
+                return cls.model_fields["default_ttl"].default
+        return value
+
     @field_validator("default_ttl")
     @classmethod
     def _check_ttl(cls, value: float | None) -> float | None:
@@ -119,7 +145,17 @@ class CacheConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _apply_log_level(self) -> CacheConfig:
-        logging.getLogger("yokedcache_sa").setLevel(self.log_level)
+        # only a non-default level given explicitly is applied: a config rebuilt from
+        # model_dump() (which carries the default) must not reset the application's logger
+        if "log_level" in self.model_fields_set and self.log_level != "WARNING":
+            warnings.warn(
+                "CacheConfig.log_level (YOKEDCACHE_LOG_LEVEL) is deprecated: configure "
+                f"logging instead, e.g. logging.getLogger('yokedcache_sa').setLevel("
+                f"logging.{self.log_level}); applied this time",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+            log.setLevel(self.log_level)
         return self
 
     @property
@@ -133,6 +169,27 @@ class CacheConfig(BaseSettings):
                 yield name, self.redis_url_redacted
             else:
                 yield name, value
+
+
+def _warn_unknown_env(cls: type[BaseSettings]) -> None:
+    """Log once per name a ``YOKEDCACHE_*`` variable that names no setting (a typo)."""
+    names = {f"{ENV_PREFIX}{n.upper()}" for n in cls.model_fields}
+    for var in os.environ:
+        upper = var.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in names or upper in _warned_env:
+            continue
+        with _warned_lock:
+            if upper in _warned_env:
+                continue
+            _warned_env.add(upper)
+        close = difflib.get_close_matches(upper, sorted(names), n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        log.warning(
+            "yokedcache: the environment variable %s is not a CacheConfig setting and is "
+            "ignored%s (settings: see docs/operations.md)",
+            var,
+            hint,
+        )
 
 
 def _explain(exc: ValidationError) -> str:

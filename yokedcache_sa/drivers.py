@@ -25,14 +25,17 @@ Flows of non-backend steps (waits, user code) run with :mod:`yokedcache_sa.steps
 
 from __future__ import annotations
 
+import time
+from asyncio import _get_running_loop
 from collections.abc import Callable
 from typing import Concatenate, ParamSpec, TypeVar, cast
 
 from . import flows
 from .errors import BackendError, BackendUnavailable
 from .keys import new_token
+from .logs import loop_check
 from .ops import FETCH, Flow, Op
-from .state import COMPUTE_LOCK_SECONDS, CacheState, Lookup
+from .state import COMPUTE_LOCK_SECONDS, CacheState, Lookup, debug_enabled
 
 __all__ = ["drive_async", "drive_sync", "lookup_async", "lookup_sync"]
 
@@ -120,14 +123,17 @@ def _plain(cache: CacheState) -> bool:
 def lookup_sync(cache: CacheState, key: str, horizon: int | None, lock: bool) -> Lookup:
     """The lookup flow (:func:`yokedcache_sa.flows.lookup`) run by the sync driver; its
     common case is hand-inlined (the documented fast path of the hit)."""
+    if loop_check.armed and _get_running_loop() is not None:
+        loop_check.fire("cache read")
     if not _plain(cache):
         return drive_sync(flows.lookup, cache, key, horizon, lock)
     token = new_token() if lock else None
+    t0 = time.perf_counter() if debug_enabled() else 0.0
     try:
         fetched = cache.backend.fetch(key, token, COMPUTE_LOCK_SECONDS)
     except (BackendError, OSError) as exc:
         return cache.read_failed(_failed(cache, FETCH, exc))
-    return cache.looked_up(key, fetched, horizon, token)
+    return cache.looked_up(key, fetched, horizon, token, t0)
 
 
 async def lookup_async(cache: CacheState, key: str, horizon: int | None, lock: bool) -> Lookup:
@@ -135,8 +141,9 @@ async def lookup_async(cache: CacheState, key: str, horizon: int | None, lock: b
     if not _plain(cache):
         return await drive_async(flows.lookup, cache, key, horizon, lock)
     token = new_token() if lock else None
+    t0 = time.perf_counter() if debug_enabled() else 0.0
     try:
         fetched = await cache.backend.afetch(key, token, COMPUTE_LOCK_SECONDS)
     except (BackendError, OSError) as exc:
         return cache.read_failed(_failed(cache, FETCH, exc))
-    return cache.looked_up(key, fetched, horizon, token)
+    return cache.looked_up(key, fetched, horizon, token, t0)

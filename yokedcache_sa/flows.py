@@ -9,13 +9,15 @@ decided here, once, for the sync and the async API alike.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from . import codec
-from .backends.base import StoreOutcome
-from .errors import BackendError, InvalidationError
+from .errors import BackendError, BackendUnavailable, InvalidationError
 from .keys import DEFAULT_TTL, MISSING, TTL, new_token, normalize_key
+from .logs import debug_on, key_digest, tables_of
 from .ops import (
     ACQUIRE,
     BEGIN_WRITE,
@@ -33,11 +35,13 @@ from .ops import (
     UNLOCK,
     Flow,
 )
-from .state import COMPUTE_LOCK_SECONDS, CacheState, ComputeLock, Lookup
+from .state import COMPUTE_LOCK_SECONDS, CacheState, ComputeLock, Lookup, debug_enabled
 from .stats import CacheStats
 from .tags import Snapshot, tag_id, tag_ids
 
 C = TypeVar("C", bound=CacheState)
+
+log = logging.getLogger("yokedcache_sa")
 
 __all__ = [
     "begin_write",
@@ -70,11 +74,12 @@ def lookup(c: CacheState, key: str, horizon: int | None, lock: bool) -> Flow[Loo
     if c._pending.tags:
         yield from retry_pending(c)
     token = new_token() if lock else None
+    t0 = time.perf_counter() if debug_enabled() else 0.0
     try:
         fetched = yield FETCH, (key, token, COMPUTE_LOCK_SECONDS)
     except BackendError as exc:
         return c.read_failed(exc)
-    return c.looked_up(key, fetched, horizon, token)
+    return c.looked_up(key, fetched, horizon, token, t0)
 
 
 def get(c: CacheState, key: str, default: Any) -> Flow[Any]:
@@ -108,9 +113,16 @@ def store(
     """Store *value* computed after *snapshot*; False if refused or the store is sick."""
     ids = tag_ids(tags)
     if c.blocked(ids):
+        if debug_on():
+            log.debug(
+                "yokedcache: store refused (invalidation pending here) key=%s tables=%s",
+                key_digest(key),
+                tables_of(ids),
+            )
         return False
     payload = c._encode(key, value, ids, snapshot)
     token = lock.token if lock is not None and not lock.released else None
+    t0 = time.perf_counter() if debug_enabled() else 0.0
     try:
         outcome = yield STORE, (key, payload, c.ttl(ttl), ids, snapshot.epoch, snapshot.seq, token)
     except BackendError as exc:
@@ -118,10 +130,7 @@ def store(
         return False
     if lock is not None:
         lock.released = True  # the store script dropped it, whatever the outcome
-    if outcome is StoreOutcome.STORED:
-        c._counts.sets += 1
-        return True
-    return False
+    return c.stored(outcome, key, ids, t0)
 
 
 def set_value(
@@ -154,14 +163,17 @@ def begin_write(c: CacheState, tags: Iterable[str], writer: str) -> Flow[None]:
     try:
         yield BEGIN_WRITE, (ids, writer, cfg.write_lease, cfg.strict_invalidation)
     except BackendError as exc:
-        c.unavailable(exc, "begin_write")
         if cfg.strict_invalidation:
+            c.unavailable(
+                exc, "marking written tables", "strict_invalidation refuses commits meanwhile"
+            )
             raise InvalidationError(
                 f"strict_invalidation: could not mark {list(ids)} before COMMIT ({exc}); "
                 "the transaction is not committed — retry when the cache answers, or turn "
                 "strict_invalidation off to commit with a bounded staleness window"
             ) from exc
-        c._pending.add(ids, writer)
+        c.unavailable(exc, "marking written tables")
+        c.add_pending(ids, writer)
 
 
 def end_write(c: CacheState, tags: Iterable[str], writer: str) -> Flow[None]:
@@ -174,12 +186,12 @@ def end_write(c: CacheState, tags: Iterable[str], writer: str) -> Flow[None]:
         yield END_WRITE, (ids, writer)
     except BackendError as exc:
         c.unavailable(exc, "invalidation")
-        c._pending.add(ids, writer)
+        c.add_pending(ids, writer)
         raise InvalidationError(
             f"invalidation of {list(ids)} not delivered ({exc}); those tags are bypassed in "
             "this process and retried until the cache answers"
         ) from exc
-    c._counts.invalidated(ids)
+    c.invalidated(ids)
 
 
 def release(c: CacheState, tags: Iterable[str], writer: str) -> Flow[None]:
@@ -205,9 +217,7 @@ def retry_pending(c: CacheState, everything: bool = False) -> Flow[int]:
         except BackendError:
             pending.failed(ids)
         else:
-            done = pending.delivered(ids)
-            if done:  # counted once even when the timer and a flush both delivered
-                c._counts.invalidated(done)
+            c.delivered(ids)
     return len(pending)
 
 
@@ -265,10 +275,21 @@ def health(c: CacheState) -> Flow[bool]:
     return True
 
 
-def connect(c: C, /) -> Flow[C]:
-    """Ping the store, then mark *c* connected (the default cache of ``@cached``)."""
-    yield PING, ()
-    c.connected = True
+def connect(c: C, /, required: bool = True) -> Flow[C]:
+    """Ping the store, then mark *c* connected (the default cache of ``@cached``); with
+    *required* False an unreachable store is logged and *c* starts anyway."""
+    try:
+        yield PING, ()
+    except BackendUnavailable as exc:
+        if required:
+            raise
+        c.unavailable(
+            exc,
+            "connect",
+            "starting anyway (required=False): reads use the database until it answers",
+        )
+    else:
+        c.connected = True
     c._on_connected()
     return c
 

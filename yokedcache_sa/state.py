@@ -6,18 +6,20 @@ does no I/O. :class:`~yokedcache_sa.cache.YokedCache` is this state plus the pub
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable
 from typing import Any, Final, NamedTuple
 
 from . import codec
-from .backends.base import Backend, Fetched
+from .backends.base import Backend, Fetched, StoreOutcome
 from .backends.memory import MemoryBackend
 from .breaker import BreakerOpen, CircuitBreaker
 from .config import CacheConfig
 from .errors import BackendError, BackendUnavailable, CorruptEntryError
 from .keys import MISSING, TTL, check_ttl
+from .logs import StateLog, debug_on, key_digest, tables_of
 from .pending import PendingInvalidations
 from .stats import Counters
 from .tags import Snapshot, is_fresh
@@ -25,6 +27,14 @@ from .tags import Snapshot, is_fresh
 __all__ = ["COMPUTE_LOCK_SECONDS", "CacheState", "ComputeLock", "Lookup"]
 
 log = logging.getLogger("yokedcache_sa")
+# hot paths ask the logger directly (its answer is cached by the logging module)
+debug_enabled = functools.partial(log.isEnabledFor, logging.DEBUG)
+
+_STORE_WORDS: Final = {
+    StoreOutcome.STORED: "stored",
+    StoreOutcome.STALE: "store refused (a tag moved since the read, or new epoch)",
+    StoreOutcome.BEING_WRITTEN: "store refused (a tag is being written)",
+}
 
 COMPUTE_LOCK_SECONDS: Final = 30.0
 """Lifetime of a compute (stampede) lock; a crashed holder frees it by expiry."""
@@ -91,6 +101,15 @@ class CacheState:
         self._max_bytes = cfg.max_value_bytes
         self._breaker = CircuitBreaker(
             cfg.circuit_breaker_threshold, cfg.circuit_breaker_timeout, cfg.enable_circuit_breaker
+        )
+        state_log = self._state_log = StateLog(
+            getattr(self.backend, "url_redacted", None) or f"({self.backend.name} backend)"
+        )
+        # The callbacks must not reference self: a cycle would keep a dropped cache alive
+        # (and the default of get_default_cache) until the garbage collector runs.
+        self._breaker.on_recover = state_log.recovered
+        self._breaker.on_open = functools.partial(
+            state_log.opened, timeout=cfg.circuit_breaker_timeout
         )
         self._counts = Counters()
         self._redirect: CacheState | None = None
@@ -160,7 +179,7 @@ class CacheState:
             return MISSING, None
 
     def looked_up(
-        self, key: str, fetched: Fetched, horizon: int | None, token: str | None
+        self, key: str, fetched: Fetched, horizon: int | None, token: str | None, t0: float
     ) -> Lookup:
         """The :class:`Lookup` of a fetch, counted as a hit or a miss."""
         pending = self._pending
@@ -172,6 +191,8 @@ class CacheState:
             self._counts.hit(header.tags)
         else:  # pragma: no cover - a value always comes with its header
             self._counts.hits += 1
+        if t0:
+            _debug_lookup(key, value is not MISSING, header, fetched, t0)
         lock = ComputeLock(token) if token is not None and fetched.lock == 1 else None
         return Lookup(value, fetched.snapshot, fetched.tags, lock, fetched.lock == -1)
 
@@ -200,9 +221,57 @@ class CacheState:
         self._counts.errors += 1
         log.warning(msg, *args)
 
-    def unavailable(self, exc: BackendError, what: str) -> None:
-        """Count and log a failed *what* that falls back to the database."""
+    def unavailable(
+        self,
+        exc: BackendError,
+        what: str,
+        consequence: str = "reads use the database, invalidations are retried",
+    ) -> None:
+        """Count and log a failed *what* (the driver has told the breaker already)."""
+        if isinstance(exc, BreakerOpen):
+            self._counts.errors += 1
+            if debug_on():
+                log.debug("yokedcache: %s skipped: %s", what, exc)
+            return
+        if isinstance(exc, BackendUnavailable):
+            self._counts.errors += 1
+            self._state_log.unreachable(what, exc, consequence)  # WARNING once per outage
+            return
         self.count_error("cache %s failed, using the database: %s", what, exc)
+
+    def stored(self, outcome: StoreOutcome, key: str, ids: tuple[str, ...], t0: float) -> bool:
+        """Count a store's outcome; True when stored."""
+        if t0:
+            log.debug(
+                "yokedcache: %s key=%s tables=%s in %.2f ms",
+                _STORE_WORDS[outcome],
+                key_digest(key),
+                tables_of(ids),
+                (time.perf_counter() - t0) * 1000,
+            )
+        if outcome is StoreOutcome.STORED:
+            self._counts.sets += 1
+            return True
+        return False
+
+    def invalidated(self, ids: Iterable[str]) -> None:
+        """Count a delivered invalidation of *ids*."""
+        if debug_on():
+            log.debug("yokedcache: invalidated tags=%s", list(ids))
+        self._counts.invalidated(ids)
+
+    def add_pending(self, ids: tuple[str, ...], writer: str) -> None:
+        """Queue an undelivered invalidation (bypassed here, retried)."""
+        self._pending.add(ids, writer)
+        self._state_log.pending_now(ids)
+
+    def delivered(self, ids: list[str]) -> None:
+        """Count a pending invalidation delivered at last."""
+        done = self._pending.delivered(ids)
+        if done:  # counted once even when the timer and a flush both delivered
+            self.invalidated(done)
+            if not self._pending.tags:
+                self._state_log.delivered()
 
     @staticmethod
     def is_store_failure(exc: BackendError) -> bool:
@@ -211,3 +280,21 @@ class CacheState:
 
     def blocked(self, tags: Iterable[str]) -> bool:
         return self._pending.blocks(tags)
+
+
+def _debug_lookup(
+    key: str, hit: bool, header: codec.Header | None, fetched: Fetched, t0: float
+) -> None:
+    if hit:
+        what = "hit"
+    elif header is not None:
+        what = "miss (stale entry)"
+    else:
+        what = "miss"
+    log.debug(
+        "yokedcache: %s key=%s tables=%s in %.2f ms",
+        what,
+        key_digest(key),
+        tables_of(header.tags if header is not None else fetched.tags),
+        (time.perf_counter() - t0) * 1000,
+    )

@@ -111,9 +111,7 @@ def _run(
     if not delete_file:
         enough.set()
     procs = [
-        ctx.Process(
-            target=_worker, args=(prefix, i, ops, db, published, lock, start, out, enough)
-        )
+        ctx.Process(target=_worker, args=(prefix, i, ops, db, published, lock, start, out, enough))
         for i in range(PROCS)
     ]
     for p in procs:

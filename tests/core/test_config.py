@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
 
@@ -89,13 +90,11 @@ def test_env_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("YOKEDCACHE_REDIS_URL", "redis://cache.internal:6380/2")
     monkeypatch.setenv("YOKEDCACHE_DEFAULT_TTL", "12.5")
     monkeypatch.setenv("YOKEDCACHE_KEY_PREFIX", "envapp")
-    monkeypatch.setenv("YOKEDCACHE_LOG_LEVEL", "debug")
     cfg = CacheConfig()
     assert cfg.redis_url is not None
     assert cfg.redis_url.get_secret_value() == "redis://cache.internal:6380/2"
     assert cfg.default_ttl == 12.5
     assert cfg.key_prefix == "envapp"
-    assert cfg.log_level == "DEBUG"
     # explicit arguments win over the environment
     assert CacheConfig(key_prefix="arg").key_prefix == "arg"
 
@@ -164,3 +163,73 @@ def test_backend_unavailable_message_has_no_password() -> None:
         assert "YOKEDCACHE_REDIS_URL" in msg
     finally:
         cache.disconnect_sync()
+
+
+# -- issue 13: settings from the environment, and the logger left alone ---------------------
+
+
+@pytest.mark.parametrize("word", ["none", "None", "NULL", "null", " none "])
+def test_env_ttl_none_means_no_expiry(monkeypatch: pytest.MonkeyPatch, word: str) -> None:
+    monkeypatch.setenv("YOKEDCACHE_DEFAULT_TTL", word)
+    assert CacheConfig().default_ttl is None
+
+
+def test_env_ttl_empty_means_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YOKEDCACHE_DEFAULT_TTL", "")
+    assert CacheConfig().default_ttl == 300.0
+
+
+def test_env_ttl_garbage_still_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YOKEDCACHE_DEFAULT_TTL", "forever-ish")
+    with pytest.raises(ConfigError, match="YOKEDCACHE_DEFAULT_TTL"):
+        CacheConfig()
+
+
+def test_unknown_env_variable_warns_once_with_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uuid
+
+    typo = "YOKEDCACHE_REDIS_ULR"
+    from yokedcache_sa import config as config_mod
+
+    monkeypatch.setattr(config_mod, "_warned_env", set())
+    monkeypatch.setenv(typo, "redis://x:6379/0")
+    monkeypatch.setenv("YOKEDCACHE_Q" + uuid.uuid4().hex.upper(), "1")
+    with caplog.at_level(logging.WARNING, logger="yokedcache_sa"):
+        CacheConfig()
+        CacheConfig()
+    typo_lines = [r.getMessage() for r in caplog.records if typo in r.getMessage()]
+    assert len(typo_lines) == 1, typo_lines
+    assert "did you mean YOKEDCACHE_REDIS_URL?" in typo_lines[0]
+    assert "is not a CacheConfig setting" in typo_lines[0]
+    assert CacheConfig().redis_url is None  # the typo set nothing
+
+
+def test_config_does_not_touch_the_logger_level() -> None:
+    logger = logging.getLogger("yokedcache_sa")
+    before = logger.level
+    try:
+        logger.setLevel(logging.DEBUG)
+        CacheConfig()
+        CacheConfig(default_ttl=5)
+        CacheConfig(**CacheConfig().model_dump())  # a copy carries log_level="WARNING"
+        assert logger.level == logging.DEBUG
+    finally:
+        logger.setLevel(before)
+
+
+def test_explicit_log_level_is_deprecated_and_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    logger = logging.getLogger("yokedcache_sa")
+    before = logger.level
+    try:
+        with pytest.warns(DeprecationWarning, match="logging.getLogger"):
+            cfg = CacheConfig(log_level="error")
+        assert cfg.log_level == "ERROR"
+        assert logger.level == logging.ERROR
+        monkeypatch.setenv("YOKEDCACHE_LOG_LEVEL", "debug")
+        with pytest.warns(DeprecationWarning):
+            CacheConfig()
+        assert logger.level == logging.DEBUG
+    finally:
+        logger.setLevel(before)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from yokedcache_sa.orm.sqltext import scan_fragment, scan_sql
+from yokedcache_sa.orm.sqltext import scan_fragment, scan_reads, scan_sql
 from yokedcache_sa.orm.tracking import tags_of_names, with_aliases, written_tables_of_sql
 
 
@@ -68,10 +68,18 @@ def targets(sql: str) -> set[tuple[str | None, str]] | None:
         ('SELECT "update" FROM t', set()),
         ("SELECT replace(a, 'x', 'y'), insert(a, 1, 2, 'z') FROM t", set()),
         ("WITH RECURSIVE c(n) AS (SELECT 1) SELECT n FROM c", set()),
+        # PostgreSQL: refreshing a materialized view writes it
+        ("REFRESH MATERIALIZED VIEW mv", {(None, "mv")}),
+        ("refresh materialized view concurrently s.mv", {("s", "mv")}),
+        ('REFRESH MATERIALIZED VIEW "S"."Mv" WITH NO DATA', {("S", "Mv")}),
+        ("REFRESH MATERIALIZED VIEW mv WITH DATA; UPDATE t SET a = 1", {(None, "mv"), (None, "t")}),
         # cannot be accounted for: unknown
         ("TRUNCATE a CASCADE", None),
         ("SELECT a INTO b FROM t", None),
         ("CALL p()", None),
+        ("REFRESH mv", None),
+        ("REFRESH MATERIALIZED VIEW mv CASCADE", None),
+        ("REFRESH MATERIALIZED VIEW", None),
         ("DO $$ BEGIN UPDATE t SET a = 1; END $$", None),
         ("CREATE TABLE t (a int)", None),
         ("COPY t FROM STDIN", None),
@@ -128,3 +136,59 @@ def test_scanner_never_misses_a_visible_update(bits: list[str]) -> None:
     written = scan_sql(sql).written
     if written is not None:
         assert any(n.table == "zz" for n in written)
+
+
+def reads(sql: str) -> set[tuple[str | None, str]] | None:
+    tables = scan_reads(sql).tables
+    return None if tables is None else {(n.schema, n.table) for n in tables}
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT a FROM t", {(None, "t")}),
+        ("SELECT * FROM s.t x, u AS y WHERE x.id = y.id", {("s", "t"), (None, "u")}),
+        (
+            "SELECT * FROM t1 JOIN t2 ON t1.id = t2.id LEFT OUTER JOIN t3 USING (id), t4",
+            {(None, "t1"), (None, "t2"), (None, "t3"), (None, "t4")},
+        ),
+        # MariaDB's information_schema.VIEWS.VIEW_DEFINITION
+        (
+            "select `a`.`id` AS `id`,`b`.`y` AS `y` from (`test`.`t1` `a` join `test`.`t2` `b` "
+            "on(`a`.`id` = `b`.`id`)) join `test`.`t1` `c` where `c`.`id` = `a`.`id`",
+            {("test", "t1"), ("test", "t2")},
+        ),
+        # PostgreSQL's pg_get_viewdef()
+        (
+            " SELECT a.id,\n    b.y\n   FROM (t1 a\n     JOIN t2 b ON ((a.id = b.id)));",
+            {(None, "t1"), (None, "t2")},
+        ),
+        (
+            "SELECT * FROM t WHERE id IN (SELECT id FROM u) AND EXISTS (SELECT 1 FROM v)",
+            {(None, "t"), (None, "u"), (None, "v")},
+        ),
+        ("SELECT * FROM (SELECT * FROM t) AS d", {(None, "t")}),
+        ("SELECT a FROM t UNION ALL SELECT b FROM u ORDER BY 1", {(None, "t"), (None, "u")}),
+        # SQLite's sqlite_master.sql
+        ("CREATE VIEW v(a) AS SELECT x FROM t", {(None, "t")}),
+        ('CREATE TEMP VIEW IF NOT EXISTS "v" AS SELECT x FROM "T"', {(None, "T")}),
+        # a CTE name is over-reported (a tag nobody writes); its body's tables are found
+        ("WITH c AS (SELECT * FROM t) SELECT * FROM c", {(None, "c"), (None, "t")}),
+        ("SELECT * FROM generate_series(1, 3) g, t", {(None, "t")}),
+        ("SELECT 1", set()),
+        ("TABLE t", {(None, "t")}),
+        # not a query that only reads: unknown
+        ("UPDATE t SET a = 1", None),
+        ("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", None),
+        ("CREATE TABLE t (a int)", None),
+        ("SELECT 1; SELECT 2", None),
+        ("SELECT 'unterminated FROM t", None),
+    ],
+)
+def test_reads(sql: str, expected: set[tuple[str | None, str]] | None) -> None:
+    assert reads(sql) == expected
+
+
+def test_reads_collect_functions() -> None:
+    assert scan_reads("SELECT now(), lower(a) FROM t").functions == {"now", "lower"}
+    assert scan_reads("CREATE VIEW v AS SELECT f(a) FROM t").functions == {"f"}

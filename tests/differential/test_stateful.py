@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from tests.differential import ops
-from tests.differential.conftest import KNOWN_BUGS, Pair, Side
+from tests.differential.conftest import Pair, Side
 from tests.differential.schema import reseed
 from yokedcache_sa.orm import CachingSession
 
@@ -250,15 +250,11 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     @rule(slot=slots, hi=user_ids)
     def selectin_users(self, slot: int, hi: int) -> None:
-        # Known bug (test_eager_loaded_then_rolled_back): after a rollback expires objects
-        # that a joined or selectin load filled, a cached read of them fills their expired
-        # relationship, where a plain Session leaves it unloaded. Eagerly loaded objects get
-        # a session of their own, unless YOKEDCACHE_DIFF_KNOWN_BUGS is set.
-        self.read(slot, ops.selectin_users, hi, fresh=not KNOWN_BUGS)
+        self.read(slot, ops.selectin_users, hi)
 
     @rule(slot=slots, hi=user_ids)
     def joined_users(self, slot: int, hi: int) -> None:
-        self.read(slot, ops.joined_users, hi, fresh=not KNOWN_BUGS)  # as selectin_users
+        self.read(slot, ops.joined_users, hi)
 
     @rule(slot=slots, uid=user_ids)
     def lazy_addresses(self, slot: int, uid: int) -> None:
@@ -290,7 +286,7 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     @rule(slot=slots, suffix=suffixes)
     def selectin_filtered(self, slot: int, suffix: str) -> None:
-        self.read(slot, ops.selectin_filtered, suffix, fresh=not KNOWN_BUGS)  # as selectin_users
+        self.read(slot, ops.selectin_filtered, suffix)
 
     @rule(slot=slots, lo=ages)
     def user_mappings(self, slot: int, lo: int) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from ormkit import Env, OrderLine, P, SQLCounter, Tag, User, enable_sqlite_fks, root_conftest
 from sqlalchemy import event, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -69,6 +70,41 @@ def test_rollback_releases(env: Env, how: str) -> None:
         assert env.cached(lambda: tag_names(s)) == TAGS
     assert env.hit(user_names) == ALL
     assert env.hit(tag_names) == TAGS
+
+
+@pytest.mark.parametrize("how", ["caching", "instrumented", "instrumented-used"])
+def test_rollback_after_a_hit_expires_as_a_plain_session(env: Env, how: str) -> None:
+    # A plain Session's read autobegins; rollback() then expires what it loaded. A hit needs
+    # no connection and begins no transaction: rollback() must still expire what it served,
+    # or the objects keep what the cached read filled in (eager-loaded relationships).
+    eager = select(User).options(selectinload(User.addresses)).where(User.id == 1)
+    env.warm(lambda s: s.scalars(eager).all())
+    if how == "caching":
+        s = env.Session()
+    else:
+        s = Session(env.engine)
+        if how == "instrumented-used":
+            s.scalars(select(Tag)).all()
+            s.rollback()
+        instrument_session(s, env.cache)
+    with s:
+        held = env.cached(lambda: s.scalars(eager).all())
+        assert "addresses" not in sa_inspect(held[0]).unloaded
+        s.rollback()
+        state = sa_inspect(held[0])
+        assert state.expired
+        assert "addresses" in state.unloaded
+        # refreshed from the database on access, as a plain Session's object would be
+        assert env.queried(lambda: held[0].name) == "alice"
+
+
+def test_a_hit_on_a_session_without_autobegin_raises_as_a_plain_session(env: Env) -> None:
+    eager = select(User).where(User.id == 1)
+    env.warm(lambda s: s.scalars(eager).all())
+    for s in (Session(env.engine, autobegin=False), env.Session(autobegin=False)):
+        with pytest.raises(InvalidRequestError, match="Autobegin is disabled"):
+            s.scalars(eager).all()
+        s.close()
 
 
 def test_close_without_commit_releases(env: Env) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from ..tags import Snapshot
 
-__all__ = ["Backend", "Fetched", "StoreOutcome"]
+__all__ = ["Backend", "Fetched", "StoreOutcome", "StoreState"]
 
 
 class StoreOutcome(enum.IntEnum):
@@ -38,6 +39,28 @@ class Fetched(NamedTuple):
     lock: int = 0
     """Compute lock asked for with the fetch: 1 taken, -1 held by another caller, 0 not
     asked, or not taken because the entry is fresh."""
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What a store holds right now, for operators (``describe()``, not part of the protocol).
+
+    ``versions``/``marks`` map tag ids to their version and to the number of live "being
+    written" marks; None when the store cannot list them by tag (the shared memory record
+    keeps hashed slots). ``bytes`` is None when the store does not count payload bytes.
+
+    Added in 0.x.
+    """
+
+    entries: int
+    epoch: str | None
+    seq: int
+    versions: dict[str, int] | None = field(default_factory=dict)
+    marks: dict[str, int] | None = field(default_factory=dict)
+    bytes: int | None = None
+    scope: str = "global"
+    """``global``: every process using this store sees these figures; ``process``: only this
+    process (the memory backend's entries)."""
 
 
 @runtime_checkable

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from ..errors import BackendUnavailable
 from ..tags import Snapshot
-from .base import Fetched, StoreOutcome
+from .base import Fetched, StoreOutcome, StoreState
 from .shared import SharedVersions, attach, shared_dir, slot_of
 
 __all__ = ["MemoryBackend"]
@@ -335,6 +335,30 @@ class MemoryBackend:
         now = self._clock()
         with self._lock:
             return sum(1 for item in self._entries.values() if item[2] > now)
+
+    def describe(self) -> StoreState:
+        """Entries and bytes of this process; tag versions when the record is local.
+
+        Added in 0.x.
+        """
+        now = self._clock()
+        with self._lock:
+            entries = sum(1 for item in self._entries.values() if item[2] > now)
+            if self._shared is not None:
+                versions: dict[str, int] | None = None
+                marks: dict[str, int] | None = None
+            else:
+                versions = dict(self._versions)
+                marks = {
+                    t: n for t, m in self._marks.items() if (n := sum(e > now for e in m.values()))
+                }
+            epoch, seq = self._epoch, self._seq
+        if self._shared is not None:
+            try:
+                epoch, seq = self._shared.observe()
+            except OSError as exc:
+                raise _unavailable(exc) from exc
+        return StoreState(entries, epoch, seq, versions, marks, self._bytes, scope="process")
 
     @property
     def bytes_used(self) -> int:

@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..steps import run_steps_async, run_steps_sync
 from ..tags import Snapshot
-from .base import Fetched, StoreOutcome
+from .base import Fetched, StoreOutcome, StoreState
 from .redis_lua import SCRIPTS as _SCRIPTS
 from .redis_lua import SHAS as _SHAS
 
@@ -85,6 +85,31 @@ def _start_closer(closer: AsyncGenerator[None, None]) -> None:
         pass
 
 
+def _state_of(meta: dict[bytes, bytes], entries: int, now_ms: int) -> StoreState:
+    versions: dict[str, int] = {}
+    marks: dict[str, int] = {}
+    for raw, value in meta.items():
+        name = raw.decode("utf-8", "replace")
+        if name.startswith("v:"):
+            versions[name[2:]] = int(value)
+        elif name.startswith("m:"):
+            live = sum(
+                1
+                for lease in value.decode().split(";")
+                if lease and int(lease.rpartition(":")[2] or 0) > now_ms
+            )
+            if live:
+                marks[name[2:]] = live
+    epoch = meta.get(b"epoch")
+    return StoreState(
+        entries,
+        epoch.decode() if epoch is not None else None,
+        int(meta.get(b"seq", b"0")),
+        versions,
+        marks,
+    )
+
+
 class RedisBackend:
     """A Redis (or ``rediss://`` TLS) store shared by every process using the same prefix.
 
@@ -133,6 +158,14 @@ class RedisBackend:
         r = self._redis
         try:
             yield
+        except r.exceptions.AuthenticationError as exc:  # a ConnectionError in redis-py
+            text, cause = self._clean(exc)
+            raise BackendUnavailable(
+                f"Redis at {self.url_redacted} refused the credentials ({what}): "
+                f"authentication failure (NOAUTH/WRONGPASS: {text}); put the password in "
+                "YOKEDCACHE_REDIS_URL as redis://:PASSWORD@host:6379/0, or "
+                "redis://USER:PASSWORD@host:6379/0 for an ACL user"
+            ) from cause
         except (r.exceptions.ConnectionError, r.exceptions.TimeoutError, OSError) as exc:
             text, cause = self._clean(exc)
             raise BackendUnavailable(
@@ -145,6 +178,14 @@ class RedisBackend:
             raise BackendUnavailable(
                 f"the server at {self.url_redacted} does not speak the Redis protocol "
                 f"({text}); is YOKEDCACHE_REDIS_URL pointing at the right port?"
+            ) from cause
+        except r.exceptions.NoPermissionError as exc:
+            text, cause = self._clean(exc)
+            raise BackendError(
+                f"Redis at {self.url_redacted} refused {what}: ACL permission denied ({text}); "
+                "grant the ACL user the keys and commands of this cache, e.g. "
+                f"ACL SETUSER <user> ~{self.prefix}:* ~{{{self.prefix}}}:* "
+                "+@read +@write +@scripting +ping +scan"
             ) from cause
         except r.exceptions.RedisError as exc:
             text, cause = self._clean(exc)
@@ -376,6 +417,27 @@ class RedisBackend:
 
     def key_count(self) -> int:
         return self._run("a key count", self._key_count())  # type: ignore[no-any-return]
+
+    def describe(self) -> StoreState:
+        """Entries, epoch, write sequence, and per-tag versions and live marks (one HGETALL
+        and a SCAN of the entry keys).
+
+        Added in 0.x.
+        """
+        meta = self._read_meta()
+        return _state_of(meta, self.key_count(), self._server_ms())
+
+    def _read_meta(self) -> dict[bytes, bytes]:
+        self._sync()
+        assert self._client is not None
+        with self._errors("a read of the version record"):
+            return dict(self._client.hgetall(self.meta_key))  # type: ignore[arg-type]
+
+    def _server_ms(self) -> int:
+        assert self._client is not None
+        with self._errors("TIME"):
+            sec, usec = self._client.time()
+        return int(sec) * 1000 + int(usec) // 1000
 
     def ping(self) -> None:
         self._run("PING", self._ping())

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..cache import DEFAULT_TTL, TTL, YokedCache, get_default_cache
+from ..cli import process_info
 from ..errors import MissingDependency
 from ..orm.session import instrument_session
 
@@ -20,6 +21,19 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 __all__ = ["cache_router", "cached_dependency"]
+
+_PER_PROCESS = (
+    "hits",
+    "misses",
+    "hit_rate",
+    "sets",
+    "invalidations",
+    "errors",
+    "pending_invalidations",
+    "healthy",
+    "table_hits",
+    "table_invalidations",
+)
 
 
 def _session_of(db: Any) -> Any:
@@ -76,6 +90,10 @@ def cache_router(cache: YokedCache | None = None, *, prefix: str = "/cache") -> 
     This is an admin surface: protect it (``dependencies=[Depends(require_admin)]`` when you
     include it) — anyone who can call it can empty your cache.
 
+    ``/stats`` says which process answered (``process``: pid, hostname) and which figures
+    are that process's own (``per_process``) or the store's (``global``): behind several
+    workers, each request may reach another worker.
+
     Endpoints: ``GET {prefix}/stats``, ``GET {prefix}/health``,
     ``POST {prefix}/invalidate/tags`` (JSON list of tags),
     ``POST {prefix}/invalidate/tables`` (JSON list of table names).
@@ -86,7 +104,13 @@ def cache_router(cache: YokedCache | None = None, *, prefix: str = "/cache") -> 
     @router.get("/stats")
     async def stats(c: YokedCache = Depends(cache_dep)) -> dict[str, Any]:
         s = await c.get_stats()
+        shared_store = c.backend.name != "memory"
         return {
+            # which worker answered: every figure but "keys" (and, with Redis, nothing
+            # else) is this process's own
+            "process": process_info(),
+            "per_process": [*_PER_PROCESS, *(() if shared_store else ("keys",))],
+            "global": ["keys"] if shared_store else [],
             "hits": s.hits,
             "misses": s.misses,
             "hit_rate": s.hit_rate,

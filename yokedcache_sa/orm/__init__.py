@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from .catalog import refresh_catalog as refresh_catalog
+from .explain import Explanation as Explanation
+from .explain import aexplain as aexplain
+from .explain import explain as explain
 from .options import FromCache as FromCache
 from .options import NoCache as NoCache
 from .routines import declare_function as declare_function
@@ -14,10 +18,14 @@ from .tracking import declare_dependency as declare_dependency
 __all__ = [
     "CachingQuery",
     "CachingSession",
+    "Explanation",
     "FromCache",
     "NoCache",
+    "aexplain",
     "declare_dependency",
     "declare_function",
+    "explain",
     "instrument_session",
+    "refresh_catalog",
     "state_of",
 ]

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.engine.result import Result
-from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.orm.path_registry import PathRegistry
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.selectable import Select
 
-__all__ = ["PRIVATE_ATTRIBUTES", "current_path", "run_later_orm_listeners"]
+__all__ = ["PRIVATE_ATTRIBUTES", "autobegin", "current_path", "run_later_orm_listeners"]
 
 #: (owner, attribute) pairs used below; the compat test asserts each exists.
 PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
@@ -23,6 +23,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (Select, "_compile_options"),
     (InstanceState, "load_path"),
     (InstanceState, "load_options"),
+    (Session, "_autobegin_t"),
 )
 
 
@@ -62,3 +63,17 @@ def run_later_orm_listeners(ox: ORMExecuteState) -> tuple[bool, Result[Any] | No
         if out:
             return True, out
     return True, None
+
+
+def autobegin(session: Session) -> None:
+    """Begin *session*'s transaction the way its next statement would (no connection yet).
+
+    A result served from the cache must leave the session in the state a database read
+    would: in a transaction, so that a later ``rollback()`` expires what was loaded. Raises
+    SQLAlchemy's own error when the session was made with ``autobegin=False``.
+    """
+    begin = getattr(session, "_autobegin_t", None)
+    if begin is not None:
+        begin()
+    elif not session.in_transaction():  # a SQLAlchemy without the private hook
+        session.begin()

@@ -178,9 +178,10 @@ class LoaderContext:
 
 def loader_context(statement: Any) -> LoaderContext | None:
     """The loader context of an ORM *statement*, or None when it propagates no options."""
-    options = tuple(
-        o for o in getattr(statement, "_with_options", ()) if getattr(o, "propagate_to_loaders", 0)
-    )
+    with_options = getattr(statement, "_with_options", ())
+    if not with_options:
+        return None
+    options = tuple(o for o in with_options if getattr(o, "propagate_to_loaders", 0))
     if not options:
         return None
     entities: list[Any] = []

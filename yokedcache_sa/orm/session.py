@@ -43,7 +43,7 @@ from ..defaults import get_session_default_cache
 from ..errors import InvalidationError, SerializationError
 from ..flight import sync_io
 from ..tags import ALL_TAG, Snapshot, table_tag, tag_id
-from . import _compat, routines, sqltext, tracking
+from . import _compat, catalog, routines, sqltext, tracking
 from ._bridge import await_ as _await
 from ._bridge import bridge, in_greenlet
 from .bindstate import TAINT_KEY, connection_variant, engine_identity, state_change
@@ -183,6 +183,8 @@ class SessionCache:
         # its pooled connection: nothing is served or stored (unless vary_on keys that state)
         self.tainted: str | None = None
         self.variants: dict[Engine, str] = {}  # connection-level schema_translate_map
+        # served a hit while the session had no transaction (see _rollback)
+        self.unbegun = False
 
     def taint(self, conn: Connection, why: str) -> None:
         """Stop serving and storing: *conn* runs with state the key does not capture."""
@@ -254,7 +256,8 @@ class SessionCache:
             except InvalidationError as exc:
                 # The commit happened; the cache keeps the tags pending (bypassed here,
                 # retried) — see docs/consistency.md for what other processes may see.
-                log.error("yokedcache: %s", exc)
+                # The cache logs a WARNING when tags become pending and when delivered.
+                log.debug("yokedcache: %s", exc)
         else:
             bridge(cache.release_sync, cache.release, marked, writer)
 
@@ -534,6 +537,12 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
     hint = hint_from(ox.user_defined_options, ox.execution_options)
     if not _cacheable(ox, st, hint):
         return None
+    if tx is None:
+        if not session.autobegin:
+            _compat.autobegin(session)  # raises SQLAlchemy's own error, as the read would
+        # The database read would begin the session's transaction; beginning one costs
+        # more than a hit, so rollback() begins it late instead (see _rollback).
+        st.unbegun = True
     # The uncached query would autoflush first: pending changes become writes that make
     # their tables bypass the cache for the rest of the transaction.
     if session.autoflush and getattr(ox.load_options, "_autoflush", True):
@@ -559,7 +568,7 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
         shape,
         ck,
         ox,
-        [sorted({*hint.tags, *st.tags}), sorted(hint.tables)],
+        _tag_hints(hint, st),
         (variant, vary) if variant is not None or vary is not None else None,
     )
     if key is None:
@@ -571,29 +580,67 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
         return None
     outer = _collector.get()
     engine = bind.engine if isinstance(bind, Connection) else bind
-    if engine not in st.isolated and _predicted(bind) is None:
-        session.connection(bind_arguments=ox.bind_arguments)  # after_begin learns it
-    horizon = _horizon(st, bind)
+    horizon = _horizon(st, bind, engine, session, ox)
+    look = bridge(cache.lookup_sync, cache.lookup, key, horizon=horizon, lock=True)
+    if look.value is not MISSING and shape.result is not None:
+        result = _served(ox, st, shape, look, outer)
+        if result is not None:
+            return result
+    return _miss(ox, st, shape, hint, cache, key, look, horizon, outer, variant)
+
+
+def _tag_hints(hint: Hint, st: SessionCache) -> list[Any]:
+    """The hint and session tags that are part of a key (SQLAlchemy's key ignores them)."""
+    if not (hint.tags or st.tags or hint.tables):
+        return _NO_TAG_HINTS
+    return [sorted({*hint.tags, *st.tags}), sorted(hint.tables)]
+
+
+_NO_TAG_HINTS: Final[list[Any]] = [[], []]
+
+
+def _served(
+    ox: ORMExecuteState,
+    st: SessionCache,
+    shape: _Shape,
+    look: Lookup,
+    outer: Collector | None,
+) -> Result[Any] | None:
+    """The result rebuilt from a fresh entry, or None when it cannot serve this session."""
+    assert shape.result is not None
+    if st.written and st.written_ids().intersection(look.tags):
+        return None  # e.g. an eager load of a table this transaction wrote
+    session = ox.session
+    try:
+        rows = thaw_rows(look.value, shape.result, session, loader_context(ox.statement))
+    except (NotCacheable, ValueError, TypeError, KeyError, IndexError) as exc:
+        log.warning("yokedcache: ignoring an unusable cached result: %s", exc)
+        return None
+    if outer is not None:
+        outer.add(shape.tables)
+        outer.add(t for t in look.tags if t.startswith("table:"))
+        if st.vary_on is not None:
+            # served for this session's vary_on state, which an @cached key lacks
+            _mark_strict(outer, "a read keyed by the session's vary_on state")
+    return shape.result.build(rows)
+
+
+def _miss(
+    ox: ORMExecuteState,
+    st: SessionCache,
+    shape: _Shape,
+    hint: Hint,
+    cache: YokedCache,
+    key: str,
+    look: Lookup,
+    horizon: int | None,
+    outer: Collector | None,
+    variant: str | None,
+) -> Result[Any] | None:
+    """Run the statement (or wait for whoever computes *key*) and store its result."""
 
     def lookup(lock: bool = False) -> Lookup:
         return bridge(cache.lookup_sync, cache.lookup, key, horizon=horizon, lock=lock)
-
-    def served(look: Lookup) -> Result[Any] | None:
-        assert shape.result is not None
-        if st.written and st.written_ids().intersection(look.tags):
-            return None  # e.g. an eager load of a table this transaction wrote
-        try:
-            rows = thaw_rows(look.value, shape.result, session, loader_context(ox.statement))
-        except (NotCacheable, ValueError, TypeError, KeyError, IndexError) as exc:
-            log.warning("yokedcache: ignoring an unusable cached result: %s", exc)
-            return None
-        if outer is not None:
-            outer.add(shape.tables)
-            outer.add(t for t in look.tags if t.startswith("table:"))
-            if st.vary_on is not None:
-                # served for this session's vary_on state, which an @cached key lacks
-                _mark_strict(outer, "a read keyed by the session's vary_on state")
-        return shape.result.build(rows)
 
     def compute(look: Lookup) -> Result[Any] | None:
         if st.written and st.written_ids().intersection(look.tags):
@@ -601,14 +648,9 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
         return _run_and_store(ox, st, shape, hint, key, look, outer, variant)
 
     def on_hit(look: Lookup) -> Result[Any] | None:
-        result = served(look) if shape.result is not None else None
+        result = _served(ox, st, shape, look, outer) if shape.result is not None else None
         return result if result is not None else compute(look)
 
-    look = lookup(lock=True)
-    if look.value is not MISSING and shape.result is not None:
-        result = served(look)
-        if result is not None:
-            return result
     if look.snapshot is None or (st.written and st.written_ids().intersection(look.tags)):
         # nothing to coordinate: the cache is unavailable, or this transaction reads its own
         # writes (never stored)
@@ -665,15 +707,24 @@ def _predicted(bind: Any) -> bool | None:
     return iso not in _STATEMENT_LEVEL
 
 
-def _horizon(st: SessionCache, bind: Any) -> int | None:
+def _horizon(
+    st: SessionCache, bind: Any, engine: Engine, session: Session, ox: ORMExecuteState
+) -> int | None:
     """The horizon a lookup must respect: None when the transaction is not
-    snapshot-isolated, and one no entry satisfies while its snapshot does not exist yet."""
-    engine = bind.engine if isinstance(bind, Connection) else bind
+    snapshot-isolated, and one no entry satisfies while its snapshot does not exist yet.
+
+    When the isolation of a transaction on *bind* cannot be predicted, begins it (the
+    after_begin listener learns it)."""
     if engine in st.snapshots:
         return st.horizon if st.horizon is not None else _NOTHING_VALID
     isolated = st.isolated.get(engine)
     if isolated is None:
-        isolated = _predicted(bind) is not False
+        isolated = _predicted(bind)
+        if isolated is None:
+            session.connection(bind_arguments=ox.bind_arguments)  # after_begin learns it
+            if engine in st.snapshots:
+                return st.horizon if st.horizon is not None else _NOTHING_VALID
+            isolated = st.isolated.get(engine, True)
     # No hit before the database snapshot exists: it may be taken after a commit the
     # cached data predates. The first read goes to the database and starts it.
     return _NOTHING_VALID if isolated else None
@@ -1089,6 +1140,8 @@ def _before_cursor_execute(
                     uncacheable = True
     if written != frozenset():
         cd["_yc_dirty"] = True
+    if written is None:
+        catalog.forget(conn)  # views may have changed
     if pg and written is None:
         routines.forget_catalog(conn.engine)  # functions or triggers may have changed
     if st is not None and written != frozenset():
@@ -1121,6 +1174,10 @@ def _before_cursor_execute(
         tables = _compiled_tables(compiled)
         if tables is None:
             col.mark_unknown("text() inside a query")
+            return
+        tables = catalog.read_tags(conn, tables)  # views: the tables they read, too
+        if tables is None:
+            col.mark_unknown("a view whose tables cannot be known")
             return
         col.add(tables)
         # The checks concern every @cached computation in progress, also when the innermost
@@ -1222,6 +1279,7 @@ def _may_write(conn: Connection, context: Any, statement: str) -> bool:
     facts = _facts(getattr(context, "compiled", None), statement)
     if context is None or getattr(context, "isddl", False) or facts.written is None:
         routines.forget_catalog(conn.engine)
+        catalog.forget(conn)
         return True
     return facts.written != frozenset() or any(
         routines.kind_of(f) is not routines.FunctionKind.READONLY for f in facts.functions
@@ -1234,6 +1292,7 @@ def _autocommits(conn: Connection) -> bool:
 
 
 def _on_commit(conn: Connection) -> None:
+    catalog.settle(conn)
     conn.__dict__.pop("_yc_dirty", None)
     conn.__dict__.pop("_yc_tainted", None)
     conn.__dict__.pop("_yc_ran", None)
@@ -1251,6 +1310,7 @@ def _on_commit(conn: Connection) -> None:
 
 
 def _on_rollback(conn: Connection) -> None:
+    catalog.settle(conn)
     conn.__dict__.pop("_yc_dirty", None)
     conn.__dict__.pop("_yc_tainted", None)
     conn.__dict__.pop("_yc_ran", None)
@@ -1385,6 +1445,10 @@ class CachingSession(Session):
         _commit_and_finish(self, Session.commit)
         return DONE
 
+    def rollback(self) -> None:
+        """Roll back, expiring what the transaction loaded (cache hits included)."""
+        _rollback(self, Session.rollback)
+
     @property
     def yokedcache(self) -> SessionCache:
         """This session's cache settings."""
@@ -1408,6 +1472,21 @@ def _commit_and_finish(session: Session, commit: Any) -> None:
         if st is not None and (st.marked or st.writer):
             # An exception in another after_commit listener skipped ours: finish here.
             st.finish(committed=st.committed or st.db_commit_started)
+
+
+def _rollback(session: Session, rollback: Any) -> None:
+    """*rollback* as if the hits served since the last transaction had begun one.
+
+    A read from the database autobegins the session's transaction, so a plain Session's
+    ``rollback()`` after it expires every loaded object; a hit needs no transaction and
+    begins none (it would cost more than the hit). Beginning it now gives the same result.
+    """
+    st = state_of(session)
+    if st is not None and st.unbegun:
+        st.unbegun = False
+        if session.get_transaction() is None:
+            _compat.autobegin(session)
+    rollback(session)
 
 
 def instrument_session(
@@ -1450,12 +1529,17 @@ def instrument_session(
     for name, fn in _SESSION_EVENTS:
         event.listen(session, name, fn)
     plain_commit = type(session).commit
+    plain_rollback = type(session).rollback
 
     def commit() -> _Done:
         _commit_and_finish(session, plain_commit)
         return DONE
 
+    def rollback() -> None:
+        _rollback(session, plain_rollback)
+
     session.commit = commit  # type: ignore[method-assign,assignment]  # awaitable commit
+    session.rollback = rollback  # type: ignore[method-assign]
     return session
 
 
@@ -1466,13 +1550,16 @@ def _instrumented_class(cls: type[Session]) -> type[Session]:
     """A subclass of *cls* carrying the cache listeners and the awaitable commit."""
     sub = _instrumented.get(cls)
     if sub is None:
-        plain_commit = cls.commit
+        plain_commit, plain_rollback = cls.commit, cls.rollback
 
         def commit(self: Session) -> _Done:
             _commit_and_finish(self, plain_commit)
             return DONE
 
-        sub = type(f"Instrumented{cls.__name__}", (cls,), {"commit": commit})
+        def rollback(self: Session) -> None:
+            _rollback(self, plain_rollback)
+
+        sub = type(f"Instrumented{cls.__name__}", (cls,), {"commit": commit, "rollback": rollback})
         for name, fn in _SESSION_EVENTS:
             event.listen(sub, name, fn)
         _instrumented[cls] = sub

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Name", "Scan", "scan_fragment", "scan_sql"]
+__all__ = ["Name", "Reads", "Scan", "scan_fragment", "scan_reads", "scan_sql"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,15 @@ class Scan:
     """What a SQL string does: ``written`` None = may write, targets unknown (``why`` says)."""
 
     written: frozenset[Name] | None
+    functions: frozenset[str]
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What a query (a view's definition) reads: ``tables`` None = cannot tell (``why``)."""
+
+    tables: frozenset[Name] | None
     functions: frozenset[str]
     why: str = ""
 
@@ -383,12 +392,34 @@ def _statements(toks: list[_Tok]) -> list[list[_Tok]]:
     return [s for s in out if s]
 
 
+def _refreshed(stmt: list[_Tok]) -> Name | None:
+    """The materialized view ``REFRESH MATERIALIZED VIEW [CONCURRENTLY] v [WITH [NO] DATA]``
+    writes (PostgreSQL), or None for any other REFRESH."""
+    p = _Parser(stmt)
+    if _word(p.at(1)) != "MATERIALIZED" or _word(p.at(2)) != "VIEW":
+        return None
+    j = 4 if _word(p.at(3)) == "CONCURRENTLY" else 3
+    got = p.name(j)
+    if got is None:
+        return None
+    tail = [_word(x) for x in stmt[got[1] :]]
+    if tail not in ([], ["WITH", "DATA"], ["WITH", "NO", "DATA"]):
+        return None
+    return got[0]
+
+
 def _scan_tokens(toks: list[_Tok], fragment: bool) -> Scan:
     written: set[Name] = set()
     functions: set[str] = set()
     for stmt in _statements(toks) if not fragment else [toks]:
         if not fragment:
             first = _word(stmt[0]) if stmt[0][0] == "w" else ""
+            if first == "REFRESH":
+                refreshed = _refreshed(stmt)
+                if refreshed is None:
+                    return Scan(None, frozenset(), "a REFRESH this scanner does not know")
+                written.add(refreshed)
+                continue
             if first not in _READ_VERBS and first not in _DML_VERBS:
                 return Scan(None, frozenset(), f"a {first or stmt[0][1]!r} statement")
         p = _Parser(stmt)
@@ -429,3 +460,107 @@ def scan_sql(sql: str) -> Scan:
 def scan_fragment(sql: str) -> Scan:
     """Scan a piece of SQL embedded in a larger statement (a ``text()`` column or clause)."""
     return _scan(sql, fragment=True)
+
+
+# -- reads of a query (view definitions) ----------------------------------------------------
+
+_FROM_WORDS = frozenset({"FROM", "JOIN", "STRAIGHT_JOIN"})
+# words that end a FROM list at their paren level
+_FROM_END = frozenset(
+    {"WHERE", "GROUP", "HAVING", "ORDER", "LIMIT", "OFFSET", "FETCH", "UNION", "EXCEPT",
+     "INTERSECT", "WINDOW", "QUALIFY", "RETURNING", "FOR", "SELECT", "VALUES", "INTO"}
+)  # fmt: skip
+_NOT_TABLES = frozenset({"LATERAL", "ONLY", "SELECT", "WITH", "VALUES", "TABLE"})
+
+
+def _definition(toks: list[_Tok]) -> list[_Tok]:
+    """The query of ``CREATE [TEMP] VIEW name [(columns)] AS query``, or *toks* itself."""
+    if _word(toks[0] if toks else None) != "CREATE":
+        return toks
+    depth = 0
+    seen_view = False
+    for i, tok in enumerate(toks):
+        if tok == ("p", "("):
+            depth += 1
+        elif tok == ("p", ")"):
+            depth -= 1
+        elif depth == 0 and _word(tok) == "VIEW":
+            seen_view = True
+        elif depth == 0 and seen_view and _word(tok) == "AS":
+            return toks[i + 1 :]
+    raise _Unparsable("a CREATE statement that is not CREATE VIEW … AS")
+
+
+def _read_names(toks: list[_Tok]) -> set[Name]:
+    """Every name in a FROM list or after JOIN, at any depth (subqueries, CTE bodies and
+    parenthesised joins included). Over-reports on purpose: a CTE name or an odd ``FROM``
+    inside a function call (``EXTRACT(YEAR FROM d)``) only adds a tag nobody writes."""
+    p = _Parser(toks)
+    found: set[Name] = set()
+    # per paren level: (inside a FROM list, expecting a table name)
+    levels: list[list[bool]] = [[False, False]]
+    i = 0
+    while i < len(toks):
+        tok = toks[i]
+        w = _word(tok)
+        level = levels[-1]
+        if tok == ("p", "("):
+            # a parenthesised join or a subquery in a FROM list; elsewhere an expression
+            levels.append([level[0] and level[1], level[0] and level[1]])
+            i += 1
+            continue
+        if tok == ("p", ")"):
+            if len(levels) > 1:
+                levels.pop()
+            levels[-1][1] = False
+            i += 1
+            continue
+        if w in _FROM_WORDS:
+            level[0] = level[1] = True
+        elif w in _FROM_END:
+            level[0] = level[1] = False
+        elif w in ("ON", "USING"):
+            level[1] = False
+        elif tok == ("p", ",") and level[0]:
+            level[1] = True
+        elif level[1] and w not in _NOT_TABLES and tok[0] in "wq":
+            got = p.name(i)
+            if got is not None:
+                level[1] = False
+                if p.at(got[1]) != ("p", "("):  # name(...) is a table function
+                    found.add(got[0])
+                i = got[1]
+                continue
+        i += 1
+    return found
+
+
+def scan_reads(sql: str) -> Reads:
+    """The tables and functions a query reads: a SELECT, or ``CREATE VIEW … AS`` one (as
+    ``sqlite_master`` keeps it). None when it may write or cannot be read with confidence."""
+    tables: set[Name] = set()
+    functions: set[str] = set()
+    readings = [False]
+    if "\\" in sql or "#" in sql:
+        readings.append(True)
+    for mysql in readings:
+        try:
+            statements = _statements(_tokens(sql, mysql))
+            if len(statements) != 1:
+                raise _Unparsable(f"{len(statements)} statements, not one query")
+            query = _definition(statements[0])
+        except _Unparsable as exc:
+            return Reads(None, frozenset(functions), str(exc))
+        if not query or _word(query[0]) not in ("SELECT", "WITH", "VALUES", "TABLE"):
+            return Reads(None, frozenset(functions), "not a query")
+        scan = _scan_tokens(query, fragment=False)
+        functions |= scan.functions
+        if scan.written is None or scan.written:
+            return Reads(None, frozenset(functions), scan.why or "the query writes")
+        if _word(query[0]) == "TABLE":
+            got = _Parser(query).name(1)
+            if got is None:
+                return Reads(None, frozenset(functions), "TABLE without a name")
+            tables.add(got[0])
+        tables |= _read_names(query)
+    return Reads(frozenset(tables), frozenset(functions))
