@@ -76,6 +76,23 @@ def test_read_after_failed_flush(pair: Pair, cache: YokedCache) -> None:
     assert cached == plain
 
 
+def test_read_after_failed_flush_in_a_savepoint(pair: Pair, cache: YokedCache) -> None:
+    # Found by the random programs (long run): the failed flush deactivates the savepoint's
+    # transaction, not the outer one, and the check looked at the outer one only.
+    def program(m: Models, session: Callable[[], Session]) -> Any:
+        with session() as s:
+            ops.aggregates(m, s)  # stored in the cache
+            s.begin_nested()
+            s.add(m.Address(id=1, user_id=1, email="dup@x"))  # id 1 exists
+            with pytest.raises(IntegrityError):
+                s.flush()
+            return ops.aggregates(m, s)
+
+    plain, cached = _both(pair, cache, program)
+    assert plain == ("raise", "PendingRollbackError")
+    assert cached == plain
+
+
 def test_snapshot_begun_by_a_hit(pair: Pair, cache: YokedCache, request: Any) -> None:
     # Under REPEATABLE READ / SERIALIZABLE (MariaDB, SQLite) a transaction's snapshot starts
     # at its first read. When that read is a cache hit, no statement starts the snapshot, and

@@ -138,9 +138,8 @@ def test_legacy_query_and_reason_agrees_with_the_listener(stack: Stack) -> None:
         assert explain(q).fresh
 
 
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)  # one async binding is enough
 async def test_aexplain_with_an_async_session(stack: Stack) -> None:
-    if stack.name != "sqlite":
-        pytest.skip("one async binding is enough (aiosqlite)")
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
     url = stack.engine.url.set(drivername="sqlite+aiosqlite")

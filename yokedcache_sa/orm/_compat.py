@@ -14,7 +14,13 @@ from sqlalchemy.orm.path_registry import PathRegistry
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.selectable import Select
 
-__all__ = ["PRIVATE_ATTRIBUTES", "autobegin", "current_path", "run_later_orm_listeners"]
+__all__ = [
+    "PRIVATE_ATTRIBUTES",
+    "autobegin",
+    "current_path",
+    "current_transaction",
+    "run_later_orm_listeners",
+]
 
 #: (owner, attribute) pairs used below; the compat test asserts each exists.
 PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
@@ -24,6 +30,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (InstanceState, "load_path"),
     (InstanceState, "load_options"),
     (Session, "_autobegin_t"),
+    (Session, "_transaction"),
 )
 
 
@@ -77,3 +84,14 @@ def autobegin(session: Session) -> None:
         begin()
     elif not session.in_transaction():  # a SQLAlchemy without the private hook
         session.begin()
+
+
+def current_transaction(session: Session) -> Any:
+    """The innermost transaction of *session* (a savepoint's, when one is open), or None.
+
+    ``Session.get_transaction()`` returns the outermost one, which stays active when a flush
+    inside a savepoint fails and deactivates only the savepoint's.
+    """
+    if "_transaction" in session.__dict__:
+        return session.__dict__["_transaction"]
+    return session.get_nested_transaction() or session.get_transaction()

@@ -191,7 +191,7 @@ def _plan(
             None,
             None,
         )
-    tx = session.get_transaction()
+    tx = _compat.current_transaction(session)
     if tx is not None and not tx.is_active:
         return Explanation(False, "the transaction is inactive: roll it back"), None, None
     for ref in st.conns:

@@ -527,7 +527,7 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
 
 def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
     session = ox.session
-    tx = session.get_transaction()
+    tx = _compat.current_transaction(session)
     if tx is not None and not tx.is_active:
         return None  # e.g. after a failed flush: SQLAlchemy raises PendingRollbackError
     for ref in st.conns:
