@@ -17,6 +17,7 @@ from sqlalchemy.sql import coercions, roles
 from sqlalchemy.sql.base import CompileState
 
 from ..cache import DEFAULT_TTL, YokedCache
+from ..errors import ArgumentTypeError
 from ..peek import EntryState, peek, peek_sync
 from ..tags import ALL_TAG, tag_ids
 from . import _compat
@@ -178,7 +179,9 @@ def _plan(
     stmt, params, eo, q_session = _normalize(statement_or_query, params)
     session = session if session is not None else q_session
     if session is None:
-        raise TypeError("explain() needs session= (the session that would run the statement)")
+        raise ArgumentTypeError(
+            "explain() needs session= (the session that would run the statement)"
+        )
     session = getattr(session, "sync_session", session)  # an AsyncSession's Session
     st = state_of(session)
     if st is None:
