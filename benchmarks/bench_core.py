@@ -25,7 +25,7 @@ from typing import Any
 import msgpack
 import redis
 
-from yokedcache_sa import CacheConfig, YokedCache
+from yokedcache_sa import CacheConfig, YokedCache, codec
 from yokedcache_sa.backends.redis import _SCRIPTS
 from yokedcache_sa.cache import _normalize_key
 from yokedcache_sa.tags import tag_ids
@@ -71,14 +71,20 @@ def bench_redis_hit(url: str, iterations: int) -> dict[str, float]:
         framed: bytes = raw.get(entry_key)
         # the same entry bytes: skip the tag list and the codec header, unpack the body
         payload = framed.partition(b"\x00")[2]
-        hlen = int.from_bytes(payload[4:8], "big")
-        body_at = len(framed) - len(payload) + 8 + hlen
-        assert msgpack.unpackb(framed[body_at:]) == VALUE_1K
+        header = codec.decode_header(
+            payload,
+            key=cache._key_scope + _normalize_key("user:1"),
+            secret=None,
+            max_bytes=cache.config.max_value_bytes,
+        )
+        body_at = len(framed) - len(payload) + header.body_start
+        body_end = len(framed) - len(payload) + header.body_end
+        assert msgpack.unpackb(framed[body_at:body_end]) == VALUE_1K
         plain = redis.Redis.from_url(url)
 
         def raw_get() -> Any:
             data: bytes = plain.get(entry_key)  # type: ignore[assignment]  # no decode_responses
-            return msgpack.unpackb(data[body_at:])
+            return msgpack.unpackb(data[body_at:body_end])
 
         def yoked_get() -> Any:
             return cache.get_sync("user:1")
@@ -155,7 +161,7 @@ def _fill(cache: YokedCache, n: int, tag: str) -> None:
         with client.pipeline(transaction=False) as pipe:
             for i in range(start, min(n, start + 2000)):
                 key = _normalize_key(f"row:{i}")
-                payload = cache._encode(i, ids, snap)
+                payload = cache._encode(key, i, ids, snap)
                 args = backend._store_args(payload, None, ids, snap.epoch, snap.seq, None)
                 keys = (backend.entry_key(key), backend.meta_key, backend._lock_key(key))
                 pipe.evalsha(sha, len(keys), *keys, *args)

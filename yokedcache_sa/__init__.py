@@ -22,7 +22,9 @@ from .errors import BackendUnavailable as BackendUnavailable
 from .errors import ConfigError as ConfigError
 from .errors import InvalidationError as InvalidationError
 from .errors import MissingDependency as MissingDependency
+from .errors import NoDefaultCache as NoDefaultCache
 from .errors import SerializationError as SerializationError
+from .errors import UsageError as UsageError
 from .errors import YokedCacheError as YokedCacheError
 
 __version__ = "0.1.0"
@@ -37,7 +39,9 @@ __all__ = [  # noqa: RUF022 - grouped: core names, then lazily imported ones
     "ConfigError",
     "InvalidationError",
     "MissingDependency",
+    "NoDefaultCache",
     "SerializationError",
+    "UsageError",
     "YokedCache",
     "YokedCacheError",
     "__version__",

@@ -4,6 +4,10 @@ Every exception the library raises on purpose derives from :class:`YokedCacheErr
 
     YokedCacheError
     ├── ConfigError (also ValueError)          a setting is invalid; the message names it
+    ├── UsageError (also ValueError)           an argument or call is invalid; the message says
+    │   │                                      what to pass instead
+    │   ├── ArgumentTypeError (also TypeError) an argument has the wrong type
+    │   └── NoDefaultCache (also LookupError)  no cache was given and none can be chosen
     ├── BackendError                           the cache store failed an operation
     │   └── BackendUnavailable                 the store cannot be reached (or the breaker is open)
     ├── SerializationError (also TypeError)    a value cannot be encoded; nothing was stored
@@ -21,13 +25,16 @@ import re
 from urllib.parse import unquote, unquote_plus
 
 __all__ = [
+    "ArgumentTypeError",
     "BackendError",
     "BackendUnavailable",
     "ConfigError",
     "CorruptEntryError",
     "InvalidationError",
     "MissingDependency",
+    "NoDefaultCache",
     "SerializationError",
+    "UsageError",
     "YokedCacheError",
 ]
 
@@ -38,6 +45,27 @@ class YokedCacheError(Exception):
 
 class ConfigError(YokedCacheError, ValueError):
     """A configuration value is invalid; the message names the field and a fix."""
+
+
+class UsageError(YokedCacheError, ValueError):
+    """An argument or call is invalid; the message says what to pass instead.
+
+    Added in 0.2.
+    """
+
+
+class ArgumentTypeError(UsageError, TypeError):
+    """An argument has the wrong type (a key or tag that is not a string, ...).
+
+    Added in 0.2.
+    """
+
+
+class NoDefaultCache(UsageError, LookupError):
+    """No ``cache=`` was given and no default cache can be chosen without guessing.
+
+    Added in 0.2.
+    """
 
 
 class BackendError(YokedCacheError):

@@ -12,13 +12,14 @@ import functools
 import hashlib
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from . import codec, flight
 from .cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_cache
 from .errors import SerializationError
 from .orm.session import Collector, current_collector, reading_collector, state_of
+from .steps import run_steps_async, run_steps_sync
 
 __all__ = ["cached"]
 
@@ -45,6 +46,9 @@ def _cache_from_args(args: Iterable[Any]) -> YokedCache | None:
             if st is not None:
                 return st.cache
     return None
+
+
+Step = tuple[Any, ...]
 
 
 class _Cached:
@@ -109,81 +113,42 @@ class _Cached:
             exc,
         )
 
-    # sync ----------------------------------------------------------------------------------
+    # one flow for sync and async callers ---------------------------------------------------
+    #
+    # Steps: ("call",) runs the function; ("lookup", cache, key) looks up with the compute
+    # lock; ("flight", cache, key, look) coordinates concurrent misses (flight.py), whose
+    # compute runs _compute_flow; ("store", cache, key, value, kwargs) stores the result.
+
+    def call_flow(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Generator[Step, Any, Any]:
+        """One call of the decorated function: a hit, or a computation stored."""
+        k = self.make_key(args, kwargs)
+        if k is None:
+            return (yield ("call",))
+        cache = self.resolve(args, kwargs)
+        look = yield "lookup", cache, k
+        if look.value is not MISSING:
+            return self._hit(look)
+        return (yield "flight", cache, k, look)
+
+    def compute_flow(self, cache: YokedCache, k: str, look: Lookup) -> Generator[Step, Any, Any]:
+        """Run the function, collecting the tables its SQL reads, and store its result."""
+        with reading_collector(strict_snapshot=True) as col:
+            value = yield ("call",)
+        tags = self.storable(col, look)
+        if tags is not None:
+            try:
+                yield "store", cache, k, value, self.store_args(tags, look)
+            except SerializationError as exc:
+                self.report_unstorable(exc)
+        return value
 
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        k = self.make_key(args, kwargs)
-        if k is None:
-            return self.fn(*args, **kwargs)
-        cache = self.resolve(args, kwargs)
-        look = cache.lookup_sync(k, lock=True)
-        if look.value is not MISSING:
-            return self._hit(look)
-        return flight.run_sync(
-            cache,
-            k,
-            relookup=lambda: cache.lookup_sync(k),
-            compute=lambda lk: self._compute(cache, k, lk, args, kwargs),
-            on_hit=self._hit,
-            first=look,
-        )
-
-    def _compute(
-        self,
-        cache: YokedCache,
-        k: str,
-        look: Lookup,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        with reading_collector(strict_snapshot=True) as col:
-            value = self.fn(*args, **kwargs)
-        tags = self.storable(col, look)
-        if tags is not None:
-            try:
-                cache.store_sync(k, value, **self.store_args(tags, look))
-            except SerializationError as exc:
-                self.report_unstorable(exc)
-        return value
-
-    # async ---------------------------------------------------------------------------------
+        """Call from sync code."""
+        return run_steps_sync(self.call_flow(args, kwargs), _SyncCall(self, args, kwargs))
 
     async def acall(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        k = self.make_key(args, kwargs)
-        if k is None:
-            return await self.fn(*args, **kwargs)
-        cache = self.resolve(args, kwargs)
-        look = await cache.lookup(k, lock=True)
-        if look.value is not MISSING:
-            return self._hit(look)
-
-        async def relookup() -> Lookup:
-            return await cache.lookup(k)
-
-        async def compute(lk: Lookup) -> Any:
-            return await self._acompute(cache, k, lk, args, kwargs)
-
-        return await flight.run_async(
-            cache, k, relookup=relookup, compute=compute, on_hit=self._hit, first=look
-        )
-
-    async def _acompute(
-        self,
-        cache: YokedCache,
-        k: str,
-        look: Lookup,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        with reading_collector(strict_snapshot=True) as col:
-            value = await self.fn(*args, **kwargs)
-        tags = self.storable(col, look)
-        if tags is not None:
-            try:
-                await cache.store(k, value, **self.store_args(tags, look))
-            except SerializationError as exc:
-                self.report_unstorable(exc)
-        return value
+        """Call from a coroutine."""
+        return await run_steps_async(self.call_flow(args, kwargs), _AsyncCall(self, args, kwargs))
 
     @staticmethod
     def _hit(look: Lookup) -> Any:
@@ -193,6 +158,59 @@ class _Cached:
         if outer is not None:
             outer.add(t for t in look.tags if t.startswith("table:"))
         return look.value
+
+
+class _SyncCall:
+    """Performs the steps of one sync call."""
+
+    def __init__(self, policy: _Cached, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.policy, self.args, self.kwargs = policy, args, kwargs
+
+    def __call__(self, step: Step) -> Any:
+        kind = step[0]
+        if kind == "call":
+            return self.policy.fn(*self.args, **self.kwargs)
+        if kind == "lookup":
+            return step[1].lookup_sync(step[2], lock=True)
+        if kind == "store":
+            return step[1].store_sync(step[2], step[3], **step[4])
+        cache: YokedCache = step[1]
+        k: str = step[2]
+        look: Lookup = step[3]
+        return flight.run_sync(
+            cache,
+            k,
+            relookup=lambda: cache.lookup_sync(k),
+            compute=lambda lk: run_steps_sync(self.policy.compute_flow(cache, k, lk), self),
+            on_hit=self.policy._hit,
+            first=look,
+        )
+
+
+class _AsyncCall(_SyncCall):
+    """Performs the steps of one coroutine call."""
+
+    async def __call__(self, step: Step) -> Any:
+        kind = step[0]
+        if kind == "call":
+            return await self.policy.fn(*self.args, **self.kwargs)
+        if kind == "lookup":
+            return await step[1].lookup(step[2], lock=True)
+        if kind == "store":
+            return await step[1].store(step[2], step[3], **step[4])
+        cache: YokedCache = step[1]
+        k: str = step[2]
+        look: Lookup = step[3]
+
+        async def relookup() -> Lookup:
+            return await cache.lookup(k)
+
+        async def compute(lk: Lookup) -> Any:
+            return await run_steps_async(self.policy.compute_flow(cache, k, lk), self)
+
+        return await flight.run_async(
+            cache, k, relookup=relookup, compute=compute, on_hit=self.policy._hit, first=look
+        )
 
 
 @overload

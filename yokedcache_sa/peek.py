@@ -60,7 +60,7 @@ def _judge(cache: YokedCache, key: str, fetched: Fetched, horizon: int | None) -
 
     if fetched.tags != header.tags:
         return stale("the stored tags disagree with the entry's header (ignored)")
-    if cache._blocked(header.tags):
+    if cache.blocked(header.tags):
         return stale("an invalidation of one of its tags is pending in this process")
     if snap.marked:
         return stale("one of its tables/tags is being written right now")

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import NamedTuple
 
+from .errors import ArgumentTypeError
+
 __all__ = ["ALL_TAG", "Snapshot", "is_fresh", "table_tag", "tag_id", "tag_ids"]
 
 ALL_TAG = "*"
@@ -31,7 +33,7 @@ def table_tag(name: str, schema: str | None = None) -> str:
 def tag_id(tag: str) -> str:
     """Return the backend-safe id of *tag* (itself if short and plain, else a hash)."""
     if not isinstance(tag, str):
-        raise TypeError(f"tags are strings, got {type(tag).__name__}")
+        raise ArgumentTypeError(f"tags are strings, got {type(tag).__name__}")
     if tag and len(tag) <= _MAX_RAW and tag.isascii() and not (_FORBIDDEN & set(tag)):
         return tag
     return (

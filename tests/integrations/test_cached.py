@@ -49,7 +49,7 @@ def count_users(db: Session | Connection) -> int:
 
 @pytest.fixture(autouse=True)
 def _no_explicit_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("yokedcache_sa.cache._explicit_default", None)
+    monkeypatch.setattr("yokedcache_sa.defaults._explicit_default", None)
 
 
 # -- hits ---------------------------------------------------------------------------------

@@ -251,7 +251,7 @@ def test_await_commit_on_a_sync_session(stack: Stack) -> None:
 
 
 def test_default_cache_when_none_given(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("yokedcache_sa.cache._explicit_default", None)
+    monkeypatch.setattr("yokedcache_sa.defaults._explicit_default", None)
     set_default_cache(stack.cache)
     life = Lifecycle()
     app, _ = sync_session_app(sync_get_db(stack, "plain", life), None)

@@ -184,6 +184,6 @@ def test_a_quiet_writer_delivers_pending_invalidations_in_the_background(
         raw.config_set("maxmemory", 0)
         raw.close()
     # no call on `writer` from here on
-    assert eventually(lambda: writer._pending == {}, timeout=15)
+    assert eventually(lambda: not writer._pending, timeout=15)
     assert read(pg, other) == NEW
     no_stale_reads(pg, sql, writer, other)

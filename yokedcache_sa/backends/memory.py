@@ -429,4 +429,4 @@ class MemoryBackend:
         return None
 
     async def aclose(self) -> None:
-        return None
+        self.close()

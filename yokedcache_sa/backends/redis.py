@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import weakref
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -29,8 +28,11 @@ from ..errors import (
     redact_text,
     redact_url,
 )
+from ..steps import run_steps_async, run_steps_sync
 from ..tags import Snapshot
 from .base import Fetched, StoreOutcome, StoreState
+from .redis_lua import SCRIPTS as _SCRIPTS
+from .redis_lua import SHAS as _SHAS
 
 if TYPE_CHECKING:
     import redis as redis_sync
@@ -38,225 +40,11 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisBackend"]
 
-_LUA_HELPERS = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function live(m, now)
-  for e in string.gmatch(m, ':(%d+);') do
-    if tonumber(e) > now then return true end
-  end
-  return false
-end
-local function others(m, w, now)
-  local out = {}
-  for wid, e in string.gmatch(m or '', '([^:;]+):(%d+);') do
-    if wid ~= w and tonumber(e) > now then out[#out + 1] = wid .. ':' .. e .. ';' end
-  end
-  return out
-end
-local function drop_writer(meta, field, w, now)
-  local m = redis.call('HGET', meta, field)
-  if not m then return end
-  local out = others(m, w, now)
-  if #out == 0 then redis.call('HDEL', meta, field)
-  else redis.call('HSET', meta, field, table.concat(out)) end
-end
-local function epoch(meta, candidate)
-  local ep = redis.call('HGET', meta, 'epoch')
-  if not ep then
-    redis.call('HSET', meta, 'epoch', candidate)
-    ep = candidate
-  end
-  return ep
-end
-"""
 
-# KEYS: entry, meta. ARGV: epoch candidate.
-# -> {payload|nil, epoch, seq, max version of the entry's tags, flag (1 marked, 2 malformed)}
-# KEYS: entry, meta, lock. ARGV: epoch candidate, lock token ('' = none), lock ttl ms.
-# -> {payload|nil, epoch, seq, max version of the entry's tags, flag (1 marked, 2 malformed),
-#     tag block, lock (1 taken, -1 held by another, 0 not asked or the entry is fresh)}
-# The entry's framing is "<epoch>:<seq>\n<tag id>\n...\0<payload>"; epoch and seq repeat the
-# signed header's, so the script can tell a fresh entry and only then skip the compute lock.
-_FETCH = (
-    _LUA_HELPERS
-    + """
-local meta = KEYS[2]
-local v = redis.call('GET', KEYS[1])
-local h = redis.call('HMGET', meta, 'epoch', 'seq')
-local ep = h[1]
-if not ep then
-  redis.call('HSET', meta, 'epoch', ARGV[1])
-  ep = ARGV[1]
-end
-local seq = tonumber(h[2] or '0')
-local top, flag, block, body, fresh = 0, 0, '', false, false
-if v then
-  local i = string.find(v, '\\0', 1, true)
-  local nl = i and string.find(v, '\\n', 1, true)
-  local e_ep, e_seq = nil, nil
-  if i and (not nl or nl > i) then nl = i end
-  if i then e_ep, e_seq = string.match(string.sub(v, 1, nl - 1), '^(.*):(%d+)$') end
-  if not e_ep then
-    flag = 2
-  else
-    block = string.sub(v, nl + 1, i - 1)
-    body = string.sub(v, i + 1)
-    local fields = {}
-    for tag in string.gmatch(block, '[^\\n]+') do
-      fields[#fields + 1] = 'v:' .. tag
-      fields[#fields + 1] = 'm:' .. tag
-    end
-    if #fields > 0 then
-      local r = redis.call('HMGET', meta, unpack(fields))
-      local now = nil
-      for j = 1, #fields, 2 do
-        local tv = tonumber(r[j] or '0')
-        if tv > top then top = tv end
-        if flag == 0 and r[j + 1] then
-          now = now or now_ms()
-          if live(r[j + 1], now) then flag = 1 end
-        end
-      end
-    end
-    fresh = flag == 0 and e_ep == ep and top <= tonumber(e_seq)
-  end
-end
-local lock = 0
-if ARGV[2] ~= '' and not fresh then
-  if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then lock = 1 else lock = -1 end
-end
-if flag == 2 then body = false end
-return {body, ep, seq, top, flag, block, lock}
-"""
-)
-
-# KEYS: meta. ARGV: epoch candidate. -> {epoch, seq}
-_OBSERVE = (
-    _LUA_HELPERS
-    + """
-local ep = epoch(KEYS[1], ARGV[1])
-return {ep, tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')}
-"""
-)
-
-# KEYS: entry, meta, lock. ARGV: framed value, ttl ms (0 = none), epoch, seq, lock token,
-# tag ids... -> 1 stored, 0 stale, -1 being written. Drops the compute lock if it holds it.
-_STORE = (
-    _LUA_HELPERS
-    + """
-if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('DEL', KEYS[3]) end
-if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[3] then return 0 end
-local s = tonumber(ARGV[4])
-local now = now_ms()
-for i = 6, #ARGV do
-  local r = redis.call('HMGET', KEYS[2], 'v:' .. ARGV[i], 'm:' .. ARGV[i])
-  if tonumber(r[1] or '0') > s then return 0 end
-  if r[2] and live(r[2], now) then return -1 end
-end
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-else redis.call('SET', KEYS[1], ARGV[1]) end
-return 1
-"""
-)
-
-# KEYS: meta. ARGV: writer, lease ms, epoch candidate, bump (0/1), tag ids...
-_BEGIN = (
-    _LUA_HELPERS
-    + """
-local meta = KEYS[1]
-epoch(meta, ARGV[3])
-local now = now_ms()
-local w = ARGV[1]
-local mark = w .. ':' .. string.format('%d', now + tonumber(ARGV[2])) .. ';'
-if ARGV[4] == '1' then
-  local seq = redis.call('HINCRBY', meta, 'seq', 1)
-  for i = 5, #ARGV do redis.call('HSET', meta, 'v:' .. ARGV[i], seq) end
-end
-for i = 5, #ARGV do
-  local f = 'm:' .. ARGV[i]
-  local out = others(redis.call('HGET', meta, f), w, now)
-  out[#out + 1] = mark
-  redis.call('HSET', meta, f, table.concat(out))
-end
-return 1
-"""
-)
-
-# KEYS: meta. ARGV: writer, epoch candidate, tag ids... -> new seq
-_END = (
-    _LUA_HELPERS
-    + """
-local meta = KEYS[1]
-epoch(meta, ARGV[2])
-local seq = redis.call('HINCRBY', meta, 'seq', 1)
-local now = now_ms()
-for i = 3, #ARGV do
-  redis.call('HSET', meta, 'v:' .. ARGV[i], seq)
-  drop_writer(meta, 'm:' .. ARGV[i], ARGV[1], now)
-end
-return seq
-"""
-)
-
-# KEYS: meta. ARGV: writer, tag ids...
-_RELEASE = (
-    _LUA_HELPERS
-    + """
-local now = now_ms()
-for i = 2, #ARGV do drop_writer(KEYS[1], 'm:' .. ARGV[i], ARGV[1], now) end
-return 1
-"""
-)
-
-# KEYS: lock. ARGV: token. Delete the lock only if this token holds it.
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-_SCRIPTS = {
-    "unlock": _UNLOCK,
-    "fetch": _FETCH,
-    "observe": _OBSERVE,
-    "store": _STORE,
-    "begin": _BEGIN,
-    "end": _END,
-    "release": _RELEASE,
-}
-
-
-class _Script:
-    """EVALSHA with a NOSCRIPT fallback, with less per-call work than redis-py's Script."""
-
-    __slots__ = ("client", "noscript", "sha", "source")
-
-    def __init__(self, client: Any, source: str, redis_mod: Any) -> None:
-        self.client = client
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-        self.noscript = redis_mod.exceptions.NoScriptError
-
-    def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except self.noscript:
-            self.client.script_load(self.source)
-            return self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-
-
-class _AsyncScript(_Script):
-    __slots__ = ()
-
-    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except self.noscript:
-            await self.client.script_load(self.source)
-            return await self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+Command = tuple[Any, ...]
+"""A Redis command as ``execute_command`` takes it."""
+Commands = Generator[Command, Any, Any]
+"""A backend operation: yields commands, receives their (parsed) replies, returns the result."""
 
 
 def _import_redis() -> Any:
@@ -354,10 +142,8 @@ class RedisBackend:
             health_check_interval=30,
         )
         self._client: redis_sync.Redis | None = None
-        self._scripts: dict[str, Any] = {}
         self._aclients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop,
-            tuple[redis_async.Redis, dict[str, Any], AsyncGenerator[None, None]],
+            asyncio.AbstractEventLoop, tuple[redis_async.Redis, AsyncGenerator[None, None]]
         ] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
@@ -424,18 +210,17 @@ class RedisBackend:
             ) from cause
         return pool
 
-    def _sync(self) -> dict[str, Any]:
-        if self._client is None:
+    def _sync(self) -> Any:
+        client = self._client
+        if client is None:
             with self._errors("a connection"):
                 # A plain bounded pool: when all max_connections are busy a call fails at once
                 # (a miss, served by the database) instead of queueing behind a lock.
                 pool = self._pool(self._redis.ConnectionPool)
-                client = self._redis.Redis(connection_pool=pool)
-                self._scripts = {n: _Script(client, s, self._redis) for n, s in _SCRIPTS.items()}
-                self._client = client
-        return self._scripts
+                client = self._client = self._redis.Redis(connection_pool=pool)
+        return client
 
-    def _async(self) -> tuple[Any, dict[str, Any]]:
+    def _async(self) -> Any:
         loop = asyncio.get_running_loop()
         pair = self._aclients.get(loop)
         if pair is None:
@@ -443,23 +228,41 @@ class RedisBackend:
                 ra = self._redis.asyncio
                 pool = self._pool(ra.ConnectionPool)
                 client = ra.Redis(connection_pool=pool)
-                scripts = {n: client.register_script(s) for n, s in _SCRIPTS.items()}
             closer = _close_with_loop(client)
             _start_closer(closer)
-            pair = (client, scripts, closer)
+            pair = (client, closer)
             self._aclients[loop] = pair
-        return pair[0], pair[1]
+        return pair[0]
 
     @property
     def client(self) -> redis_sync.Redis:
         """The sync redis-py client (created on first use)."""
-        self._sync()
-        assert self._client is not None
-        return self._client
+        return self._sync()  # type: ignore[no-any-return]
 
-    def entry_key(self, key: str) -> str:
-        """The Redis key of an entry."""
-        return self._entry_prefix + key
+    # -- the two drivers: the only code that sends commands -----------------------------------
+
+    def _run(self, what: str, commands: Commands) -> Any:
+        client = self._sync()
+        with self._errors(what):
+            return run_steps_sync(commands, lambda cmd: client.execute_command(*cmd))
+
+    async def _arun(self, what: str, commands: Commands) -> Any:
+        client = self._async()
+        with self._errors(what):
+            return await run_steps_async(commands, lambda cmd: client.execute_command(*cmd))
+
+    def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Commands:
+        """EVALSHA of the script *name*, loading it once if the server lacks it."""
+        call = ("EVALSHA", _SHAS[name], len(keys), *keys, *args)
+        try:
+            return (yield call)
+        except self._redis.exceptions.NoScriptError:
+            yield "SCRIPT", "LOAD", _SCRIPTS[name]
+            return (yield call)
+
+    def _scan(self, cursor: int) -> Command:
+        """One SCAN page (about 1000 keys) of this prefix's entries."""
+        return "SCAN", cursor, "MATCH", _glob_escape(self._entry_prefix) + "*", "COUNT", 1000
 
     # -- decoding of script replies (shared by both twins) ----------------------------------
 
@@ -490,24 +293,89 @@ class RedisBackend:
         ttl_ms = max(1, int(ttl * 1000)) if ttl else 0
         return [framed, ttl_ms, epoch, seq, lock_token or "", *tags]
 
-    def _fetch_args(self, key: str, lock_token: str | None, lock_ttl: float) -> dict[str, Any]:
-        return {
-            "keys": [self._entry_prefix + key, self.meta_key, self._lock_key(key)],
-            "args": [_new_epoch(), lock_token or "", max(1, int(lock_ttl * 1000))],
-        }
+    def entry_key(self, key: str) -> str:
+        """The Redis key of an entry."""
+        return self._entry_prefix + key
+
+    def _lock_key(self, name: str) -> str:
+        return f"{self.prefix}:l:{name}"
+
+    # -- operations: each built once as commands, run by either driver -----------------------
+
+    def _fetch(self, key: str, lock_token: str | None, lock_ttl: float) -> Commands:
+        keys = (self._entry_prefix + key, self.meta_key, self._lock_key(key))
+        args = (_new_epoch(), lock_token or "", max(1, int(lock_ttl * 1000)))
+        return self._fetched((yield from self._eval("fetch", keys, args)))
+
+    def _observe(self) -> Commands:
+        return self._observed((yield from self._eval("observe", (self.meta_key,), (_new_epoch(),))))
+
+    def _store(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float | None,
+        tags: Sequence[str],
+        epoch: str,
+        seq: int,
+        lock_token: str | None,
+    ) -> Commands:
+        keys = (self._entry_prefix + key, self.meta_key, self._lock_key(key))
+        args = self._store_args(payload, ttl, tags, epoch, seq, lock_token)
+        return StoreOutcome(int((yield from self._eval("store", keys, args))))
+
+    def _begin_write(self, tags: Sequence[str], writer: str, lease: float, bump: bool) -> Commands:
+        args = (writer, int(lease * 1000), _new_epoch(), int(bump), *tags)
+        yield from self._eval("begin", (self.meta_key,), args)
+
+    def _end_write(self, tags: Sequence[str], writer: str) -> Commands:
+        return int((yield from self._eval("end", (self.meta_key,), (writer, _new_epoch(), *tags))))
+
+    def _release(self, tags: Sequence[str], writer: str) -> Commands:
+        yield from self._eval("release", (self.meta_key,), (writer, *tags))
+
+    def _acquire(self, name: str, token: str, ttl: float) -> Commands:
+        px = max(1, int(ttl * 1000))
+        return bool((yield "SET", self._lock_key(name), token, "NX", "PX", px))
+
+    def _unlock(self, name: str, token: str) -> Commands:
+        yield from self._eval("unlock", (self._lock_key(name),), (token,))
+
+    def _locked(self, name: str) -> Commands:
+        return bool((yield "EXISTS", self._lock_key(name)))
+
+    def _delete_many(self, keys: Sequence[str]) -> Commands:
+        if not keys:
+            return 0
+        return int((yield ("DEL", *[self._entry_prefix + k for k in keys])))
+
+    def _clear(self) -> Commands:
+        # Dropping the version hash first makes every entry stale at once; the SCAN that
+        # follows only frees memory.
+        yield "DEL", self.meta_key
+        cursor = None
+        while cursor != 0:
+            cursor, keys = yield self._scan(cursor or 0)
+            if keys:
+                yield ("UNLINK", *keys)
+
+    def _key_count(self) -> Commands:
+        count, cursor = 0, None
+        while cursor != 0:
+            cursor, keys = yield self._scan(cursor or 0)
+            count += len(keys)
+        return count
+
+    def _ping(self) -> Commands:
+        yield ("PING",)
 
     # -- sync API --------------------------------------------------------------------------
 
     def fetch(self, key: str, lock_token: str | None = None, lock_ttl: float = 0.0) -> Fetched:
-        s = self._sync()
-        with self._errors("a read"):
-            reply = s["fetch"](**self._fetch_args(key, lock_token, lock_ttl))
-        return self._fetched(reply)
+        return self._run("a read", self._fetch(key, lock_token, lock_ttl))  # type: ignore[no-any-return]
 
     def observe(self) -> Snapshot:
-        s = self._sync()
-        with self._errors("a read"):
-            return self._observed(s["observe"](keys=[self.meta_key], args=[_new_epoch()]))
+        return self._run("a read", self._observe())  # type: ignore[no-any-return]
 
     def store(
         self,
@@ -519,89 +387,36 @@ class RedisBackend:
         seq: int,
         lock_token: str | None = None,
     ) -> StoreOutcome:
-        s = self._sync()
-        with self._errors("a write"):
-            r = s["store"](
-                keys=[self._entry_prefix + key, self.meta_key, self._lock_key(key)],
-                args=self._store_args(payload, ttl, tags, epoch, seq, lock_token),
-            )
-        return StoreOutcome(int(r))
+        return self._run("a write", self._store(key, payload, ttl, tags, epoch, seq, lock_token))  # type: ignore[no-any-return]
 
     def begin_write(
         self, tags: Sequence[str], writer: str, lease: float, bump: bool = False
     ) -> None:
-        s = self._sync()
-        with self._errors("begin_write"):
-            s["begin"](
-                keys=[self.meta_key],
-                args=[writer, int(lease * 1000), _new_epoch(), int(bump), *tags],
-            )
+        self._run("begin_write", self._begin_write(tags, writer, lease, bump))
 
     def end_write(self, tags: Sequence[str], writer: str) -> int:
-        s = self._sync()
-        with self._errors("an invalidation"):
-            return int(s["end"](keys=[self.meta_key], args=[writer, _new_epoch(), *tags]))
+        return self._run("an invalidation", self._end_write(tags, writer))  # type: ignore[no-any-return]
 
     def release(self, tags: Sequence[str], writer: str) -> None:
-        s = self._sync()
-        with self._errors("a release"):
-            s["release"](keys=[self.meta_key], args=[writer, *tags])
-
-    def _lock_key(self, name: str) -> str:
-        return f"{self.prefix}:l:{name}"
+        self._run("a release", self._release(tags, writer))
 
     def acquire(self, name: str, token: str, ttl: float) -> bool:
-        self._sync()
-        assert self._client is not None
-        with self._errors("a lock"):
-            return bool(
-                self._client.set(self._lock_key(name), token, nx=True, px=max(1, int(ttl * 1000)))
-            )
+        return self._run("a lock", self._acquire(name, token, ttl))  # type: ignore[no-any-return]
 
     def unlock(self, name: str, token: str) -> None:
-        s = self._sync()
-        with self._errors("an unlock"):
-            s["unlock"](keys=[self._lock_key(name)], args=[token])
+        self._run("an unlock", self._unlock(name, token))
 
     def locked(self, name: str) -> bool:
-        self._sync()
-        assert self._client is not None
-        with self._errors("a lock check"):
-            return bool(self._client.exists(self._lock_key(name)))
+        return self._run("a lock check", self._locked(name))  # type: ignore[no-any-return]
 
     def delete_many(self, keys: Sequence[str]) -> int:
-        if not keys:
-            return 0
-        self._sync()
-        assert self._client is not None
-        with self._errors("a delete"):
-            return int(self._client.delete(*[self._entry_prefix + k for k in keys]))
+        return self._run("a delete", self._delete_many(keys))  # type: ignore[no-any-return]
 
     def clear(self) -> None:
-        self._sync()
-        c = self._client
-        assert c is not None
-        with self._errors("clear"):
-            # Dropping the version hash first makes every entry stale at once; the SCAN that
-            # follows only frees memory.
-            c.delete(self.meta_key)
-            batch: list[bytes] = []
-            for k in c.scan_iter(match=_glob_escape(self._entry_prefix) + "*", count=1000):
-                batch.append(k)
-                if len(batch) >= 1000:
-                    c.unlink(*batch)
-                    batch.clear()
-            if batch:
-                c.unlink(*batch)
+        self._run("clear", self._clear())
 
     def key_count(self) -> int:
-        self._sync()
-        c = self._client
-        assert c is not None
-        with self._errors("a key count"):
-            return sum(
-                1 for _ in c.scan_iter(match=_glob_escape(self._entry_prefix) + "*", count=1000)
-            )
+        return self._run("a key count", self._key_count())  # type: ignore[no-any-return]
 
     def describe(self) -> StoreState:
         """Entries, epoch, write sequence, and per-tag versions and live marks (one HGETALL
@@ -625,31 +440,24 @@ class RedisBackend:
         return int(sec) * 1000 + int(usec) // 1000
 
     def ping(self) -> None:
-        self._sync()
-        assert self._client is not None
-        with self._errors("PING"):
-            self._client.ping()
+        self._run("PING", self._ping())
 
     def close(self) -> None:
+        """Close the sync client (asyncio clients close with their event loop, or aclose)."""
         if self._client is not None:
             self._client.close()
             self._client.connection_pool.disconnect()
             self._client = None
 
-    # -- async twins -----------------------------------------------------------------------
+    # -- async twins: the same operations, run by the async driver ---------------------------
 
     async def afetch(
         self, key: str, lock_token: str | None = None, lock_ttl: float = 0.0
     ) -> Fetched:
-        _c, s = self._async()
-        with self._errors("a read"):
-            reply = await s["fetch"](**self._fetch_args(key, lock_token, lock_ttl))
-        return self._fetched(reply)
+        return await self._arun("a read", self._fetch(key, lock_token, lock_ttl))  # type: ignore[no-any-return]
 
     async def aobserve(self) -> Snapshot:
-        _c, s = self._async()
-        with self._errors("a read"):
-            return self._observed(await s["observe"](keys=[self.meta_key], args=[_new_epoch()]))
+        return await self._arun("a read", self._observe())  # type: ignore[no-any-return]
 
     async def astore(
         self,
@@ -661,89 +469,49 @@ class RedisBackend:
         seq: int,
         lock_token: str | None = None,
     ) -> StoreOutcome:
-        _c, s = self._async()
-        with self._errors("a write"):
-            r = await s["store"](
-                keys=[self._entry_prefix + key, self.meta_key, self._lock_key(key)],
-                args=self._store_args(payload, ttl, tags, epoch, seq, lock_token),
-            )
-        return StoreOutcome(int(r))
+        return await self._arun(  # type: ignore[no-any-return]
+            "a write", self._store(key, payload, ttl, tags, epoch, seq, lock_token)
+        )
 
     async def abegin_write(
         self, tags: Sequence[str], writer: str, lease: float, bump: bool = False
     ) -> None:
-        _c, s = self._async()
-        with self._errors("begin_write"):
-            await s["begin"](
-                keys=[self.meta_key],
-                args=[writer, int(lease * 1000), _new_epoch(), int(bump), *tags],
-            )
+        await self._arun("begin_write", self._begin_write(tags, writer, lease, bump))
 
     async def aend_write(self, tags: Sequence[str], writer: str) -> int:
-        _c, s = self._async()
-        with self._errors("an invalidation"):
-            return int(await s["end"](keys=[self.meta_key], args=[writer, _new_epoch(), *tags]))
+        return await self._arun("an invalidation", self._end_write(tags, writer))  # type: ignore[no-any-return]
 
     async def arelease(self, tags: Sequence[str], writer: str) -> None:
-        _c, s = self._async()
-        with self._errors("a release"):
-            await s["release"](keys=[self.meta_key], args=[writer, *tags])
+        await self._arun("a release", self._release(tags, writer))
 
     async def aacquire(self, name: str, token: str, ttl: float) -> bool:
-        c, _s = self._async()
-        with self._errors("a lock"):
-            return bool(
-                await c.set(self._lock_key(name), token, nx=True, px=max(1, int(ttl * 1000)))
-            )
+        return await self._arun("a lock", self._acquire(name, token, ttl))  # type: ignore[no-any-return]
 
     async def aunlock(self, name: str, token: str) -> None:
-        _c, s = self._async()
-        with self._errors("an unlock"):
-            await s["unlock"](keys=[self._lock_key(name)], args=[token])
+        await self._arun("an unlock", self._unlock(name, token))
 
     async def alocked(self, name: str) -> bool:
-        c, _s = self._async()
-        with self._errors("a lock check"):
-            return bool(await c.exists(self._lock_key(name)))
+        return await self._arun("a lock check", self._locked(name))  # type: ignore[no-any-return]
 
     async def adelete_many(self, keys: Sequence[str]) -> int:
-        if not keys:
-            return 0
-        c, _s = self._async()
-        with self._errors("a delete"):
-            return int(await c.delete(*[self._entry_prefix + k for k in keys]))
+        return await self._arun("a delete", self._delete_many(keys))  # type: ignore[no-any-return]
 
     async def aclear(self) -> None:
-        c, _s = self._async()
-        with self._errors("clear"):
-            await c.delete(self.meta_key)
-            batch: list[bytes] = []
-            async for k in c.scan_iter(match=_glob_escape(self._entry_prefix) + "*", count=1000):
-                batch.append(k)
-                if len(batch) >= 1000:
-                    await c.unlink(*batch)
-                    batch.clear()
-            if batch:
-                await c.unlink(*batch)
+        await self._arun("clear", self._clear())
 
     async def akey_count(self) -> int:
-        c, _s = self._async()
-        n = 0
-        with self._errors("a key count"):
-            async for _ in c.scan_iter(match=_glob_escape(self._entry_prefix) + "*", count=1000):
-                n += 1
-        return n
+        return await self._arun("a key count", self._key_count())  # type: ignore[no-any-return]
 
     async def aping(self) -> None:
-        c, _s = self._async()
-        with self._errors("PING"):
-            await c.ping()
+        await self._arun("PING", self._ping())
 
     async def aclose(self) -> None:
+        """Close this event loop's client and the sync client."""
+        self.close()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover
             return
         pair = self._aclients.pop(loop, None)
         if pair is not None:
-            await pair[2].aclose()  # closes the client and its connection pool
+            await pair[1].aclose()  # closes the client and its connection pool

@@ -17,6 +17,7 @@ from sqlalchemy.sql import coercions, roles
 from sqlalchemy.sql.base import CompileState
 
 from ..cache import DEFAULT_TTL, YokedCache
+from ..errors import ArgumentTypeError
 from ..peek import EntryState, peek, peek_sync
 from ..tags import ALL_TAG, tag_ids
 from . import _compat
@@ -173,7 +174,9 @@ def _plan(
     stmt, params, eo, q_session = _normalize(statement_or_query, params)
     session = session if session is not None else q_session
     if session is None:
-        raise TypeError("explain() needs session= (the session that would run the statement)")
+        raise ArgumentTypeError(
+            "explain() needs session= (the session that would run the statement)"
+        )
     session = getattr(session, "sync_session", session)  # an AsyncSession's Session
     st = state_of(session)
     if st is None:
@@ -247,7 +250,7 @@ def _plan(
     except LookupError:
         return Explanation(False, "no cache configured for this session"), None, None
     ttl_choice = hint.ttl if not isinstance(hint.ttl, type(DEFAULT_TTL)) else st.default_ttl
-    ttl = resolved._ttl(ttl_choice)
+    ttl = resolved.ttl(ttl_choice)
     tags = tag_ids({*shape.tables, *hint.tags, *st.tags})
     engine = bind.engine if isinstance(bind, Connection) else bind
     horizon = st.horizon if engine in st.snapshots else None

@@ -14,6 +14,7 @@ from typing import Any, Final
 from sqlalchemy.orm.interfaces import UserDefinedOption
 
 from ..cache import DEFAULT_TTL, TTL
+from ..errors import UsageError
 
 __all__ = ["EXECUTION_OPTION", "FromCache", "Hint", "NoCache", "hint_from"]
 
@@ -80,7 +81,7 @@ class NoCache(UserDefinedOption):
 def _from_mapping(m: Mapping[str, Any]) -> Hint:
     unknown = set(m) - {"enabled", "ttl", "tags", "tables"}
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"unknown yokedcache execution option keys {sorted(unknown)}; "
             "use enabled, ttl, tags, tables"
         )
@@ -107,5 +108,5 @@ def hint_from(options: Iterable[Any], execution_options: Mapping[str, Any]) -> H
             return _from_mapping(eo)
         if eo is False:
             return Hint(enabled=False)
-        raise ValueError(f"execution option {EXECUTION_OPTION}= takes a dict or False, got {eo!r}")
+        raise UsageError(f"execution option {EXECUTION_OPTION}= takes a dict or False, got {eo!r}")
     return hint

@@ -12,7 +12,8 @@ from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from ..cache import DEFAULT_TTL, TTL, YokedCache, get_default_cache
+from ..cache import DEFAULT_TTL, TTL, YokedCache
+from ..defaults import get_session_default_cache
 from ..errors import InvalidationError
 from ..tags import tag_id
 from . import tracking
@@ -50,7 +51,7 @@ class SessionCache:
     @property
     def cache(self) -> YokedCache:
         """The cache this session uses (the default cache when none was given)."""
-        c = self._cache if self._cache is not None else get_default_cache()
+        c = self._cache if self._cache is not None else get_session_default_cache()
         return c._target()
 
     def _reset(self) -> None:
