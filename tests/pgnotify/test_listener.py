@@ -417,8 +417,7 @@ def test_own_commit_on_a_notifying_table_counts_nothing(
 ) -> None:
     """Our trigger changes no rows: a caching session's write to its table does not ask
     pg_stat_xact_* what the transaction changed (that is for tables with user triggers)."""
-    from yokedcache_sa.orm import routines
-    from yokedcache_sa.orm import pgwrites
+    from yokedcache_sa.orm import pgwrites, routines
 
     routines.forget_catalog(world.engine)
     calls: list[object] = []
