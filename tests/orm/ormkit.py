@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import importlib.util
 import os
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,15 +56,9 @@ HERE = Path(__file__).resolve().parent
 
 def root_conftest() -> ModuleType:
     """The top-level ``tests/conftest.py`` (service URLs, ``require_service``)."""
-    name = "yokedcache_tests_root_conftest"
-    mod = sys.modules.get(name)
-    if mod is None:
-        spec = importlib.util.spec_from_file_location(name, HERE.parent / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return mod
+    import tests.conftest
+
+    return tests.conftest
 
 
 class Status(enum.Enum):
