@@ -651,8 +651,9 @@ def test_lazy_load_keys_are_the_same_in_every_process(tmp_path: Any) -> None:
     import sys
     from pathlib import Path
 
-    from tests.orm.ormkit import Base, P, reseed
     from sqlalchemy import create_engine
+
+    from tests.orm.ormkit import Base, P, reseed
 
     url = f"sqlite:///{tmp_path / 'lazy.db'}"
     engine = create_engine(url)
