@@ -10,8 +10,7 @@ import datetime as dt
 import enum
 import os
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -45,6 +44,7 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.orm.attributes import instance_state
 
+from tests.sqlcount import Box, SQLCounter  # noqa: F401  (re-exported)
 from yokedcache_sa import YokedCache
 from yokedcache_sa.orm import CachingQuery, CachingSession
 
@@ -242,43 +242,6 @@ def enable_sqlite_fks(engine: Engine) -> None:
 
 
 # -- statement counting ---------------------------------------------------------------------
-
-
-class SQLCounter:
-    """Counts the statements an engine sends (``before_cursor_execute``)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.n = 0
-        self.statements: list[str] = []
-        event.listen(engine, "before_cursor_execute", self._on)
-
-    def _on(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        self.n += 1
-        self.statements.append(statement)
-
-    def remove(self) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._on)
-
-    def run(self, fn: Callable[[], Any]) -> tuple[Any, int]:
-        """Call *fn*; return its result and how many statements it sent."""
-        before = self.n
-        out = fn()
-        return out, self.n - before
-
-    @contextmanager
-    def counting(self) -> Iterator[Box]:
-        box = Box()
-        before = self.n
-        try:
-            yield box
-        finally:
-            box.n = self.n - before
-
-
-@dataclass
-class Box:
-    n: int = -1
 
 
 @dataclass
