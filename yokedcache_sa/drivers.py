@@ -84,6 +84,8 @@ def drive_sync(
             op, op_args = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]  # the flow's return value is T
+    finally:
+        flow.close()  # interrupted (a cancelled task): the flow's cleanup runs now
 
 
 async def drive_async(
@@ -113,6 +115,8 @@ async def drive_async(
             op, op_args = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]  # the flow's return value is T
+    finally:
+        flow.close()  # interrupted (a cancelled task): the flow's cleanup runs now
 
 
 def _plain(cache: CacheState) -> bool:

@@ -191,6 +191,11 @@ def end_write(c: CacheState, tags: Iterable[str], writer: str) -> Flow[None]:
             f"invalidation of {list(ids)} not delivered ({exc}); those tags are bypassed in "
             "this process and retried until the cache answers"
         ) from exc
+    except BaseException:
+        # cancelled or interrupted after the COMMIT (the driver closes the flow): whether the
+        # bump arrived is unknown, so it is retried; a second bump costs nothing but a miss
+        c.add_pending(ids, writer)
+        raise
     c.invalidated(ids)
 
 
@@ -217,7 +222,7 @@ def retry_pending(c: CacheState, everything: bool = False) -> Flow[int]:
         except BackendError:
             pending.failed(ids)
         else:
-            c.delivered(ids)
+            c.delivered(ids, writer)
     return len(pending)
 
 

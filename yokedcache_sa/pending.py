@@ -20,7 +20,12 @@ log = logging.getLogger("yokedcache_sa")
 
 
 class PendingInvalidations:
-    """tag id -> (writer, attempts, next retry time) of undelivered invalidations."""
+    """tag id -> (writer, attempts, next retry time) of undelivered invalidations.
+
+    One writer per tag: the latest one whose ``end_write`` failed. Its bump, retried, comes
+    after every earlier writer's COMMIT too; an earlier writer's mark then expires with its
+    lease. A retry of an earlier writer that is in flight meanwhile does not dequeue it.
+    """
 
     def __init__(self, retry: Callable[[], Any]) -> None:
         self.tags: dict[str, tuple[str, int, float]] = {}
@@ -69,14 +74,21 @@ class PendingInvalidations:
             for t in ids:
                 if t in self.tags:
                     writer, attempts, _n = self.tags[t]
-                    delay = min(5.0, 0.05 * 2**attempts)
+                    delay = min(5.0, 0.05 * 2 ** min(attempts, 7))
                     self.tags[t] = (writer, attempts + 1, now + delay)
 
-    def delivered(self, ids: Sequence[str]) -> list[str]:
-        """Drop *ids* from the queue; return those still in it (a concurrent retry — the
-        timer and a flush — may have delivered some first)."""
+    def delivered(self, ids: Sequence[str], writer: str) -> list[str]:
+        """Drop *ids* queued for *writer*; return those it was still queued for (a concurrent
+        retry — the timer and a flush — may have delivered some first). A tag another writer
+        was queued for meanwhile stays: that writer committed after this delivery began."""
+        done = []
         with self._lock:
-            return [t for t in ids if self.tags.pop(t, None) is not None]
+            for t in ids:
+                entry = self.tags.get(t)
+                if entry is not None and entry[0] == writer:
+                    del self.tags[t]
+                    done.append(t)
+        return done
 
     def schedule(self) -> None:
         """Start the background retry timer unless it runs or nothing is pending."""

@@ -265,9 +265,9 @@ class CacheState:
         self._pending.add(ids, writer)
         self._state_log.pending_now(ids)
 
-    def delivered(self, ids: list[str]) -> None:
-        """Count a pending invalidation delivered at last."""
-        done = self._pending.delivered(ids)
+    def delivered(self, ids: list[str], writer: str) -> None:
+        """Count a pending invalidation of *writer* delivered at last."""
+        done = self._pending.delivered(ids, writer)
         if done:  # counted once even when the timer and a flush both delivered
             self.invalidated(done)
             if not self._pending.tags:

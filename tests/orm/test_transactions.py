@@ -4,12 +4,13 @@ errors, ``await session.commit()`` on a sync session, and AsyncSession (asyncpg,
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text, update
+from sqlalchemy import create_engine, event, select, text, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import (
@@ -535,3 +536,22 @@ async def test_async_and_sync_sessions_share_the_cache(env: Env, aenv: AsyncEnv)
         assert (await aenv.queried(_names(s)))[3] == "sync"
     async with aenv.Session() as s:
         assert (await aenv.cached(_names(s)))[3] == "sync"
+
+
+def test_unclosed_sessions_do_not_pin_pooled_connections(env: Env) -> None:
+    # A handler that forgets close() (or raises before it): a plain Session's connection goes
+    # back to the pool when the session is dropped. The first miss of each statement shape
+    # is remembered process-wide; what it remembers must not hold that miss's connection.
+    engine = create_engine(env.db.url, pool_size=2, max_overflow=0, pool_timeout=2)
+    if env.db.name == "sqlite":
+        enable_sqlite_fks(engine)
+    shapes = [select(User).where(User.id > n).order_by(User.id) for n in range(4)]
+    try:
+        for stmt in shapes:
+            s = CachingSession(engine, cache=env.cache)
+            assert s.scalars(stmt).all()
+            del s
+            gc.collect()
+        assert engine.pool.checkedout() == 0
+    finally:
+        engine.dispose()

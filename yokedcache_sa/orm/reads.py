@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import weakref
 from typing import Any, Final
@@ -119,7 +120,7 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
     if key is None:
         return None
     try:
-        cache = st.cache
+        cache = st.txn_cache()
     except LookupError:
         log.warning("yokedcache: no cache configured for this session; reading uncached")
         return None
@@ -275,6 +276,22 @@ def _horizon(
     return _NOTHING_VALID if isolated else None
 
 
+def _detached_metadata(metadata: Any, result: Any) -> Any:
+    """*metadata* without what ties it to the run that made it.
+
+    The shape outlives the run in the module-level memo. SQLAlchemy's ORM metadata makes its
+    ``unique()`` filters with a closure over the loading context, which holds the private
+    Session and so the connection: the filters are made once, here, and kept instead.
+    """
+    make = getattr(metadata, "_create_unique_filters", None)
+    if make is None:
+        return metadata
+    filters = make(result)
+    detached = copy.copy(metadata)
+    detached._create_unique_filters = lambda _result, _f=tuple(filters): list(_f)
+    return detached
+
+
 def _run_and_store(
     ox: ORMExecuteState,
     st: SessionCache,
@@ -317,7 +334,7 @@ def _run_and_store(
     if shape.result is None:
         shape.roots = tuple(ox.all_mappers)
         shape.result = ResultShape(
-            frozen.metadata,  # type: ignore[arg-type]  # frozen metadata is always simple
+            _detached_metadata(frozen.metadata, result),
             frozen._attributes,
             frozen._source_supports_scalars,
             require_unique,
@@ -349,7 +366,7 @@ def _run_and_store(
             seq = -1  # horizon unknown: nothing is provably fresh
         if seq >= 0:
             ttl = hint.ttl if not isinstance(hint.ttl, type(DEFAULT_TTL)) else st.default_ttl
-            cache = st.cache
+            cache = st.txn_cache()
             try:
                 bridge(
                     cache.store_sync,

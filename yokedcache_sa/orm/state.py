@@ -32,6 +32,8 @@ _known_metadata: weakref.WeakSet[MetaData] = weakref.WeakSet()
 class SessionCache:
     """Cache settings and transaction bookkeeping of one session."""
 
+    _txn_cache: YokedCache | None
+
     def __init__(
         self,
         cache: YokedCache | None,
@@ -54,7 +56,15 @@ class SessionCache:
         c = self._cache if self._cache is not None else get_session_default_cache()
         return c._target()
 
+    def txn_cache(self) -> YokedCache:
+        """The cache of the open transaction: chosen once, at its first use, so that its
+        marks, bump and release go to one cache even if the default changes meanwhile."""
+        if self._txn_cache is None:
+            self._txn_cache = self.cache
+        return self._txn_cache
+
     def _reset(self) -> None:
+        self._txn_cache = None
         self.writer: str | None = None
         self.marked: set[str] = set()
         self.written: set[str] = set()
@@ -125,8 +135,8 @@ class SessionCache:
             return
         if self.writer is None:
             self.writer = YokedCache.new_writer()
+        cache = self.txn_cache()
         self.marked.update(new)
-        cache = self.cache
         bridge(cache.begin_write_sync, cache.begin_write, sorted(new), self.writer)
 
     def finish(self, committed: bool) -> None:
@@ -138,7 +148,7 @@ class SessionCache:
             except InvalidationError as exc:  # strict mode; the end_write below still runs
                 log.error("yokedcache: %s", exc)
         marked, writer = sorted(self.marked), self.writer
-        conns = self.conns
+        conns, cache = self.conns, self._txn_cache
         self._reset()
         for ref in conns:
             conn = ref()
@@ -146,7 +156,7 @@ class SessionCache:
                 conn.__dict__.pop("_yc_state", None)
         if not marked or writer is None:
             return
-        cache = self.cache
+        assert cache is not None  # the marks were taken on it
         if committed:
             try:
                 bridge(cache.end_write_sync, cache.end_write, marked, writer)

@@ -58,8 +58,13 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
         elif st.candidate is not None:
             st.horizon = st.candidate
         else:
-            cache = st.cache
-            snap = bridge(cache.observe_sync, cache.observe)
+            try:
+                cache = st.txn_cache()
+            except LookupError as exc:  # no cache to observe: this transaction reads uncached
+                log.warning("yokedcache: %s; reading uncached", exc)
+                snap = None
+            else:
+                snap = bridge(cache.observe_sync, cache.observe)
             if snap is None:
                 st.no_store = True
             else:
