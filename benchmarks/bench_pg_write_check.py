@@ -23,7 +23,7 @@ from sqlalchemy import Integer, create_engine, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from yokedcache_sa import CacheConfig, CachingSession, YokedCache
-from yokedcache_sa.orm import session as orm_session
+from yokedcache_sa.orm import engine_events, pgwrites, transactions
 
 PG_URL = os.environ.get(
     "YOKEDCACHE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -67,7 +67,7 @@ def main() -> None:
         )
     cache = YokedCache(CacheConfig(key_prefix=f"bpw{SUFFIX}"))
     S = sessionmaker(engine, class_=CachingSession, cache=cache)
-    real_note, real_add = orm_session._pg_note_write, orm_session._add_pg_modified
+    real_note, real_add = engine_events._pg_note_write, transactions._add_pg_modified
     check_times: list[float] = []
 
     def timed_add(st: Any) -> None:
@@ -75,15 +75,15 @@ def main() -> None:
         real_add(st)
         check_times.append(time.perf_counter() - t0)
 
-    flush_sql = orm_session._PG_COUNTS_FLUSH
+    flush_sql = pgwrites._PG_COUNTS_FLUSH
 
     def txn(model: Any, on: bool, flush: bool = True) -> Callable[[], None]:
         def run() -> None:
-            orm_session._pg_note_write = real_note if on else (lambda *a: None)  # type: ignore[assignment]
-            orm_session._add_pg_modified = timed_add if on else (lambda st: None)  # type: ignore[assignment]
-            orm_session._PG_COUNTS_FLUSH = flush_sql if flush else orm_session._PG_COUNTS
+            engine_events._pg_note_write = real_note if on else (lambda *a: None)  # type: ignore[assignment]
+            transactions._add_pg_modified = timed_add if on else (lambda st: None)  # type: ignore[assignment]
+            pgwrites._PG_COUNTS_FLUSH = flush_sql if flush else pgwrites._PG_COUNTS
             if not flush:
-                engine.pool._pool.queue[0].info.pop(orm_session._PG_CLEAN, None)  # type: ignore[attr-defined]
+                engine.pool._pool.queue[0].info.pop(pgwrites._PG_CLEAN, None)  # type: ignore[attr-defined]
             with S() as s:
                 s.execute(update(model).where(model.id == 1).values(n=model.n + 1))
                 s.commit()
@@ -105,8 +105,8 @@ def main() -> None:
                 if i >= 50:
                     times[name].append(time.perf_counter() - t0)
     finally:
-        orm_session._pg_note_write, orm_session._add_pg_modified = real_note, real_add
-        orm_session._PG_COUNTS_FLUSH = flush_sql
+        engine_events._pg_note_write, transactions._add_pg_modified = real_note, real_add
+        pgwrites._PG_COUNTS_FLUSH = flush_sql
         with engine.begin() as c:
             c.exec_driver_sql(f"DROP TABLE {Trig.__tablename__}")
             c.exec_driver_sql(f"DROP FUNCTION {fn}()")
@@ -115,7 +115,7 @@ def main() -> None:
     for name, ts in times.items():
         print(f"{name:20} median {statistics.median(ts) * 1e6:8.1f} us per write transaction")
     print(f"{'commit-time check':20} median {statistics.median(check_times) * 1e6:8.1f} us")
-    orm_session._PG_COUNTS_FLUSH = flush_sql
+    pgwrites._PG_COUNTS_FLUSH = flush_sql
 
 
 if __name__ == "__main__":

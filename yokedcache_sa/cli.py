@@ -335,6 +335,13 @@ def _explain(args: argparse.Namespace, out: Output) -> int:
     return OK
 
 
+register_external(
+    "pg-notify",
+    "yokedcache_sa.pgnotify.cli:main",
+    "install, inspect or remove PostgreSQL change-notification triggers (outside writers)",
+)
+
+
 def _import_target(target: str) -> Any:
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:

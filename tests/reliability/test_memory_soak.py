@@ -16,7 +16,7 @@ from tests.reliability.relkit import Base, User, reseed
 from yokedcache_sa import CacheConfig, YokedCache
 from yokedcache_sa.backends.memory import MemoryBackend
 from yokedcache_sa.orm import CachingSession
-from yokedcache_sa.orm import session as orm_session
+from yokedcache_sa.orm import shapes as orm_shapes
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ def run_shapes(engine: Engine, cache: YokedCache, n: int) -> None:
 def test_orm_statement_shapes_are_bounded(sqlite: Engine) -> None:
     cache = YokedCache(CacheConfig(key_prefix="shapes", memory_max_entries=1000))
     run_shapes(sqlite, cache, 5000)
-    assert len(orm_session._shapes) <= orm_session._MAX_SHAPES
+    assert len(orm_shapes._shapes) <= orm_shapes._MAX_SHAPES
     assert cache.get_stats_sync().key_count <= 1000
     # the cache still works for a shape seen before
     with CachingSession(sqlite, cache=cache) as s:
@@ -104,4 +104,4 @@ def test_no_growth_over_a_repeated_batch(sqlite: Engine) -> None:
         tracemalloc.stop()
     growth = second - first
     assert growth < 256 * 1024, f"grew {growth} bytes over an identical batch"
-    assert len(orm_session._shapes) <= orm_session._MAX_SHAPES
+    assert len(orm_shapes._shapes) <= orm_shapes._MAX_SHAPES

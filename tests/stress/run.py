@@ -9,9 +9,12 @@ on this host) after some write's ``commit()`` had returned, yet saw a lower vers
 row. The checker merges every worker's log and counts stale reads.
 
 Variants: ``plain``; ``restart`` (Redis SIGKILLed mid-run and restarted empty on the same
-port); ``pause`` (Redis SIGSTOPped for ~2 s mid-run, then SIGCONT).
+port); ``pause`` (Redis SIGSTOPped for ~2 s mid-run, then SIGCONT). ``--backend memory``
+runs the workers on the memory backend instead (no Redis; entries per process, the version
+record shared by the host's processes).
 
     python tests/stress/run.py --processes 4 --seconds 20 --variant pause --json
+    python tests/stress/run.py --backend memory --processes 4 --json
 
 With ``--json`` the last line is one JSON object with ``ops_per_s``, ``hit_rate``,
 ``stale_reads`` and ``errors_seen_by_callers`` (plus details). Exit status 1 when a read was
@@ -124,7 +127,9 @@ def worker(args: argparse.Namespace) -> None:
     engine = create_engine(args.pg_url, pool_size=2, max_overflow=2)
     cache = YokedCache(
         CacheConfig(
-            redis_url=args.redis_url,
+            # no Redis URL: the memory backend, whose version record the workers of this host
+            # share (memory_shared, the default)
+            redis_url=args.redis_url or None,
             key_prefix=args.key_prefix,
             socket_timeout=0.1,
             socket_connect_timeout=0.1,
@@ -296,7 +301,10 @@ def check(logs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def drive(args: argparse.Namespace) -> dict[str, Any]:
-    if shutil.which("redis-server") is None:
+    memory = args.backend == "memory"
+    if memory and args.variant != "plain":
+        raise SystemExit("--variant restart/pause stop the Redis server: use --backend redis")
+    if not memory and shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not on PATH")
     run_id = uuid.uuid4().hex[:8]
     table_prefix = f"st{run_id}_"
@@ -306,7 +314,8 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
     engine = create_engine(args.pg_url)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        redis.start()
+        if not memory:
+            redis.start()
         create_tables(engine, m)
         start_at = time.monotonic() + 3.0  # workers import and connect meanwhile
         for i in range(args.processes):
@@ -317,7 +326,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
                 "--pg-url",
                 args.pg_url,
                 "--redis-url",
-                redis.url,
+                "" if memory else redis.url,
                 "--key-prefix",
                 f"st{run_id}",
                 "--table-prefix",
@@ -359,7 +368,8 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        redis.kill()
+        if not memory:
+            redis.kill()
         try:
             m.Base.metadata.drop_all(engine)
         finally:
@@ -371,6 +381,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
     hits = sum(log["hits"] for log in logs)
     misses = sum(log["misses"] for log in logs)
     return {
+        "backend": args.backend,
         "variant": args.variant,
         "processes": args.processes,
         "seconds": args.seconds,
@@ -395,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--processes", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--variant", choices=["plain", "restart", "pause"], default="plain")
+    ap.add_argument(
+        "--backend",
+        choices=["redis", "memory"],
+        default="redis",
+        help="memory: no Redis, the workers share the host's version record",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--pg-url", default=PG_URL)
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100_000)

@@ -63,6 +63,24 @@ def test_stress(variant: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_stress_memory_backend_across_processes() -> None:
+    # no Redis: each worker process has its own entries, the host shares the version record
+    r = run_stress("--backend", "memory")
+    assert r["backend"] == "memory"
+    assert r["stale_reads"] == 0, r["stale_samples"]
+    assert r["errors_seen_by_callers"] == 0, r["error_samples"]
+    assert r["wrong_results"] == 0, r["wrong_samples"]
+    assert r["hit_rate"] > 0.02, r  # the cache is used (entries are per process: fewer hits)
+    assert r["observations"] > 0
+
+
+@pytest.mark.slow
+def test_checker_finds_stale_reads_on_the_memory_backend_too() -> None:
+    r = run_stress("--backend", "memory", "--no-invalidation", seconds=6)
+    assert r["stale_reads"] > 0, r
+
+
 def test_checker_finds_stale_reads_when_commits_skip_the_cache() -> None:
     """The harness has teeth: with invalidation switched off it must report stale reads."""
     r = run_stress("--variant", "plain", "--no-invalidation", seconds=6)

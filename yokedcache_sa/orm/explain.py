@@ -23,14 +23,9 @@ from ..tags import ALL_TAG, tag_ids
 from . import _compat
 from .bindstate import TAINT_KEY, connection_variant
 from .options import Hint, hint_from
-from .session import (
-    SessionCache,
-    _cacheable,
-    _key,
-    _on_execute,
-    _shape_for,
-    state_of,
-)
+from .reads import _cacheable, _on_execute
+from .shapes import _key, _shape_for
+from .state import SessionCache, state_of
 
 __all__ = ["Explanation", "aexplain", "explain"]
 

@@ -247,7 +247,7 @@ _side_cache: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDi
 _SIDE_EFFECTS = (
     "SELECT c.relname FROM pg_catalog.pg_class c WHERE c.relname IN ({names}) AND ("
     "EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid "
-    "AND NOT t.tgisinternal) "
+    "AND NOT t.tgisinternal AND t.tgname NOT LIKE 'yokedcache\\_notify\\_%') "
     "OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.ev_class = c.oid "
     "AND r.ev_type <> '1') "
     "OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.confrelid = c.oid "

@@ -1,0 +1,107 @@
+"""PostgreSQL: what a transaction changed, from the server's own modification counters."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from sqlalchemy.engine import Connection
+
+from ..tags import ALL_TAG, table_tag
+from . import routines, tracking
+from .state import SessionCache, _known_metadata
+
+log = logging.getLogger("yokedcache_sa")
+
+
+_PG_COUNTS = (
+    "SELECT n.nspname, c.relname, n.nspname = current_schema(), s.n "
+    "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "CROSS JOIN LATERAL (SELECT pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid) "
+    "+ pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) "
+    "+ pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid) AS n) s "
+    "WHERE c.relkind IN ('r', 'm') AND n.nspname <> 'pg_catalog' "
+    "AND n.nspname <> 'information_schema' AND s.n > 0"
+)
+# PostgreSQL >= 15 reports a backend's not-yet-flushed counts of earlier transactions in
+# pg_stat_xact_*; forcing the flush when this transaction ends lets the next one on the
+# same connection skip its baseline query
+_PG_COUNTS_FLUSH = _PG_COUNTS.replace(
+    " WHERE", " CROSS JOIN (SELECT pg_catalog.pg_stat_force_next_flush()) f WHERE"
+)
+_PG_CLEAN = "_yc_pg_clean"
+
+
+def _pg_counts(conn: Connection, flush: bool = False) -> dict[tuple[str, str, bool], int]:
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.execute(_PG_COUNTS_FLUSH if flush else _PG_COUNTS)
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    return {(schema, table, bool(default)): int(n) for schema, table, default, n in rows}
+
+
+def _pg_note_write(st: SessionCache, conn: Connection, written: Iterable[str]) -> None:
+    """Before a write on a PostgreSQL connection to a table with triggers, rules or
+    cascading foreign keys: at the transaction's first such write, record the counters it
+    starts from (nothing to ask when the last check left them flushed), and recheck right
+    after the statement, so the transaction's own reads see what they changed too. Writes
+    to other tables change only the tables their SQL names, which are tracked already."""
+    if not routines.pg_side_effects(conn.engine, conn.connection.dbapi_connection, written):
+        # the SQL names every table this statement changes: nothing to count (and no cost
+        # on the commit path), but the connection's counters are no longer flushed
+        conn.connection.info.pop(_PG_CLEAN, None)
+        return
+    if id(conn) not in st.pg_base:
+        clean = conn.connection.info.pop(_PG_CLEAN, False)
+        st.pg_base[id(conn)] = {} if clean else _pg_counts(conn)
+    conn.__dict__["_yc_pg_recheck"] = st
+
+
+def _pg_changed(st: SessionCache, conn: Connection, flush: bool = False) -> set[str]:
+    """Tags of the tables whose counters moved since the transaction's first write."""
+    base = st.pg_base.get(id(conn), {})
+    tags: set[str] = set()
+    for (schema, table, default), n in _pg_counts(conn, flush=flush).items():
+        if n != base.get((schema, table, default), 0):
+            tags.add(table_tag(table, schema))
+            if default:
+                tags.add(table_tag(table))
+    return tags
+
+
+def _add_pg_modified(st: SessionCache) -> None:
+    """Add the tables PostgreSQL counted as modified by the open transaction: trigger and
+    function writes and FK actions the metadata does not show (TRUNCATE is not counted:
+    it is tracked from the SQL text)."""
+    if ALL_TAG in st.written:
+        st.pg_base = {}
+        return
+    for ref in st.conns:
+        conn = ref()
+        if conn is None or id(conn) not in st.pg_base or conn.closed:
+            continue
+        if "_yc_failed" in conn.__dict__:
+            continue  # aborted: PostgreSQL turns the COMMIT into a ROLLBACK, nothing to count
+        if not conn.in_transaction():
+            continue
+        flush = (conn.dialect.server_version_info or (0,)) >= (15,)
+        _note_counted(st, conn, flush=flush)
+        if flush:
+            conn.connection.info[_PG_CLEAN] = True
+    st.pg_base = {}
+
+
+def _note_counted(st: SessionCache, conn: Connection, flush: bool = False) -> None:
+    """Add the tables whose counters moved to the transaction's writes."""
+    tags = _pg_changed(st, conn, flush=flush)
+    if tags:
+        st.note_written(tracking.with_aliases(tags, None, list(_known_metadata)))
+
+
+def _pg_recheck(conn: Connection) -> None:
+    """After a write to a table with triggers or cascades: count what it changed."""
+    st: SessionCache | None = conn.__dict__.pop("_yc_pg_recheck", None)
+    if st is not None:
+        _note_counted(st, conn)

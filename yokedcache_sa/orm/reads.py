@@ -1,0 +1,403 @@
+"""The read listener: serve a cacheable SELECT from the cache, or run it and store it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import Any, Final
+
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.result import Result
+from sqlalchemy.orm import ORMExecuteState, Session
+
+from .. import flight
+from ..cache import DEFAULT_TTL, MISSING, Lookup, YokedCache
+from ..errors import SerializationError
+from ..flight import sync_io
+from ..tags import ALL_TAG, Snapshot
+from . import _compat
+from ._bridge import await_ as _await
+from ._bridge import bridge, in_greenlet
+from .bindstate import TAINT_KEY, connection_variant
+from .collect import Collector, _collector, _mark_strict, reading_collector
+from .options import Hint, hint_from
+from .results import (
+    NotCacheable,
+    ResultShape,
+    freeze_rows,
+    loader_context,
+    reachable_mappers,
+    thaw_rows,
+)
+from .shapes import _key, _Shape, _shape_for
+from .state import _STATEMENT_LEVEL, SessionCache, state_of
+
+log = logging.getLogger("yokedcache_sa")
+
+
+# -- the read listener ---------------------------------------------------------------------
+
+
+def _cacheable(ox: ORMExecuteState, st: SessionCache, hint: Hint) -> bool:
+    if not hint.enabled or not ox.is_select or ox.is_column_load:
+        return False
+    eo = ox.execution_options
+    lo = ox.load_options
+    if (
+        eo.get("populate_existing")
+        or eo.get("yield_per")
+        or eo.get("stream_results")
+        or eo.get("isolation_level") == "READ UNCOMMITTED"
+        or getattr(lo, "_populate_existing", False)
+        or getattr(lo, "_yield_per", None)
+    ):
+        return False
+    return getattr(ox.statement, "_for_update_arg", None) is None and not st.dirty_reads
+
+
+def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
+    st = state_of(ox.session)
+    if st is None or not st.enabled or st.tainted is not None:
+        return None
+    ran, result = _compat.run_later_orm_listeners(ox)
+    if not ran:
+        return _serve(ox, st)
+    if result is None:
+        result = _serve(ox, st)
+    # The later listeners have run: SQLAlchemy must not run them again, so this listener
+    # returns a result even when it does not cache (invoke_statement runs no listener).
+    return result if result is not None else ox.invoke_statement()
+
+
+def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
+    session = ox.session
+    tx = _compat.current_transaction(session)
+    if tx is not None and not tx.is_active:
+        return None  # e.g. after a failed flush: SQLAlchemy raises PendingRollbackError
+    for ref in st.conns:
+        conn = ref()
+        if conn is not None and "_yc_failed" in conn.__dict__:
+            return None  # a statement failed in this transaction: let the database answer
+    hint = hint_from(ox.user_defined_options, ox.execution_options)
+    if not _cacheable(ox, st, hint):
+        return None
+    if tx is None:
+        if not session.autobegin:
+            _compat.autobegin(session)  # raises SQLAlchemy's own error, as the read would
+        # The database read would begin the session's transaction; beginning one costs
+        # more than a hit, so rollback() begins it late instead (see _rollback).
+        st.unbegun = True
+    # The uncached query would autoflush first: pending changes become writes that make
+    # their tables bypass the cache for the rest of the transaction.
+    if session.autoflush and getattr(ox.load_options, "_autoflush", True):
+        session._autoflush()
+    if ALL_TAG in st.written:
+        return None
+    statement: Any = ox.statement
+    ck = statement._generate_cache_key()
+    if ck is None:
+        return None
+    bind = session.get_bind(**ox.bind_arguments)
+    shape = _shape_for(statement, ck.key, bind, hint)
+    if shape.digest is None or shape.tables & st.written:
+        return None
+    if isinstance(bind, Connection):  # a session bound to a connection: not begun yet
+        if bind.info.get(TAINT_KEY) and st.vary_on is None:
+            return None
+        variant = connection_variant(bind)
+    else:
+        variant = st.variants.get(bind) if st.variants else None
+    vary = st.vary_on(session) if st.vary_on is not None else None
+    key = _key(
+        shape,
+        ck,
+        ox,
+        _tag_hints(hint, st),
+        (variant, vary) if variant is not None or vary is not None else None,
+    )
+    if key is None:
+        return None
+    try:
+        cache = st.cache
+    except LookupError:
+        log.warning("yokedcache: no cache configured for this session; reading uncached")
+        return None
+    outer = _collector.get()
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    horizon = _horizon(st, bind, engine, session, ox)
+    look = bridge(cache.lookup_sync, cache.lookup, key, horizon=horizon, lock=True)
+    if look.value is not MISSING and shape.result is not None:
+        result = _served(ox, st, shape, look, outer)
+        if result is not None:
+            return result
+    return _miss(ox, st, shape, hint, cache, key, look, horizon, outer, variant)
+
+
+def _tag_hints(hint: Hint, st: SessionCache) -> list[Any]:
+    """The hint and session tags that are part of a key (SQLAlchemy's key ignores them)."""
+    if not (hint.tags or st.tags or hint.tables):
+        return _NO_TAG_HINTS
+    return [sorted({*hint.tags, *st.tags}), sorted(hint.tables)]
+
+
+_NO_TAG_HINTS: Final[list[Any]] = [[], []]
+
+
+def _served(
+    ox: ORMExecuteState,
+    st: SessionCache,
+    shape: _Shape,
+    look: Lookup,
+    outer: Collector | None,
+) -> Result[Any] | None:
+    """The result rebuilt from a fresh entry, or None when it cannot serve this session."""
+    assert shape.result is not None
+    if st.written and st.written_ids().intersection(look.tags):
+        return None  # e.g. an eager load of a table this transaction wrote
+    session = ox.session
+    try:
+        rows = thaw_rows(look.value, shape.result, session, loader_context(ox.statement))
+    except (NotCacheable, ValueError, TypeError, KeyError, IndexError) as exc:
+        log.warning("yokedcache: ignoring an unusable cached result: %s", exc)
+        return None
+    if outer is not None:
+        outer.add(shape.tables)
+        outer.add(t for t in look.tags if t.startswith("table:"))
+        if st.vary_on is not None:
+            # served for this session's vary_on state, which an @cached key lacks
+            _mark_strict(outer, "a read keyed by the session's vary_on state")
+    return shape.result.build(rows)
+
+
+def _miss(
+    ox: ORMExecuteState,
+    st: SessionCache,
+    shape: _Shape,
+    hint: Hint,
+    cache: YokedCache,
+    key: str,
+    look: Lookup,
+    horizon: int | None,
+    outer: Collector | None,
+    variant: str | None,
+) -> Result[Any] | None:
+    """Run the statement (or wait for whoever computes *key*) and store its result."""
+
+    def lookup(lock: bool = False) -> Lookup:
+        return bridge(cache.lookup_sync, cache.lookup, key, horizon=horizon, lock=lock)
+
+    def compute(look: Lookup) -> Result[Any] | None:
+        if st.written and st.written_ids().intersection(look.tags):
+            look = look._replace(snapshot=None)  # reads own uncommitted writes: never store
+        return _run_and_store(ox, st, shape, hint, key, look, outer, variant)
+
+    def on_hit(look: Lookup) -> Result[Any] | None:
+        result = _served(ox, st, shape, look, outer) if shape.result is not None else None
+        return result if result is not None else compute(look)
+
+    if look.snapshot is None or (st.written and st.written_ids().intersection(look.tags)):
+        # nothing to coordinate: the cache is unavailable, or this transaction reads its own
+        # writes (never stored)
+        if look.lock is not None:
+            bridge(cache.unlock_sync, cache.unlock, key, look.lock.token)
+        return compute(look)
+    if horizon == _NOTHING_VALID and look.lock is None:
+        # before its snapshot exists nobody's result can serve this transaction: waiting
+        # for (or locking out) another computation of the key would gain nothing
+        return compute(look)
+    io = _greenlet_io if in_greenlet() else sync_io
+    return flight.run_sync(cache, key, lookup, compute, on_hit, look, io)
+
+
+_NOTHING_VALID: Final = -1  # a horizon no entry satisfies (tag versions are >= 0)
+_learned: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
+def _isolation_of(bind: Any) -> str:
+    iso = bind.get_execution_options().get("isolation_level")
+    if not iso:
+        dialect = bind.dialect
+        iso = getattr(dialect, "_on_connect_isolation_level", None)
+        iso = iso or getattr(dialect, "default_isolation_level", None)
+    return str(iso or "").upper()
+
+
+def _snapshot_isolated(conn: Connection) -> bool:
+    """Whether *conn*'s transaction reads one snapshot (REPEATABLE READ, SERIALIZABLE)."""
+    if _isolation_of(conn) in _STATEMENT_LEVEL:
+        return False
+    if conn.dialect.name == "sqlite":
+        # sqlite3's legacy transaction control runs SELECTs outside a transaction until the
+        # first write, after which the write lock keeps every other writer out: no snapshot
+        # to be consistent with. (With BEGIN issued by the application it is one.)
+        dbapi = conn.connection.dbapi_connection
+        legacy = getattr(dbapi, "autocommit", -1) == -1  # sqlite3.LEGACY_TRANSACTION_CONTROL
+        if legacy and getattr(dbapi, "isolation_level", None) is not None:
+            return False
+    return True
+
+
+def _predicted(bind: Any) -> bool | None:
+    """Whether a transaction on *bind* (not begun yet) will be snapshot-isolated; None when
+    only a connection can tell (engine never connected, SQLite's transaction control)."""
+    if isinstance(bind, Connection):
+        return _snapshot_isolated(bind)
+    known = _learned.get(bind)
+    if known is not None:
+        return known
+    iso = _isolation_of(bind)
+    if not iso or bind.dialect.name == "sqlite":
+        return None
+    return iso not in _STATEMENT_LEVEL
+
+
+def _horizon(
+    st: SessionCache, bind: Any, engine: Engine, session: Session, ox: ORMExecuteState
+) -> int | None:
+    """The horizon a lookup must respect: None when the transaction is not
+    snapshot-isolated, and one no entry satisfies while its snapshot does not exist yet.
+
+    When the isolation of a transaction on *bind* cannot be predicted, begins it (the
+    after_begin listener learns it)."""
+    if engine in st.snapshots:
+        return st.horizon if st.horizon is not None else _NOTHING_VALID
+    isolated = st.isolated.get(engine)
+    if isolated is None:
+        isolated = _predicted(bind)
+        if isolated is None:
+            session.connection(bind_arguments=ox.bind_arguments)  # after_begin learns it
+            if engine in st.snapshots:
+                return st.horizon if st.horizon is not None else _NOTHING_VALID
+            isolated = st.isolated.get(engine, True)
+    # No hit before the database snapshot exists: it may be taken after a commit the
+    # cached data predates. The first read goes to the database and starts it.
+    return _NOTHING_VALID if isolated else None
+
+
+def _run_and_store(
+    ox: ORMExecuteState,
+    st: SessionCache,
+    shape: _Shape,
+    hint: Hint,
+    key: str,
+    look: Lookup,
+    outer: Collector | None,
+    variant: str | None,
+) -> Result[Any] | None:
+    session = ox.session
+    snapshot = look.snapshot
+    if snapshot is not None and not st.conn_begun:
+        st.candidate = snapshot.seq
+    conn = session.connection(bind_arguments=ox.bind_arguments)
+    # Beginning may have shown that the connection is not the one the key describes (a
+    # tainted pooled connection, connection-level options): run it, but do not store it.
+    keyed = st.tainted is None and connection_variant(conn) == variant
+    eo = dict(ox.execution_options)
+    lo = eo.get("_sa_orm_load_options")
+    if lo is not None and getattr(lo, "_lazy_loaded_from", None) is not None:
+        eo["_sa_orm_load_options"] = lo + {"_lazy_loaded_from": None}
+    eo["yokedcache"] = False
+    private = Session(
+        bind=conn, autoflush=False, expire_on_commit=False, join_transaction_mode="rollback_only"
+    )
+    try:
+        with reading_collector() as col:
+            result = private.execute(ox.statement, ox.parameters or None, execution_options=eo)
+            frozen = result.freeze()
+        require_unique = getattr(result, "_unique_filter_state", None) is not None
+        try:
+            payload, mappers = freeze_rows(frozen.data, frozen._source_supports_scalars)
+        except NotCacheable as exc:
+            log.debug("yokedcache: result not cacheable (%s); running it uncached", exc)
+            shape.digest = None
+            return None
+    finally:
+        private.close()
+    if shape.result is None:
+        shape.roots = tuple(ox.all_mappers)
+        shape.result = ResultShape(
+            frozen.metadata,  # type: ignore[arg-type]  # frozen metadata is always simple
+            frozen._attributes,
+            frozen._source_supports_scalars,
+            require_unique,
+            reachable_mappers(shape.roots),
+        )
+    known = shape.result.mappers
+    for name, m in mappers.items():
+        known.setdefault(name, m)
+    if not col.tables <= shape.tables:  # eager loads read more tables than the statement
+        shape.tables = shape.tables | col.tables
+    if outer is not None:
+        outer.add(shape.tables)
+        outer.add(col.tables)
+        if col.unknown:
+            outer.mark_unknown(col.unknown)
+    tags = set(shape.tables) | col.tables | set(hint.tags) | set(st.tags)
+    unknown = col.unknown if not hint.tables else None
+    if (
+        snapshot is not None
+        and not unknown
+        and not st.no_store
+        and keyed
+        and not (tags & st.written)
+    ):
+        seq = snapshot.seq
+        if st.snapshot_isolated and st.horizon is not None:
+            seq = min(seq, st.horizon)
+        elif st.snapshot_isolated:
+            seq = -1  # horizon unknown: nothing is provably fresh
+        if seq >= 0:
+            ttl = hint.ttl if not isinstance(hint.ttl, type(DEFAULT_TTL)) else st.default_ttl
+            cache = st.cache
+            try:
+                bridge(
+                    cache.store_sync,
+                    cache.store,
+                    key,
+                    payload,
+                    tags=tags,
+                    snapshot=Snapshot(snapshot.epoch, seq),
+                    ttl=ttl,
+                    lock=look.lock,
+                )
+            except SerializationError as exc:
+                log.debug("yokedcache: result not cacheable: %s", exc)
+    try:
+        rows = thaw_rows(payload, shape.result, session, loader_context(ox.statement))
+    except NotCacheable as exc:
+        log.debug("yokedcache: cannot rebuild result (%s); running it uncached", exc)
+        shape.digest = None
+        return None
+    return shape.result.build(rows)
+
+
+class _GreenletIO:
+    """Flight waits inside an AsyncSession's greenlet: awaited, never blocking the loop."""
+
+    def claim(self, key: str) -> Any:
+        return flight.FLIGHTS.aclaim(key)
+
+    def release(self, key: str) -> None:
+        flight.FLIGHTS.arelease(key)
+
+    def wait(self, handle: Any, timeout: float) -> None:
+        try:
+            _await(asyncio.wait_for(handle.wait(), timeout))
+        except TimeoutError:
+            pass
+
+    def sleep(self, seconds: float) -> None:
+        _await(asyncio.sleep(seconds))
+
+    def try_lock(self, cache: YokedCache, key: str) -> tuple[bool, str | None]:
+        return _await(cache.try_lock(key, flight.LOCK_SECONDS))
+
+    def unlock(self, cache: YokedCache, key: str, token: str | None) -> None:
+        _await(cache.unlock(key, token))
+
+    def is_locked(self, cache: YokedCache, key: str) -> bool:
+        return _await(cache.is_locked(key))
+
+
+_greenlet_io = _GreenletIO()

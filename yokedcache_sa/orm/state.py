@@ -1,0 +1,165 @@
+"""Per-session cache state: settings, the open transaction's writes, marks and snapshot
+facts."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Final
+
+from sqlalchemy import MetaData
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from ..cache import DEFAULT_TTL, TTL, YokedCache
+from ..defaults import get_session_default_cache
+from ..errors import InvalidationError
+from ..tags import tag_id
+from . import tracking
+from ._bridge import bridge
+
+log = logging.getLogger("yokedcache_sa")
+
+
+STATE_KEY: Final = "_yokedcache_state"  # in the session's __dict__, not its .info
+_STATEMENT_LEVEL = frozenset({"READ COMMITTED", "AUTOCOMMIT"})
+_known_metadata: weakref.WeakSet[MetaData] = weakref.WeakSet()
+
+# -- per-session state ---------------------------------------------------------------------
+
+
+class SessionCache:
+    """Cache settings and transaction bookkeeping of one session."""
+
+    def __init__(
+        self,
+        cache: YokedCache | None,
+        *,
+        default_ttl: TTL = DEFAULT_TTL,
+        tags: Iterable[str] = (),
+        enabled: bool = True,
+        vary_on: Callable[[Session], Hashable] | None = None,
+    ) -> None:
+        self._cache = cache
+        self.default_ttl = default_ttl
+        self.tags = tuple(tags)
+        self.enabled = enabled
+        self.vary_on = vary_on
+        self._reset()
+
+    @property
+    def cache(self) -> YokedCache:
+        """The cache this session uses (the default cache when none was given)."""
+        c = self._cache if self._cache is not None else get_session_default_cache()
+        return c._target()
+
+    def _reset(self) -> None:
+        self.writer: str | None = None
+        self.marked: set[str] = set()
+        self.written: set[str] = set()
+        self.horizon: int | None = None
+        self.candidate: int | None = None
+        self.snapshot_isolated = False
+        # per bind (engine) begun in this transaction: is it snapshot-isolated; and the binds
+        # whose database snapshot exists (a consistent read of a table has run)
+        self.isolated: dict[Any, bool] = {}
+        self.snapshots: set[Any] = set()
+        self.locking: set[Any] = set()  # binds whose every SELECT is a locking read
+        self.dirty_reads = False
+        self.conn_begun = False
+        self.no_store = False
+        self.db_commit_started = False
+        self.committed = False
+        self.autocommitted = False
+        # PostgreSQL: per connection, the modification counters before this transaction's
+        # first write; before COMMIT, tables whose counters moved are added to the writes
+        self.pg_base: dict[int, dict[tuple[str, str, bool], int]] = {}
+        self.conns: list[weakref.ref[Connection]] = []
+        # SQL that changed connection state (SET, set_config) ran in this transaction or on
+        # its pooled connection: nothing is served or stored (unless vary_on keys that state)
+        self.tainted: str | None = None
+        self.variants: dict[Engine, str] = {}  # connection-level schema_translate_map
+        # served a hit while the session had no transaction (see _rollback)
+        self.unbegun = False
+
+    def taint(self, conn: Connection, why: str) -> None:
+        """Stop serving and storing: *conn* runs with state the key does not capture."""
+        if self.vary_on is not None or self.tainted is not None:
+            return  # the application keys that state itself
+        self.tainted = why
+        info = conn.info
+        if not info.get("yokedcache_logged"):
+            info["yokedcache_logged"] = True
+            log.info(
+                "yokedcache: caching is off for this connection: it ran %r, which changes "
+                "what queries return; pass vary_on=<callable returning that state> to "
+                "CachingSession to cache per state",
+                why,
+            )
+
+    # writes --------------------------------------------------------------------------------
+
+    def written_ids(self) -> set[str]:
+        """The backend tag ids of the tables written in the open transaction."""
+        return {tag_id(t) for t in self.written}
+
+    def note_written(self, tags: Iterable[str], autocommit: bool = False) -> None:
+        """Record tables written by a statement about to run.
+
+        The "being written" marks only have to be in place before the database COMMIT (they
+        keep other processes from serving or storing old data between COMMIT and the version
+        bump), so they are taken in one round trip just before it — or right away when the
+        connection autocommits each statement.
+        """
+        tags = tracking.cascade_closure(tags, list(_known_metadata))
+        self.written.update(tags)
+        if autocommit:
+            self.autocommitted = True  # the database commits it as it runs
+            self.mark_pending()
+
+    def mark_pending(self) -> None:
+        """Take the marks on written tables not marked yet (before COMMIT)."""
+        new = [t for t in self.written if t not in self.marked]
+        if not new:
+            return
+        if self.writer is None:
+            self.writer = YokedCache.new_writer()
+        self.marked.update(new)
+        cache = self.cache
+        bridge(cache.begin_write_sync, cache.begin_write, sorted(new), self.writer)
+
+    def finish(self, committed: bool) -> None:
+        """End the transaction: bump marked tags after a commit, else release them."""
+        committed = committed or self.autocommitted
+        if committed:
+            try:
+                self.mark_pending()  # written but never marked (no COMMIT event was seen)
+            except InvalidationError as exc:  # strict mode; the end_write below still runs
+                log.error("yokedcache: %s", exc)
+        marked, writer = sorted(self.marked), self.writer
+        conns = self.conns
+        self._reset()
+        for ref in conns:
+            conn = ref()
+            if conn is not None:
+                conn.__dict__.pop("_yc_state", None)
+        if not marked or writer is None:
+            return
+        cache = self.cache
+        if committed:
+            try:
+                bridge(cache.end_write_sync, cache.end_write, marked, writer)
+            except InvalidationError as exc:
+                # The commit happened; the cache keeps the tags pending (bypassed here,
+                # retried) — see docs/consistency.md for what other processes may see.
+                # The cache logs a WARNING when tags become pending and when delivered.
+                log.debug("yokedcache: %s", exc)
+        else:
+            bridge(cache.release_sync, cache.release, marked, writer)
+
+
+def state_of(session: Session) -> SessionCache | None:
+    """The cache state of *session*, or None for a session that does not cache."""
+    st: SessionCache | None = session.__dict__.get(STATE_KEY)
+    return st
