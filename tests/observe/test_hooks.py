@@ -15,7 +15,7 @@ from tests.observe.conftest import Otel, prom
 from tests.redis_process import RedisProcess
 from yokedcache_sa import CacheConfig, YokedCache
 from yokedcache_sa import observe as ev
-from yokedcache_sa.errors import InvalidationError
+from yokedcache_sa.errors import ConfigError, InvalidationError
 from yokedcache_sa.metrics import otel as otel_metrics
 from yokedcache_sa.metrics import prometheus
 
@@ -276,3 +276,11 @@ def test_store_refused_while_an_invalidation_is_pending(
         assert prom(registry, "yokedcache_store_refusals_total", reason="pending") == 1
     finally:
         cache.disconnect_sync()
+
+
+def test_shadow_read_rate_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YOKEDCACHE_SHADOW_READ_RATE", "0.25")
+    assert CacheConfig().shadow_read_rate == 0.25
+    monkeypatch.setenv("YOKEDCACHE_SHADOW_READ_RATE", "2")
+    with pytest.raises(ConfigError, match="shadow_read_rate"):
+        CacheConfig()

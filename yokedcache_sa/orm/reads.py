@@ -20,7 +20,7 @@ from ..flight import sync_io
 from ..logs import key_digest
 from ..observe import Bypass, BypassReason, tables_in
 from ..tags import ALL_TAG, Snapshot
-from . import _compat
+from . import _compat, shadow
 from ._bridge import await_ as _await
 from ._bridge import bridge, in_greenlet
 from .bindstate import TAINT_KEY, connection_variant
@@ -159,8 +159,45 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
     if look.value is not MISSING and shape.result is not None:
         result = _served(ox, st, shape, look, outer)
         if result is not None:
+            rate = cache.config.shadow_read_rate
+            if rate and shadow.sample(rate):
+                _shadow(ox, st, cache, engine, bind, key, look, horizon)
             return result
     return _miss(ox, st, shape, hint, cache, key, look, horizon, outer, variant)
+
+
+def _shadow(
+    ox: ORMExecuteState,
+    st: SessionCache,
+    cache: YokedCache,
+    engine: Engine,
+    bind: Any,
+    key: str,
+    look: Lookup,
+    horizon: int | None,
+) -> None:
+    """Queue a shadow read of this hit, unless its transaction may see other data than a
+    fresh plain session would (snapshot-isolated, written, bound to a connection)."""
+    if (
+        horizon is not None
+        or st.snapshot_isolated
+        or st.written
+        or isinstance(bind, Connection)
+        or look.snapshot is None
+        or engine.dialect.is_async
+    ):
+        return
+    shadow.submit_hit(
+        cache,
+        engine,
+        key,
+        ox.statement,
+        ox.parameters,
+        dict(ox.execution_options),
+        look.value,
+        look.tags,
+        look.snapshot,
+    )
 
 
 def _tag_hints(hint: Hint, st: SessionCache) -> list[Any]:
