@@ -74,7 +74,7 @@ def hit(cache: YokedCache, fn: Any) -> Any:
 
 
 def rename(value: Any) -> None:
-    rows, objects, kinds = value
+    rows, objects, _kinds = value
     objects[rows[0][0]][3]["name"] = "mallory"
 
 
@@ -176,7 +176,7 @@ def test_a_commit_between_hit_and_shadow_read_is_not_a_mismatch(
 def test_a_write_in_progress_during_the_shadow_read_is_not_a_mismatch(
     env: Env, shadowed: Any, captured: list[shadow.ShadowJob]
 ) -> None:
-    cache, Session, registry = shadowed
+    cache, Session, _registry = shadowed
     with Session() as s:
         read(s)
     with Session() as s:
@@ -195,7 +195,7 @@ def test_a_write_in_progress_during_the_shadow_read_is_not_a_mismatch(
 def test_an_outside_write_without_invalidation_is_a_mismatch(
     env: Env, shadowed: Any, captured: list[shadow.ShadowJob]
 ) -> None:
-    cache, Session, registry = shadowed
+    cache, Session, _registry = shadowed
     with Session() as s:
         read(s)
     with Session() as s:
@@ -209,7 +209,7 @@ def test_an_outside_write_without_invalidation_is_a_mismatch(
 def test_written_transactions_and_rate_zero_are_not_sampled(
     env: Env, shadowed: Any, captured: list[shadow.ShadowJob]
 ) -> None:
-    cache, Session, registry = shadowed
+    cache, Session, _registry = shadowed
     with Session() as s:
         read(s)
     with Session() as s:
@@ -231,7 +231,7 @@ def test_snapshot_isolated_transactions_are_not_sampled(
 ) -> None:
     if env.db.name != "postgresql":
         pytest.skip("REPEATABLE READ as a snapshot: PostgreSQL")
-    cache, _, registry = shadowed
+    cache, _, _registry = shadowed
     rr = sessionmaker(
         env.engine.execution_options(isolation_level="REPEATABLE READ"),
         class_=CachingSession,
