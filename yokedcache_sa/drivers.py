@@ -245,10 +245,12 @@ def _run_timed_sync(flow: Flow[T], cache: CacheState) -> T:
                     raise breaker.refusal()
                 result = getattr(backend, op.name)(*op_args)
             except (BackendError, OSError) as exc:
-                emit(OperationTimed(op.name, clock() - t0, False))
+                if op is not FETCH:  # a fetch is the lookup: timed by its Hit/Miss
+                    emit(OperationTimed(op.name, clock() - t0, False))
                 op, op_args = flow.throw(_failed(cache, op, exc))
                 continue
-            emit(OperationTimed(op.name, clock() - t0, True))
+            if op is not FETCH:
+                emit(OperationTimed(op.name, clock() - t0, True))
             if op.counted and breaker.failures:
                 breaker.success()
             op, op_args = flow.send(result)
@@ -270,10 +272,12 @@ async def _run_timed_async(flow: Flow[T], cache: CacheState) -> T:
                     raise breaker.refusal()
                 result = await getattr(backend, op.async_name)(*op_args)
             except (BackendError, OSError) as exc:
-                emit(OperationTimed(op.name, clock() - t0, False))
+                if op is not FETCH:  # a fetch is the lookup: timed by its Hit/Miss
+                    emit(OperationTimed(op.name, clock() - t0, False))
                 op, op_args = flow.throw(_failed(cache, op, exc))
                 continue
-            emit(OperationTimed(op.name, clock() - t0, True))
+            if op is not FETCH:
+                emit(OperationTimed(op.name, clock() - t0, True))
             if op.counted and breaker.failures:
                 breaker.success()
             op, op_args = flow.send(result)
@@ -286,12 +290,28 @@ def _looked(cache: CacheState, key: str, look: Lookup, seconds: float, span: obj
     tables = tables_in(look.tags)
     cache._hooks.emit(Hit(digest, tables, seconds) if look.hit else Miss(digest, tables, seconds))
     if span is not None:
-        set_attribute = span.set_attribute  # type: ignore[attr-defined]  # an OpenTelemetry span
-        set_attribute("yokedcache.key_digest", digest)
-        set_attribute("yokedcache.tables", list(tables))
-        set_attribute("yokedcache.hit", look.hit)
-        if look.snapshot is None:
-            set_attribute("yokedcache.bypass_reason", _unread_reason(cache))
+        _looked_attributes(cache, span, digest, tables, look)
+
+
+def _looked_attributes(
+    cache: CacheState, span: Any, digest: str, tables: tuple[str, ...], look: Lookup
+) -> None:
+    attrs: dict[str, object] = {
+        "yokedcache.key_digest": digest,
+        "yokedcache.tables": tables,
+        "yokedcache.hit": look.hit,
+    }
+    if look.snapshot is None:
+        attrs["yokedcache.bypass_reason"] = _unread_reason(cache)
+    span.set_attributes(attrs)
+
+
+def _miss_span(cache: CacheState, tracer: Any, key: str, look: Lookup, t0: int) -> None:
+    """The lookup span of a miss, made after the fact (``hit_spans=False``)."""
+    span = tracer.start_span("yokedcache.lookup", None, t0)
+    if span is not None:
+        _looked_attributes(cache, span, key_digest(key), tables_in(look.tags), look)
+        span.end()
 
 
 def _unread_reason(cache: CacheState) -> str:
@@ -309,10 +329,8 @@ def _lookup_timed_sync(
         try:
             fetched = cache.backend.fetch(key, token, COMPUTE_LOCK_SECONDS)
         except (BackendError, OSError) as exc:
-            cache._hooks.emit(OperationTimed("fetch", time.perf_counter() - t0, False))
             look = cache.read_failed(_failed(cache, FETCH, exc))
         else:
-            cache._hooks.emit(OperationTimed("fetch", time.perf_counter() - t0, True))
             look = cache.looked_up(key, fetched, horizon, token, t0 if debug_enabled() else 0.0)
     _looked(cache, key, look, time.perf_counter() - t0, span)
     return look
@@ -329,10 +347,8 @@ async def _lookup_timed_async(
         try:
             fetched = await cache.backend.afetch(key, token, COMPUTE_LOCK_SECONDS)
         except (BackendError, OSError) as exc:
-            cache._hooks.emit(OperationTimed("fetch", time.perf_counter() - t0, False))
             look = cache.read_failed(_failed(cache, FETCH, exc))
         else:
-            cache._hooks.emit(OperationTimed("fetch", time.perf_counter() - t0, True))
             look = cache.looked_up(key, fetched, horizon, token, t0 if debug_enabled() else 0.0)
     _looked(cache, key, look, time.perf_counter() - t0, span)
     return look
@@ -342,10 +358,19 @@ def _lookup_observed_sync(cache: CacheState, key: str, horizon: int | None, lock
     while cache._redirect is not None:
         cache = cache._redirect
     tracer = cache._hooks.tracer
-    if tracer is None:
+    if tracer is not None and not getattr(tracer, "hit_spans", True):
+        t0 = time.time_ns()
+        look = _lookup_timed_sync(cache, key, horizon, lock, None)
+        if not look.hit:
+            _miss_span(cache, tracer, key, look, t0)
+        return look
+    span = tracer.start_span("yokedcache.lookup", None) if tracer is not None else None
+    if span is None:
         return _lookup_timed_sync(cache, key, horizon, lock, None)
-    with tracer.start_as_current_span("yokedcache.lookup") as span:
+    try:
         return _lookup_timed_sync(cache, key, horizon, lock, span)
+    finally:
+        span.end()
 
 
 async def _lookup_observed_async(
@@ -354,7 +379,16 @@ async def _lookup_observed_async(
     while cache._redirect is not None:
         cache = cache._redirect
     tracer = cache._hooks.tracer
-    if tracer is None:
+    if tracer is not None and not getattr(tracer, "hit_spans", True):
+        t0 = time.time_ns()
+        look = await _lookup_timed_async(cache, key, horizon, lock, None)
+        if not look.hit:
+            _miss_span(cache, tracer, key, look, t0)
+        return look
+    span = tracer.start_span("yokedcache.lookup", None) if tracer is not None else None
+    if span is None:
         return await _lookup_timed_async(cache, key, horizon, lock, None)
-    with tracer.start_as_current_span("yokedcache.lookup") as span:
+    try:
         return await _lookup_timed_async(cache, key, horizon, lock, span)
+    finally:
+        span.end()

@@ -191,7 +191,9 @@ class Hooks:
         self.active = False
         """True while someone listens or traces: the one check on every hot path."""
         self.tracer: Any = None
-        """An OpenTelemetry ``Tracer`` (set by :func:`yokedcache_sa.metrics.otel.instrument`)."""
+        """Opens spans: ``start_span(name, attributes)`` (a started span or None) and
+        ``start_as_current_span(name, attributes)`` (a context manager); set by
+        :func:`yokedcache_sa.metrics.otel.instrument`."""
         self._listeners: tuple[tuple[Listener, tuple[type, ...] | None], ...] = ()
         self._failed: set[int] = set()
         self._lock = threading.Lock()

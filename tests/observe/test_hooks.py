@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from tests.observe.conftest import Otel, prom
@@ -55,7 +56,8 @@ def test_events_of_a_round_trip(cache: YokedCache) -> None:
     inv = next(e for e in seen if isinstance(e, ev.Invalidated))
     assert inv.tables == ("users",)
     ops = {e.operation for e in seen if isinstance(e, ev.OperationTimed)}
-    assert {"observe", "store", "fetch", "end_write"} <= ops
+    assert {"observe", "store", "end_write"} <= ops
+    assert "fetch" not in ops  # a fetch is the lookup, timed by its Hit / Miss
 
 
 def test_kinds_filter_and_remove_listener(cache: YokedCache) -> None:
@@ -114,7 +116,8 @@ def test_prometheus_counters_and_histograms(cache: YokedCache, registry: Collect
     assert prom(registry, "yokedcache_stores_total") == 1
     assert prom(registry, "yokedcache_invalidations_total") == 1
     assert prom(registry, "yokedcache_table_invalidations_total", table="users") == 1
-    assert prom(registry, "yokedcache_operation_seconds_count", operation="fetch") == 4
+    assert prom(registry, "yokedcache_lookup_seconds_count", outcome="miss") == 1
+    assert prom(registry, "yokedcache_operation_seconds_count", operation="store") == 1
     assert prom(registry, "yokedcache_operation_seconds_count", operation="end_write") == 1
     assert prom(registry, "yokedcache_breaker_open") == 0
     assert prom(registry, "yokedcache_pending_invalidations") == 0
@@ -165,8 +168,10 @@ def test_otel_metrics_and_spans(cache: YokedCache, otel: Otel) -> None:
     assert otel.total("yokedcache.lookups", outcome="miss") == 1
     assert otel.total("yokedcache.table_lookups", table="users", outcome="hit") == 1
     assert otel.total("yokedcache.stores") == 1
-    assert otel.total("yokedcache.invalidations", table="users") == 1
-    assert otel.total("yokedcache.operation.duration", operation="fetch") == 2
+    assert otel.total("yokedcache.invalidations") == 1
+    assert otel.total("yokedcache.table_invalidations", table="users") == 1
+    assert otel.total("yokedcache.lookup.duration", outcome="hit") == 1
+    assert otel.total("yokedcache.operation.duration", operation="end_write") == 1
     assert otel.total("yokedcache.breaker.open") == 0
     parent = request.get_span_context().span_id
     lookups = otel.spans("yokedcache.lookup")
@@ -194,6 +199,34 @@ async def test_otel_spans_async(cache: YokedCache, otel: Otel) -> None:
     spans = otel.spans("yokedcache.lookup") + otel.spans("yokedcache.store")
     assert len(spans) == 2
     assert all(s.parent is not None and s.parent.span_id == parent for s in spans)
+    assert otel.total("yokedcache.lookups", outcome="hit") == 1
+
+
+def test_no_span_outside_a_recording_span(cache: YokedCache, otel: Otel) -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    otel_metrics.instrument(cache, otel.meters, otel.tracers)
+    cache.set_sync("k", 1)
+    cache.get_sync("k")  # no current span: no root span made by the cache
+    unsampled = TracerProvider(sampler=ALWAYS_OFF).get_tracer("app")
+    with unsampled.start_as_current_span("request"):
+        cache.get_sync("k")  # a request span that is not recorded
+    assert otel.spans() == []
+    assert otel.total("yokedcache.lookups", outcome="hit") == 2
+
+
+def test_hit_spans_off_makes_lookup_spans_for_misses_only(cache: YokedCache, otel: Otel) -> None:
+    otel_metrics.instrument(cache, otel.meters, otel.tracers, hit_spans=False)
+    with otel.tracers.get_tracer("app").start_as_current_span("request") as request:
+        cache.set_sync("k", 1)
+        cache.get_sync("k")
+        cache.get_sync("absent")
+    (miss,) = otel.spans("yokedcache.lookup")
+    assert miss.attributes["yokedcache.hit"] is False
+    assert miss.parent is not None
+    assert miss.parent.span_id == request.get_span_context().span_id
+    assert miss.start_time is not None and miss.end_time is not None
+    assert miss.start_time <= miss.end_time
     assert otel.total("yokedcache.lookups", outcome="hit") == 1
 
 

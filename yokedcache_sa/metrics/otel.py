@@ -1,30 +1,38 @@
 """OpenTelemetry metrics and spans of one cache, through ``opentelemetry-api``.
 
 ``instrument(cache)`` creates the instruments listed in docs/observability.md on a meter of
-*meter_provider* (default: the global one) and, with ``tracing=True``, makes the cache open
-spans (lookup, store, commit-time marking and invalidation; the ORM adds compute-on-miss)
-as children of the current span, on a tracer of *tracer_provider* (default: the global one).
-Without an SDK configured the API's no-op providers make all of it nearly free; without
-``instrument`` the cache makes no span at all.
+*meter_provider* (default: the global one). Counts are tallied in plain dicts and reported
+by observable counters when the reader collects; latencies are buffered (at most
+``BUFFERED`` values) and recorded into the histograms at collection time, so a hit pays a
+few dict operations, not the SDK's measurement path.
+
+With ``tracing=True`` the cache opens spans — lookup, store, commit-time marking and
+invalidation; the ORM adds compute-on-miss — as children of the current span, on a
+tracer of *tracer_provider* (default: the global one). A lookup outside any recording
+span (no request span, or one not sampled) makes no span. Without ``instrument`` the
+cache makes no span at all.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from . import Instrumentation, TableLabels, require
+from . import Instrumentation, Tally, require
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
     from opentelemetry.trace import TracerProvider
 
     from ..cache import YokedCache
 
-__all__ = ["instrument"]
+__all__ = ["BUFFERED", "instrument"]
 
-SCOPE = "yokedcache_sa"
+SCOPE: Final = "yokedcache_sa"
+BUFFERED: Final = 65_536
+"""Latencies kept between two collections (older ones are dropped past that)."""
 
 
 def instrument(
@@ -33,84 +41,34 @@ def instrument(
     tracer_provider: TracerProvider | None = None,
     *,
     tracing: bool = True,
+    hit_spans: bool = True,
     max_tables: int = 100,
 ) -> Instrumentation:
     """Export *cache*'s events as OpenTelemetry metrics (and spans, with *tracing*); at
     most *max_tables* distinct ``table`` attribute values (then ``_other``).
 
+    ``hit_spans=False`` makes lookup spans for misses only (a span costs the SDK about a
+    fifth of an ORM hit; the metrics still count every hit).
+
     Added in 0.x.
     """
     require("opentelemetry", "otel")
     from opentelemetry import metrics, trace
-    from opentelemetry.metrics import CallbackOptions, Observation
-
-    from .. import observe as ev
+    from opentelemetry.metrics import Observation
 
     provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
     meter = provider.get_meter(SCOPE)
-    lookups = meter.create_counter("yokedcache.lookups", "{lookup}", "Lookups by outcome.")
-    table_lookups = meter.create_counter(
-        "yokedcache.table_lookups", "{lookup}", "Lookups by table read and outcome."
-    )
     lookup_time = meter.create_histogram(
         "yokedcache.lookup.duration", "s", "Lookup latency by outcome."
-    )
-    stores = meter.create_counter("yokedcache.stores", "{entry}", "Results stored.")
-    refusals = meter.create_counter(
-        "yokedcache.store_refusals", "{store}", "Stores the fence refused, by reason."
-    )
-    bypasses = meter.create_counter(
-        "yokedcache.bypasses", "{read}", "Reads around the cache, by reason."
-    )
-    invalidations = meter.create_counter(
-        "yokedcache.invalidations", "{invalidation}", "Invalidations delivered, by table."
-    )
-    errors = meter.create_counter(
-        "yokedcache.backend_errors", "{error}", "Failed or refused backend operations."
     )
     op_time = meter.create_histogram(
         "yokedcache.operation.duration", "s", "Backend operation latency by operation."
     )
-    shadow = meter.create_counter(
-        "yokedcache.shadow_reads", "{read}", "Sampled shadow reads by outcome."
-    )
+    buffered: deque[tuple[str, str, float]] = deque(maxlen=BUFFERED)
+    tally = Tally(max_tables, lambda kind, name, s: buffered.append((kind, name, s)))
     target = cache._target()
-    state = {"breaker": 1 if target._breaker.is_open else 0, "pending": len(target._pending)}
-
-    def observe_state(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        def callback(options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(state[name])]
-
-        return callback
-
-    meter.create_observable_gauge(
-        "yokedcache.breaker.open", [observe_state("breaker")], "1", "1 while the breaker is open."
-    )
-    meter.create_observable_gauge(
-        "yokedcache.pending_invalidations",
-        [observe_state("pending")],
-        "{tag}",
-        "Tags with an undelivered invalidation (this process).",
-    )
-    backend = target.backend
-    if hasattr(backend, "entry_count"):
-        ref = weakref.ref(backend)
-
-        def memory(attr: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-            def callback(options: CallbackOptions) -> Iterable[Observation]:
-                b = ref()
-                return [] if b is None else [Observation(getattr(b, attr))]
-
-            return callback
-
-        meter.create_observable_gauge(
-            "yokedcache.memory.entries", [memory("entry_count")], "{entry}", "Memory entries."
-        )
-        meter.create_observable_gauge(
-            "yokedcache.memory.bytes", [memory("payload_bytes")], "By", "Memory payload bytes."
-        )
-
-    label = TableLabels(max_tables)
+    tally.breaker_open = 1 if target._breaker.is_open else 0
+    tally.pending = len(target._pending)
     attrs: dict[tuple[str, ...], dict[str, str]] = {}
 
     def a(*pairs: str) -> dict[str, str]:  # one attribute dict per label set, reused
@@ -119,51 +77,153 @@ def instrument(
             d = attrs[pairs] = dict(zip(pairs[::2], pairs[1::2], strict=True))
         return d
 
-    hit, miss = a("outcome", "hit"), a("outcome", "miss")
+    def flush() -> None:
+        while buffered:
+            kind, name, seconds = buffered.popleft()
+            if kind == "lookup":
+                lookup_time.record(seconds, a("outcome", name))
+            else:
+                op_time.record(seconds, a("operation", name))
 
-    def on_lookup(e: ev.Hit | ev.Miss, outcome: dict[str, str], word: str) -> None:
-        lookups.add(1, outcome)
-        lookup_time.record(e.seconds, outcome)
-        for t in e.tables:
-            table_lookups.add(1, a("table", label(t), "outcome", word))
+    Callback = Callable[["CallbackOptions"], Iterable["Observation"]]
 
-    def on_invalidated(e: ev.Invalidated) -> None:
-        if not e.tables:
-            invalidations.add(1, a())
-        for t in e.tables:
-            invalidations.add(1, a("table", label(t)))
+    def counts(values: Callable[[], dict[Any, int]], *names: str) -> Callback:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            flush()  # the histograms are read after the callbacks
+            out = []
+            for key, value in list(values().items()):
+                parts = key if isinstance(key, tuple) else (key,)
+                pairs = [x for pair in zip(names, parts, strict=True) for x in pair]
+                out.append(Observation(value, a(*pairs)))
+            return out
 
-    def on_breaker(e: ev.BreakerChanged) -> None:
-        state["breaker"] = 1 if e.open else 0
+        return callback
 
-    def on_pending(e: ev.PendingChanged) -> None:
-        state["pending"] = e.count
+    def one(value: Callable[[], int]) -> Callback:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            flush()
+            return [Observation(value())]
 
-    handlers: dict[type, Callable[[Any], None]] = {
-        ev.Hit: lambda e: on_lookup(e, hit, "hit"),
-        ev.Miss: lambda e: on_lookup(e, miss, "miss"),
-        ev.Stored: lambda e: stores.add(1),
-        ev.StoreRefused: lambda e: refusals.add(1, a("reason", e.reason)),
-        ev.Bypass: lambda e: bypasses.add(1, a("reason", e.reason)),
-        ev.Invalidated: on_invalidated,
-        ev.BackendFailed: lambda e: errors.add(
-            1, a("operation", e.operation, "kind", "refused" if e.refused else "failure")
-        ),
-        ev.OperationTimed: lambda e: op_time.record(e.seconds, a("operation", e.operation)),
-        ev.BreakerChanged: on_breaker,
-        ev.PendingChanged: on_pending,
-        ev.ShadowRead: lambda e: shadow.add(1, a("outcome", e.outcome)),
-    }
+        return callback
 
-    def listener(event: object) -> None:
-        handler = handlers.get(type(event))
-        if handler is not None:
-            handler(event)
+    t = tally
+    counter = meter.create_observable_counter
+    counter("yokedcache.lookups", [counts(lambda: t.lookups, "outcome")], "{lookup}", "Lookups.")
+    counter(
+        "yokedcache.table_lookups",
+        [counts(lambda: t.table_lookups, "table", "outcome")],
+        "{lookup}",
+        "Lookups by table read and outcome.",
+    )
+    counter("yokedcache.stores", [one(lambda: t.stores)], "{entry}", "Results stored.")
+    counter(
+        "yokedcache.store_refusals",
+        [counts(lambda: t.refusals, "reason")],
+        "{store}",
+        "Stores the fence refused, by reason.",
+    )
+    counter(
+        "yokedcache.bypasses",
+        [counts(lambda: t.bypasses, "reason")],
+        "{read}",
+        "Reads around the cache, by reason.",
+    )
+    counter(
+        "yokedcache.invalidations",
+        [one(lambda: t.invalidations)],
+        "{invalidation}",
+        "Invalidations delivered.",
+    )
+    counter(
+        "yokedcache.table_invalidations",
+        [counts(lambda: t.table_invalidations, "table")],
+        "{invalidation}",
+        "Invalidations delivered, by table.",
+    )
+    counter(
+        "yokedcache.backend_errors",
+        [counts(lambda: t.errors, "operation", "kind")],
+        "{error}",
+        "Failed or refused backend operations.",
+    )
+    counter(
+        "yokedcache.shadow_reads",
+        [counts(lambda: t.shadow, "outcome")],
+        "{read}",
+        "Sampled shadow reads by outcome.",
+    )
+    counter(
+        "yokedcache.shadow_mismatches",
+        [counts(lambda: t.shadow_tables, "table")],
+        "{read}",
+        "Shadow-read mismatches by table.",
+    )
+    gauge = meter.create_observable_gauge
+    gauge("yokedcache.breaker.open", [one(lambda: t.breaker_open)], "1", "1 while open.")
+    gauge(
+        "yokedcache.pending_invalidations",
+        [one(lambda: t.pending)],
+        "{tag}",
+        "Tags with an undelivered invalidation (this process).",
+    )
+    backend = target.backend
+    if hasattr(backend, "entry_count"):
+        ref = weakref.ref(backend)
+
+        def memory(attr: str) -> Callback:
+            def callback(options: CallbackOptions) -> Iterable[Observation]:
+                b = ref()
+                return [] if b is None else [Observation(getattr(b, attr))]
+
+            return callback
+
+        gauge("yokedcache.memory.entries", [memory("entry_count")], "{entry}", "Memory entries.")
+        gauge("yokedcache.memory.bytes", [memory("payload_bytes")], "By", "Memory payload bytes.")
 
     hooks = cache.hooks
-    removers: list[Callable[[], None]] = [cache.add_listener(listener)]
+    removers: list[Callable[[], None]] = [cache.add_listener(tally)]
     if tracing:
         tp = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
-        hooks.set_tracer(tp.get_tracer(SCOPE))
+        hooks.set_tracer(_Tracer(tp.get_tracer(SCOPE), trace.get_current_span, hit_spans))
         removers.append(lambda: hooks.set_tracer(None))
     return Instrumentation(removers)
+
+
+class _Tracer:
+    """What the cache calls to open spans: only under a recording current span."""
+
+    __slots__ = ("_current", "_tracer", "hit_spans")
+
+    def __init__(self, tracer: Any, current: Callable[[], Any], hit_spans: bool) -> None:
+        self._tracer = tracer
+        self._current = current
+        self.hit_spans = hit_spans
+        """False: the lookup span is made after the fact, for misses only."""
+
+    def start_span(
+        self, name: str, attributes: dict[str, Any] | None, start_time: int | None = None
+    ) -> Any:
+        """A started child span of the current one, or None (end it with ``end()``)."""
+        if not self._current().is_recording():
+            return None
+        return self._tracer.start_span(name, attributes=attributes, start_time=start_time)
+
+    def start_as_current_span(self, name: str, attributes: dict[str, Any]) -> Any:
+        """A context manager making a child span current (a no-op outside a recording
+        span)."""
+        if not self._current().is_recording():
+            from contextlib import nullcontext
+
+            return nullcontext(_NoSpan)
+        return self._tracer.start_as_current_span(name, attributes=attributes)
+
+
+class _NoSpanType:
+    def set_attribute(self, key: str, value: object) -> None:
+        pass
+
+    def set_attributes(self, attributes: dict[str, object]) -> None:
+        pass
+
+
+_NoSpan: Final = _NoSpanType()

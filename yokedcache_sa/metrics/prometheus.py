@@ -3,18 +3,21 @@
 ``instrument(cache)`` registers the metrics listed in docs/observability.md in *registry*
 (default: ``prometheus_client.REGISTRY``) and keeps them current from the cache's events;
 expose them as usual (``prometheus_client.start_http_server``, ``make_asgi_app`` …).
-Instrument each registry once (metric names are unique within a registry).
+Counters are tallied in plain dicts and read when the registry collects (a hit costs a
+few dict increments and one histogram observation); instrument each registry once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import Instrumentation, TableLabels, require
+from . import Instrumentation, Tally, require
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
     from ..cache import YokedCache
 
@@ -52,129 +55,122 @@ def instrument(
     Added in 0.x.
     """
     require("prometheus_client", "prometheus")
-    from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-
-    from .. import observe as ev
+    from prometheus_client import REGISTRY, Histogram
 
     reg = registry if registry is not None else REGISTRY
-    kw: dict[str, Any] = {"namespace": namespace, "registry": reg}
-    lookups = Counter("lookups", "Cache lookups by outcome (hit, miss).", ["outcome"], **kw)
-    table_lookups = Counter(
-        "table_lookups", "Lookups by table read and outcome.", ["table", "outcome"], **kw
-    )
     lookup_seconds = Histogram(
         "lookup_seconds",
-        "Lookup latency (the store's answer, decoding included).",
+        "Lookup latency by outcome (the store's answer, decoding included).",
         ["outcome"],
+        namespace=namespace,
+        registry=reg,
         buckets=LATENCY_BUCKETS,
-        **kw,
-    )
-    stores = Counter("stores", "Results stored.", **kw)
-    refusals = Counter(
-        "store_refusals",
-        "Stores the fence refused, by reason (version_moved, being_written, pending).",
-        ["reason"],
-        **kw,
-    )
-    bypasses = Counter(
-        "bypasses", "Reads that went to the database around the cache, by reason.", ["reason"], **kw
-    )
-    invalidations = Counter("invalidations", "Invalidations delivered.", **kw)
-    table_invalidations = Counter(
-        "table_invalidations", "Invalidations delivered, by table.", ["table"], **kw
-    )
-    errors = Counter(
-        "backend_errors",
-        "Backend operations that failed (kind=failure) or the breaker refused (kind=refused).",
-        ["operation", "kind"],
-        **kw,
     )
     op_seconds = Histogram(
         "operation_seconds",
-        "Backend operation latency by operation (fetch: lookup, store, begin_write and "
-        "end_write: commit).",
+        "Backend operation latency by operation (store; begin_write and end_write: commit).",
         ["operation"],
+        namespace=namespace,
+        registry=reg,
         buckets=LATENCY_BUCKETS,
-        **kw,
     )
-    breaker = Gauge("breaker_open", "1 while the circuit breaker is open.", **kw)
-    pending = Gauge(
-        "pending_invalidations", "Tags with an undelivered invalidation (this process).", **kw
-    )
-    shadow = Counter(
-        "shadow_reads", "Sampled shadow reads by outcome (match, mismatch, ...).", ["outcome"], **kw
-    )
-    shadow_tables = Counter(
-        "shadow_mismatches", "Shadow-read mismatches by table.", ["table"], **kw
-    )
-    removers: list[Callable[[], None]] = []
-    backend = cache._target().backend
-    if hasattr(backend, "entry_count"):
-        import weakref
+    children: dict[tuple[str, str], Any] = {}
 
-        ref = weakref.ref(backend)
-        mem_entries = Gauge("memory_entries", "Entries held by the memory backend.", **kw)
-        mem_bytes = Gauge("memory_bytes", "Payload bytes held by the memory backend.", **kw)
-        mem_entries.set_function(lambda: float(getattr(ref(), "entry_count", 0)))
-        mem_bytes.set_function(lambda: float(getattr(ref(), "payload_bytes", 0)))
-        removers += [lambda: reg.unregister(mem_entries), lambda: reg.unregister(mem_bytes)]
-    breaker.set(1 if cache._target()._breaker.is_open else 0)
-    pending.set(len(cache._target()._pending))
-
-    label = TableLabels(max_tables)
-    hit, miss = lookups.labels("hit"), lookups.labels("miss")
-    hit_s, miss_s = lookup_seconds.labels("hit"), lookup_seconds.labels("miss")
-    by_table: dict[tuple[str, str], Any] = {}
-
-    def table_count(table: str, outcome: str) -> None:
-        child = by_table.get((table, outcome))
+    def latency(kind: str, name: str, seconds: float) -> None:
+        child = children.get((kind, name))
         if child is None:
-            child = by_table[(table, outcome)] = table_lookups.labels(label(table), outcome)
-        child.inc()
+            family = lookup_seconds if kind == "lookup" else op_seconds
+            child = children[(kind, name)] = family.labels(name)
+        child.observe(seconds)
 
-    def on_hit(e: ev.Hit) -> None:
-        hit.inc()
-        hit_s.observe(e.seconds)
-        for t in e.tables:
-            table_count(t, "hit")
-
-    def on_miss(e: ev.Miss) -> None:
-        miss.inc()
-        miss_s.observe(e.seconds)
-        for t in e.tables:
-            table_count(t, "miss")
-
-    def on_invalidated(e: ev.Invalidated) -> None:
-        invalidations.inc()
-        for t in e.tables:
-            table_invalidations.labels(label(t)).inc()
-
-    def on_shadow(e: ev.ShadowRead) -> None:
-        shadow.labels(e.outcome).inc()
-        if e.outcome == "mismatch":
-            for t in e.tables:
-                shadow_tables.labels(label(t)).inc()
-
-    handlers: dict[type, Callable[[Any], None]] = {
-        ev.Hit: on_hit,
-        ev.Miss: on_miss,
-        ev.Stored: lambda e: stores.inc(),
-        ev.StoreRefused: lambda e: refusals.labels(e.reason).inc(),
-        ev.Bypass: lambda e: bypasses.labels(e.reason).inc(),
-        ev.Invalidated: on_invalidated,
-        ev.BackendFailed: lambda e: errors.labels(
-            e.operation, "refused" if e.refused else "failure"
-        ).inc(),
-        ev.OperationTimed: lambda e: op_seconds.labels(e.operation).observe(e.seconds),
-        ev.BreakerChanged: lambda e: breaker.set(1 if e.open else 0),
-        ev.PendingChanged: lambda e: pending.set(e.count),
-        ev.ShadowRead: on_shadow,
-    }
-
-    def listener(event: object) -> None:
-        handler = handlers.get(type(event))
-        if handler is not None:
-            handler(event)
-
-    removers.append(cache.add_listener(listener))
+    tally = Tally(max_tables, latency)
+    target = cache._target()
+    tally.breaker_open = 1 if target._breaker.is_open else 0
+    tally.pending = len(target._pending)
+    backend = target.backend
+    memory = weakref.ref(backend) if hasattr(backend, "entry_count") else None
+    collector = _Collector(f"{namespace}_", tally, memory)
+    reg.register(collector)
+    removers: list[Callable[[], None]] = [cache.add_listener(tally)]
     return Instrumentation(removers)
+
+
+class _Collector:
+    """Reads a :class:`Tally` into metric families when the registry collects."""
+
+    def __init__(self, ns: str, tally: Tally, memory: weakref.ref[Any] | None) -> None:
+        self.ns = ns
+        self.tally = tally
+        self.memory = memory
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        ns, t = self.ns, self.tally
+
+        def counter(
+            name: str, doc: str, labels: list[str], values: dict[Any, int]
+        ) -> CounterMetricFamily:
+            fam = CounterMetricFamily(ns + name, doc, labels=labels)
+            for key, value in list(values.items()):
+                fam.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+            return fam
+
+        def single(name: str, doc: str, value: int) -> CounterMetricFamily:
+            return CounterMetricFamily(ns + name, doc, value=value)
+
+        yield counter("lookups", "Cache lookups by outcome (hit, miss).", ["outcome"], t.lookups)
+        yield counter(
+            "table_lookups",
+            "Lookups by table read and outcome.",
+            ["table", "outcome"],
+            t.table_lookups,
+        )
+        yield single("stores", "Results stored.", t.stores)
+        yield counter(
+            "store_refusals",
+            "Stores the fence refused, by reason (version_moved, being_written, pending).",
+            ["reason"],
+            t.refusals,
+        )
+        yield counter(
+            "bypasses", "Reads that went to the database around the cache.", ["reason"], t.bypasses
+        )
+        yield single("invalidations", "Invalidations delivered.", t.invalidations)
+        yield counter(
+            "table_invalidations",
+            "Invalidations delivered, by table.",
+            ["table"],
+            t.table_invalidations,
+        )
+        yield counter(
+            "backend_errors",
+            "Backend operations that failed (kind=failure) or the breaker refused (refused).",
+            ["operation", "kind"],
+            t.errors,
+        )
+        yield counter("shadow_reads", "Shadow reads by outcome.", ["outcome"], t.shadow)
+        yield counter(
+            "shadow_mismatches", "Shadow-read mismatches by table.", ["table"], t.shadow_tables
+        )
+        yield GaugeMetricFamily(
+            ns + "breaker_open", "1 while the circuit breaker is open.", value=t.breaker_open
+        )
+        yield GaugeMetricFamily(
+            ns + "pending_invalidations",
+            "Tags with an undelivered invalidation (this process).",
+            value=t.pending,
+        )
+        backend = self.memory() if self.memory is not None else None
+        if backend is not None:
+            yield GaugeMetricFamily(
+                ns + "memory_entries", "Entries held by the memory backend.", backend.entry_count
+            )
+            yield GaugeMetricFamily(
+                ns + "memory_bytes",
+                "Payload bytes held by the memory backend.",
+                backend.payload_bytes,
+            )
