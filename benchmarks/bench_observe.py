@@ -1,9 +1,11 @@
 """Observability overhead: ORM hit paths with metrics + tracing enabled vs disabled.
 
 The same cached reads as ``bench_orm.py`` (a PK lookup and a 20-row list over PostgreSQL),
-each through two caches on the same backend: one with nobody listening (the default) and
-one instrumented with the Prometheus exporter, the OpenTelemetry metrics exporter and
-tracing (an SDK TracerProvider: real spans, recorded, not exported). All variants run
+each through caches on the same backend: one with nobody listening (the default) and one
+instrumented with the Prometheus exporter, the OpenTelemetry metrics exporter and tracing
+(an SDK TracerProvider: real spans, recorded, not exported). Each read also runs inside a
+recording request span (``*_span`` variants), where the instrumented cache makes a lookup
+span per hit — or, with ``hit_spans=False`` (``nohit``), for misses only. All variants run
 interleaved in ONE process; medians are reported. Shadow reads at rate 0 are measured as
 the cost of their check on the hit path (a config read) against the hit itself.
 
@@ -44,6 +46,7 @@ TARGETS = {
     "redis_pk_overhead": 1.05,
     "memory_list20_overhead": 1.05,
     "redis_list20_overhead": 1.05,
+    "memory_pk_in_span_nohit_overhead": 1.05,
     "shadow_rate0_fraction": 0.01,
 }
 
@@ -71,12 +74,16 @@ def interleaved(fns: dict[str, Callable[[], Any]], n: int) -> dict[str, float]:
     return {k: statistics.median(v) / 1000 for k, v in times.items()}
 
 
-def observed(cache: YokedCache) -> YokedCache:
+TRACERS = TracerProvider()
+
+
+def observed(cache: YokedCache, hit_spans: bool = True) -> YokedCache:
     prometheus.instrument(cache, CollectorRegistry())
     otel.instrument(
         cache,
         MeterProvider(metric_readers=[InMemoryMetricReader()]),
-        TracerProvider(),
+        TRACERS,
+        hit_spans=hit_spans,
     )
     return cache
 
@@ -100,12 +107,21 @@ def main() -> int:
         "redis_obs": observed(
             YokedCache(CacheConfig(redis_url=REDIS_URL, key_prefix=f"boo{SUFFIX}"))
         ),
+        "memory_nohit": observed(
+            YokedCache(CacheConfig(key_prefix=f"bon{SUFFIX}")), hit_spans=False
+        ),
     }
     makers = {k: sessionmaker(pg, class_=CachingSession, cache=c) for k, c in caches.items()}
 
     def pk(factory: Any) -> Any:
         with factory() as db:
             return db.query(User).filter(User.id == 42).first()
+
+    request = TRACERS.get_tracer("bench")
+
+    def pk_in_span(factory: Any) -> Any:
+        with request.start_as_current_span("request"):
+            return pk(factory)
 
     def list20(factory: Any) -> Any:
         with factory() as db:
@@ -118,11 +134,14 @@ def main() -> int:
         fns: dict[str, Callable[[], Any]] = {}
         for k, f in makers.items():
             fns[f"{k}_pk"] = lambda f=f: pk(f)
-            fns[f"{k}_list20"] = lambda f=f: list20(f)
+            if k.startswith("memory"):
+                fns[f"{k}_pk_span"] = lambda f=f: pk_in_span(f)
+            if k != "memory_nohit":
+                fns[f"{k}_list20"] = lambda f=f: list20(f)
         med = interleaved(fns, n)
         for k, c in caches.items():
             stats = c.get_stats_sync()
-            assert stats.misses == 2, (k, stats)  # every timed call was a hit
+            assert stats.misses == 2, (k, stats)  # every timed call was a hit (after warming)
         cfg = caches["memory"].config
         check_us = min(timeit.repeat(lambda: cfg.shadow_read_rate, number=100_000, repeat=5))
         check_us = check_us / 100_000 * 1e6
@@ -137,6 +156,8 @@ def main() -> int:
         "redis_pk_overhead": med["redis_obs_pk"] / med["redis_pk"],
         "memory_list20_overhead": med["memory_obs_list20"] / med["memory_list20"],
         "redis_list20_overhead": med["redis_obs_list20"] / med["redis_list20"],
+        "memory_pk_in_span_overhead": med["memory_obs_pk_span"] / med["memory_pk_span"],
+        "memory_pk_in_span_nohit_overhead": med["memory_nohit_pk_span"] / med["memory_pk_span"],
         "shadow_rate0_check_us": check_us,
         "shadow_rate0_fraction": check_us / med["memory_pk"],
         "medians_us": {k: round(v, 1) for k, v in med.items()},

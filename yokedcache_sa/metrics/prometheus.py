@@ -10,6 +10,7 @@ few dict increments and one histogram observation); instrument each registry onc
 from __future__ import annotations
 
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -55,33 +56,17 @@ def instrument(
     Added in 0.x.
     """
     require("prometheus_client", "prometheus")
-    from prometheus_client import REGISTRY, Histogram
+    from prometheus_client import REGISTRY
 
     reg = registry if registry is not None else REGISTRY
-    lookup_seconds = Histogram(
-        "lookup_seconds",
-        "Lookup latency by outcome (the store's answer, decoding included).",
-        ["outcome"],
-        namespace=namespace,
-        registry=reg,
-        buckets=LATENCY_BUCKETS,
-    )
-    op_seconds = Histogram(
-        "operation_seconds",
-        "Backend operation latency by operation (store; begin_write and end_write: commit).",
-        ["operation"],
-        namespace=namespace,
-        registry=reg,
-        buckets=LATENCY_BUCKETS,
-    )
-    children: dict[tuple[str, str], Any] = {}
+    histograms: dict[tuple[str, str], _Histogram] = {}
 
     def latency(kind: str, name: str, seconds: float) -> None:
-        child = children.get((kind, name))
-        if child is None:
-            family = lookup_seconds if kind == "lookup" else op_seconds
-            child = children[(kind, name)] = family.labels(name)
-        child.observe(seconds)
+        h = histograms.get((kind, name))
+        if h is None:
+            h = histograms[(kind, name)] = _Histogram()
+        h.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        h.sum += seconds
 
     tally = Tally(max_tables, latency)
     target = cache._target()
@@ -89,19 +74,60 @@ def instrument(
     tally.pending = len(target._pending)
     backend = target.backend
     memory = weakref.ref(backend) if hasattr(backend, "entry_count") else None
-    collector = _Collector(f"{namespace}_", tally, memory)
+    collector = _Collector(f"{namespace}_", tally, histograms, memory)
     reg.register(collector)
     removers: list[Callable[[], None]] = [cache.add_listener(tally)]
     return Instrumentation(removers)
 
 
+class _Histogram:
+    """Bucket counts (``le`` each of LATENCY_BUCKETS, then +Inf) and the sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+
 class _Collector:
     """Reads a :class:`Tally` into metric families when the registry collects."""
 
-    def __init__(self, ns: str, tally: Tally, memory: weakref.ref[Any] | None) -> None:
+    def __init__(
+        self,
+        ns: str,
+        tally: Tally,
+        histograms: dict[tuple[str, str], _Histogram],
+        memory: weakref.ref[Any] | None,
+    ) -> None:
         self.ns = ns
         self.tally = tally
+        self.histograms = histograms
         self.memory = memory
+
+    def _histograms(self) -> Iterator[Metric]:
+        from prometheus_client.core import HistogramMetricFamily
+
+        families = {
+            "lookup": HistogramMetricFamily(
+                self.ns + "lookup_seconds",
+                "Lookup latency by outcome (the store's answer, decoding included).",
+                labels=["outcome"],
+            ),
+            "operation": HistogramMetricFamily(
+                self.ns + "operation_seconds",
+                "Backend operation latency (store; begin_write and end_write: commit).",
+                labels=["operation"],
+            ),
+        }
+        bounds = [*(repr(b) for b in LATENCY_BUCKETS), "+Inf"]
+        for (kind, name), h in sorted(self.histograms.items()):
+            running, buckets = 0, []
+            for bound, n in zip(bounds, list(h.counts), strict=True):
+                running += n
+                buckets.append((bound, running))
+            families[kind].add_metric([name], buckets, h.sum)
+        yield from families.values()
 
     def describe(self) -> list[Metric]:
         return list(self.collect())
@@ -110,6 +136,7 @@ class _Collector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         ns, t = self.ns, self.tally
+        yield from self._histograms()
 
         def counter(
             name: str, doc: str, labels: list[str], values: dict[Any, int]
