@@ -5,7 +5,8 @@ a listener is called with one event object (the classes below) in the thread (or
 caused it, right after the fact. The exporters in :mod:`yokedcache_sa.metrics` are listeners.
 
 Nothing is built while nobody listens: every emitting site first reads
-:attr:`Hooks.active` (one attribute). Events carry a key *digest* (``q:…``, or ``k#…`` for
+:attr:`Hooks.active` (one attribute). Events are plain slotted dataclasses, built fresh
+for each occurrence; treat them as read-only. Events carry a key *digest* (``q:…``, or ``k#…`` for
 user keys) and table names, never a key or parameter values.
 
 A listener that raises is logged (once per listener) and otherwise ignored: observing the
@@ -60,10 +61,22 @@ RefusalReason: TypeAlias = Literal[
 
 def tables_in(tags: Iterable[str]) -> tuple[str, ...]:
     """The table names among tag ids (``table:users`` → ``users``), sorted."""
-    return tuple(sorted(t[6:] for t in tags if t[:6] == "table:"))
+    if type(tags) is tuple:
+        known = _tables_memo.get(tags)
+        if known is not None:
+            return known
+    names = tuple(sorted(t[6:] for t in tags if t[:6] == "table:"))
+    if type(tags) is tuple:
+        if len(_tables_memo) >= 4096:
+            _tables_memo.clear()
+        _tables_memo[tags] = names
+    return names
 
 
-@dataclass(frozen=True, slots=True)
+_tables_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+@dataclass(slots=True)
 class Hit:
     """A lookup served a fresh entry."""
 
@@ -72,7 +85,7 @@ class Hit:
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Miss:
     """A lookup found no entry, or none that may be served (stale, or the store failed:
     then a :class:`Bypass` follows)."""
@@ -82,7 +95,7 @@ class Miss:
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stored:
     """A result was stored."""
 
@@ -90,7 +103,7 @@ class Stored:
     tables: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoreRefused:
     """The fence refused a store (the value would have been stale when written)."""
 
@@ -99,7 +112,7 @@ class StoreRefused:
     reason: RefusalReason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Bypass:
     """A read went to the database without consulting (or without using) the cache."""
 
@@ -107,7 +120,7 @@ class Bypass:
     tables: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Invalidated:
     """New versions were delivered for these tables (and tags), e.g. at commit."""
 
@@ -115,7 +128,7 @@ class Invalidated:
     tags: int  # how many tag ids, tables included
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BackendFailed:
     """A backend operation failed (``refused``: the circuit breaker did not let it run)."""
 
@@ -124,7 +137,7 @@ class BackendFailed:
     refused: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OperationTimed:
     """A backend operation's duration (``fetch`` is the lookup, ``store`` the store,
     ``begin_write``/``end_write`` the commit-time marking and invalidation)."""
@@ -134,21 +147,21 @@ class OperationTimed:
     ok: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BreakerChanged:
     """The circuit breaker opened or closed."""
 
     open: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PendingChanged:
     """The number of tags with an undelivered invalidation changed."""
 
     count: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ShadowRead:
     """A sampled hit was re-run against the database (:mod:`yokedcache_sa.orm.shadow`).
 
