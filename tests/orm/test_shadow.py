@@ -243,3 +243,28 @@ def test_snapshot_isolated_transactions_are_not_sampled(
         s.scalars(select(Address).where(Address.id == 1)).all()  # takes the snapshot
         hit(cache, lambda: read(s))  # served under the snapshot's horizon
     assert captured == []
+
+
+async def test_async_session_hit_is_shadowed(env: Env, shadowed: Any) -> None:
+    from ormkit import root_conftest
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    cache, _, registry = shadowed
+    if env.db.name == "sqlite":
+        url = env.db.url.replace("sqlite://", "sqlite+aiosqlite://", 1)
+    else:
+        url = str(root_conftest().PG_ASYNC_URL)
+    engine = create_async_engine(url)
+    try:
+        S = async_sessionmaker(engine, sync_session_class=CachingSession, cache=cache)
+        async with S() as s:
+            await s.scalars(select(User).where(User.id == 3))  # miss: stored
+        (key,) = entry_keys(cache)
+        forge(cache, key, rename)
+        async with S() as s:
+            names = [u.name for u in (await s.scalars(select(User).where(User.id == 3))).all()]
+        assert names == ["mallory"]
+        assert shadow.wait_idle()
+        assert outcomes(registry) == {"mismatch": 1.0}
+    finally:
+        await engine.dispose()

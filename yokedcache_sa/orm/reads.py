@@ -184,7 +184,6 @@ def _shadow(
         or st.written
         or isinstance(bind, Connection)
         or look.snapshot is None
-        or engine.dialect.is_async
     ):
         return
     shadow.submit_hit(

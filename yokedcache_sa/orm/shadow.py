@@ -12,6 +12,10 @@ versions exactly as they were at the hit — a commit in between moves them (or 
 being written), and the read is then ``skipped``. Hits inside snapshot-isolated
 transactions, or transactions that have written, are never sampled.
 
+For an async engine (``AsyncSession``) the thread runs its own event loop and a one-
+connection engine on the same URL (the application's pooled connections belong to its
+loop; engine-level ``connect_args`` are not copied).
+
 Rows are compared as plain data: column values of the rows and of the entities in them,
 and the identities of their loaded relationships (in order when the statement has an
 ORDER BY, as a multiset otherwise). The columns of related objects that are not rows
@@ -27,6 +31,7 @@ import logging
 import queue
 import random
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -133,15 +138,52 @@ def _worker() -> _Worker:
     return w
 
 
-def run(job: ShadowJob) -> str:
-    """Run one shadow read now (in the calling thread); return its outcome."""
-    try:
-        with Session(bind=job.engine, autoflush=False, expire_on_commit=False) as session:
-            result = session.execute(
+def _rows(job: ShadowJob) -> Any:
+    with Session(bind=job.engine, autoflush=False, expire_on_commit=False) as session:
+        result = session.execute(
+            job.statement, job.parameters or None, execution_options=job.execution_options
+        )
+        frozen = result.freeze()
+        return freeze_rows(frozen.data, frozen._source_supports_scalars)[0]
+
+
+# An engine of an async driver (asyncpg, aiosqlite …) cannot run in this thread: its pooled
+# connections belong to the application's event loop. The thread runs a loop of its own and
+# a small engine on the same URL, bound to that loop (one connection).
+_local = threading.local()
+_async_engines: weakref.WeakKeyDictionary[Engine, Any] = weakref.WeakKeyDictionary()
+
+
+def _rows_async(job: ShadowJob) -> Any:
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    loop = getattr(_local, "loop", None)
+    if loop is None:
+        loop = _local.loop = asyncio.new_event_loop()
+    aengine = _async_engines.get(job.engine)
+    if aengine is None:
+        aengine = _async_engines[job.engine] = create_async_engine(
+            job.engine.url, pool_size=1, max_overflow=0
+        )
+
+    async def rows() -> Any:
+        async with AsyncSession(aengine, autoflush=False, expire_on_commit=False) as session:
+            result = await session.execute(
                 job.statement, job.parameters or None, execution_options=job.execution_options
             )
             frozen = result.freeze()
-            payload, _ = freeze_rows(frozen.data, frozen._source_supports_scalars)
+            return freeze_rows(frozen.data, frozen._source_supports_scalars)[0]
+
+    return loop.run_until_complete(rows())
+
+
+def run(job: ShadowJob) -> str:
+    """Run one shadow read now (in the calling thread, which must not be running an event
+    loop when the engine's driver is async); return its outcome."""
+    try:
+        payload = _rows_async(job) if job.engine.dialect.is_async else _rows(job)
     except NotCacheable:
         return _report(job, "skipped")
     except Exception as exc:
