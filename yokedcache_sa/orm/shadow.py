@@ -12,9 +12,9 @@ versions exactly as they were at the hit — a commit in between moves them (or 
 being written), and the read is then ``skipped``. Hits inside snapshot-isolated
 transactions, or transactions that have written, are never sampled.
 
-For an async engine (``AsyncSession``) the thread runs its own event loop and a one-
-connection engine on the same URL (the application's pooled connections belong to its
-loop; engine-level ``connect_args`` are not copied).
+For an async engine (``AsyncSession``) the thread runs its own event loop and opens one
+unpooled connection on the same URL per shadow read (the application's pooled connections
+belong to its loop; engine-level ``connect_args`` are not copied).
 
 Rows are compared as plain data: column values of the rows and of the entities in them,
 and the identities of their loaded relationships (in order when the statement has an
@@ -31,7 +31,6 @@ import logging
 import queue
 import random
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -149,32 +148,31 @@ def _rows(job: ShadowJob) -> Any:
 
 # An engine of an async driver (asyncpg, aiosqlite …) cannot run in this thread: its pooled
 # connections belong to the application's event loop. The thread runs a loop of its own and
-# a small engine on the same URL, bound to that loop (one connection).
+# opens one unpooled connection on the same URL per shadow read (closed after it).
 _local = threading.local()
-_async_engines: weakref.WeakKeyDictionary[Engine, Any] = weakref.WeakKeyDictionary()
 
 
 def _rows_async(job: ShadowJob) -> Any:
     import asyncio
 
     from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+    from sqlalchemy.pool import NullPool
 
     loop = getattr(_local, "loop", None)
     if loop is None:
         loop = _local.loop = asyncio.new_event_loop()
-    aengine = _async_engines.get(job.engine)
-    if aengine is None:
-        aengine = _async_engines[job.engine] = create_async_engine(
-            job.engine.url, pool_size=1, max_overflow=0
-        )
 
     async def rows() -> Any:
-        async with AsyncSession(aengine, autoflush=False, expire_on_commit=False) as session:
-            result = await session.execute(
-                job.statement, job.parameters or None, execution_options=job.execution_options
-            )
-            frozen = result.freeze()
-            return freeze_rows(frozen.data, frozen._source_supports_scalars)[0]
+        aengine = create_async_engine(job.engine.url, poolclass=NullPool)
+        try:
+            async with AsyncSession(aengine, autoflush=False, expire_on_commit=False) as s:
+                result = await s.execute(
+                    job.statement, job.parameters or None, execution_options=job.execution_options
+                )
+                frozen = result.freeze()
+                return freeze_rows(frozen.data, frozen._source_supports_scalars)[0]
+        finally:
+            await aengine.dispose()
 
     return loop.run_until_complete(rows())
 
