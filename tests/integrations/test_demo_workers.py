@@ -1,4 +1,4 @@
-"""The demo app under ``uvicorn --workers 2`` with the memory backend and no Redis.
+"""The demo app under ``uvicorn --workers 2`` and ``4``, memory backend and no Redis.
 
 Every request opens a new connection, so consecutive requests land on either worker: a write
 served by one worker must be visible on the next read, whichever worker serves it.
@@ -41,8 +41,9 @@ def _workers(pid: int) -> int:
     return n
 
 
-def test_two_workers_without_redis_serve_no_stale_reads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("workers", [2, 4])
+def test_workers_without_redis_serve_no_stale_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}"}
     env["YOKEDCACHE_KEY_PREFIX"] = "demo" + uuid.uuid4().hex[:10]
@@ -53,13 +54,13 @@ def test_two_workers_without_redis_serve_no_stale_reads(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "uvicorn", "integrations.fastapi_app.app:app"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     proc = subprocess.Popen([*cmd, "--log-level", "warning"], cwd=ROOT, env=env)
     try:
         deadline = time.monotonic() + 60
         answered = 0
-        while _workers(proc.pid) < 2 or answered < 20:  # both up, then 20 answers in a row
-            assert time.monotonic() < deadline, "uvicorn did not start two workers"
+        while _workers(proc.pid) < workers or answered < 20:  # all up, then 20 answers in a row
+            assert time.monotonic() < deadline, f"uvicorn did not start {workers} workers"
             assert proc.poll() is None, f"uvicorn exited with {proc.returncode}"
             try:
                 with _NewConnectionEachRequest(base_url=base, timeout=2) as c:
@@ -74,7 +75,7 @@ def test_two_workers_without_redis_serve_no_stale_reads(
             result = run_workload(base, rounds=150)
             stale += result["stale_reads"]
             hit_rate = max(hit_rate, result["hit_rate"])
-        print(f"2 workers, no Redis: {stale} stale reads, hit rate {hit_rate:.1%}")
+        print(f"{workers} workers, no Redis: {stale} stale reads, hit rate {hit_rate:.1%}")
         assert stale == 0
         assert hit_rate > 0
     finally:

@@ -417,18 +417,17 @@ def test_own_commit_on_a_notifying_table_counts_nothing(
 ) -> None:
     """Our trigger changes no rows: a caching session's write to its table does not ask
     pg_stat_xact_* what the transaction changed (that is for tables with user triggers)."""
-    from yokedcache_sa.orm import routines
-    from yokedcache_sa.orm import session as orm_session
+    from yokedcache_sa.orm import pgwrites, routines
 
     routines.forget_catalog(world.engine)
     calls: list[object] = []
-    real = orm_session._pg_counts
+    real = pgwrites._pg_counts
 
     def spy(*args: object, **kw: object) -> object:
         calls.append(args)
         return real(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(orm_session, "_pg_counts", spy)
+    monkeypatch.setattr(pgwrites, "_pg_counts", spy)
     with world.Session() as s:
         s.get(Item, 1).name = "x"  # type: ignore[union-attr]
         s.commit()
