@@ -317,3 +317,23 @@ def test_shadow_read_rate_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("YOKEDCACHE_SHADOW_READ_RATE", "2")
     with pytest.raises(ConfigError, match="shadow_read_rate"):
         CacheConfig()
+
+
+def test_prometheus_histogram_buckets_are_cumulative(
+    cache: YokedCache, registry: CollectorRegistry
+) -> None:
+    prometheus.instrument(cache, registry)
+    cache.set_sync("k", 1)
+    for _ in range(5):
+        cache.get_sync("k")
+    buckets = [
+        (s.labels["le"], s.value)
+        for m in registry.collect()
+        for s in m.samples
+        if s.name == "yokedcache_lookup_seconds_bucket" and s.labels["outcome"] == "hit"
+    ]
+    assert buckets[-1] == ("+Inf", 5.0)
+    values = [v for _, v in buckets]
+    assert values == sorted(values), "cumulative"
+    assert len(buckets) == len(prometheus.LATENCY_BUCKETS) + 1
+    assert 0 < prom(registry, "yokedcache_lookup_seconds_sum", outcome="hit") < 5.0
