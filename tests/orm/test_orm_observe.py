@@ -72,7 +72,10 @@ def test_bypass_reasons(env: Env, registry: CollectorRegistry) -> None:
         s.flush()
         s.scalars(select(User).where(User.id == 3)).all()
         s.rollback()
-    assert sample(registry, "yokedcache_bypasses_total", reason="opt_out") == 1
+    with env.Session() as s:
+        s.yokedcache.enabled = False  # the whole session opts out
+        s.scalars(select(User).where(User.id == 1)).all()
+    assert sample(registry, "yokedcache_bypasses_total", reason="opt_out") == 2
     assert sample(registry, "yokedcache_bypasses_total", reason="not_cacheable") >= 1
     assert sample(registry, "yokedcache_bypasses_total", reason="own_writes") == 1
     assert sample(registry, "yokedcache_lookups_total", outcome="hit") == 0
