@@ -144,6 +144,10 @@ def lookup_sync(cache: CacheState, key: str, horizon: int | None, lock: bool) ->
         loop_check.fire("cache read")
     if cache._hooks.active:
         return _lookup_observed_sync(cache, key, horizon, lock)
+    return _fetch_sync(cache, key, horizon, lock)
+
+
+def _fetch_sync(cache: CacheState, key: str, horizon: int | None, lock: bool) -> Lookup:
     if not _plain(cache):
         return drive_sync(flows.lookup, cache, key, horizon, lock)
     token = new_token() if lock else None
@@ -159,6 +163,10 @@ async def lookup_async(cache: CacheState, key: str, horizon: int | None, lock: b
     """The lookup flow run by the async driver; its common case is hand-inlined."""
     if cache._hooks.active:
         return await _lookup_observed_async(cache, key, horizon, lock)
+    return await _fetch_async(cache, key, horizon, lock)
+
+
+async def _fetch_async(cache: CacheState, key: str, horizon: int | None, lock: bool) -> Lookup:
     if not _plain(cache):
         return await drive_async(flows.lookup, cache, key, horizon, lock)
     token = new_token() if lock else None
@@ -285,11 +293,26 @@ async def _run_timed_async(flow: Flow[T], cache: CacheState) -> T:
         return stop.value  # type: ignore[no-any-return]  # the flow's return value is T
 
 
-def _looked(cache: CacheState, key: str, look: Lookup, seconds: float, span: object) -> None:
+def _looked(
+    cache: CacheState,
+    key: str,
+    look: Lookup,
+    seconds: float,
+    span: Any,
+    tracer: Any,
+    started: int,
+) -> None:
+    """Emit the lookup's Hit or Miss; describe it on its span (with ``hit_spans=False``,
+    a miss gets its span now, started when the lookup did)."""
     digest = key_digest(key)
     tables = tables_in(look.tags)
     cache._hooks.emit(Hit(digest, tables, seconds) if look.hit else Miss(digest, tables, seconds))
-    if span is not None:
+    if span is None and tracer is not None and not look.hit:
+        span = tracer.start_span("yokedcache.lookup", None, started)
+        if span is not None:
+            _looked_attributes(cache, span, digest, tables, look)
+            span.end()
+    elif span is not None:
         _looked_attributes(cache, span, digest, tables, look)
 
 
@@ -306,71 +329,31 @@ def _looked_attributes(
     span.set_attributes(attrs)
 
 
-def _miss_span(cache: CacheState, tracer: Any, key: str, look: Lookup, t0: int) -> None:
-    """The lookup span of a miss, made after the fact (``hit_spans=False``)."""
-    span = tracer.start_span("yokedcache.lookup", None, t0)
-    if span is not None:
-        _looked_attributes(cache, span, key_digest(key), tables_in(look.tags), look)
-        span.end()
-
-
 def _unread_reason(cache: CacheState) -> str:
     return "breaker_open" if cache._breaker.is_open else "unavailable"
 
 
-def _lookup_timed_sync(
-    cache: CacheState, key: str, horizon: int | None, lock: bool, span: object
-) -> Lookup:
-    t0 = time.perf_counter()
-    if not _plain(cache):
-        look = drive_sync(flows.lookup, cache, key, horizon, lock)
-    else:
-        token = new_token() if lock else None
-        try:
-            fetched = cache.backend.fetch(key, token, COMPUTE_LOCK_SECONDS)
-        except (BackendError, OSError) as exc:
-            look = cache.read_failed(_failed(cache, FETCH, exc))
-        else:
-            look = cache.looked_up(key, fetched, horizon, token, t0 if debug_enabled() else 0.0)
-    _looked(cache, key, look, time.perf_counter() - t0, span)
-    return look
-
-
-async def _lookup_timed_async(
-    cache: CacheState, key: str, horizon: int | None, lock: bool, span: object
-) -> Lookup:
-    t0 = time.perf_counter()
-    if not _plain(cache):
-        look = await drive_async(flows.lookup, cache, key, horizon, lock)
-    else:
-        token = new_token() if lock else None
-        try:
-            fetched = await cache.backend.afetch(key, token, COMPUTE_LOCK_SECONDS)
-        except (BackendError, OSError) as exc:
-            look = cache.read_failed(_failed(cache, FETCH, exc))
-        else:
-            look = cache.looked_up(key, fetched, horizon, token, t0 if debug_enabled() else 0.0)
-    _looked(cache, key, look, time.perf_counter() - t0, span)
-    return look
+def _lookup_span(tracer: Any) -> Any:
+    """A started lookup span, or None (no tracer, no recording parent, hit_spans=False)."""
+    if tracer is None or not getattr(tracer, "hit_spans", True):
+        return None
+    return tracer.start_span("yokedcache.lookup", None)
 
 
 def _lookup_observed_sync(cache: CacheState, key: str, horizon: int | None, lock: bool) -> Lookup:
     while cache._redirect is not None:
         cache = cache._redirect
     tracer = cache._hooks.tracer
-    if tracer is not None and not getattr(tracer, "hit_spans", True):
-        t0 = time.time_ns()
-        look = _lookup_timed_sync(cache, key, horizon, lock, None)
-        if not look.hit:
-            _miss_span(cache, tracer, key, look, t0)
-        return look
-    span = tracer.start_span("yokedcache.lookup", None) if tracer is not None else None
-    if span is None:
-        return _lookup_timed_sync(cache, key, horizon, lock, None)
+    span = _lookup_span(tracer)
+    started = time.time_ns() if tracer is not None else 0
+    t0 = time.perf_counter()
     try:
-        return _lookup_timed_sync(cache, key, horizon, lock, span)
+        look = _fetch_sync(cache, key, horizon, lock)
+        _looked(cache, key, look, time.perf_counter() - t0, span, tracer, started)
+        return look
     finally:
-        span.end()
+        if span is not None:
+            span.end()
 
 
 async def _lookup_observed_async(
@@ -379,16 +362,13 @@ async def _lookup_observed_async(
     while cache._redirect is not None:
         cache = cache._redirect
     tracer = cache._hooks.tracer
-    if tracer is not None and not getattr(tracer, "hit_spans", True):
-        t0 = time.time_ns()
-        look = await _lookup_timed_async(cache, key, horizon, lock, None)
-        if not look.hit:
-            _miss_span(cache, tracer, key, look, t0)
-        return look
-    span = tracer.start_span("yokedcache.lookup", None) if tracer is not None else None
-    if span is None:
-        return await _lookup_timed_async(cache, key, horizon, lock, None)
+    span = _lookup_span(tracer)
+    started = time.time_ns() if tracer is not None else 0
+    t0 = time.perf_counter()
     try:
-        return await _lookup_timed_async(cache, key, horizon, lock, span)
+        look = await _fetch_async(cache, key, horizon, lock)
+        _looked(cache, key, look, time.perf_counter() - t0, span, tracer, started)
+        return look
     finally:
-        span.end()
+        if span is not None:
+            span.end()
