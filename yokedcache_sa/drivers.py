@@ -77,26 +77,10 @@ def drive_sync(
     """Run the flow ``flow_fn(cache, *args)`` against the sync methods of the backend."""
     while cache._redirect is not None:
         cache = cast(C, cache._redirect)
-    if cache._hooks.active:
-        return _drive_observed_sync(flow_fn(cache, *args, **kwargs), cache, flow_fn.__name__, args)
     flow = flow_fn(cache, *args, **kwargs)
-    backend = cache.backend
-    breaker = cache._breaker
-    try:
-        op, op_args = next(flow)
-        while True:
-            try:
-                if op.guarded and breaker.failures and not breaker.allow():
-                    raise breaker.refusal()
-                result = getattr(backend, op.name)(*op_args)
-            except (BackendError, OSError) as exc:
-                op, op_args = flow.throw(_failed(cache, op, exc))
-                continue
-            if op.counted and breaker.failures:
-                breaker.success()
-            op, op_args = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]  # the flow's return value is T
+    if cache._hooks.active:
+        return _drive_observed_sync(flow, cache, flow_fn.__name__, args)
+    return _run_sync(flow, cache, False)
 
 
 async def drive_async(
@@ -108,28 +92,10 @@ async def drive_async(
     """Run the flow ``flow_fn(cache, *args)`` against the async methods of the backend."""
     while cache._redirect is not None:
         cache = cast(C, cache._redirect)
-    if cache._hooks.active:
-        return await _drive_observed_async(
-            flow_fn(cache, *args, **kwargs), cache, flow_fn.__name__, args
-        )
     flow = flow_fn(cache, *args, **kwargs)
-    backend = cache.backend
-    breaker = cache._breaker
-    try:
-        op, op_args = next(flow)
-        while True:
-            try:
-                if op.guarded and breaker.failures and not breaker.allow():
-                    raise breaker.refusal()
-                result = await getattr(backend, op.async_name)(*op_args)
-            except (BackendError, OSError) as exc:
-                op, op_args = flow.throw(_failed(cache, op, exc))
-                continue
-            if op.counted and breaker.failures:
-                breaker.success()
-            op, op_args = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]  # the flow's return value is T
+    if cache._hooks.active:
+        return await _drive_observed_async(flow, cache, flow_fn.__name__, args)
+    return await _run_async(flow, cache, False)
 
 
 def _plain(cache: CacheState) -> bool:
@@ -218,9 +184,9 @@ def _drive_observed_sync(
 ) -> T:
     cm = _span(cache._hooks, name, args)
     if cm is None:
-        return _run_timed_sync(flow, cache)
+        return _run_sync(flow, cache, True)
     with cm as span:
-        result = _run_timed_sync(flow, cache)
+        result = _run_sync(flow, cache, True)
         if isinstance(result, bool):
             span.set_attribute("yokedcache.stored", result)
         return result
@@ -231,33 +197,35 @@ async def _drive_observed_async(
 ) -> T:
     cm = _span(cache._hooks, name, args)
     if cm is None:
-        return await _run_timed_async(flow, cache)
+        return await _run_async(flow, cache, True)
     with cm as span:
-        result = await _run_timed_async(flow, cache)
+        result = await _run_async(flow, cache, True)
         if isinstance(result, bool):
             span.set_attribute("yokedcache.stored", result)
         return result
 
 
-def _run_timed_sync(flow: Flow[T], cache: CacheState) -> T:
+def _run_sync(flow: Flow[T], cache: CacheState, timed: bool) -> T:
+    """Drive *flow* to its end against the backend (*timed*: emit each op's duration)."""
     backend = cache.backend
     breaker = cache._breaker
-    emit = cache._hooks.emit
+    emit = cache._hooks.emit if timed else None
     clock = time.perf_counter
     try:
         op, op_args = next(flow)
         while True:
-            t0 = clock()
+            # a fetch is the lookup: timed by its Hit / Miss event
+            t0 = clock() if emit is not None and op is not FETCH else 0.0
             try:
                 if op.guarded and breaker.failures and not breaker.allow():
                     raise breaker.refusal()
                 result = getattr(backend, op.name)(*op_args)
             except (BackendError, OSError) as exc:
-                if op is not FETCH:  # a fetch is the lookup: timed by its Hit/Miss
+                if t0 and emit is not None:
                     emit(OperationTimed(op.name, clock() - t0, False))
                 op, op_args = flow.throw(_failed(cache, op, exc))
                 continue
-            if op is not FETCH:
+            if t0 and emit is not None:
                 emit(OperationTimed(op.name, clock() - t0, True))
             if op.counted and breaker.failures:
                 breaker.success()
@@ -266,25 +234,27 @@ def _run_timed_sync(flow: Flow[T], cache: CacheState) -> T:
         return stop.value  # type: ignore[no-any-return]  # the flow's return value is T
 
 
-async def _run_timed_async(flow: Flow[T], cache: CacheState) -> T:
+async def _run_async(flow: Flow[T], cache: CacheState, timed: bool) -> T:
+    """Drive *flow* to its end against the backend (*timed*: emit each op's duration)."""
     backend = cache.backend
     breaker = cache._breaker
-    emit = cache._hooks.emit
+    emit = cache._hooks.emit if timed else None
     clock = time.perf_counter
     try:
         op, op_args = next(flow)
         while True:
-            t0 = clock()
+            # a fetch is the lookup: timed by its Hit / Miss event
+            t0 = clock() if emit is not None and op is not FETCH else 0.0
             try:
                 if op.guarded and breaker.failures and not breaker.allow():
                     raise breaker.refusal()
                 result = await getattr(backend, op.async_name)(*op_args)
             except (BackendError, OSError) as exc:
-                if op is not FETCH:  # a fetch is the lookup: timed by its Hit/Miss
+                if t0 and emit is not None:
                     emit(OperationTimed(op.name, clock() - t0, False))
                 op, op_args = flow.throw(_failed(cache, op, exc))
                 continue
-            if op is not FETCH:
+            if t0 and emit is not None:
                 emit(OperationTimed(op.name, clock() - t0, True))
             if op.counted and breaker.failures:
                 breaker.success()
