@@ -214,8 +214,8 @@ def _run_sync(flow: Flow[T], cache: CacheState, timed: bool) -> T:
     try:
         op, op_args = next(flow)
         while True:
-            # a fetch is the lookup: timed by its Hit / Miss event
-            t0 = clock() if emit is not None and op is not FETCH else 0.0
+            # a fetch is the lookup (timed by its Hit / Miss event) or a peek
+            t0 = clock() if emit is not None and op.name != "fetch" else 0.0
             try:
                 if op.guarded and breaker.failures and not breaker.allow():
                     raise breaker.refusal()
@@ -243,8 +243,8 @@ async def _run_async(flow: Flow[T], cache: CacheState, timed: bool) -> T:
     try:
         op, op_args = next(flow)
         while True:
-            # a fetch is the lookup: timed by its Hit / Miss event
-            t0 = clock() if emit is not None and op is not FETCH else 0.0
+            # a fetch is the lookup (timed by its Hit / Miss event) or a peek
+            t0 = clock() if emit is not None and op.name != "fetch" else 0.0
             try:
                 if op.guarded and breaker.failures and not breaker.allow():
                     raise breaker.refusal()

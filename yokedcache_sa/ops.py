@@ -21,6 +21,7 @@ __all__ = [
     "KEY_COUNT",
     "LOCKED",
     "OBSERVE",
+    "PEEK",
     "PING",
     "RELEASE",
     "STORE",
@@ -53,6 +54,7 @@ RELEASE = Op("release", "arelease", True, True)
 ACQUIRE = Op("acquire", "aacquire", True, True)
 UNLOCK = Op("unlock", "aunlock", False, True)  # always tried: a held lock delays others
 LOCKED = Op("locked", "alocked", False, False)
+PEEK = Op("fetch", "afetch", False, False)  # an operator's look: neither refused nor counted
 DELETE_MANY = Op("delete_many", "adelete_many", False, False)
 CLEAR = Op("clear", "aclear", False, False)
 KEY_COUNT = Op("key_count", "akey_count", False, False)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from . import codec
 from .backends.base import Fetched
 from .cache import YokedCache
+from .drivers import drive_async, drive_sync
 from .errors import BackendError, CorruptEntryError
+from .ops import PEEK, Flow
 from .tags import Snapshot, is_fresh
 
 __all__ = ["EntryState", "peek", "peek_sync"]
@@ -78,21 +80,20 @@ def _judge(cache: YokedCache, key: str, fetched: Fetched, horizon: int | None) -
     return EntryState(True, True, "fresh: a lookup now serves it", header.tags, age, size, snap)
 
 
-def peek_sync(cache: YokedCache, key: str, horizon: int | None = None) -> EntryState:
-    """Report the entry at *key* (a normalized key, as ``explain`` gives it). Never raises."""
-    me = cache._target()
+def peek_flow(cache: YokedCache, key: str, horizon: int | None = None) -> Flow[EntryState]:
+    """The flow of :func:`peek_sync` / :func:`peek`: one fetch, judged; never raises."""
     try:
-        fetched = me.backend.fetch(key)
+        fetched = yield PEEK, (key,)
     except BackendError as exc:
         return EntryState(None, False, f"the store did not answer: {exc}")
-    return _judge(me, key, fetched, horizon)
+    return _judge(cache, key, fetched, horizon)
+
+
+def peek_sync(cache: YokedCache, key: str, horizon: int | None = None) -> EntryState:
+    """Report the entry at *key* (a normalized key, as ``explain`` gives it). Never raises."""
+    return drive_sync(peek_flow, cache, key, horizon)
 
 
 async def peek(cache: YokedCache, key: str, horizon: int | None = None) -> EntryState:
     """Async twin of :func:`peek_sync`."""
-    me = cache._target()
-    try:
-        fetched = await me.backend.afetch(key)
-    except BackendError as exc:
-        return EntryState(None, False, f"the store did not answer: {exc}")
-    return _judge(me, key, fetched, horizon)
+    return await drive_async(peek_flow, cache, key, horizon)

@@ -521,3 +521,17 @@ def test_an_invalidation_delivered_twice_is_counted_once() -> None:
         with pytest.raises(StopIteration):
             flow.send(1)
     assert cache.get_stats_sync().invalidations == 1
+
+
+def test_peek_reports_a_sick_store_and_neither_counts_nor_is_refused(drive: Drive) -> None:
+    from yokedcache_sa.peek import peek_flow
+
+    cache, backend = make(threshold=1, fetch=BackendUnavailable("down"))
+    state = drive(peek_flow, cache, "q:k")
+    assert state.exists is None and "did not answer" in state.reason
+    assert cache._breaker.failures == 0, "an operator's look is not a breaker failure"
+    drive(flows.get, cache, "k", None)  # a real read opens the breaker
+    assert cache._breaker.is_open
+    backend.answers["fetch"] = Fetched(None, SNAP)
+    assert drive(peek_flow, cache, "q:k").exists is False  # still asks the store
+    assert backend.calls == ["fetch", "fetch", "fetch"]

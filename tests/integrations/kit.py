@@ -7,19 +7,18 @@ never collide with these tests; every stack drops its tables when it is torn dow
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Boolean, Engine, Integer, MetaData, String, create_engine, event
+from sqlalchemy import Boolean, Engine, Integer, MetaData, String, create_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tests.conftest import PG_ASYNC_URL, PG_URL, REDIS_URL, require_service
+from tests.sqlcount import SQLCounter
 from yokedcache_sa import CacheConfig, YokedCache
 
 SUFFIX = uuid.uuid4().hex[:8]
@@ -44,47 +43,6 @@ class Item(Base):
     __tablename__ = ITEMS
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     title: Mapped[str] = mapped_column(String(100))
-
-
-class SQLCounter:
-    """Counts statements an engine sends; optionally only SELECTs naming *table*, optionally
-    sleeping *delay* seconds in each counted statement (to widen race windows)."""
-
-    def __init__(
-        self, engine: Engine, table: str | None = None, delay: float = 0.0, first_only: bool = False
-    ) -> None:
-        self.engine = engine
-        self.table = table
-        self.delay = delay
-        self.first_only = first_only
-        self.n = 0
-        self.statements: list[str] = []
-        self.first_done = threading.Event()  # set when the first counted statement may run
-        self._lock = threading.Lock()
-        event.listen(engine, "before_cursor_execute", self._count)
-
-    def _count(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if self.table is not None and (
-            not statement.lstrip().upper().startswith("SELECT") or self.table not in statement
-        ):
-            return
-        with self._lock:
-            self.n += 1
-            self.statements.append(statement)
-            first = self.n == 1
-        if self.delay and (first or not self.first_only):
-            time.sleep(self.delay)
-        if first:
-            self.first_done.set()
-
-    def remove(self) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._count)
-
-    def mark(self) -> int:
-        return self.n
-
-    def since(self, mark: int) -> int:
-        return self.n - mark
 
 
 @dataclass

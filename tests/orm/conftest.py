@@ -7,17 +7,12 @@ the seed data and a cache of its own (private Redis key prefix, cleared after th
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # ormkit, under any --import-mode
-
-from ormkit import DB, Base, Env, SQLCounter, enable_sqlite_fks, reseed, root_conftest
 from sqlalchemy import create_engine
 
+from tests.orm.ormkit import DB, Base, Env, SQLCounter, enable_sqlite_fks, reseed, root_conftest
 from yokedcache_sa import YokedCache
 
 _root = root_conftest()

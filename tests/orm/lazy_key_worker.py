@@ -6,12 +6,12 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository
 
-from ormkit import User
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
+from tests.orm.ormkit import User
 from yokedcache_sa import CacheConfig, YokedCache
 from yokedcache_sa.orm import CachingSession
 

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import importlib.util
 import os
-import sys
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -47,6 +44,7 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.orm.attributes import instance_state
 
+from tests.sqlcount import Box, SQLCounter  # noqa: F401  (re-exported)
 from yokedcache_sa import YokedCache
 from yokedcache_sa.orm import CachingQuery, CachingSession
 
@@ -58,15 +56,9 @@ HERE = Path(__file__).resolve().parent
 
 def root_conftest() -> ModuleType:
     """The top-level ``tests/conftest.py`` (service URLs, ``require_service``)."""
-    name = "yokedcache_tests_root_conftest"
-    mod = sys.modules.get(name)
-    if mod is None:
-        spec = importlib.util.spec_from_file_location(name, HERE.parent / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return mod
+    import tests.conftest
+
+    return tests.conftest
 
 
 class Status(enum.Enum):
@@ -250,43 +242,6 @@ def enable_sqlite_fks(engine: Engine) -> None:
 
 
 # -- statement counting ---------------------------------------------------------------------
-
-
-class SQLCounter:
-    """Counts the statements an engine sends (``before_cursor_execute``)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.n = 0
-        self.statements: list[str] = []
-        event.listen(engine, "before_cursor_execute", self._on)
-
-    def _on(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        self.n += 1
-        self.statements.append(statement)
-
-    def remove(self) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._on)
-
-    def run(self, fn: Callable[[], Any]) -> tuple[Any, int]:
-        """Call *fn*; return its result and how many statements it sent."""
-        before = self.n
-        out = fn()
-        return out, self.n - before
-
-    @contextmanager
-    def counting(self) -> Iterator[Box]:
-        box = Box()
-        before = self.n
-        try:
-            yield box
-        finally:
-            box.n = self.n - before
-
-
-@dataclass
-class Box:
-    n: int = -1
 
 
 @dataclass

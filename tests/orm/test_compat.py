@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from yokedcache_sa.orm import _compat
@@ -17,4 +19,13 @@ def test_private_attribute_exists(owner: type, name: str) -> None:
         hasattr(owner, name)
         or name in getattr(owner, "__slots__", ())
         or any(name in getattr(k, "__annotations__", {}) for k in owner.__mro__)
+        or _assigned_in_init(owner, name)
     ), f"SQLAlchemy no longer has {owner.__name__}.{name}: update yokedcache_sa/orm/_compat.py"
+
+
+def _assigned_in_init(owner: type, name: str) -> bool:
+    """An instance attribute the class's ``__init__`` sets (no class attribute, no annotation)."""
+    try:
+        return f"self.{name} =" in inspect.getsource(owner.__init__)
+    except (OSError, TypeError):  # compiled: no source to read
+        return False

@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from ormkit import HERE, Env, P, Tag, User
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.orm.ormkit import HERE, Env, P, Tag, User
 from yokedcache_sa.orm import CachingSession, NoCache
 
 ALL = ["alice", "bob", "carol", "dave"]
@@ -220,7 +220,7 @@ _CHILD = textwrap.dedent(
     """
     import json, sys
     sys.path.insert(0, sys.argv[4])
-    from ormkit import SQLCounter, User
+    from tests.orm.ormkit import SQLCounter, User
     from sqlalchemy import create_engine, select, update
     from sqlalchemy.orm import sessionmaker
     from yokedcache_sa import CacheConfig, YokedCache
@@ -269,7 +269,7 @@ def test_commit_in_another_process_invalidates_here(env: Env) -> None:
             env.db.url,
             redis_url.get_secret_value(),
             env.cache.config.key_prefix,
-            str(HERE),
+            str(HERE.parent.parent),  # the repository: the models' module is tests.orm.ormkit
         ],
         env={**os.environ, "YC_TEST_TABLE_PREFIX": P},
         capture_output=True,

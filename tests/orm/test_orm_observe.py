@@ -10,10 +10,10 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from ormkit import Env, User
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
+from tests.orm.ormkit import Env, User
 from yokedcache_sa.metrics import otel as otel_metrics
 from yokedcache_sa.metrics import prometheus
 from yokedcache_sa.orm import NoCache

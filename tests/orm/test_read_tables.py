@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from ormkit import Address, Base, Employee, Env, Manager, P, Tag, User
 from sqlalchemy import (
     Column,
     ForeignKey,
@@ -37,6 +36,8 @@ from sqlalchemy.orm import (
     with_expression,
     with_loader_criteria,
 )
+
+from tests.orm.ormkit import Address, Base, Employee, Env, Manager, P, Tag, User
 
 
 class RBase(DeclarativeBase):

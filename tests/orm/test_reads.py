@@ -9,20 +9,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from ormkit import (
-    UID1,
-    Address,
-    Employee,
-    Env,
-    Manager,
-    OrderLine,
-    Status,
-    Tag,
-    Thing,
-    User,
-    plain,
-    user_tags,
-)
 from sqlalchemy import and_, exists, func, literal, or_, select
 from sqlalchemy.exc import (
     InvalidRequestError,
@@ -39,6 +25,20 @@ from sqlalchemy.orm import (
     with_polymorphic,
 )
 
+from tests.orm.ormkit import (
+    UID1,
+    Address,
+    Employee,
+    Env,
+    Manager,
+    OrderLine,
+    Status,
+    Tag,
+    Thing,
+    User,
+    plain,
+    user_tags,
+)
 from yokedcache_sa.orm import FromCache, NoCache
 
 Read = Callable[[Session], Any]
@@ -651,8 +651,9 @@ def test_lazy_load_keys_are_the_same_in_every_process(tmp_path: Any) -> None:
     import sys
     from pathlib import Path
 
-    from ormkit import Base, P, reseed
     from sqlalchemy import create_engine
+
+    from tests.orm.ormkit import Base, P, reseed
 
     url = f"sqlite:///{tmp_path / 'lazy.db'}"
     engine = create_engine(url)

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from ormkit import Address, Env, User
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
+from tests.orm.ormkit import Address, Env, User
 from yokedcache_sa import CacheConfig, YokedCache, codec
 from yokedcache_sa.metrics import prometheus
 from yokedcache_sa.orm import CachingSession, shadow
@@ -246,8 +246,9 @@ def test_snapshot_isolated_transactions_are_not_sampled(
 
 
 async def test_async_session_hit_is_shadowed(env: Env, shadowed: Any) -> None:
-    from ormkit import root_conftest
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from tests.orm.ormkit import root_conftest
 
     cache, _, registry = shadowed
     if env.db.name == "sqlite":

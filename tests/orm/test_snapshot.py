@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ormkit import P, SQLCounter, root_conftest
 from sqlalchemy import Engine, Integer, create_engine, event, func, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from tests.orm.ormkit import P, SQLCounter, root_conftest
 from yokedcache_sa import YokedCache
 from yokedcache_sa.orm import CachingSession
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from ormkit import Env, P, User, plain, root_conftest
 from sqlalchemy import (
     Engine,
     Integer,
@@ -32,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from tests.orm.ormkit import Env, P, User, plain, root_conftest
 from yokedcache_sa import YokedCache, cached
 from yokedcache_sa.orm import CachingSession, instrument_session
 from yokedcache_sa.orm.bindstate import engine_identity, state_change

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from ormkit import Env, OrderLine, P, SQLCounter, Tag, User, enable_sqlite_fks, root_conftest
 from sqlalchemy import event, select, text, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError, InvalidRequestError
@@ -21,6 +20,16 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from tests.orm.ormkit import (
+    Env,
+    OrderLine,
+    P,
+    SQLCounter,
+    Tag,
+    User,
+    enable_sqlite_fks,
+    root_conftest,
+)
 from yokedcache_sa.orm import CachingSession, instrument_session, state_of
 
 Read = Callable[[Session], Any]

@@ -13,7 +13,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from ormkit import P, SQLCounter, User, root_conftest
 from sqlalchemy import (
     DateTime,
     Engine,
@@ -26,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from tests.orm.ormkit import P, SQLCounter, User, root_conftest
 from yokedcache_sa import CacheConfig, YokedCache
 from yokedcache_sa.orm import CachingSession
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from ormkit import Address, Env, User
 from sqlalchemy import event, select
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -23,8 +22,9 @@ from sqlalchemy.orm import (
     sessionmaker,
     with_loader_criteria,
 )
-from test_transactions import ASYNC_DBS, AsyncEnv, aenv  # noqa: F401  (fixture)
 
+from tests.orm.ormkit import Address, Env, User
+from tests.orm.test_transactions import ASYNC_DBS, AsyncEnv, aenv  # noqa: F401  (fixture)
 from yokedcache_sa.orm import CachingSession
 
 

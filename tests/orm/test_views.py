@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from ormkit import Address, Env, P, SQLCounter, User, root_conftest
 from sqlalchemy import Column, Integer, MetaData, String, Table, select, text, update
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 
+from tests.orm.ormkit import Address, Env, P, SQLCounter, User, root_conftest
 from yokedcache_sa.orm import CachingSession, catalog, refresh_catalog
 
 md = MetaData()

@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from ormkit import Address, Employee, Env, P, Tag, User
 from sqlalchemy import Column, Integer, MetaData, Table, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from tests.orm.ormkit import Address, Employee, Env, P, Tag, User
 from yokedcache_sa.orm import CachingSession, FromCache, declare_function, routines
 
 U, A, T = User.__tablename__, Address.__tablename__, Tag.__tablename__

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from ormkit import Address, Employee, Env, Manager, P, Tag, User, user_tags
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.orm import Session, selectinload
+
+from tests.orm.ormkit import Address, Employee, Env, Manager, P, Tag, User, user_tags
 
 Read = Callable[[Session], Any]
 Write = Callable[[Session], None]

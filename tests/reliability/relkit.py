@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, ForeignKey, Integer, String, delete, event, func, insert, select
+from sqlalchemy import Engine, ForeignKey, Integer, String, delete, func, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from tests.redis_process import RedisProcess as RedisProcess
 from tests.redis_process import free_port as free_port
+from tests.sqlcount import SQLCounter  # noqa: F401  (re-exported)
 
 P = "rel" + uuid.uuid4().hex[:8] + "_"
 
@@ -81,30 +81,6 @@ READS: dict[str, Callable[[Session], Any]] = {
     "list": read_users,
     "join_count": read_post_counts,
 }
-
-
-class SQLCounter:
-    """Counts the statements an engine sends."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.n = 0
-        event.listen(engine, "before_cursor_execute", self._on)
-
-    def _on(self, *args: Any) -> None:
-        self.n += 1
-
-    def remove(self) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._on)
-
-    @contextmanager
-    def delta(self) -> Iterator[list[int]]:
-        box = [0]
-        before = self.n
-        try:
-            yield box
-        finally:
-            box[0] = self.n - before
 
 
 class CountingBackend:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.engine.result import Result
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.engine.result import FrozenResult, IteratorResult, Result
+from sqlalchemy.orm import Mapper, ORMExecuteState, Query, Session
+from sqlalchemy.orm import identity as _identity
+from sqlalchemy.orm.context import QueryContext
 from sqlalchemy.orm.path_registry import PathRegistry
 from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql.base import CompileState
 from sqlalchemy.sql.selectable import Select
 
 __all__ = [
@@ -22,8 +25,32 @@ __all__ = [
     "run_later_orm_listeners",
 ]
 
-#: (owner, attribute) pairs used below; the compat test asserts each exists.
+# the identity map's class: WeakInstanceDict on SQLAlchemy 2.0, _WeakInstanceDict on 2.1
+_MAP_CLASSES = ("_WeakInstanceDict", "WeakInstanceDict")  # by name: each is absent somewhere
+_IDENTITY_MAP: type = next(getattr(_identity, n) for n in _MAP_CLASSES if hasattr(_identity, n))
+
+#: (owner, attribute) pairs this package uses, here and in the other orm modules; the compat
+#: test asserts each exists on the installed SQLAlchemy (CI runs it on the oldest supported).
 PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
+    # statements and their keys (reads.py, explain.py, results.py, engine_events.py)
+    (Select, "_generate_cache_key"),
+    (Select, "_with_options"),
+    (Select, "_for_update_arg"),
+    (Select, "_propagate_attrs"),
+    (Select, "_order_by_clauses"),  # shadow.py: compare rows in order or as a multiset
+    (CompileState, "_get_plugin_class_for_plugin"),
+    (Query, "_statement_20"),
+    (Query, "_params"),
+    (QueryContext.default_load_options, "_lazy_loaded_from"),
+    # sessions, results and loading (reads.py, results.py)
+    (Session, "_autoflush"),
+    (FrozenResult, "_attributes"),
+    (FrozenResult, "_source_supports_scalars"),
+    (IteratorResult, "_unique_filter_state"),
+    (Mapper, "_path_registry"),
+    (_IDENTITY_MAP, "_add_unpresent"),
+    (InstanceState, "_commit"),
+    # used through the accessors below
     (ORMExecuteState, "_remaining_events"),
     (ORMExecuteState, "_starting_event_idx"),
     (Select, "_compile_options"),
