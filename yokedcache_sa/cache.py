@@ -9,7 +9,7 @@ the operation's flow (:mod:`yokedcache_sa.flows`) with the sync or the async dri
 from __future__ import annotations
 
 from asyncio import _get_running_loop
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import defaults, flows
@@ -20,6 +20,7 @@ from .errors import SerializationError
 from .keys import DEFAULT_TTL, MISSING, TTL, make_key, new_token
 from .keys import normalize_key as _normalize_key
 from .logs import loop_check
+from .observe import Hooks, Listener
 from .state import COMPUTE_LOCK_SECONDS, CacheState, ComputeLock, Lookup
 from .stats import CacheStats
 from .tags import ALL_TAG, Snapshot, table_tag
@@ -378,6 +379,27 @@ class YokedCache(CacheState):
     def reset_stats(self) -> None:
         """Zero the counters."""
         self._target()._counts.reset()
+
+    # -- hooks (yokedcache_sa.observe) -----------------------------------------------------
+
+    def add_listener(
+        self, listener: Listener, kinds: Iterable[type] | None = None
+    ) -> Callable[[], None]:
+        """Call *listener* with each event (:mod:`yokedcache_sa.observe`) of this cache, or
+        only those whose class is in *kinds*; return a function that unsubscribes it.
+
+        Added in 0.x.
+        """
+        return self._target()._hooks.add(listener, kinds)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Unsubscribe *listener* (every subscription of it). Added in 0.x."""
+        self._target()._hooks.remove(listener)
+
+    @property
+    def hooks(self) -> Hooks:
+        """The listeners and tracer of this cache (what the ORM layer and exporters use)."""
+        return self._target()._hooks
 
     async def health(self) -> bool:
         """True when the store answers and the circuit breaker is closed."""

@@ -81,6 +81,11 @@ class CacheConfig(BaseSettings):
     serve pre-commit data even if the post-commit invalidation is lost. Costs no extra round
     trip; makes writes fail while the cache is unreachable."""
 
+    shadow_read_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Fraction of ORM cache hits also re-run against the database in a background thread
+    and compared with what was served (mismatches are logged and counted; see
+    docs/observability.md). 0 (the default) turns shadow reads off. Added in 0.x."""
+
     def __init__(self, **data: Any) -> None:
         _warn_unknown_env(self.__class__)
         try:

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from . import codec
 from .errors import BackendError, BackendUnavailable, InvalidationError
 from .keys import DEFAULT_TTL, MISSING, TTL, new_token, normalize_key
-from .logs import debug_on, key_digest, tables_of
 from .ops import (
     ACQUIRE,
     BEGIN_WRITE,
@@ -113,12 +112,7 @@ def store(
     """Store *value* computed after *snapshot*; False if refused or the store is sick."""
     ids = tag_ids(tags)
     if c.blocked(ids):
-        if debug_on():
-            log.debug(
-                "yokedcache: store refused (invalidation pending here) key=%s tables=%s",
-                key_digest(key),
-                tables_of(ids),
-            )
+        c.refused_pending(key, ids)
         return False
     payload = c._encode(key, value, ids, snapshot)
     token = lock.token if lock is not None and not lock.released else None

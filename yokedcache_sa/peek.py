@@ -15,7 +15,7 @@ from .cache import YokedCache
 from .drivers import drive_async, drive_sync
 from .errors import BackendError, CorruptEntryError
 from .ops import PEEK, Flow
-from .tags import is_fresh
+from .tags import Snapshot, is_fresh
 
 __all__ = ["EntryState", "peek", "peek_sync"]
 
@@ -36,6 +36,8 @@ class EntryState:
     tags: tuple[str, ...] = ()
     age_seconds: float | None = None
     size_bytes: int | None = None
+    versions: Snapshot | None = None
+    """The version state of its tags now (when it is fresh). Added in 0.x."""
 
 
 def _judge(cache: YokedCache, key: str, fetched: Fetched, horizon: int | None) -> EntryState:
@@ -75,7 +77,7 @@ def _judge(cache: YokedCache, key: str, fetched: Fetched, horizon: int | None) -
         )
     if not is_fresh(header.epoch, header.seq, snap, horizon):
         return stale("newer than this transaction's snapshot (served after it ends)")
-    return EntryState(True, True, "fresh: a lookup now serves it", header.tags, age, size)
+    return EntryState(True, True, "fresh: a lookup now serves it", header.tags, age, size, snap)
 
 
 def peek_flow(cache: YokedCache, key: str, horizon: int | None = None) -> Flow[EntryState]:

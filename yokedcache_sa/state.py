@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterable
-from typing import Any, Final, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, Final, NamedTuple, TypeVar
 
 from . import codec
 from .backends.base import Backend, Fetched, StoreOutcome
@@ -20,6 +20,16 @@ from .config import CacheConfig
 from .errors import BackendError, BackendUnavailable, CorruptEntryError
 from .keys import MISSING, TTL, check_ttl
 from .logs import StateLog, debug_on, key_digest, tables_of
+from .observe import (
+    Bypass,
+    Hooks,
+    Invalidated,
+    PendingChanged,
+    RefusalReason,
+    Stored,
+    StoreRefused,
+    tables_in,
+)
 from .pending import PendingInvalidations
 from .stats import Counters
 from .tags import Snapshot, is_fresh
@@ -27,6 +37,7 @@ from .tags import Snapshot, is_fresh
 __all__ = ["COMPUTE_LOCK_SECONDS", "CacheState", "ComputeLock", "Lookup"]
 
 log = logging.getLogger("yokedcache_sa")
+T = TypeVar("T")
 # hot paths ask the logger directly (its answer is cached by the logging module)
 debug_enabled = functools.partial(log.isEnabledFor, logging.DEBUG)
 
@@ -107,9 +118,11 @@ class CacheState:
         )
         # The callbacks must not reference self: a cycle would keep a dropped cache alive
         # (and the default of get_default_cache) until the garbage collector runs.
-        self._breaker.on_recover = state_log.recovered
-        self._breaker.on_open = functools.partial(
-            state_log.opened, timeout=cfg.circuit_breaker_timeout
+        self._hooks = hooks = Hooks()
+        self._breaker.on_recover = _both(state_log.recovered, hooks.breaker_recovered)
+        self._breaker.on_open = _both(
+            functools.partial(state_log.opened, timeout=cfg.circuit_breaker_timeout),
+            hooks.breaker_opened,
         )
         self._counts = Counters()
         self._redirect: CacheState | None = None
@@ -200,6 +213,10 @@ class CacheState:
         """The :class:`Lookup` of a read the store failed: a miss that must not be stored."""
         self.unavailable(exc, "read")
         self._counts.misses += 1
+        if self._hooks.active:
+            self._hooks.emit(
+                Bypass("breaker_open" if isinstance(exc, BreakerOpen) else "unavailable")
+            )
         return Lookup(MISSING, None)
 
     def ttl(self, ttl: TTL) -> float | None:
@@ -249,21 +266,44 @@ class CacheState:
                 tables_of(ids),
                 (time.perf_counter() - t0) * 1000,
             )
+        if self._hooks.active:
+            digest, tables = key_digest(key), tables_in(ids)
+            self._hooks.emit(
+                Stored(digest, tables)
+                if outcome is StoreOutcome.STORED
+                else StoreRefused(digest, tables, _REFUSALS[outcome])
+            )
         if outcome is StoreOutcome.STORED:
             self._counts.sets += 1
             return True
         return False
+
+    def refused_pending(self, key: str, ids: tuple[str, ...]) -> None:
+        """Report a store refused because an invalidation of its tags is pending here."""
+        if debug_on():
+            log.debug(
+                "yokedcache: store refused (invalidation pending here) key=%s tables=%s",
+                key_digest(key),
+                tables_of(ids),
+            )
+        if self._hooks.active:
+            self._hooks.emit(StoreRefused(key_digest(key), tables_in(ids), "pending"))
 
     def invalidated(self, ids: Iterable[str]) -> None:
         """Count a delivered invalidation of *ids*."""
         if debug_on():
             log.debug("yokedcache: invalidated tags=%s", list(ids))
         self._counts.invalidated(ids)
+        if self._hooks.active:
+            ids = tuple(ids)
+            self._hooks.emit(Invalidated(tables_in(ids), len(ids)))
 
     def add_pending(self, ids: tuple[str, ...], writer: str) -> None:
         """Queue an undelivered invalidation (bypassed here, retried)."""
         self._pending.add(ids, writer)
         self._state_log.pending_now(ids)
+        if self._hooks.active:
+            self._hooks.emit(PendingChanged(len(self._pending)))
 
     def delivered(self, ids: list[str], writer: str) -> None:
         """Count a pending invalidation of *writer* delivered at last."""
@@ -272,6 +312,8 @@ class CacheState:
             self.invalidated(done)
             if not self._pending.tags:
                 self._state_log.delivered()
+            if self._hooks.active:
+                self._hooks.emit(PendingChanged(len(self._pending)))
 
     @staticmethod
     def is_store_failure(exc: BackendError) -> bool:
@@ -280,6 +322,22 @@ class CacheState:
 
     def blocked(self, tags: Iterable[str]) -> bool:
         return self._pending.blocks(tags)
+
+
+_REFUSALS: Final[dict[StoreOutcome, RefusalReason]] = {
+    StoreOutcome.STALE: "version_moved",
+    StoreOutcome.BEING_WRITTEN: "being_written",
+}
+
+
+def _both(first: Callable[[T], None], second: Callable[[T], None]) -> Callable[[T], None]:
+    """A callback calling *first*, then *second* (neither holds the cache)."""
+
+    def call(arg: T) -> None:
+        first(arg)
+        second(arg)
+
+    return call
 
 
 def _debug_lookup(

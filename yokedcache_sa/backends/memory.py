@@ -109,6 +109,16 @@ class MemoryBackend:
         )
 
     @property
+    def entry_count(self) -> int:
+        """Entries held now (expired ones included until they are touched or evicted)."""
+        return len(self._entries)
+
+    @property
+    def payload_bytes(self) -> int:
+        """Payload bytes held now."""
+        return self._bytes
+
+    @property
     def shared(self) -> bool:
         """Whether the version record is shared with the other processes of the host."""
         return self._shared is not None

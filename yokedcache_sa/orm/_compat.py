@@ -37,6 +37,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (Select, "_with_options"),
     (Select, "_for_update_arg"),
     (Select, "_propagate_attrs"),
+    (Select, "_order_by_clauses"),  # shadow.py: compare rows in order or as a multiset
     (CompileState, "_get_plugin_class_for_plugin"),
     (Query, "_statement_20"),
     (Query, "_params"),

@@ -6,6 +6,8 @@ import asyncio
 import copy
 import logging
 import weakref
+from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import Any, Final
 
 from sqlalchemy.engine import Connection, Engine
@@ -16,8 +18,10 @@ from .. import flight
 from ..cache import DEFAULT_TTL, MISSING, Lookup, YokedCache
 from ..errors import SerializationError
 from ..flight import sync_io
+from ..logs import key_digest
+from ..observe import Bypass, BypassReason, tables_in
 from ..tags import ALL_TAG, Snapshot
-from . import _compat
+from . import _compat, shadow
 from ._bridge import await_ as _await
 from ._bridge import bridge, in_greenlet
 from .bindstate import TAINT_KEY, connection_variant
@@ -57,9 +61,23 @@ def _cacheable(ox: ORMExecuteState, st: SessionCache, hint: Hint) -> bool:
     return getattr(ox.statement, "_for_update_arg", None) is None and not st.dirty_reads
 
 
+def _bypass(st: SessionCache, reason: BypassReason, tables: Iterable[str] = ()) -> None:
+    """Report a read that goes around the cache (when the cache has listeners)."""
+    try:
+        hooks = st.cache.hooks
+    except LookupError:
+        return
+    if hooks.active:
+        hooks.emit(Bypass(reason, tables_in(tables)))
+
+
 def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
     st = state_of(ox.session)
-    if st is None or not st.enabled or st.tainted is not None:
+    if st is None:
+        return None
+    if not st.enabled or st.tainted is not None:
+        if ox.is_select:
+            _bypass(st, "opt_out" if not st.enabled else "connection_state")
         return None
     ran, result = _compat.run_later_orm_listeners(ox)
     if not ran:
@@ -79,9 +97,12 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
     for ref in st.conns:
         conn = ref()
         if conn is not None and "_yc_failed" in conn.__dict__:
+            _bypass(st, "failed_transaction")
             return None  # a statement failed in this transaction: let the database answer
     hint = hint_from(ox.user_defined_options, ox.execution_options)
     if not _cacheable(ox, st, hint):
+        if ox.is_select and not ox.is_column_load:
+            _bypass(st, "opt_out" if not hint.enabled else "not_cacheable")
         return None
     if tx is None:
         if not session.autobegin:
@@ -94,17 +115,24 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
     if session.autoflush and getattr(ox.load_options, "_autoflush", True):
         session._autoflush()
     if ALL_TAG in st.written:
+        _bypass(st, "own_writes")
         return None
     statement: Any = ox.statement
     ck = statement._generate_cache_key()
     if ck is None:
+        _bypass(st, "not_cacheable")
         return None
     bind = session.get_bind(**ox.bind_arguments)
     shape = _shape_for(statement, ck.key, bind, hint)
-    if shape.digest is None or shape.tables & st.written:
+    if shape.digest is None:
+        _bypass(st, "not_cacheable", shape.tables)
+        return None
+    if shape.tables & st.written:
+        _bypass(st, "own_writes", shape.tables)
         return None
     if isinstance(bind, Connection):  # a session bound to a connection: not begun yet
         if bind.info.get(TAINT_KEY) and st.vary_on is None:
+            _bypass(st, "connection_state", shape.tables)
             return None
         variant = connection_variant(bind)
     else:
@@ -118,6 +146,7 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
         (variant, vary) if variant is not None or vary is not None else None,
     )
     if key is None:
+        _bypass(st, "not_cacheable", shape.tables)
         return None
     try:
         cache = st.txn_cache()
@@ -131,8 +160,44 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
     if look.value is not MISSING and shape.result is not None:
         result = _served(ox, st, shape, look, outer)
         if result is not None:
+            rate = cache.config.shadow_read_rate
+            if rate and shadow.sample(rate):
+                _shadow(ox, st, cache, engine, bind, key, look, horizon)
             return result
     return _miss(ox, st, shape, hint, cache, key, look, horizon, outer, variant)
+
+
+def _shadow(
+    ox: ORMExecuteState,
+    st: SessionCache,
+    cache: YokedCache,
+    engine: Engine,
+    bind: Any,
+    key: str,
+    look: Lookup,
+    horizon: int | None,
+) -> None:
+    """Queue a shadow read of this hit, unless its transaction may see other data than a
+    fresh plain session would (snapshot-isolated, written, bound to a connection)."""
+    if (
+        horizon is not None
+        or st.snapshot_isolated
+        or st.written
+        or isinstance(bind, Connection)
+        or look.snapshot is None
+    ):
+        return
+    shadow.submit_hit(
+        cache,
+        engine,
+        key,
+        ox.statement,
+        ox.parameters,
+        dict(ox.execution_options),
+        look.value,
+        look.tags,
+        look.snapshot,
+    )
 
 
 def _tag_hints(hint: Hint, st: SessionCache) -> list[Any]:
@@ -155,6 +220,7 @@ def _served(
     """The result rebuilt from a fresh entry, or None when it cannot serve this session."""
     assert shape.result is not None
     if st.written and st.written_ids().intersection(look.tags):
+        _bypass(st, "own_writes", look.tags)
         return None  # e.g. an eager load of a table this transaction wrote
     session = ox.session
     try:
@@ -318,8 +384,20 @@ def _run_and_store(
     private = Session(
         bind=conn, autoflush=False, expire_on_commit=False, join_transaction_mode="rollback_only"
     )
+    tracer = st.cache.hooks.tracer
+    span = (
+        tracer.start_as_current_span(
+            "yokedcache.compute",
+            attributes={
+                "yokedcache.key_digest": key_digest(key),
+                "yokedcache.tables": list(tables_in(shape.tables)),
+            },
+        )
+        if tracer is not None
+        else nullcontext()
+    )
     try:
-        with reading_collector() as col:
+        with span, reading_collector() as col:
             result = private.execute(ox.statement, ox.parameters or None, execution_options=eo)
             frozen = result.freeze()
         require_unique = getattr(result, "_unique_filter_state", None) is not None
@@ -327,6 +405,7 @@ def _run_and_store(
             payload, mappers = freeze_rows(frozen.data, frozen._source_supports_scalars)
         except NotCacheable as exc:
             log.debug("yokedcache: result not cacheable (%s); running it uncached", exc)
+            _bypass(st, "not_cacheable", shape.tables)
             shape.digest = None
             return None
     finally:
