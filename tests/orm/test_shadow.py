@@ -226,25 +226,6 @@ def test_written_transactions_and_rate_zero_are_not_sampled(
     assert captured == []
 
 
-def test_snapshot_isolated_transactions_are_not_sampled(
-    env: Env, shadowed: Any, captured: list[shadow.ShadowJob]
-) -> None:
-    if env.db.name != "postgresql":
-        pytest.skip("REPEATABLE READ as a snapshot: PostgreSQL")
-    cache, _, _registry = shadowed
-    rr = sessionmaker(
-        env.engine.execution_options(isolation_level="REPEATABLE READ"),
-        class_=CachingSession,
-        cache=cache,
-    )
-    with rr() as s:
-        read(s)
-    with rr() as s:
-        s.scalars(select(Address).where(Address.id == 1)).all()  # takes the snapshot
-        hit(cache, lambda: read(s))  # served under the snapshot's horizon
-    assert captured == []
-
-
 async def test_async_session_hit_is_shadowed(env: Env, shadowed: Any) -> None:
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
