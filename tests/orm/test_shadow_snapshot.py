@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from tests.orm.ormkit import Address, Env
-from tests.orm.test_shadow import captured, hit, read, shadowed  # noqa: F401, F811  (fixtures)
+from tests.orm.test_shadow import captured, hit, read, shadowed  # noqa: F401  (fixtures)
 from yokedcache_sa.orm import CachingSession, shadow
 
 pytestmark = pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # REPEATABLE READ
