@@ -186,10 +186,7 @@ def _drive_observed_sync(
     if cm is None:
         return _run_sync(flow, cache, True)
     with cm as span:
-        result = _run_sync(flow, cache, True)
-        if isinstance(result, bool):
-            span.set_attribute("yokedcache.stored", result)
-        return result
+        return _described(span, _run_sync(flow, cache, True))
 
 
 async def _drive_observed_async(
@@ -199,10 +196,32 @@ async def _drive_observed_async(
     if cm is None:
         return await _run_async(flow, cache, True)
     with cm as span:
-        result = await _run_async(flow, cache, True)
-        if isinstance(result, bool):
-            span.set_attribute("yokedcache.stored", result)
-        return result
+        return _described(span, await _run_async(flow, cache, True))
+
+
+def _described(span: Any, result: T) -> T:
+    """*result*, noted on the flow's span (a store's outcome)."""
+    if isinstance(result, bool):
+        span.set_attribute("yokedcache.stored", result)
+    return result
+
+
+def _op_failed(
+    cache: CacheState, op: Op, exc: Exception, emit: Callable[[Any], None] | None, t0: float
+) -> BackendError:
+    """After a backend op raised: time it (when timed), count it, map it for the flow."""
+    if t0 and emit is not None:
+        emit(OperationTimed(op.name, time.perf_counter() - t0, False))
+    return _failed(cache, op, exc)
+
+
+def _op_done(op: Op, breaker: Any, emit: Callable[[Any], None] | None, t0: float) -> None:
+    """After a backend op answered: time it (when timed); a counted success closes the
+    breaker."""
+    if t0 and emit is not None:
+        emit(OperationTimed(op.name, time.perf_counter() - t0, True))
+    if op.counted and breaker.failures:
+        breaker.success()
 
 
 def _run_sync(flow: Flow[T], cache: CacheState, timed: bool) -> T:
@@ -221,14 +240,9 @@ def _run_sync(flow: Flow[T], cache: CacheState, timed: bool) -> T:
                     raise breaker.refusal()
                 result = getattr(backend, op.name)(*op_args)
             except (BackendError, OSError) as exc:
-                if t0 and emit is not None:
-                    emit(OperationTimed(op.name, clock() - t0, False))
-                op, op_args = flow.throw(_failed(cache, op, exc))
+                op, op_args = flow.throw(_op_failed(cache, op, exc, emit, t0))
                 continue
-            if t0 and emit is not None:
-                emit(OperationTimed(op.name, clock() - t0, True))
-            if op.counted and breaker.failures:
-                breaker.success()
+            _op_done(op, breaker, emit, t0)
             op, op_args = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]  # the flow's return value is T
@@ -252,14 +266,9 @@ async def _run_async(flow: Flow[T], cache: CacheState, timed: bool) -> T:
                     raise breaker.refusal()
                 result = await getattr(backend, op.async_name)(*op_args)
             except (BackendError, OSError) as exc:
-                if t0 and emit is not None:
-                    emit(OperationTimed(op.name, clock() - t0, False))
-                op, op_args = flow.throw(_failed(cache, op, exc))
+                op, op_args = flow.throw(_op_failed(cache, op, exc, emit, t0))
                 continue
-            if t0 and emit is not None:
-                emit(OperationTimed(op.name, clock() - t0, True))
-            if op.counted and breaker.failures:
-                breaker.success()
+            _op_done(op, breaker, emit, t0)
             op, op_args = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]  # the flow's return value is T
