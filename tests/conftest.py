@@ -6,12 +6,14 @@ A service that does not answer is skipped locally and fails the run under ``CI=t
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from tests.redis_process import RedisProcess
 from yokedcache_sa import CacheConfig, YokedCache
 
 REDIS_URL = os.environ.get("YOKEDCACHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -53,6 +55,27 @@ def require_service(name: str, url: str, default_port: int) -> None:
     if IN_CI:
         pytest.fail(f"{msg}; CI=true requires every service", pytrace=False)
     pytest.skip(msg)
+
+
+def require_redis_server() -> None:
+    """Skip (locally) or fail (under CI=true) when ``redis-server`` is not on PATH: tests that
+    stop, pause or misconfigure Redis start their own."""
+    if shutil.which("redis-server") is None:
+        if IN_CI:
+            pytest.fail("redis-server is not on PATH; CI=true requires it", pytrace=False)
+        pytest.skip("redis-server is not on PATH")
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisProcess]:
+    """A private redis-server on a free port, stopped after the test."""
+    require_redis_server()
+    server = RedisProcess()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ in-memory metric reader and span exporter, and a private redis-server to stop.""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +14,6 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
-
-from tests.conftest import IN_CI
-from tests.redis_process import RedisProcess
 
 
 @dataclass
@@ -68,18 +64,3 @@ def prom(registry: CollectorRegistry, name: str, **labels: str) -> float:
     """The value of a sample (0.0 when absent)."""
     value = registry.get_sample_value(name, labels or None)
     return 0.0 if value is None else value
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisProcess]:
-    """A private redis-server on a free port; stopped after the test."""
-    if shutil.which("redis-server") is None:
-        if IN_CI:
-            pytest.fail("redis-server is not on PATH; CI=true requires it", pytrace=False)
-        pytest.skip("redis-server is not on PATH")
-    server = RedisProcess()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()

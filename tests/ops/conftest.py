@@ -4,7 +4,6 @@ SQLite and PostgreSQL, private table names, private redis-servers where a test b
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,8 +13,7 @@ import pytest
 from sqlalchemy import Engine, ForeignKey, String, create_engine, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tests.conftest import IN_CI, PG_URL, REDIS_URL, require_service
-from tests.redis_process import RedisProcess
+from tests.conftest import PG_URL, REDIS_URL, require_service
 from yokedcache_sa import CacheConfig, YokedCache
 
 P = "ycops" + uuid.uuid4().hex[:6] + "_"
@@ -98,24 +96,6 @@ def stack(engine: Engine, unique_prefix: str) -> Iterator[Stack]:
             cache.clear_sync()
         finally:
             cache.disconnect_sync()
-
-
-def need_redis_server() -> None:
-    if shutil.which("redis-server") is None:
-        if IN_CI:
-            pytest.fail("redis-server is not on PATH; CI=true requires it", pytrace=False)
-        pytest.skip("redis-server is not on PATH")
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisProcess]:
-    need_redis_server()
-    server = RedisProcess()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import uuid
 import pytest
 from sqlalchemy import Engine, select, update
 
-from tests.ops.conftest import FAST, Player, need_redis_server
+from tests.conftest import require_redis_server
+from tests.ops.conftest import FAST, Player
 from tests.redis_process import RedisProcess
 from yokedcache_sa import BackendError, BackendUnavailable, CacheConfig, YokedCache
 from yokedcache_sa.errors import InvalidationError
@@ -22,7 +23,7 @@ PW = "s3cret-" + uuid.uuid4().hex[:8]
 
 @pytest.fixture
 def locked_redis():
-    need_redis_server()
+    require_redis_server()
     server = RedisProcess(password=PW)
     try:
         server.start()

@@ -4,7 +4,6 @@ notify function in that private schema; triggers, function and tables removed af
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,8 +13,7 @@ import pytest
 from sqlalchemy import Engine, Integer, MetaData, String, create_engine, event, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from tests.conftest import IN_CI, PG_URL, require_service
-from tests.redis_process import RedisProcess
+from tests.conftest import PG_URL, require_service
 from yokedcache_sa import YokedCache
 from yokedcache_sa.orm import CachingSession
 from yokedcache_sa.pgnotify import NotifyListener, install, uninstall
@@ -159,17 +157,3 @@ def listener(world: World) -> Iterator[NotifyListener]:
     with NotifyListener(world.cache, world.engine, tables=WATCHED) as lst:
         assert lst.wait_ready(10), "the listener did not connect"
         yield lst
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisProcess]:
-    if shutil.which("redis-server") is None:
-        if IN_CI:
-            pytest.fail("redis-server is not on PATH; CI=true requires it", pytrace=False)
-        pytest.skip("redis-server is not on PATH")
-    server = RedisProcess()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()

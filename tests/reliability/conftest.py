@@ -6,7 +6,6 @@ The redis-server is always killed at teardown (also when a test paused it). Cach
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,8 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from tests.conftest import IN_CI, PG_URL, require_service
-from tests.reliability.relkit import Base, RedisProcess, SQLCounter, reseed
+from tests.conftest import PG_URL, require_service
+from tests.reliability.relkit import Base, SQLCounter, reseed
 from yokedcache_sa import CacheConfig, YokedCache
 
 FAST: dict[str, Any] = {
@@ -25,25 +24,6 @@ FAST: dict[str, Any] = {
     "circuit_breaker_timeout": 1.0,
 }
 """Cache settings of the outage tests: a sick Redis costs at most ~0.1 s per call."""
-
-
-def _need_redis_server() -> None:
-    if shutil.which("redis-server") is None:
-        if IN_CI:
-            pytest.fail("redis-server is not on PATH; CI=true requires it", pytrace=False)
-        pytest.skip("redis-server is not on PATH")
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisProcess]:
-    """A running private redis-server on a free port; killed after the test."""
-    _need_redis_server()
-    server = RedisProcess()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI, PG_URL, require_service
+from tests.conftest import PG_URL, require_redis_server, require_service
 from tests.stress import run as stress
 
 RUN = Path(__file__).with_name("run.py")
@@ -23,10 +22,7 @@ PROCESSES = int(os.environ.get("YC_STRESS_PROCESSES", "4"))
 
 def run_stress(*extra: str, seconds: float = SECONDS) -> dict[str, Any]:
     require_service("PostgreSQL", PG_URL, 5432)
-    if shutil.which("redis-server") is None:
-        if IN_CI:
-            pytest.fail("redis-server is not on PATH; CI=true requires it", pytrace=False)
-        pytest.skip("redis-server is not on PATH")
+    require_redis_server()
     cmd = [
         sys.executable,
         str(RUN),
