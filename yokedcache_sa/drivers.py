@@ -34,7 +34,7 @@ from __future__ import annotations
 import time
 from asyncio import _get_running_loop
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar, cast
 
 from . import flows
 from .errors import BackendError, BackendUnavailable
@@ -75,12 +75,28 @@ def drive_sync(
     **kwargs: P.kwargs,
 ) -> T:
     """Run the flow ``flow_fn(cache, *args)`` against the sync methods of the backend."""
-    while cache._redirect is not None:
-        cache = cast(C, cache._redirect)
-    flow = flow_fn(cache, *args, **kwargs)
-    if cache._hooks.active:
-        return _drive_observed_sync(flow, cache, flow_fn.__name__, args)
-    return _run_sync(flow, cache, False)
+    cache, flow, obs = _started(flow_fn, cache, args, kwargs)
+    backend, breaker = cache.backend, cache._breaker
+    try:
+        op, op_args = next(flow)
+        while True:
+            t0 = obs.clock(op) if obs is not None else 0.0
+            try:
+                if op.guarded and breaker.failures and not breaker.allow():
+                    raise breaker.refusal()
+                result = getattr(backend, op.name)(*op_args)
+            except (BackendError, OSError) as exc:
+                op, op_args = flow.throw(_op_failed(cache, op, exc, obs, t0))
+                continue
+            _op_done(op, breaker, obs, t0)
+            op, op_args = flow.send(result)
+    except StopIteration as stop:
+        return _finished(obs, cast(T, stop.value))  # the flow's return value is T
+    except BaseException as exc:
+        _aborted(obs, exc)
+        raise
+    finally:
+        flow.close()  # interrupted (a cancelled task): the flow's cleanup runs now
 
 
 async def drive_async(
@@ -90,17 +106,28 @@ async def drive_async(
     **kwargs: P.kwargs,
 ) -> T:
     """Run the flow ``flow_fn(cache, *args)`` against the async methods of the backend."""
-    while cache._redirect is not None:
-        cache = cast(C, cache._redirect)
-    flow = flow_fn(cache, *args, **kwargs)
-    if cache._hooks.active:
-        return await _drive_observed_async(flow, cache, flow_fn.__name__, args)
-    return await _run_async(flow, cache, False)
-
-
-def _plain(cache: CacheState) -> bool:
-    """Nothing for the lookup flow to do but fetch: the fast path's condition."""
-    return cache._redirect is None and not cache._pending.tags and not cache._breaker.failures
+    cache, flow, obs = _started(flow_fn, cache, args, kwargs)
+    backend, breaker = cache.backend, cache._breaker
+    try:
+        op, op_args = next(flow)
+        while True:
+            t0 = obs.clock(op) if obs is not None else 0.0
+            try:
+                if op.guarded and breaker.failures and not breaker.allow():
+                    raise breaker.refusal()
+                result = await getattr(backend, op.async_name)(*op_args)
+            except (BackendError, OSError) as exc:
+                op, op_args = flow.throw(_op_failed(cache, op, exc, obs, t0))
+                continue
+            _op_done(op, breaker, obs, t0)
+            op, op_args = flow.send(result)
+    except StopIteration as stop:
+        return _finished(obs, cast(T, stop.value))  # the flow's return value is T
+    except BaseException as exc:
+        _aborted(obs, exc)
+        raise
+    finally:
+        flow.close()  # interrupted (a cancelled task): the flow's cleanup runs now
 
 
 def lookup_sync(cache: CacheState, key: str, horizon: int | None, lock: bool) -> Lookup:
@@ -108,43 +135,108 @@ def lookup_sync(cache: CacheState, key: str, horizon: int | None, lock: bool) ->
     common case is hand-inlined (the documented fast path of the hit)."""
     if loop_check.armed and _get_running_loop() is not None:
         loop_check.fire("cache read")
-    if cache._hooks.active:
-        return _lookup_observed_sync(cache, key, horizon, lock)
-    return _fetch_sync(cache, key, horizon, lock)
-
-
-def _fetch_sync(cache: CacheState, key: str, horizon: int | None, lock: bool) -> Lookup:
-    if not _plain(cache):
-        return drive_sync(flows.lookup, cache, key, horizon, lock)
-    token = new_token() if lock else None
-    t0 = time.perf_counter() if debug_enabled() else 0.0
+    cache, obs, token, t0 = _lookup_started(cache, key, lock)
     try:
-        fetched = cache.backend.fetch(key, token, COMPUTE_LOCK_SECONDS)
-    except (BackendError, OSError) as exc:
-        return cache.read_failed(_failed(cache, FETCH, exc))
-    return cache.looked_up(key, fetched, horizon, token, t0)
+        if token is _SLOW:
+            look = drive_sync(flows.lookup, cache, key, horizon, lock)
+        else:
+            try:
+                fetched = cache.backend.fetch(key, token, COMPUTE_LOCK_SECONDS)
+            except (BackendError, OSError) as exc:
+                look = cache.read_failed(_failed(cache, FETCH, exc))
+            else:
+                look = cache.looked_up(key, fetched, horizon, token, t0)
+    except BaseException:
+        if obs is not None:
+            obs.end()
+        raise
+    return look if obs is None else obs.looked(look)
 
 
 async def lookup_async(cache: CacheState, key: str, horizon: int | None, lock: bool) -> Lookup:
     """The lookup flow run by the async driver; its common case is hand-inlined."""
-    if cache._hooks.active:
-        return await _lookup_observed_async(cache, key, horizon, lock)
-    return await _fetch_async(cache, key, horizon, lock)
-
-
-async def _fetch_async(cache: CacheState, key: str, horizon: int | None, lock: bool) -> Lookup:
-    if not _plain(cache):
-        return await drive_async(flows.lookup, cache, key, horizon, lock)
-    token = new_token() if lock else None
-    t0 = time.perf_counter() if debug_enabled() else 0.0
+    cache, obs, token, t0 = _lookup_started(cache, key, lock)
     try:
-        fetched = await cache.backend.afetch(key, token, COMPUTE_LOCK_SECONDS)
-    except (BackendError, OSError) as exc:
-        return cache.read_failed(_failed(cache, FETCH, exc))
-    return cache.looked_up(key, fetched, horizon, token, t0)
+        if token is _SLOW:
+            look = await drive_async(flows.lookup, cache, key, horizon, lock)
+        else:
+            try:
+                fetched = await cache.backend.afetch(key, token, COMPUTE_LOCK_SECONDS)
+            except (BackendError, OSError) as exc:
+                look = cache.read_failed(_failed(cache, FETCH, exc))
+            else:
+                look = cache.looked_up(key, fetched, horizon, token, t0)
+    except BaseException:
+        if obs is not None:
+            obs.end()
+        raise
+    return look if obs is None else obs.looked(look)
 
 
-# -- the observed twins (taken while the cache has listeners or a tracer) --------------------
+_SLOW: Final = "slow"
+"""The token of :func:`_lookup_started` that sends a lookup to the flow."""
+
+
+def _lookup_started(
+    cache: CacheState, key: str, lock: bool
+) -> tuple[Any, _LookupObserved | None, str | None, float]:
+    """The cache a lookup goes to, its observation (while observed), and the fast path's
+    lock token and DEBUG start time — or the token :data:`_SLOW` when something unusual is
+    afoot (a pending invalidation, a breaker that has seen a failure)."""
+    while cache._redirect is not None:
+        cache = cache._redirect
+    obs = _LookupObserved(cache, key) if cache._hooks.active else None
+    if cache._pending.tags or cache._breaker.failures:
+        return cache, obs, _SLOW, 0.0
+    return (
+        cache,
+        obs,
+        new_token() if lock else None,
+        time.perf_counter() if debug_enabled() else 0.0,
+    )
+
+
+def _started(
+    flow_fn: Callable[..., Flow[T]], cache: C, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[C, Flow[T], _FlowObserved | None]:
+    """The cache a flow runs against (a redirect followed), the flow, its observation."""
+    while cache._redirect is not None:
+        cache = cast(C, cache._redirect)
+    flow = flow_fn(cache, *args, **kwargs)
+    hooks = cache._hooks
+    return cache, flow, _FlowObserved(hooks, flow_fn.__name__, args) if hooks.active else None
+
+
+def _op_failed(
+    cache: CacheState, op: Op, exc: Exception, obs: _FlowObserved | None, t0: float
+) -> BackendError:
+    """After a backend op raised: time it (when timed), count it, map it for the flow."""
+    if t0 and obs is not None:
+        obs.timed(op, t0, False)
+    return _failed(cache, op, exc)
+
+
+def _op_done(op: Op, breaker: Any, obs: _FlowObserved | None, t0: float) -> None:
+    """After a backend op answered: time it (when timed); a counted success closes the
+    breaker."""
+    if t0 and obs is not None:
+        obs.timed(op, t0, True)
+    if op.counted and breaker.failures:
+        breaker.success()
+
+
+def _finished(obs: _FlowObserved | None, result: T) -> T:
+    if obs is not None:
+        obs.end(result, None)
+    return result
+
+
+def _aborted(obs: _FlowObserved | None, exc: BaseException) -> None:
+    if obs is not None:
+        obs.end(None, exc)
+
+
+# -- observation (while a cache has listeners or a tracer) --------------------------------
 
 _SPANS: dict[str, str] = {
     "store": "yokedcache.store",
@@ -172,186 +264,86 @@ def _flow_attributes(name: str, args: tuple[object, ...]) -> dict[str, object]:
     return attrs
 
 
-def _span(hooks: Hooks, name: str, args: tuple[object, ...]) -> Any:
-    span_name = _SPANS.get(name)
-    if hooks.tracer is None or span_name is None:
-        return None
-    return hooks.tracer.start_as_current_span(span_name, attributes=_flow_attributes(name, args))
+class _FlowObserved:
+    """One observed flow: each backend op timed (a fetch is timed by the lookup's Hit or
+    Miss instead), and the flow inside its span when it is one of :data:`_SPANS`."""
+
+    __slots__ = ("_cm", "_span", "emit")
+
+    def __init__(self, hooks: Hooks, name: str, args: tuple[object, ...]) -> None:
+        self.emit = hooks.emit
+        span_name = _SPANS.get(name)
+        self._cm: Any = None
+        self._span: Any = None
+        if hooks.tracer is not None and span_name is not None:
+            attributes = _flow_attributes(name, args)
+            self._cm = hooks.tracer.start_as_current_span(span_name, attributes=attributes)
+            self._span = self._cm.__enter__()
+
+    @staticmethod
+    def clock(op: Op) -> float:
+        """The start time of *op*, or 0.0 for an op that is not timed here."""
+        return 0.0 if op.name == "fetch" else time.perf_counter()
+
+    def timed(self, op: Op, t0: float, ok: bool) -> None:
+        self.emit(OperationTimed(op.name, time.perf_counter() - t0, ok))
+
+    def end(self, result: object, exc: BaseException | None) -> None:
+        """Close the span: the flow returned *result*, or raised *exc*."""
+        if self._cm is None:
+            return
+        if exc is None:
+            if isinstance(result, bool):
+                self._span.set_attribute("yokedcache.stored", result)
+            self._cm.__exit__(None, None, None)
+        else:
+            self._cm.__exit__(type(exc), exc, exc.__traceback__)
 
 
-def _drive_observed_sync(
-    flow: Flow[T], cache: CacheState, name: str, args: tuple[object, ...]
-) -> T:
-    cm = _span(cache._hooks, name, args)
-    if cm is None:
-        return _run_sync(flow, cache, True)
-    with cm as span:
-        return _described(span, _run_sync(flow, cache, True))
+class _LookupObserved:
+    """One observed lookup: timed, reported as a Hit or a Miss, inside a lookup span (with
+    ``hit_spans=False`` only a miss gets one, made when the lookup ends)."""
 
+    __slots__ = ("cache", "key", "span", "started", "t0", "tracer")
 
-async def _drive_observed_async(
-    flow: Flow[T], cache: CacheState, name: str, args: tuple[object, ...]
-) -> T:
-    cm = _span(cache._hooks, name, args)
-    if cm is None:
-        return await _run_async(flow, cache, True)
-    with cm as span:
-        return _described(span, await _run_async(flow, cache, True))
+    def __init__(self, cache: CacheState, key: str) -> None:
+        self.cache = cache
+        self.key = key
+        tracer = self.tracer = cache._hooks.tracer
+        self.span: Any = None
+        self.started = 0
+        if tracer is not None:
+            self.started = time.time_ns()
+            if getattr(tracer, "hit_spans", True):
+                self.span = tracer.start_span("yokedcache.lookup", None)
+        self.t0 = time.perf_counter()
 
-
-def _described(span: Any, result: T) -> T:
-    """*result*, noted on the flow's span (a store's outcome)."""
-    if isinstance(result, bool):
-        span.set_attribute("yokedcache.stored", result)
-    return result
-
-
-def _op_failed(
-    cache: CacheState, op: Op, exc: Exception, emit: Callable[[Any], None] | None, t0: float
-) -> BackendError:
-    """After a backend op raised: time it (when timed), count it, map it for the flow."""
-    if t0 and emit is not None:
-        emit(OperationTimed(op.name, time.perf_counter() - t0, False))
-    return _failed(cache, op, exc)
-
-
-def _op_done(op: Op, breaker: Any, emit: Callable[[Any], None] | None, t0: float) -> None:
-    """After a backend op answered: time it (when timed); a counted success closes the
-    breaker."""
-    if t0 and emit is not None:
-        emit(OperationTimed(op.name, time.perf_counter() - t0, True))
-    if op.counted and breaker.failures:
-        breaker.success()
-
-
-def _run_sync(flow: Flow[T], cache: CacheState, timed: bool) -> T:
-    """Drive *flow* to its end against the backend (*timed*: emit each op's duration)."""
-    backend = cache.backend
-    breaker = cache._breaker
-    emit = cache._hooks.emit if timed else None
-    clock = time.perf_counter
-    try:
-        op, op_args = next(flow)
-        while True:
-            # a fetch is the lookup (timed by its Hit / Miss event) or a peek
-            t0 = clock() if emit is not None and op.name != "fetch" else 0.0
-            try:
-                if op.guarded and breaker.failures and not breaker.allow():
-                    raise breaker.refusal()
-                result = getattr(backend, op.name)(*op_args)
-            except (BackendError, OSError) as exc:
-                op, op_args = flow.throw(_op_failed(cache, op, exc, emit, t0))
-                continue
-            _op_done(op, breaker, emit, t0)
-            op, op_args = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]  # the flow's return value is T
-    finally:
-        flow.close()  # interrupted (a cancelled task): the flow's cleanup runs now
-
-
-async def _run_async(flow: Flow[T], cache: CacheState, timed: bool) -> T:
-    """Drive *flow* to its end against the backend (*timed*: emit each op's duration)."""
-    backend = cache.backend
-    breaker = cache._breaker
-    emit = cache._hooks.emit if timed else None
-    clock = time.perf_counter
-    try:
-        op, op_args = next(flow)
-        while True:
-            # a fetch is the lookup (timed by its Hit / Miss event) or a peek
-            t0 = clock() if emit is not None and op.name != "fetch" else 0.0
-            try:
-                if op.guarded and breaker.failures and not breaker.allow():
-                    raise breaker.refusal()
-                result = await getattr(backend, op.async_name)(*op_args)
-            except (BackendError, OSError) as exc:
-                op, op_args = flow.throw(_op_failed(cache, op, exc, emit, t0))
-                continue
-            _op_done(op, breaker, emit, t0)
-            op, op_args = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]  # the flow's return value is T
-    finally:
-        flow.close()  # interrupted (a cancelled task): the flow's cleanup runs now
-
-
-def _looked(
-    cache: CacheState,
-    key: str,
-    look: Lookup,
-    seconds: float,
-    span: Any,
-    tracer: Any,
-    started: int,
-) -> None:
-    """Emit the lookup's Hit or Miss; describe it on its span (with ``hit_spans=False``,
-    a miss gets its span now, started when the lookup did)."""
-    digest = key_digest(key)
-    tables = tables_in(look.tags)
-    cache._hooks.emit(Hit(digest, tables, seconds) if look.hit else Miss(digest, tables, seconds))
-    if span is None and tracer is not None and not look.hit:
-        span = tracer.start_span("yokedcache.lookup", None, started)
-        if span is not None:
-            _looked_attributes(cache, span, digest, tables, look)
-            span.end()
-    elif span is not None:
-        _looked_attributes(cache, span, digest, tables, look)
-
-
-def _looked_attributes(
-    cache: CacheState, span: Any, digest: str, tables: tuple[str, ...], look: Lookup
-) -> None:
-    attrs: dict[str, object] = {
-        "yokedcache.key_digest": digest,
-        "yokedcache.tables": tables,
-        "yokedcache.hit": look.hit,
-    }
-    if look.snapshot is None:
-        attrs["yokedcache.bypass_reason"] = _unread_reason(cache)
-    span.set_attributes(attrs)
-
-
-def _unread_reason(cache: CacheState) -> str:
-    return "breaker_open" if cache._breaker.is_open else "unavailable"
-
-
-def _lookup_span(tracer: Any) -> Any:
-    """A started lookup span, or None (no tracer, no recording parent, hit_spans=False)."""
-    if tracer is None or not getattr(tracer, "hit_spans", True):
-        return None
-    return tracer.start_span("yokedcache.lookup", None)
-
-
-def _lookup_observed_sync(cache: CacheState, key: str, horizon: int | None, lock: bool) -> Lookup:
-    while cache._redirect is not None:
-        cache = cache._redirect
-    tracer = cache._hooks.tracer
-    span = _lookup_span(tracer)
-    started = time.time_ns() if tracer is not None else 0
-    t0 = time.perf_counter()
-    try:
-        look = _fetch_sync(cache, key, horizon, lock)
-        _looked(cache, key, look, time.perf_counter() - t0, span, tracer, started)
+    def looked(self, look: Lookup) -> Lookup:
+        """Emit the lookup's Hit or Miss, describe it on its span, end the span."""
+        try:
+            seconds = time.perf_counter() - self.t0
+            cache, span = self.cache, self.span
+            digest = key_digest(self.key)
+            tables = tables_in(look.tags)
+            event = Hit(digest, tables, seconds) if look.hit else Miss(digest, tables, seconds)
+            cache._hooks.emit(event)
+            if span is None and self.tracer is not None and not look.hit:
+                span = self.span = self.tracer.start_span("yokedcache.lookup", None, self.started)
+            if span is not None:
+                attrs: dict[str, object] = {
+                    "yokedcache.key_digest": digest,
+                    "yokedcache.tables": tables,
+                    "yokedcache.hit": look.hit,
+                }
+                if look.snapshot is None:
+                    broken = cache._breaker.is_open
+                    attrs["yokedcache.bypass_reason"] = "breaker_open" if broken else "unavailable"
+                span.set_attributes(attrs)
+        finally:
+            self.end()
         return look
-    finally:
-        if span is not None:
-            span.end()
 
-
-async def _lookup_observed_async(
-    cache: CacheState, key: str, horizon: int | None, lock: bool
-) -> Lookup:
-    while cache._redirect is not None:
-        cache = cache._redirect
-    tracer = cache._hooks.tracer
-    span = _lookup_span(tracer)
-    started = time.time_ns() if tracer is not None else 0
-    t0 = time.perf_counter()
-    try:
-        look = await _fetch_async(cache, key, horizon, lock)
-        _looked(cache, key, look, time.perf_counter() - t0, span, tracer, started)
-        return look
-    finally:
-        if span is not None:
-            span.end()
+    def end(self) -> None:
+        if self.span is not None:
+            self.span.end()
+            self.span = None
