@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 from typing import Final
 
@@ -97,5 +98,19 @@ def make_key(*parts: object) -> str:
 
 
 def new_token() -> str:
-    """A fresh random id for a writer or a lock holder."""
-    return os.urandom(8).hex()
+    """A fresh id for a writer or a lock holder: unique among processes (a random
+    per-process prefix, drawn again in a forked child) and within one (a counter) — every
+    lookup that may compute takes one, so it costs no system call."""
+    return f"{_token_prefix}{next(_token_count):x}"
+
+
+def _reseed_tokens() -> None:
+    global _token_prefix, _token_count
+    _token_prefix = os.urandom(8).hex() + "."
+    _token_count = itertools.count()
+
+
+_token_prefix = ""
+_token_count = itertools.count()
+_reseed_tokens()
+os.register_at_fork(after_in_child=_reseed_tokens)

@@ -156,6 +156,38 @@ def test_instrumentation_remove_stops_exporting(
     assert not cache.hooks.active
 
 
+def test_exporters_of_one_cache_share_one_tally(
+    cache: YokedCache, registry: CollectorRegistry, otel: Otel
+) -> None:
+    """Both exporters see every event, counted once; removing one freezes its figures while
+    the other keeps counting; removing the last stops listening."""
+    first = prometheus.instrument(cache, registry)
+    second = otel_metrics.instrument(cache, otel.meters, otel.tracers, tracing=False)
+    assert len(cache.hooks._listeners) == 1  # one tally listens for both
+    cache.set_sync("k", 1, tags=["table:users"])
+    for _ in range(3):
+        cache.get_sync("k")
+    assert prom(registry, "yokedcache_lookups_total", outcome="hit") == 3
+    assert prom(registry, "yokedcache_lookup_seconds_count", outcome="hit") == 3
+    assert otel.total("yokedcache.lookups", outcome="hit") == 3
+    assert otel.total("yokedcache.lookup.duration", outcome="hit") == 3
+    first.remove()
+    cache.get_sync("k")
+    assert prom(registry, "yokedcache_lookups_total", outcome="hit") == 3  # frozen
+    assert prom(registry, "yokedcache_lookup_seconds_count", outcome="hit") == 3
+    assert otel.total("yokedcache.lookups", outcome="hit") == 4
+    assert otel.total("yokedcache.lookup.duration", outcome="hit") == 4
+    assert cache.hooks.active
+    second.remove()
+    assert not cache.hooks.active
+    third = prometheus.instrument(cache, CollectorRegistry(), max_tables=5)
+    other = prometheus.instrument(cache, CollectorRegistry(), max_tables=7)
+    assert len(cache.hooks._listeners) == 2  # a tally per table cap
+    third.remove()
+    other.remove()
+    assert not cache.hooks.active
+
+
 def test_otel_metrics_and_spans(cache: YokedCache, otel: Otel) -> None:
     otel_metrics.instrument(cache, otel.meters, otel.tracers)
     tracer = otel.tracers.get_tracer("app")

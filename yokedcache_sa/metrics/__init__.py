@@ -13,12 +13,13 @@ list is in docs/observability.md.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import MissingDependency
 
-__all__ = ["OTHER_TABLES", "Instrumentation", "TableLabels", "Tally", "require"]
+__all__ = ["OTHER_TABLES", "Instrumentation", "TableLabels", "Tally", "attach", "require"]
 
 OTHER_TABLES = "_other"
 """The table label of every table past the cap."""
@@ -72,19 +73,24 @@ Latency = Callable[[str, str, float], None]
 
 
 class Tally:
-    """Plain counts of one cache's events, read by an exporter when it collects.
+    """Plain counts of one cache's events, read by its exporters when they collect.
 
+    One tally per cache and table cap, shared by every exporter of that cache
+    (:func:`attach`), so an event is counted once however many exporters read it.
     Counting is a dict increment on the hot path (the exporters' own instruments are
-    touched only at collection time); latencies go to *latency* as they happen. Like
-    :class:`~yokedcache_sa.stats.Counters`, a lost increment under a thread race only
+    touched only at collection time); latencies go to each exporter's sink as they happen.
+    Like :class:`~yokedcache_sa.stats.Counters`, a lost increment under a thread race only
     blurs a figure.
     """
 
-    def __init__(self, max_tables: int, latency: Latency) -> None:
+    def __init__(self, max_tables: int) -> None:
+        self.max_tables = max_tables
         self.label = TableLabels(max_tables)
-        self.latency = latency
+        self.latency: Latency = _no_latency
+        self._sinks: tuple[Latency, ...] = ()
         self.lookups: dict[str, int] = {"hit": 0, "miss": 0}
         self.table_lookups: dict[tuple[str, str], int] = {}
+        self._lookup_keys: dict[tuple[tuple[str, ...], str], tuple[tuple[str, str], ...]] = {}
         self.stores = 0
         self.refusals: dict[str, int] = {}
         self.bypasses: dict[str, int] = {}
@@ -95,6 +101,7 @@ class Tally:
         self.shadow_tables: dict[str, int] = {}
         self.breaker_open = 0
         self.pending = 0
+        self.remove_listener: Callable[[], None] | None = None
         from .. import observe as ev
 
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -118,12 +125,62 @@ class Tally:
         if handler is not None:
             handler(event)
 
+    # -- sinks -------------------------------------------------------------------------
+
+    def add_sink(self, sink: Latency) -> None:
+        self._sinks = (*self._sinks, sink)
+        self._relink()
+
+    def remove_sink(self, sink: Latency) -> bool:
+        """Drop *sink*; return whether sinks remain."""
+        self._sinks = tuple(s for s in self._sinks if s is not sink)
+        self._relink()
+        return bool(self._sinks)
+
+    def _relink(self) -> None:
+        sinks = self._sinks
+        if not sinks:
+            self.latency = _no_latency
+        elif len(sinks) == 1:
+            self.latency = sinks[0]
+        else:
+
+            def fan_out(kind: str, name: str, seconds: float) -> None:
+                for sink in sinks:
+                    sink(kind, name, seconds)
+
+            self.latency = fan_out
+
+    def frozen(self) -> Tally:
+        """A copy of the counts as they are now (what a removed exporter keeps showing)."""
+        copy = Tally(self.max_tables)
+        for name in (
+            "lookups",
+            "table_lookups",
+            "refusals",
+            "bypasses",
+            "table_invalidations",
+            "errors",
+            "shadow",
+            "shadow_tables",
+        ):
+            setattr(copy, name, dict(getattr(self, name)))
+        for name in ("stores", "invalidations", "breaker_open", "pending"):
+            setattr(copy, name, getattr(self, name))
+        return copy
+
+    # -- events ------------------------------------------------------------------------
+
     def _lookup(self, tables: tuple[str, ...], outcome: str, seconds: float) -> None:
         self.lookups[outcome] += 1
+        keys = self._lookup_keys.get((tables, outcome))
+        if keys is None:
+            keys = tuple((self.label(t), outcome) for t in tables)
+            if len(self._lookup_keys) >= 4096:
+                self._lookup_keys.clear()
+            self._lookup_keys[(tables, outcome)] = keys
         counts = self.table_lookups
-        label = self.label
-        for t in tables:
-            k = (label(t), outcome)
+        for k in keys:
             counts[k] = counts.get(k, 0) + 1
         self.latency("lookup", outcome, seconds)
 
@@ -152,6 +209,41 @@ class Tally:
         if e.outcome == "mismatch":
             for t in e.tables:
                 _bump(self.shadow_tables, self.label(t))
+
+
+def _no_latency(kind: str, name: str, seconds: float) -> None:
+    pass
+
+
+_tallies: weakref.WeakKeyDictionary[Any, dict[int, Tally]] = weakref.WeakKeyDictionary()
+_tallies_lock = threading.Lock()
+
+
+def attach(cache: Any, max_tables: int, latency: Latency) -> tuple[Tally, Callable[[], None]]:
+    """The tally of *cache* (its redirect target) for *max_tables*, with *latency* among
+    its sinks, listening to the cache while one exporter reads it; and the function that
+    detaches this exporter again (the last one stops the listening)."""
+    target = cache._target()
+    with _tallies_lock:
+        per_cap = _tallies.setdefault(target, {})
+        tally = per_cap.get(max_tables)
+        if tally is None:
+            tally = per_cap[max_tables] = Tally(max_tables)
+            tally.breaker_open = 1 if target._breaker.is_open else 0
+            tally.pending = len(target._pending)
+            tally.remove_listener = cache.add_listener(tally)
+        tally.add_sink(latency)
+
+    def detach() -> None:
+        with _tallies_lock:
+            if tally.remove_sink(latency) or tally.remove_listener is None:
+                return
+            tally.remove_listener()
+            tally.remove_listener = None
+            if per_cap.get(max_tables) is tally:
+                del per_cap[max_tables]
+
+    return tally, detach
 
 
 def _bump(counts: dict[Any, int], key: Any) -> None:

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from . import Instrumentation, Tally, require
+from . import Instrumentation, Tally, attach, require
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
@@ -65,10 +65,13 @@ def instrument(
         "yokedcache.operation.duration", "s", "Backend operation latency by operation."
     )
     buffered: deque[tuple[str, str, float]] = deque(maxlen=BUFFERED)
-    tally = Tally(max_tables, lambda kind, name, s: buffered.append((kind, name, s)))
+
+    def latency(kind: str, name: str, seconds: float) -> None:
+        buffered.append((kind, name, seconds))
+
+    tally, detach = attach(cache, max_tables, latency)
     target = cache._target()
-    tally.breaker_open = 1 if target._breaker.is_open else 0
-    tally.pending = len(target._pending)
+    view = _View(tally)
     attrs: dict[tuple[str, ...], dict[str, str]] = {}
 
     def a(*pairs: str) -> dict[str, str]:  # one attribute dict per label set, reused
@@ -106,7 +109,7 @@ def instrument(
 
         return callback
 
-    t = tally
+    t = view
     counter = meter.create_observable_counter
     counter("yokedcache.lookups", [counts(lambda: t.lookups, "outcome")], "{lookup}", "Lookups.")
     counter(
@@ -181,12 +184,29 @@ def instrument(
         gauge("yokedcache.memory.bytes", [memory("payload_bytes")], "By", "Memory payload bytes.")
 
     hooks = cache.hooks
-    removers: list[Callable[[], None]] = [cache.add_listener(tally)]
+
+    def remove() -> None:
+        detach()
+        view.tally = tally.frozen()  # the last values remain
+
+    removers: list[Callable[[], None]] = [remove]
     if tracing:
         tp = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
         hooks.set_tracer(_Tracer(tp.get_tracer(SCOPE), trace.get_current_span, hit_spans))
         removers.append(lambda: hooks.set_tracer(None))
     return Instrumentation(removers)
+
+
+class _View:
+    """The tally the callbacks read: the live one, then its frozen copy once removed."""
+
+    __slots__ = ("tally",)
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tally, name)
 
 
 class _Tracer:

@@ -14,7 +14,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import Instrumentation, Tally, require
+from . import Instrumentation, Tally, attach, require
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -68,15 +68,17 @@ def instrument(
         h.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         h.sum += seconds
 
-    tally = Tally(max_tables, latency)
-    target = cache._target()
-    tally.breaker_open = 1 if target._breaker.is_open else 0
-    tally.pending = len(target._pending)
-    backend = target.backend
+    tally, detach = attach(cache, max_tables, latency)
+    backend = cache._target().backend
     memory = weakref.ref(backend) if hasattr(backend, "entry_count") else None
     collector = _Collector(f"{namespace}_", tally, histograms, memory)
     reg.register(collector)
-    removers: list[Callable[[], None]] = [cache.add_listener(tally)]
+
+    def remove() -> None:
+        detach()
+        collector.tally = tally.frozen()  # the last values remain
+
+    removers: list[Callable[[], None]] = [remove]
     return Instrumentation(removers)
 
 
