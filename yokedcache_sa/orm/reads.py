@@ -142,21 +142,24 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
         shape,
         ck,
         ox,
-        _tag_hints(hint, st),
+        _tag_hints(hint, st) if hint.tags or st.tags or hint.tables else _NO_TAG_HINTS,
         (variant, vary) if variant is not None or vary is not None else None,
     )
     if key is None:
         _bypass(st, "not_cacheable", shape.tables)
         return None
     try:
-        cache = st.txn_cache()
+        cache = st._txn_cache or st.txn_cache()
     except LookupError:
         log.warning("yokedcache: no cache configured for this session; reading uncached")
         return None
     outer = _collector.get()
     engine = bind.engine if isinstance(bind, Connection) else bind
     horizon = _horizon(st, bind, engine, session, ox)
-    look = bridge(cache.lookup_sync, cache.lookup, key, horizon=horizon, lock=True)
+    if in_greenlet():
+        look = _await(cache.lookup(key, horizon=horizon, lock=True))
+    else:
+        look = cache.lookup_sync(key, horizon=horizon, lock=True)
     if look.value is not MISSING and shape.result is not None:
         result = _served(ox, st, shape, look, outer)
         if result is not None:

@@ -239,7 +239,7 @@ def _key(shape: _Shape, ck: Any, ox: ORMExecuteState, tags: list[Any], context: 
         raw = codec.pack_key(
             [
                 values,
-                _params(stmt_params),
+                _params(stmt_params) if stmt_params else None,
                 _params(ox.parameters, ck),
                 extra,
                 eo.get("identity_token"),
