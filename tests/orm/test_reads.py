@@ -41,7 +41,33 @@ from tests.orm.ormkit import (
 )
 from yokedcache_sa.orm import FromCache, NoCache
 
+pytestmark = pytest.mark.drivers("sync", "async")
+
 Read = Callable[[Session], Any]
+
+# -- the drivers ------------------------------------------------------------------------------
+
+
+def test_env_reads_through_its_driver(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harness itself: under ``async`` the body runs in SQLAlchemy's greenlet on the async
+    DBAPI, and the cache is consulted through its async methods (and never the sync ones)."""
+    calls: list[str] = []
+    sync_lookup, async_lookup = env.cache.lookup_sync, env.cache.lookup
+
+    def lookup_sync(*a: Any, **kw: Any) -> Any:
+        calls.append("sync")
+        return sync_lookup(*a, **kw)
+
+    async def lookup(*a: Any, **kw: Any) -> Any:
+        calls.append("async")
+        return await async_lookup(*a, **kw)
+
+    monkeypatch.setattr(env.cache, "lookup_sync", lookup_sync)
+    monkeypatch.setattr(env.cache, "lookup", lookup)
+    assert env.engine.dialect.is_async is (env.driver == "async")
+    assert env.warm(lambda s: s.get(User, 1).name) == "alice"
+    assert calls == [env.driver] * 2
+
 
 # -- hits for every read API ----------------------------------------------------------------
 
@@ -359,6 +385,7 @@ def test_never_cached(env: Env, how: str) -> None:
         assert env.fresh_read(read) == truth
 
 
+@pytest.mark.drivers("sync")  # asyncpg refuses READ UNCOMMITTED; the check is driver-blind
 def test_read_uncommitted_sessions_never_cache(env: Env) -> None:
     def read(s: Session) -> Any:
         return s.scalars(select(User.name).order_by(User.id)).all()
@@ -618,14 +645,25 @@ CORPUS: dict[str, Read] = {
 }
 
 
+ASYNCPG_UUID_READS = {"typed_entities", "typed_columns"}
+
+
+def _on_asyncpg(env: Env) -> bool:
+    return env.engine.dialect.driver == "asyncpg"
+
+
 @pytest.mark.parametrize("name", list(CORPUS))
 def test_cached_results_equal_uncached(env: Env, name: str) -> None:
     read = CORPUS[name]
     truth = env.truth(read)
+    # asyncpg returns Uuid columns as its own uuid.UUID subclass (asyncpg.pgproto.pgproto.UUID),
+    # which the codec refuses (subclasses do not round-trip): such reads are not cached there.
+    # When that changes, this expectation fails and goes.
+    second = env.queried if name in ASYNCPG_UUID_READS and _on_asyncpg(env) else env.cached
     with env.Session() as s:
         miss = plain(env.queried(lambda: read(s)))
     with env.Session() as s:
-        hit = plain(env.cached(lambda: read(s)))
+        hit = plain(second(lambda: read(s)))
     assert miss == truth
     assert hit == truth
     # types survive the round trip (Decimal stays Decimal, UUID stays UUID, …)

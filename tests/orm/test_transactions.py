@@ -33,6 +33,8 @@ from tests.orm.ormkit import (
 )
 from yokedcache_sa.orm import CachingSession, instrument_session, state_of
 
+pytestmark = pytest.mark.drivers("sync", "async")
+
 Read = Callable[[Session], Any]
 
 
@@ -190,6 +192,7 @@ def test_instrumented_plain_session(env: Env) -> None:
     assert env.fresh_read(user_names)[2] == "cara"
 
 
+@pytest.mark.drivers("sync")  # asyncio.run inside: a loop of its own
 @pytest.mark.parametrize("used_before", [False, True], ids=["fresh", "already-used"])
 def test_instrumented_plain_session_paths(env: Env, used_before: bool) -> None:
     """A fresh plain session is instrumented by a class swap; one whose events were already
@@ -389,6 +392,7 @@ def test_after_commit_listener_error_leaves_no_marks(env: Env, where: str) -> No
 # -- await session.commit() on a sync session ------------------------------------------------------
 
 
+@pytest.mark.drivers("sync")  # asyncio.run inside: a loop of its own
 def test_await_commit_on_sync_session(env: Env) -> None:
     env.warm(user_names)
 
@@ -402,6 +406,7 @@ def test_await_commit_on_sync_session(env: Env) -> None:
     assert env.hit(user_names)[1] == "awaited"
 
 
+@pytest.mark.drivers("sync")  # asyncio.run inside: a loop of its own
 def test_await_commit_on_instrumented_session(env: Env) -> None:
     env.warm(user_names)
 
@@ -538,6 +543,7 @@ async def test_async_and_sync_sessions_share_the_cache(env: Env, aenv: AsyncEnv)
         assert (await aenv.cached(_names(s)))[3] == "sync"
 
 
+@pytest.mark.drivers("sync")  # builds its own sync engine
 def test_unclosed_sessions_do_not_pin_pooled_connections(env: Env) -> None:
     # A handler that forgets close() (or raises before it): a plain Session's connection goes
     # back to the pool when the session is dropped. The first miss of each statement shape

@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from tests.orm.ormkit import Address, Employee, Env, Manager, P, Tag, User, user_tags
 
+pytestmark = pytest.mark.drivers("sync", "async")
+
 Read = Callable[[Session], Any]
 Write = Callable[[Session], None]
 
