@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import redis as redis_py
 
 from yokedcache_sa import YokedCache
-from yokedcache_sa.cache import _normalize_key
+from yokedcache_sa.backends.redis import RedisBackend
+from yokedcache_sa.keys import normalize_key as _normalize_key
 from yokedcache_sa.tags import Snapshot
 
 __all__ = [
@@ -34,7 +35,9 @@ def is_redis(cache: YokedCache) -> bool:
 
 
 def raw_client(cache: YokedCache) -> redis_py.Redis:
-    return cache.backend.client  # type: ignore[attr-defined,no-any-return]
+    backend = cache.backend
+    assert isinstance(backend, RedisBackend)
+    return backend.client
 
 
 def raw_entry_key(cache: YokedCache, key: str) -> str:

@@ -21,7 +21,8 @@ import pytest
 
 from tests.backends.kit import Timed, observe_miss
 from yokedcache_sa import YokedCache
-from yokedcache_sa.cache import MISSING, _normalize_key
+from yokedcache_sa.cache import MISSING
+from yokedcache_sa.keys import normalize_key as _normalize_key
 from yokedcache_sa.tags import tag_id
 
 # -- get / set / delete ---------------------------------------------------------------------

@@ -26,7 +26,7 @@ from yokedcache_sa import (
     SerializationError,
     YokedCache,
 )
-from yokedcache_sa.cache import _normalize_key
+from yokedcache_sa.keys import normalize_key as _normalize_key
 
 RedisServer = RedisProcess
 

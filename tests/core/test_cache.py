@@ -18,7 +18,7 @@ from yokedcache_sa import (
     codec,
 )
 from yokedcache_sa.backends.memory import MemoryBackend
-from yokedcache_sa.cache import _normalize_key
+from yokedcache_sa.keys import normalize_key as _normalize_key
 
 # -- TTL ------------------------------------------------------------------------------------
 

@@ -66,7 +66,7 @@ def _marked_dbs(metafunc: pytest.Metafunc) -> list[str] | None:
         out = []
         for v in values:
             v = v.values if isinstance(v, type(pytest.param(None))) else v
-            out.append(v[i] if len(names) > 1 else (v[0] if isinstance(v, tuple) else v))
+            out.append(str(v[i] if len(names) > 1 else (v[0] if isinstance(v, tuple) else v)))
         return out
     return None
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -56,6 +56,9 @@ P = os.environ.get("YC_TEST_TABLE_PREFIX") or (
 )
 HERE = Path(__file__).resolve().parent
 S_co = TypeVar("S_co", bound=Session, covariant=True)
+AnySession = Session
+Read = Callable[[Session], Any]
+"""A read a test runs in a session: the session in, the result out."""
 
 
 def root_conftest() -> ModuleType:
@@ -84,7 +87,7 @@ class ExactDecimal(TypeDecorator[Decimal]):
 
 
 class Base(DeclarativeBase):
-    pass
+    __table__: ClassVar[Table]  # every model here maps one Table (not any FromClause)
 
 
 user_tags = Table(
@@ -299,7 +302,7 @@ class Env:
     driver: str = "sync"
     async_engine: AsyncEngine | None = None
     Session: SessionFactory[CachingSession] = field(init=False)
-    Plain: SessionFactory[Session] = field(init=False)
+    Plain: SessionFactory[AnySession] = field(init=False)
 
     def __post_init__(self) -> None:
         if self.async_engine is None:
@@ -340,7 +343,7 @@ class Env:
         assert n >= 1, "expected the database to be queried, got a cache hit"
         return out
 
-    def warm(self, read: Callable[[Session], Any]) -> Any:
+    def warm(self, read: Read) -> Any:
         """Run *read* in a fresh session (a miss that stores), then again in another fresh
         session where it must be a hit; return the (equal) result."""
         with self.Session() as s:
@@ -350,17 +353,17 @@ class Env:
         assert first == second
         return second
 
-    def fresh_read(self, read: Callable[[Session], Any]) -> Any:
+    def fresh_read(self, read: Read) -> Any:
         """Run *read* in a fresh caching session; it must query the database."""
         with self.Session() as s:
             return plain(self.queried(lambda: read(s)))
 
-    def hit(self, read: Callable[[Session], Any]) -> Any:
+    def hit(self, read: Read) -> Any:
         """Run *read* in a fresh caching session; it must be served from the cache."""
         with self.Session() as s:
             return plain(self.cached(lambda: read(s)))
 
-    def truth(self, read: Callable[[Session], Any]) -> Any:
+    def truth(self, read: Read) -> Any:
         """Run *read* in a plain (uncached) Session."""
         with self.Plain() as s:
             return plain(read(s))
