@@ -104,7 +104,7 @@ def make(threshold: int = 3, strict: bool = False, **answers: Any) -> tuple[Yoke
         circuit_breaker_timeout=60.0,
         strict_invalidation=strict,
     )
-    return YokedCache(cfg, backend=backend), backend  # type: ignore[arg-type]
+    return YokedCache(cfg, backend=backend), backend
 
 
 Drive = Callable[..., Any]
@@ -246,7 +246,12 @@ def test_undelivered_invalidation_blocks_then_is_retried_by_a_lookup(drive: Driv
     assert len(cache._pending) == 1
     # a tag with an undelivered invalidation is never stored by this process
     assert drive(flows.set_value, cache, "k", 1, 60, ["table:a"]) is False
-    backend.answers["end_write"] = lambda ids, w: writes.append((tuple(ids), w)) or 9
+
+    def end_write(ids: Any, w: str) -> int:
+        writes.append((tuple(ids), w))
+        return 9
+
+    backend.answers["end_write"] = end_write
     assert drive(flows.retry_pending, cache, True) == 0
     assert writes == [(("table:a",), "w1")], "the retry carries the original writer"
     assert cache.get_stats_sync().invalidations == 1
@@ -383,7 +388,9 @@ def test_async_step_driver_runs_cleanups_on_cancellation() -> None:
             await asyncio.sleep(10)
 
     async def main() -> None:
-        task = asyncio.ensure_future(run_steps_async(flow(), perform))  # type: ignore[arg-type]
+        task: asyncio.Future[Any] = asyncio.ensure_future(
+            run_steps_async(flow(), perform)  # type: ignore[arg-type]
+        )
         await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

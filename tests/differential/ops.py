@@ -10,11 +10,11 @@ compared with ``==``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import bindparam, delete, exists, func, insert, or_, select, text, update
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import CursorResult, Result, Row
 from sqlalchemy.orm import Session, joinedload, raiseload, selectinload
 
 from tests.differential.schema import Models
@@ -24,6 +24,11 @@ Op = Callable[..., Any]
 
 
 # -- normal form ------------------------------------------------------------------------------
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows a DML statement matched (a Session's ``execute`` types it as a plain Result)."""
+    return cast("CursorResult[Any]", result).rowcount
 
 
 def norm(value: Any, depth: int = 1) -> Any:
@@ -57,7 +62,7 @@ def _norm_object(obj: Any, depth: int) -> Any:
 
 def session_shape(s: Session) -> Any:
     """What the identity map holds, and the pending/dirty/deleted counts."""
-    keys = sorted((k[0].__name__, k[1]) for k in s.identity_map)
+    keys = sorted((k[0].__name__, k[1]) for k in list(s.identity_map.keys()))
     return (keys, len(s.new), len(s.dirty), len(s.deleted))
 
 
@@ -291,17 +296,17 @@ def toggle_group(m: Models, s: Session, uid: int, gid: int) -> Any:
 def stmt_update_age(m: Models, s: Session, uid: int, age: int, sync: str) -> Any:
     U = m.User
     stmt = update(U).where(U.id == uid).values(age=age)
-    return s.execute(stmt, execution_options={"synchronize_session": sync}).rowcount
+    return rowcount(s.execute(stmt, execution_options={"synchronize_session": sync}))
 
 
 def stmt_bump_ages(m: Models, s: Session, lo: int) -> Any:
     U = m.User
-    return s.execute(update(U).where(U.age >= lo).values(age=U.age + 1)).rowcount
+    return rowcount(s.execute(update(U).where(U.age >= lo).values(age=U.age + 1)))
 
 
 def stmt_delete_addresses(m: Models, s: Session, uid: int) -> Any:
     A = m.Address
-    return s.execute(delete(A).where(A.user_id == uid)).rowcount
+    return rowcount(s.execute(delete(A).where(A.user_id == uid)))
 
 
 def stmt_insert_group(m: Models, s: Session, gid: int, name: str) -> Any:
@@ -310,7 +315,7 @@ def stmt_insert_group(m: Models, s: Session, gid: int, name: str) -> Any:
 
 def text_rename(m: Models, s: Session, uid: int, name: str) -> Any:
     sql = text(f"UPDATE {m.table('users')} SET name = :n WHERE id = :i")
-    return s.execute(sql, {"n": name, "i": uid}).rowcount
+    return rowcount(s.execute(sql, {"n": name, "i": uid}))
 
 
 def text_insert_address(m: Models, s: Session, aid: int, uid: int) -> Any:

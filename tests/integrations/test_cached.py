@@ -231,7 +231,7 @@ def test_default_cache_resolution(stack: Stack) -> None:
     # 2. the cache of an instrumented session argument wins over the default
     with CachingSession(stack.engine, cache=session_cache) as db:
         assert total(db) == 1
-        key = total.cache_policy.make_key((db,), {})  # type: ignore[attr-defined]
+        key = total.cache_policy.make_key((db,), {})
     assert session_cache.lookup_sync(key).hit
     assert explicit.get_stats_sync().sets == 1
     assert calls.n == 2

@@ -66,7 +66,7 @@ def in_threads(n: int, fn: Callable[[], Any]) -> list[Any]:
     return results
 
 
-def cold_statement() -> Select[tuple[User, int]]:
+def cold_statement() -> Select[User, int]:
     """A statement structure this process has never run (a fresh label), so the callers
     also race to learn its shape."""
     return select(User, literal(1).label("k" + uuid.uuid4().hex[:10])).order_by(User.id)

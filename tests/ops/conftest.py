@@ -7,10 +7,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
-from sqlalchemy import Engine, ForeignKey, String, create_engine, insert
+from sqlalchemy import Engine, ForeignKey, String, Table, create_engine, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tests.conftest import PG_URL, REDIS_URL, require_service
@@ -27,7 +27,7 @@ FAST: dict[str, Any] = {
 
 
 class Base(DeclarativeBase):
-    pass
+    __table__: ClassVar[Table]  # every model here maps one Table (not any FromClause)
 
 
 class Team(Base):

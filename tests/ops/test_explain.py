@@ -20,7 +20,7 @@ from yokedcache_sa.orm.explain import aexplain
 def no_sql(engine: Engine) -> Iterator[list[str]]:
     seen: list[str] = []
 
-    def count(conn, cursor, statement, *a) -> None:  # type: ignore[no-untyped-def]
+    def count(conn, cursor, statement, *a) -> None:
         seen.append(statement)
 
     event.listen(engine, "before_cursor_execute", count)
@@ -31,7 +31,7 @@ def no_sql(engine: Engine) -> Iterator[list[str]]:
     assert seen == [], seen
 
 
-def by_team(team: int):  # type: ignore[no-untyped-def]
+def by_team(team: int):
     return select(Player).where(Player.team_id == team).order_by(Player.id)
 
 

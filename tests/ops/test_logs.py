@@ -34,7 +34,7 @@ def test_session_reads_log_miss_store_hit_and_invalidation(
             s.scalars(stmt).all()
         with CachingSession(stack.engine, cache=stack.cache) as s:
             s.scalars(stmt).all()
-            s.get(Player, 1).name = "z"  # type: ignore[union-attr]
+            s.get(Player, 1).name = "z"
             s.commit()
     lines = _debug(caplog)
     miss = [m for m in lines if m.startswith("yokedcache: miss key=q:")]

@@ -50,7 +50,7 @@ async def test_sync_session_in_a_worker_thread_does_not_warn(
     def work() -> None:
         with CachingSession(sqlite_engine, cache=cache) as db:
             db.scalars(select(Player).where(Player.id == 1)).all()
-            db.get(Player, 1).name = "x"  # type: ignore[union-attr]
+            db.get(Player, 1).name = "x"
             db.commit()
 
     with caplog.at_level(logging.WARNING, logger="yokedcache_sa"):
@@ -71,7 +71,7 @@ async def test_async_session_over_caching_session_does_not_warn(
         with caplog.at_level(logging.WARNING, logger="yokedcache_sa"):
             async with maker() as db:
                 (await db.scalars(select(Player))).all()
-                (await db.get(Player, 1)).name = "y"  # type: ignore[union-attr]
+                (await db.get(Player, 1)).name = "y"
                 await db.commit()
         assert _loop_warnings(caplog) == []
     finally:

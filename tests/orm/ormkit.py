@@ -10,12 +10,13 @@ import datetime as dt
 import enum
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     insert,
 )
 from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -43,6 +45,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.util import greenlet_spawn
 
 from tests.sqlcount import Box, SQLCounter  # noqa: F401  (re-exported)
 from yokedcache_sa import YokedCache
@@ -52,6 +55,10 @@ P = os.environ.get("YC_TEST_TABLE_PREFIX") or (
     "yc" + os.environ.get("PYTEST_XDIST_WORKER", "") + uuid.uuid4().hex[:6] + "_"
 )
 HERE = Path(__file__).resolve().parent
+S_co = TypeVar("S_co", bound=Session, covariant=True)
+AnySession = Session
+Read = Callable[[Session], Any]
+"""A read a test runs in a session: the session in, the result out."""
 
 
 def root_conftest() -> ModuleType:
@@ -80,7 +87,7 @@ class ExactDecimal(TypeDecorator[Decimal]):
 
 
 class Base(DeclarativeBase):
-    pass
+    __table__: ClassVar[Table]  # every model here maps one Table (not any FromClause)
 
 
 user_tags = Table(
@@ -251,23 +258,78 @@ class DB:
     engine: Engine
 
 
+class SessionFactory(Protocol[S_co]):
+    """What tests call on ``env.Session`` / ``env.Plain``: a ``sessionmaker``'s surface."""
+
+    def __call__(self, **kw: Any) -> S_co: ...
+
+    def begin(self) -> AbstractContextManager[S_co]: ...
+
+
+class AsyncSide:
+    """``env.Session`` under the async driver: each call makes an ``AsyncSession`` over
+    ``CachingSession`` (``async_sessionmaker(sync_session_class=CachingSession, ...)``) and
+    returns the ``CachingSession`` it drives. The test body runs inside SQLAlchemy's greenlet
+    (see ``Env.run_async``), where that Session's calls go through the async driver exactly as
+    the ``AsyncSession`` methods (each a ``greenlet_spawn`` of the same call) send them."""
+
+    def __init__(self, maker: async_sessionmaker[Any]) -> None:
+        self.maker = maker
+
+    def __call__(self, **kw: Any) -> Any:
+        if isinstance(kw.get("bind"), Engine):  # a test's variant of env.engine
+            kw["bind"] = AsyncEngine(kw["bind"])
+        return self.maker(**kw).sync_session
+
+    @contextmanager
+    def begin(self) -> Iterator[Any]:
+        with self() as session, session.begin():
+            yield session
+
+
 @dataclass
 class Env:
-    """Everything a test needs: the database, the cache, session factories, the counter."""
+    """Everything a test needs: the database, the cache, session factories, the counter.
+
+    *driver* is ``"sync"`` (the database's sync DBAPI, the cache's sync calls) or ``"async"``
+    (the async DBAPI of *async_engine*, the cache's async calls awaited from the greenlet).
+    ``engine``, ``Session`` and ``Plain`` use the driver's engine, so a test body reads the
+    same under both."""
 
     db: DB
     cache: YokedCache
     sql: SQLCounter
-    Session: sessionmaker[CachingSession] = field(init=False)
-    Plain: sessionmaker[Session] = field(init=False)
+    driver: str = "sync"
+    async_engine: AsyncEngine | None = None
+    Session: SessionFactory[CachingSession] = field(init=False)
+    Plain: SessionFactory[AnySession] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.Session = sessionmaker(self.db.engine, class_=CachingSession, cache=self.cache)
-        self.Plain = sessionmaker(self.db.engine, query_cls=CachingQuery)
+        if self.async_engine is None:
+            self.Session = sessionmaker(self.db.engine, class_=CachingSession, cache=self.cache)
+            self.Plain = sessionmaker(self.db.engine, query_cls=CachingQuery)
+        else:
+            self.Session = AsyncSide(
+                async_sessionmaker(
+                    self.async_engine, sync_session_class=CachingSession, cache=self.cache
+                )
+            )
+            self.Plain = AsyncSide(async_sessionmaker(self.async_engine, query_cls=CachingQuery))
 
     @property
     def engine(self) -> Engine:
-        return self.db.engine
+        """The engine the sessions use (under the async driver, its ``sync_engine``)."""
+        return self.db.engine if self.async_engine is None else self.async_engine.sync_engine
+
+    async def run_async(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+        """Run a test body inside SQLAlchemy's greenlet on this loop, then close what is bound
+        to the loop (the async engine's pool, the cache's async clients)."""
+        assert self.async_engine is not None
+        try:
+            await greenlet_spawn(fn, **kwargs)
+        finally:
+            await self.cache.disconnect()
+            await self.async_engine.dispose()
 
     def cached(self, fn: Callable[[], Any]) -> Any:
         """Call *fn*, assert it sent no SQL (served from the cache), return its result."""
@@ -281,7 +343,7 @@ class Env:
         assert n >= 1, "expected the database to be queried, got a cache hit"
         return out
 
-    def warm(self, read: Callable[[Session], Any]) -> Any:
+    def warm(self, read: Read) -> Any:
         """Run *read* in a fresh session (a miss that stores), then again in another fresh
         session where it must be a hit; return the (equal) result."""
         with self.Session() as s:
@@ -291,17 +353,17 @@ class Env:
         assert first == second
         return second
 
-    def fresh_read(self, read: Callable[[Session], Any]) -> Any:
+    def fresh_read(self, read: Read) -> Any:
         """Run *read* in a fresh caching session; it must query the database."""
         with self.Session() as s:
             return plain(self.queried(lambda: read(s)))
 
-    def hit(self, read: Callable[[Session], Any]) -> Any:
+    def hit(self, read: Read) -> Any:
         """Run *read* in a fresh caching session; it must be served from the cache."""
         with self.Session() as s:
             return plain(self.cached(lambda: read(s)))
 
-    def truth(self, read: Callable[[Session], Any]) -> Any:
+    def truth(self, read: Read) -> Any:
         """Run *read* in a plain (uncached) Session."""
         with self.Plain() as s:
             return plain(read(s))

@@ -26,6 +26,7 @@ def test_private_attribute_exists(owner: type, name: str) -> None:
 def _assigned_in_init(owner: type, name: str) -> bool:
     """An instance attribute the class's ``__init__`` sets (no class attribute, no annotation)."""
     try:
-        return f"self.{name} =" in inspect.getsource(owner.__init__)
+        init = owner.__init__  # type: ignore[misc]  # the class's own or inherited __init__
+        return f"self.{name} =" in inspect.getsource(init)
     except (OSError, TypeError):  # compiled: no source to read
         return False

@@ -3,11 +3,11 @@ bypasses by reason, the compute-on-miss span — over SQLite and PostgreSQL, mem
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
@@ -21,6 +21,12 @@ from yokedcache_sa.orm import NoCache
 pytestmark = pytest.mark.parametrize("db", ["sqlite", "postgresql"], indirect=True)
 
 USERS = User.__tablename__
+
+
+def attrs(span: ReadableSpan) -> Mapping[str, Any]:
+    """A finished span's attributes (the SDK types them as optional)."""
+    assert span.attributes is not None
+    return span.attributes
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -95,12 +101,12 @@ def test_compute_span_and_no_parameter_values(
     names = [sp.name for sp in done if sp.parent is not None and sp.parent.span_id == parent]
     assert names[:3] == ["yokedcache.lookup", "yokedcache.compute", "yokedcache.store"]
     compute = next(sp for sp in done if sp.name == "yokedcache.compute")
-    assert compute.attributes["yokedcache.tables"] == (USERS,)
+    assert attrs(compute)["yokedcache.tables"] == (USERS,)
     lookups = [sp for sp in done if sp.name == "yokedcache.lookup"]
-    assert [sp.attributes["yokedcache.hit"] for sp in lookups] == [False, True]
-    digest = str(lookups[0].attributes["yokedcache.key_digest"])
+    assert [attrs(sp)["yokedcache.hit"] for sp in lookups] == [False, True]
+    digest = str(attrs(lookups[0])["yokedcache.key_digest"])
     assert digest.startswith("q:") and len(digest) <= 26
-    assert compute.attributes["yokedcache.key_digest"] == digest
+    assert attrs(compute)["yokedcache.key_digest"] == digest
     for sp in done:
         for value in (sp.attributes or {}).values():
             assert "carol" not in str(value), "no parameter value in a span attribute"

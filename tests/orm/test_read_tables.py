@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import (
@@ -41,7 +41,7 @@ from tests.orm.ormkit import Address, Base, Employee, Env, Manager, P, Tag, User
 
 
 class RBase(DeclarativeBase):
-    pass
+    __table__: ClassVar[Table]
 
 
 membership = Table(
@@ -67,7 +67,7 @@ class Group(RBase):
     extra: Mapped[int | None] = query_expression()
 
 
-Group.n_members = column_property(  # type: ignore[attr-defined]
+Group.n_members = column_property(
     select(func.count())
     .where(membership.c.group_id == Group.id)
     .correlate_except(membership)
@@ -112,9 +112,7 @@ STATEMENTS: dict[str, Callable[[], Any]] = {
         Group.id,
         select(func.count()).select_from(Member).join(Member.groups).scalar_subquery(),
     ),
-    "cte-join": lambda: select(
-        select(User.id).join(User.tags).cte("with_tags").c.id  # type: ignore[attr-defined]
-    ),
+    "cte-join": lambda: select(select(User.id).join(User.tags).cte("with_tags").c.id),
     "aliased-of-type": lambda: select(Address.id).join(Address.user.of_type(ua)),
     "joined-inheritance": lambda: select(Manager.name),
     "polymorphic-base": lambda: select(Employee).order_by(Employee.id),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import pytest
@@ -41,7 +42,33 @@ from tests.orm.ormkit import (
 )
 from yokedcache_sa.orm import FromCache, NoCache
 
+pytestmark = pytest.mark.drivers("sync", "async")
+
 Read = Callable[[Session], Any]
+
+# -- the drivers ------------------------------------------------------------------------------
+
+
+def test_env_reads_through_its_driver(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harness itself: under ``async`` the body runs in SQLAlchemy's greenlet on the async
+    DBAPI, and the cache is consulted through its async methods (and never the sync ones)."""
+    calls: list[str] = []
+    sync_lookup, async_lookup = env.cache.lookup_sync, env.cache.lookup
+
+    def lookup_sync(*a: Any, **kw: Any) -> Any:
+        calls.append("sync")
+        return sync_lookup(*a, **kw)
+
+    async def lookup(*a: Any, **kw: Any) -> Any:
+        calls.append("async")
+        return await async_lookup(*a, **kw)
+
+    monkeypatch.setattr(env.cache, "lookup_sync", lookup_sync)
+    monkeypatch.setattr(env.cache, "lookup", lookup)
+    assert env.engine.dialect.is_async is (env.driver == "async")
+    assert env.warm(lambda s: s.get(User, 1).name) == "alice"
+    assert calls == [env.driver] * 2
+
 
 # -- hits for every read API ----------------------------------------------------------------
 
@@ -124,7 +151,7 @@ def test_cached_objects_are_the_identity_map_objects(env: Env) -> None:
         assert one is users[0]
         assert got is users[0]
         assert users[0] in s
-        assert users[0] is s.identity_map[s.identity_key(User, 1)]  # type: ignore[arg-type]
+        assert users[0] is s.identity_map[s.identity_key(User, 1)]
         assert not s.dirty and not s.new
 
 
@@ -163,10 +190,14 @@ def test_joinedload_hit_still_requires_unique(env: Env) -> None:
         users = env.queried(lambda: s.execute(stmt).unique().scalars().all())
         assert _emails(users) == expected
     # uncached (plain Session), then from the cache: the same error
-    for factory, expect in ((env.Plain, env.queried), (env.Session, env.cached)):
-        with factory() as s:
+    factories: list[tuple[Callable[[], Session], Callable[..., Any]]] = [
+        (env.Plain, env.queried),
+        (env.Session, env.cached),
+    ]
+    for factory, expect in factories:
+        with factory() as plain_or_caching:
 
-            def go(s: Session = s) -> None:
+            def go(s: Session = plain_or_caching) -> None:
                 with pytest.raises(InvalidRequestError, match="unique"):
                     s.execute(stmt).scalars().all()
 
@@ -179,10 +210,13 @@ def test_joinedload_hit_still_requires_unique(env: Env) -> None:
 @pytest.mark.parametrize("loader", [selectinload, subqueryload, joinedload])
 def test_eager_loaded_relationships_come_from_the_cache(env: Env, loader: Any) -> None:
     def read(s: Session) -> Any:
-        users = s.scalars(
-            select(User).options(loader(User.addresses), loader(User.tags)).order_by(User.id)
+        users = (
+            s.scalars(
+                select(User).options(loader(User.addresses), loader(User.tags)).order_by(User.id)
+            )
+            .unique()
+            .all()
         )
-        users = users.unique().all()
         return [(u.name, [a.email for a in u.addresses], [t.name for t in u.tags]) for u in users]
 
     expected = [
@@ -359,6 +393,7 @@ def test_never_cached(env: Env, how: str) -> None:
         assert env.fresh_read(read) == truth
 
 
+@pytest.mark.drivers("sync")  # asyncpg refuses READ UNCOMMITTED; the check is driver-blind
 def test_read_uncommitted_sessions_never_cache(env: Env) -> None:
     def read(s: Session) -> Any:
         return s.scalars(select(User.name).order_by(User.id)).all()
@@ -368,15 +403,15 @@ def test_read_uncommitted_sessions_never_cache(env: Env) -> None:
     for _ in range(2):
         with env.Session(bind=dirty) as s:
             s.connection()  # begin: the session now knows the isolation level
-            assert env.queried(lambda s=s: read(s)) == ["alice", "bob", "carol", "dave"]
+            assert env.queried(partial(read, s)) == ["alice", "bob", "carol", "dave"]
 
 
 def test_session_refresh_is_never_cached(env: Env) -> None:
     env.warm(lambda s: s.get(User, 1))
     for _ in range(2):
         with env.Session() as s:
-            alice = env.cached(lambda s=s: s.get(User, 1))
-            env.queried(lambda s=s, a=alice: s.refresh(a))
+            alice = env.cached(partial(s.get, User, 1))
+            env.queried(partial(s.refresh, alice))
             assert alice.name == "alice"
 
 
@@ -385,9 +420,9 @@ def test_expired_attribute_loads_are_never_cached(env: Env, which: str) -> None:
     env.warm(lambda s: s.get(User, 1))
     for _ in range(2):
         with env.Session() as s:
-            alice = env.cached(lambda s=s: s.get(User, 1))
+            alice = env.cached(partial(s.get, User, 1))
             s.expire(alice, ["name"] if which == "one attribute" else None)
-            assert env.queried(lambda a=alice: a.name) == "alice"
+            assert env.queried(partial(getattr, alice, "name")) == "alice"
 
 
 def test_refresh_sees_data_written_outside_the_cache(env: Env) -> None:
@@ -485,20 +520,21 @@ def test_session_level_tags_and_table_name(env: Env) -> None:
         return s.scalars(select(Tag.name).order_by(Tag.id)).all()
 
     env.warm(read)  # an entry stored by an untagged session is not the tagged sessions' entry
-    for kw, invalidate in [
+    cases: list[tuple[dict[str, Any], Callable[[], None]]] = [
         ({"tags": ["sess"]}, lambda: env.cache.invalidate_tags_sync(["sess"])),
         ({"table_name": "reports"}, lambda: env.cache.invalidate_tables_sync(["reports"])),
-    ]:
+    ]
+    for kw, invalidate in cases:
         with env.Session(**kw) as s:
-            env.queried(lambda s=s: read(s))
+            env.queried(partial(read, s))
         with env.Session(**kw) as s:
-            env.cached(lambda s=s: read(s))
+            env.cached(partial(read, s))
         env.cache.invalidate_tags_sync(["unrelated"])
         with env.Session(**kw) as s:
-            env.cached(lambda s=s: read(s))
+            env.cached(partial(read, s))
         invalidate()
         with env.Session(**kw) as s:
-            assert env.queried(lambda s=s: read(s)) == ["red", "blue"]
+            assert env.queried(partial(read, s)) == ["red", "blue"]
     env.hit(read)  # the untagged entry was never touched
 
 
@@ -618,14 +654,25 @@ CORPUS: dict[str, Read] = {
 }
 
 
+ASYNCPG_UUID_READS = {"typed_entities", "typed_columns"}
+
+
+def _on_asyncpg(env: Env) -> bool:
+    return env.engine.dialect.driver == "asyncpg"
+
+
 @pytest.mark.parametrize("name", list(CORPUS))
 def test_cached_results_equal_uncached(env: Env, name: str) -> None:
     read = CORPUS[name]
     truth = env.truth(read)
+    # asyncpg returns Uuid columns as its own uuid.UUID subclass (asyncpg.pgproto.pgproto.UUID),
+    # which the codec refuses (subclasses do not round-trip): such reads are not cached there.
+    # When that changes, this expectation fails and goes.
+    second = env.queried if name in ASYNCPG_UUID_READS and _on_asyncpg(env) else env.cached
     with env.Session() as s:
         miss = plain(env.queried(lambda: read(s)))
     with env.Session() as s:
-        hit = plain(env.cached(lambda: read(s)))
+        hit = plain(second(lambda: read(s)))
     assert miss == truth
     assert hit == truth
     # types survive the round trip (Decimal stays Decimal, UUID stays UUID, …)

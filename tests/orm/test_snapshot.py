@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
-from sqlalchemy import Engine, Integer, create_engine, event, func, select, update
+from sqlalchemy import Engine, Integer, Table, create_engine, event, func, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from tests.orm.ormkit import P, SQLCounter, root_conftest
@@ -24,7 +24,7 @@ _root = root_conftest()
 
 
 class SBase(DeclarativeBase):
-    pass
+    __table__: ClassVar[Table]
 
 
 class Account(SBase):

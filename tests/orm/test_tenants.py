@@ -13,13 +13,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import (
     Engine,
     Integer,
     String,
+    Table,
     bindparam,
     create_engine,
     event,
@@ -76,7 +78,7 @@ def test_params_merged_over_several_calls_are_keyed(env: Env) -> None:
 
 
 class TBase(DeclarativeBase):
-    pass
+    __table__: ClassVar[Table]
 
 
 class Item(TBase):
@@ -136,8 +138,8 @@ def tenant_schemas(name: str) -> Iterator[Tenants]:
                 conn.execute(insert(Item), values)
         yield t
     finally:
-        for eng in t.engines:
-            eng.dispose()
+        for made in t.engines:
+            made.dispose()
         TBase.metadata.drop_all(admin)
         with admin.begin() as conn:
             conn.execute(text(drop.format(t.a)))
@@ -264,7 +266,7 @@ def test_set_search_path_is_not_cached(tenant_db: Tenants, cache: YokedCache, fo
         for _ in range(2):
             with factory() as s:
                 s.execute(text(sql.format(schema)))
-                out, n = counted(lambda s=s: labels(s))
+                out, n = counted(partial(labels, s))
                 assert out == rows and n > 0
                 s.commit()
     # SET / USE change state, not rows: committing them invalidated nothing
@@ -331,7 +333,7 @@ def test_caching_off_is_logged_once_naming_vary_on(
 
 
 class RBase(DeclarativeBase):
-    pass
+    __table__: ClassVar[Table]
 
 
 class Doc(RBase):

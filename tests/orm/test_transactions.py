@@ -7,7 +7,7 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import create_engine, event, select, text, update
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from tests.orm.ormkit import (
     Env,
@@ -32,6 +33,8 @@ from tests.orm.ormkit import (
     root_conftest,
 )
 from yokedcache_sa.orm import CachingSession, instrument_session, state_of
+
+pytestmark = pytest.mark.drivers("sync", "async")
 
 Read = Callable[[Session], Any]
 
@@ -89,6 +92,7 @@ def test_rollback_after_a_hit_expires_as_a_plain_session(env: Env, how: str) -> 
     # or the objects keep what the cached read filled in (eager-loaded relationships).
     eager = select(User).options(selectinload(User.addresses)).where(User.id == 1)
     env.warm(lambda s: s.scalars(eager).all())
+    s: Session
     if how == "caching":
         s = env.Session()
     else:
@@ -190,6 +194,7 @@ def test_instrumented_plain_session(env: Env) -> None:
     assert env.fresh_read(user_names)[2] == "cara"
 
 
+@pytest.mark.drivers("sync")  # asyncio.run inside: a loop of its own
 @pytest.mark.parametrize("used_before", [False, True], ids=["fresh", "already-used"])
 def test_instrumented_plain_session_paths(env: Env, used_before: bool) -> None:
     """A fresh plain session is instrumented by a class swap; one whose events were already
@@ -203,7 +208,7 @@ def test_instrumented_plain_session_paths(env: Env, used_before: bool) -> None:
         assert type(s).__name__.startswith("Instrumented") is not used_before
         assert env.cached(lambda: user_names(s)) == ALL
         s.get(User, 2).name = "bo"
-        done = s.commit()
+        done = s.commit()  # type: ignore[func-returns-value]  # instrumented: awaitable
         asyncio.run(_await(done))  # `await db.commit()` as the FastAPI tutorial writes it
     assert env.fresh_read(user_names)[1] == "bo"
     assert env.hit(user_names)[1] == "bo"
@@ -254,7 +259,7 @@ def test_savepoint_rollback_of_the_only_write(env: Env) -> None:
         with s.begin_nested():
             s.execute(update(User).where(User.id == 2).values(name="never"))
             assert env.queried(lambda: user_names(s))[1] == "never"
-            s.get_nested_transaction().rollback()  # type: ignore[union-attr]
+            s.get_nested_transaction().rollback()
         s.commit()
     assert env.truth(user_names) == ALL
     with env.Session() as s:
@@ -286,7 +291,7 @@ def test_released_savepoint_keeps_read_your_writes(env: Env) -> None:
         with s.begin_nested():
             s.get(User, 4).name = "davy"
         assert env.queried(lambda: user_names(s))[3] == "davy"
-        assert state_of(s).written  # type: ignore[union-attr]
+        assert state_of(s).written
         s.rollback()
     assert env.hit(user_names) == ALL
 
@@ -389,6 +394,7 @@ def test_after_commit_listener_error_leaves_no_marks(env: Env, where: str) -> No
 # -- await session.commit() on a sync session ------------------------------------------------------
 
 
+@pytest.mark.drivers("sync")  # asyncio.run inside: a loop of its own
 def test_await_commit_on_sync_session(env: Env) -> None:
     env.warm(user_names)
 
@@ -402,13 +408,14 @@ def test_await_commit_on_sync_session(env: Env) -> None:
     assert env.hit(user_names)[1] == "awaited"
 
 
+@pytest.mark.drivers("sync")  # asyncio.run inside: a loop of its own
 def test_await_commit_on_instrumented_session(env: Env) -> None:
     env.warm(user_names)
 
     async def route() -> None:
         with instrument_session(env.Plain(), env.cache) as s:
             s.get(User, 3).name = "awaited"
-            await s.commit()
+            await s.commit()  # type: ignore[func-returns-value,misc]
 
     asyncio.run(route())
     assert env.fresh_read(user_names)[2] == "awaited"
@@ -538,6 +545,7 @@ async def test_async_and_sync_sessions_share_the_cache(env: Env, aenv: AsyncEnv)
         assert (await aenv.cached(_names(s)))[3] == "sync"
 
 
+@pytest.mark.drivers("sync")  # builds its own sync engine
 def test_unclosed_sessions_do_not_pin_pooled_connections(env: Env) -> None:
     # A handler that forgets close() (or raises before it): a plain Session's connection goes
     # back to the pool when the session is dropped. The first miss of each statement shape
@@ -552,6 +560,6 @@ def test_unclosed_sessions_do_not_pin_pooled_connections(env: Env) -> None:
             assert s.scalars(stmt).all()
             del s
             gc.collect()
-        assert engine.pool.checkedout() == 0
+        assert cast(QueuePool, engine.pool).checkedout() == 0
     finally:
         engine.dispose()

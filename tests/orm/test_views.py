@@ -316,19 +316,21 @@ def test_views_resolve_transitively_and_through_schemas() -> None:
     assert {"table:t1", "table:public.t1", "table:other.T2", "table:other.t2"} <= got
     assert {"table:v1", "table:v2", "table:public.v2"} <= got
     assert "table:T2" not in got and "table:t2" not in got
-    assert catalog._expand(views, {"table:loop"}) == {
-        "table:loop",
-        "table:loop2",
-        "table:public.loop",
-        "table:public.loop2",
-    }
+    assert catalog._expand(views, {"table:loop"}) == frozenset(
+        {
+            "table:loop",
+            "table:loop2",
+            "table:public.loop",
+            "table:public.loop2",
+        }
+    )
     assert catalog._expand(views, {"table:x", "table:public.hidden"}) is None
-    assert catalog._expand(views, {"table:x"}) == {"table:x"}
+    assert catalog._expand(views, {"table:x"}) == frozenset({"table:x"})
 
 
 def test_bare_names_are_the_default_schemas_views_outside_postgresql() -> None:
     rows = [("test", "v", frozenset({("test", "t")})), ("elsewhere", "w", None)]
     views = catalog._views(rows, "test", search_path=False)
-    assert catalog._expand(views, {"table:w"}) == {"table:w"}  # another database's view
+    assert catalog._expand(views, {"table:w"}) == frozenset({"table:w"})  # another database's view
     assert catalog._expand(views, {"table:elsewhere.w"}) is None
-    assert catalog._expand(views, {"table:V"}) == {"table:V", "table:t", "table:test.t"}
+    assert catalog._expand(views, {"table:V"}) == frozenset({"table:V", "table:t", "table:test.t"})

@@ -8,7 +8,7 @@ still served from the cache.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -40,8 +40,8 @@ def employee_names(s: Session) -> Any:
 
 def check(
     env: Env,
-    changed: list[Callable[[Session], Any]],
-    write: Callable[[Session], None],
+    changed: Sequence[Callable[[Session], Any]],
+    write: Callable[[Session], object],
     unaffected: tuple[Callable[[Session], Any], ...] = (),
 ) -> None:
     was = [env.warm(r) for r in changed]

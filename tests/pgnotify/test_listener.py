@@ -343,7 +343,7 @@ def test_own_session_commit_is_synchronous_and_listener_bumps_again(
     world.warm()
     batches = listener.stats().batches
     with world.Session() as s:
-        s.get(Item, 1).name = "own"  # type: ignore[union-attr]
+        s.get(Item, 1).name = "own"
         s.commit()
     assert world.read() == (("own", 0), 1)  # commit() invalidated before returning
     assert wait_until(lambda: listener.stats().batches > batches)  # and the trigger told us
@@ -429,7 +429,7 @@ def test_own_commit_on_a_notifying_table_counts_nothing(
 
     monkeypatch.setattr(pgwrites, "_pg_counts", spy)
     with world.Session() as s:
-        s.get(Item, 1).name = "x"  # type: ignore[union-attr]
+        s.get(Item, 1).name = "x"
         s.commit()
     assert calls == []
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, create_engine, delete, insert, select
+from sqlalchemy import Engine, Select, create_engine, delete, insert, select
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
@@ -52,6 +52,7 @@ rows = st.lists(st.tuples(names, st.integers(0, 3)), min_size=0, max_size=6)
 
 def build(spec: Spec) -> Any:
     kind, value, order, limit, offset = spec
+    stmt: Select[*tuple[Any, ...]]
     if kind == "posts_of":
         stmt = select(Post.title).join(User, Post.user_id == User.id)
     else:
@@ -120,7 +121,7 @@ def test_cache_keys_identify_queries(
                 [{"id": 100 + i, "user_id": i + 1, "title": f"p{i}"} for i in range(len(data))],
             )
     recorder = KeyRecorder(MemoryBackend())
-    cache = YokedCache(CacheConfig(key_prefix="fuzz"), backend=recorder)  # type: ignore[arg-type]
+    cache = YokedCache(CacheConfig(key_prefix="fuzz"), backend=recorder)
 
     def run(spec: Spec) -> tuple[list[Any], str]:
         recorder.keys.clear()

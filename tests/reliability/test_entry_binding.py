@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from yokedcache_sa import CacheConfig, YokedCache
-from yokedcache_sa.cache import _normalize_key
+from yokedcache_sa.keys import normalize_key as _normalize_key
 
 
 def keys_of(cache: YokedCache) -> set[str]:

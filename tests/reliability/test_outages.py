@@ -67,7 +67,7 @@ def recovers(
 def counted_cache(make_cache: Callable[..., YokedCache], url: str) -> tuple[YokedCache, Any]:
     cache = make_cache(url)
     counting = CountingBackend(cache.backend)
-    cache.backend = counting  # type: ignore[assignment]  # a counting proxy of the real one
+    cache.backend = counting  # a counting proxy of the real one
     return cache, counting
 
 

@@ -84,8 +84,9 @@ def _record_engine_listeners() -> None:
     from sqlalchemy.engine import Engine
 
     from yokedcache_sa.orm import session as yc_session
+    from yokedcache_sa.orm.engine_events import _install_engine_listeners
 
-    yc_session._install_engine_listeners()
+    _install_engine_listeners()
     for name in Engine.dispatch._event_names:
         for attr in (f"_{name}", f"_on_{name}"):
             fn = getattr(yc_session, attr, None)
