@@ -59,6 +59,7 @@ __all__ = [  # noqa: RUF022 - grouped: core names, then lazily imported ones
     "explain",
     "instrument_session",
     "refresh_catalog",
+    "watch_engine",
 ]
 
 
@@ -68,6 +69,7 @@ _LAZY = {
     "FromCache": "yokedcache_sa.orm",
     "NoCache": "yokedcache_sa.orm",
     "instrument_session": "yokedcache_sa.orm",
+    "watch_engine": "yokedcache_sa.orm",
     "refresh_catalog": "yokedcache_sa.orm",
     "declare_dependency": "yokedcache_sa.orm",
     "declare_function": "yokedcache_sa.orm",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .catalog import refresh_catalog as refresh_catalog
+from .engine_events import watch_engine as watch_engine
 from .explain import Explanation as Explanation
 from .explain import aexplain as aexplain
 from .explain import explain as explain
@@ -28,4 +29,5 @@ __all__ = [
     "instrument_session",
     "refresh_catalog",
     "state_of",
+    "watch_engine",
 ]

@@ -32,7 +32,7 @@ from ..errors import InvalidationError
 from ..tags import table_tag
 from . import _compat
 from .collect import Collector, current_collector, reading_collector
-from .engine_events import _install_engine_listeners
+from .engine_events import watch_engine
 from .options import FromCache, NoCache
 from .reads import _on_execute
 from .state import STATE_KEY, SessionCache, state_of
@@ -142,6 +142,7 @@ class CachingSession(Session):
         self.__dict__[STATE_KEY] = SessionCache(
             cache, default_ttl=default_ttl, tags=extra, vary_on=vary_on
         )
+        _watch_binds(bind, kw.get("binds"))
 
     def commit(self) -> _Done:  # type: ignore[override]
         """Commit, invalidate what the transaction wrote, and return a finished awaitable."""
@@ -192,6 +193,16 @@ def _rollback(session: Session, rollback: Any) -> None:
     rollback(session)
 
 
+def _watch_binds(bind: Any, binds: Any = None) -> None:
+    """First sight of a session's engines: give them the engine listeners now, before
+    any of their connections is checked out for the session."""
+    if bind is not None:
+        watch_engine(bind)
+    if isinstance(binds, dict):
+        for b in binds.values():
+            watch_engine(b)
+
+
 def instrument_session(
     session: Session,
     cache: YokedCache | None = None,
@@ -207,7 +218,7 @@ def instrument_session(
     Instrumenting a :class:`CachingSession` only updates its settings. *vary_on* is as
     for :class:`CachingSession`.
     """
-    _install_engine_listeners()
+    _watch_binds(session.bind)
     extra = (*tags, table_tag(table_name)) if table_name else tuple(tags)
     st = state_of(session)
     if st is not None:
@@ -271,4 +282,3 @@ def _instrumented_class(cls: type[Session]) -> type[Session]:
 
 for _name, _fn in _SESSION_EVENTS:
     event.listen(CachingSession, _name, _fn)
-_install_engine_listeners()

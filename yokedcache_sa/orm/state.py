@@ -18,6 +18,7 @@ from ..errors import InvalidationError
 from ..tags import tag_id
 from . import tracking
 from ._bridge import bridge
+from .bindstate import UNWATCHED
 
 log = logging.getLogger("yokedcache_sa")
 
@@ -95,11 +96,15 @@ class SessionCache:
 
     def taint(self, conn: Connection, why: str) -> None:
         """Stop serving and storing: *conn* runs with state the key does not capture."""
-        if self.vary_on is not None or self.tainted is not None:
+        if self.tainted is not None:
+            return
+        if self.vary_on is not None and why != UNWATCHED:
             return  # the application keys that state itself
         self.tainted = why
         info = conn.info
-        if not info.get("yokedcache_logged"):
+        if why == UNWATCHED:
+            log.debug("yokedcache: caching is off for this transaction %s", why)
+        elif not info.get("yokedcache_logged"):
             info["yokedcache_logged"] = True
             log.info(
                 "yokedcache: caching is off for this connection: it ran %r, which changes "
