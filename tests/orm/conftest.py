@@ -52,9 +52,20 @@ def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture
 def env(db: DB, cache: YokedCache) -> Iterator[Env]:
     """Seeded tables, a private cache, session factories and a statement counter."""
+    yield from make_env(db, cache)
+
+
+def make_env(db: DB, cache: YokedCache, kind: str = "CachingSession") -> Iterator[Env]:
+    """The body of ``env``; *kind* says how ``env.Session`` caches (see ``Env.kind``).
+
+    A module runs its tests through both installers by overriding ``env`` with
+    ``SESSION_KINDS`` as params (tests/orm/test_reads.py, test_writes.py)."""
     reseed(db.engine)
     counter = SQLCounter(db.engine)
     try:
-        yield Env(db, cache, counter)
+        yield Env(db, cache, counter, kind)
     finally:
         counter.remove()
+
+
+SESSION_KINDS = ["CachingSession", "listen_on_session"]

@@ -46,7 +46,7 @@ from sqlalchemy.orm.attributes import instance_state
 
 from tests.sqlcount import Box, SQLCounter  # noqa: F401  (re-exported)
 from yokedcache_sa import YokedCache
-from yokedcache_sa.orm import CachingQuery, CachingSession
+from yokedcache_sa.orm import CachingQuery, CachingSession, listen_on_session
 
 P = os.environ.get("YC_TEST_TABLE_PREFIX") or (
     "yc" + os.environ.get("PYTEST_XDIST_WORKER", "") + uuid.uuid4().hex[:6] + "_"
@@ -258,12 +258,26 @@ class Env:
     db: DB
     cache: YokedCache
     sql: SQLCounter
-    Session: sessionmaker[CachingSession] = field(init=False)
+    kind: str = "CachingSession"  # or "listen_on_session": a plain sessionmaker with listeners
+    Session: sessionmaker[Any] = field(init=False)
     Plain: sessionmaker[Session] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.Session = sessionmaker(self.db.engine, class_=CachingSession, cache=self.cache)
+        if self.kind == "listen_on_session":
+            self.Session = sessionmaker(self.db.engine, query_cls=CachingQuery)
+            listen_on_session(self.Session, cache=self.cache)
+        else:
+            self.Session = sessionmaker(self.db.engine, class_=CachingSession, cache=self.cache)
         self.Plain = sessionmaker(self.db.engine, query_cls=CachingQuery)
+
+    def factory(self, **settings: Any) -> sessionmaker[Any]:
+        """A session factory of this env's kind with session-level *settings* (tags=,
+        table_name=, default_ttl=, vary_on=)."""
+        if self.kind == "listen_on_session":
+            factory: sessionmaker[Any] = sessionmaker(self.db.engine, query_cls=CachingQuery)
+            listen_on_session(factory, cache=self.cache, **settings)
+            return factory
+        return sessionmaker(self.db.engine, class_=CachingSession, cache=self.cache, **settings)
 
     @property
     def engine(self) -> Engine:

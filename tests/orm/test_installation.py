@@ -1,5 +1,5 @@
 """How the package installs itself (issue 11): per engine on first sight, never globally at
-import."""
+import; sessions through events only (``listen_on_session``), no class swap, no method set."""
 
 from __future__ import annotations
 
@@ -16,14 +16,18 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from tests.orm.ormkit import DB, Base, Env, User
 from yokedcache_sa import YokedCache, cached
+from yokedcache_sa.errors import UsageError
 from yokedcache_sa.orm import (
     CachingSession,
     engine_events,
+    instrument_session,
+    listen_on_session,
+    state_of,
     watch_engine,
 )
 from yokedcache_sa.orm.bindstate import TAINT_KEY, UNWATCHED, connection_taint
@@ -100,6 +104,9 @@ def test_a_session_sees_its_engine_at_construction(tmp_path: Any, cache: YokedCa
     engine = create_engine(f"sqlite:///{tmp_path / 'seen.db'}")
     CachingSession(engine, cache=cache).close()
     assert engine_events.is_watched(engine)
+    factory = sessionmaker(create_engine(f"sqlite:///{tmp_path / 'seen2.db'}"))
+    listen_on_session(factory, cache=cache)
+    assert engine_events.is_watched(factory.kw["bind"])
 
 
 def test_option_engines_share_their_parents_listeners(tmp_path: Any, cache: YokedCache) -> None:
@@ -201,6 +208,87 @@ def test_cached_function_watches_an_engine_only_it_uses(env: Env, cache: YokedCa
         assert names()[0] == "renamed" and len(calls) == 3
     finally:
         engine.dispose()
+
+
+# -- listen_on_session ------------------------------------------------------------------------
+
+
+def test_listen_on_session_changes_no_class_or_method(env: Env) -> None:
+    factory = sessionmaker(env.engine)
+    before = factory.class_.__dict__.copy()
+    listen_on_session(factory, cache=env.cache)
+    assert factory.class_.__dict__.keys() == before.keys()  # listeners only: no method added
+    with factory() as s:
+        assert type(s) is factory.class_ and "commit" not in s.__dict__
+        s.scalars(select(User.name)).all()
+        assert s.commit() is None
+
+
+def test_listen_on_session_caches_and_invalidates(env: Env) -> None:
+    factory = sessionmaker(env.engine)
+    listen_on_session(factory, cache=env.cache)
+    read = lambda s: s.scalars(select(User.name).order_by(User.id)).all()  # noqa: E731
+    with factory() as s:
+        names = env.queried(lambda: read(s))
+    with factory() as s:
+        assert env.cached(lambda: read(s)) == names
+        s.get(User, 1).name = "renamed"
+        s.commit()
+    with factory() as s:
+        assert env.queried(lambda: read(s))[0] == "renamed"
+    with factory() as s:
+        assert env.cached(lambda: read(s))[0] == "renamed"
+
+
+def test_listen_on_a_session_class(env: Env) -> None:
+    class AppSession(Session):
+        pass
+
+    listen_on_session(AppSession, cache=env.cache)
+    read = lambda s: s.scalars(select(User.name).order_by(User.id)).all()  # noqa: E731
+    with AppSession(env.engine) as s:
+        env.queried(lambda: read(s))
+    with AppSession(env.engine) as s:
+        env.cached(lambda: read(s))
+    with Session(env.engine) as s:  # its base class does not cache
+        env.queried(lambda: read(s))
+
+
+def test_rollback_after_hits_expires_like_a_plain_session(env: Env) -> None:
+    factory = sessionmaker(env.engine)
+    listen_on_session(factory, cache=env.cache)
+    env.warm(lambda s: s.get(User, 1).name)
+    with factory() as s:
+        u = env.cached(lambda: s.get(User, 1))
+        s.rollback()
+        assert "name" not in u.__dict__  # expired, as after a database read
+
+
+def test_listen_on_session_refuses_what_caches_already(env: Env) -> None:
+    with pytest.raises(UsageError, match="CachingSession"):
+        listen_on_session(sessionmaker(env.engine, class_=CachingSession), cache=env.cache)
+    factory = sessionmaker(env.engine)
+    listen_on_session(factory, cache=env.cache)
+    with pytest.raises(UsageError, match="already"):
+        listen_on_session(factory, cache=env.cache)
+    with pytest.raises(UsageError, match="sessionmaker"):
+        listen_on_session(object(), cache=env.cache)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="sync_session_class=CachingSession"):
+        listen_on_session(async_sessionmaker(), cache=env.cache)  # type: ignore[arg-type]
+
+
+def test_instrument_session_on_a_listened_factory_adds_no_listener(env: Env) -> None:
+    factory = sessionmaker(env.engine)
+    listen_on_session(factory, cache=env.cache)
+    with factory() as s:
+        assert instrument_session(s, env.cache, tags=["extra"]) is s
+        assert len(list(s.dispatch.do_orm_execute)) == 1  # the factory's, not one more
+        st = state_of(s)
+        assert st is not None and st.tags == ("extra",)
+        env.queried(lambda: s.scalars(select(User.name)).all())
+    with factory() as s:
+        instrument_session(s, env.cache, tags=["extra"])
+        env.cached(lambda: s.scalars(select(User.name)).all())
 
 
 def test_engine_dispose_keeps_the_listeners(tmp_path: Any, cache: YokedCache) -> None:

@@ -4,7 +4,7 @@ loads behave as without the cache, and the reads that must never be cached are n
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -25,7 +25,9 @@ from sqlalchemy.orm import (
     with_polymorphic,
 )
 
+from tests.orm.conftest import SESSION_KINDS, make_env
 from tests.orm.ormkit import (
+    DB,
     UID1,
     Address,
     Employee,
@@ -39,7 +41,15 @@ from tests.orm.ormkit import (
     plain,
     user_tags,
 )
+from yokedcache_sa import YokedCache
 from yokedcache_sa.orm import FromCache, NoCache
+
+
+@pytest.fixture(params=SESSION_KINDS)
+def env(request: pytest.FixtureRequest, db: DB, cache: YokedCache) -> Iterator[Env]:
+    """Every test here through CachingSession and through listen_on_session (issue 11)."""
+    yield from make_env(db, cache, request.param)
+
 
 Read = Callable[[Session], Any]
 
@@ -489,15 +499,16 @@ def test_session_level_tags_and_table_name(env: Env) -> None:
         ({"tags": ["sess"]}, lambda: env.cache.invalidate_tags_sync(["sess"])),
         ({"table_name": "reports"}, lambda: env.cache.invalidate_tables_sync(["reports"])),
     ]:
-        with env.Session(**kw) as s:
+        factory = env.factory(**kw)
+        with factory() as s:
             env.queried(lambda s=s: read(s))
-        with env.Session(**kw) as s:
+        with factory() as s:
             env.cached(lambda s=s: read(s))
         env.cache.invalidate_tags_sync(["unrelated"])
-        with env.Session(**kw) as s:
+        with factory() as s:
             env.cached(lambda s=s: read(s))
         invalidate()
-        with env.Session(**kw) as s:
+        with factory() as s:
             assert env.queried(lambda s=s: read(s)) == ["red", "blue"]
     env.hit(read)  # the untagged entry was never touched
 

@@ -8,14 +8,23 @@ data — and that it is cached again afterwards.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.orm import Session, selectinload
 
-from tests.orm.ormkit import Address, Employee, Env, Manager, P, Tag, User, user_tags
+from tests.orm.conftest import SESSION_KINDS, make_env
+from tests.orm.ormkit import DB, Address, Employee, Env, Manager, P, Tag, User, user_tags
+from yokedcache_sa import YokedCache
+
+
+@pytest.fixture(params=SESSION_KINDS)
+def env(request: pytest.FixtureRequest, db: DB, cache: YokedCache) -> Iterator[Env]:
+    """Every test here through CachingSession and through listen_on_session (issue 11)."""
+    yield from make_env(db, cache, request.param)
+
 
 Read = Callable[[Session], Any]
 Write = Callable[[Session], None]

@@ -106,11 +106,13 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
             _bypass(st, "opt_out" if not hint.enabled else "not_cacheable")
         return None
     if tx is None:
-        if not session.autobegin:
-            _compat.autobegin(session)  # raises SQLAlchemy's own error, as the read would
-        # The database read would begin the session's transaction; beginning one costs
-        # more than a hit, so rollback() begins it late instead (see _rollback).
-        st.unbegun = True
+        if not session.autobegin or not st.lazy_begin:
+            # raises SQLAlchemy's own error with autobegin=False, as the read would
+            _compat.autobegin(session)
+        else:
+            # The database read would begin the session's transaction; beginning one costs
+            # more than a hit, so CachingSession.rollback() begins it late instead.
+            st.unbegun = True
     # The uncached query would autoflush first: pending changes become writes that make
     # their tables bypass the cache for the rest of the transaction.
     if session.autoflush and getattr(ox.load_options, "_autoflush", True):

@@ -43,8 +43,12 @@ class SessionCache:
         tags: Iterable[str] = (),
         enabled: bool = True,
         vary_on: Callable[[Session], Hashable] | None = None,
+        lazy_begin: bool = False,
     ) -> None:
         self._cache = cache
+        # True when the session's rollback() begins the transaction hits did not begin
+        # (CachingSession.rollback); otherwise a hit begins it (see reads._serve)
+        self.lazy_begin = lazy_begin
         self.default_ttl = default_ttl
         self.tags = tuple(tags)
         self.enabled = enabled
@@ -141,8 +145,9 @@ class SessionCache:
         if self.writer is None:
             self.writer = YokedCache.new_writer()
         cache = self.txn_cache()
-        self.marked.update(new)
         bridge(cache.begin_write_sync, cache.begin_write, sorted(new), self.writer)
+        # only once taken: a commit retried after a refused mark (strict mode) marks again
+        self.marked.update(new)
 
     def finish(self, committed: bool) -> None:
         """End the transaction: bump marked tags after a commit, else release them."""
