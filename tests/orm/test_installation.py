@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.orm.ormkit import DB, Base, Env, User
-from yokedcache_sa import YokedCache, cached
+from yokedcache_sa import YokedCache, cached, explain
 from yokedcache_sa.errors import UsageError
 from yokedcache_sa.orm import (
     CachingSession,
@@ -174,6 +174,8 @@ def test_connection_checked_out_before_watching_has_unknown_state(
             assert connection_taint(conn) == UNWATCHED
             assert TAINT_KEY not in conn.info  # the SET itself was not seen
             s = CachingSession(conn, cache=cache, vary_on=lambda s: "one")
+            why = explain(select(User.name), session=s).reason
+            assert "before yokedcache watched its engine" in why and "watch_engine" in why
             s.scalars(select(User.name)).all()
             assert s.yokedcache.tainted == UNWATCHED
             s.close()

@@ -230,7 +230,13 @@ def _plan(
         return Explanation(False, why, tables=tables), None, None
     if isinstance(bind, Connection):
         taint = connection_taint(bind)
-        if taint is not None and (st.vary_on is None or taint == UNWATCHED):
+        if taint == UNWATCHED:
+            why = (
+                "the bound connection was checked out before yokedcache watched its engine: "
+                "call watch_engine(engine) before opening it"
+            )
+            return Explanation(False, why), None, None
+        if taint is not None and st.vary_on is None:
             return Explanation(False, "the bound connection ran state-changing SQL"), None, None
         variant = connection_variant(bind)
     else:
