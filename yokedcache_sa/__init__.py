@@ -58,7 +58,9 @@ __all__ = [  # noqa: RUF022 - grouped: core names, then lazily imported ones
     "declare_function",
     "explain",
     "instrument_session",
+    "listen_on_session",
     "refresh_catalog",
+    "watch_engine",
 ]
 
 
@@ -68,6 +70,8 @@ _LAZY = {
     "FromCache": "yokedcache_sa.orm",
     "NoCache": "yokedcache_sa.orm",
     "instrument_session": "yokedcache_sa.orm",
+    "listen_on_session": "yokedcache_sa.orm",
+    "watch_engine": "yokedcache_sa.orm",
     "refresh_catalog": "yokedcache_sa.orm",
     "declare_dependency": "yokedcache_sa.orm",
     "declare_function": "yokedcache_sa.orm",

@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 from . import codec, flight
 from .cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_cache
 from .errors import SerializationError
+from .orm.engine_events import watch_computations, watch_engine
 from .orm.session import Collector, current_collector, reading_collector, state_of
 from .steps import run_steps_async, run_steps_sync
 
@@ -46,6 +47,20 @@ def _cache_from_args(args: Iterable[Any]) -> YokedCache | None:
             if st is not None:
                 return st.cache
     return None
+
+
+def _watch_binds_of(args: Iterable[Any]) -> None:
+    """Watch the engines of the sessions, engines and connections among *args*."""
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.orm import Session
+
+    for a in args:
+        for attr in ("sync_session", "sync_engine", "sync_connection"):
+            a = getattr(a, attr, None) or a
+        if isinstance(a, Session):
+            a = a.bind
+        if isinstance(a, Engine | Connection):
+            watch_engine(a)
 
 
 Step = tuple[Any, ...]
@@ -130,8 +145,12 @@ class _Cached:
             return self._hit(look)
         return (yield "flight", cache, k, look)
 
-    def compute_flow(self, cache: YokedCache, k: str, look: Lookup) -> Generator[Step, Any, Any]:
+    def compute_flow(
+        self, cache: YokedCache, k: str, look: Lookup, args: Iterable[Any] = ()
+    ) -> Generator[Step, Any, Any]:
         """Run the function, collecting the tables its SQL reads, and store its result."""
+        watch_computations()
+        _watch_binds_of(args)  # before the function opens connections of them
         with reading_collector(strict_snapshot=True) as col:
             value = yield ("call",)
         tags = self.storable(col, look)
@@ -166,6 +185,9 @@ class _SyncCall:
     def __init__(self, policy: _Cached, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.policy, self.args, self.kwargs = policy, args, kwargs
 
+    def all_args(self) -> tuple[Any, ...]:
+        return (*self.args, *self.kwargs.values())
+
     def __call__(self, step: Step) -> Any:
         kind = step[0]
         if kind == "call":
@@ -181,7 +203,9 @@ class _SyncCall:
             cache,
             k,
             relookup=lambda: cache.lookup_sync(k),
-            compute=lambda lk: run_steps_sync(self.policy.compute_flow(cache, k, lk), self),
+            compute=lambda lk: run_steps_sync(
+                self.policy.compute_flow(cache, k, lk, self.all_args()), self
+            ),
             on_hit=self.policy._hit,
             first=look,
         )
@@ -206,7 +230,9 @@ class _AsyncCall(_SyncCall):
             return await cache.lookup(k)
 
         async def compute(lk: Lookup) -> Any:
-            return await run_steps_async(self.policy.compute_flow(cache, k, lk), self)
+            return await run_steps_async(
+                self.policy.compute_flow(cache, k, lk, self.all_args()), self
+            )
 
         return await flight.run_async(
             cache, k, relookup=relookup, compute=compute, on_hit=self.policy._hit, first=look

@@ -7,7 +7,9 @@ and ``async`` (aiosqlite, asyncpg; an ``AsyncSession`` over ``CachingSession``, 
 async calls). The body is the same: under ``async`` it runs inside SQLAlchemy's greenlet on
 an event loop, as ``AsyncSession.run_sync`` runs code. A test marked
 ``pytest.mark.drivers("sync")`` opts out (say why). MariaDB runs ``sync`` only: no async
-MySQL driver is in the dev dependencies.
+MySQL driver is in the dev dependencies. A third value, ``listen``, runs the test on the sync
+driver with ``env.Session`` a plain ``sessionmaker`` given the cache by ``listen_on_session``
+instead of ``CachingSession`` (issue 11).
 
 Tables are created once per module and database and dropped after it; each test starts from
 the seed data and a cache of its own (private Redis key prefix, cleared after the test).
@@ -82,7 +84,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     drivers: tuple[str, ...] = mark.args
     marked = _marked_dbs(metafunc)
     if marked is not None:
-        usable = [d for d in drivers if d == "sync" or all(db in ASYNC_DBS for db in marked)]
+        usable = [d for d in drivers if d != "async" or all(db in ASYNC_DBS for db in marked)]
         metafunc.definition.add_marker(
             pytest.mark.parametrize("driver", usable, indirect=True, scope="module")
         )
@@ -91,7 +93,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         (db, d)
         for db in ("sqlite", "postgresql", "mariadb")
         for d in drivers
-        if d == "sync" or db in ASYNC_DBS
+        if d != "async" or db in ASYNC_DBS
     ]
     metafunc.definition.add_marker(
         pytest.mark.parametrize(("db", "driver"), pairs, indirect=True, scope="module")
@@ -138,7 +140,8 @@ def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture
 def env(db: DB, cache: YokedCache, driver: str) -> Iterator[Env]:
     """Seeded tables, a private cache, session factories and a statement counter, on the
-    engine of *driver*."""
+    engine of *driver* (``listen``: the sync driver, sessions from a plain sessionmaker
+    given the listeners by ``listen_on_session``)."""
     reseed(db.engine)
     aengine = None
     if driver == "async":
@@ -147,6 +150,7 @@ def env(db: DB, cache: YokedCache, driver: str) -> Iterator[Env]:
             enable_sqlite_fks(aengine.sync_engine)
     counter = SQLCounter(db.engine if aengine is None else aengine.sync_engine)
     try:
-        yield Env(db, cache, counter, driver, aengine)
+        kind = "listen_on_session" if driver == "listen" else "CachingSession"
+        yield Env(db, cache, counter, "async" if aengine is not None else "sync", aengine, kind)
     finally:
         counter.remove()

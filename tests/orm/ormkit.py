@@ -49,7 +49,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from tests.sqlcount import Box, SQLCounter  # noqa: F401  (re-exported)
 from yokedcache_sa import YokedCache
-from yokedcache_sa.orm import CachingQuery, CachingSession
+from yokedcache_sa.orm import CachingQuery, CachingSession, listen_on_session
 
 P = os.environ.get("YC_TEST_TABLE_PREFIX") or (
     "yc" + os.environ.get("PYTEST_XDIST_WORKER", "") + uuid.uuid4().hex[:6] + "_"
@@ -301,20 +301,34 @@ class Env:
     sql: SQLCounter
     driver: str = "sync"
     async_engine: AsyncEngine | None = None
-    Session: SessionFactory[CachingSession] = field(init=False)
+    kind: str = "CachingSession"  # or "listen_on_session": a plain sessionmaker with listeners
+    Session: SessionFactory[Any] = field(init=False)
     Plain: SessionFactory[AnySession] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.Session = self.factory()
         if self.async_engine is None:
-            self.Session = sessionmaker(self.db.engine, class_=CachingSession, cache=self.cache)
             self.Plain = sessionmaker(self.db.engine, query_cls=CachingQuery)
         else:
-            self.Session = AsyncSide(
+            self.Plain = AsyncSide(async_sessionmaker(self.async_engine, query_cls=CachingQuery))
+
+    def factory(self, **settings: Any) -> SessionFactory[Any]:
+        """A session factory of this env's driver and kind with session-level *settings*
+        (tags=, table_name=, default_ttl=, vary_on=)."""
+        if self.async_engine is not None:
+            return AsyncSide(
                 async_sessionmaker(
-                    self.async_engine, sync_session_class=CachingSession, cache=self.cache
+                    self.async_engine,
+                    sync_session_class=CachingSession,
+                    cache=self.cache,
+                    **settings,
                 )
             )
-            self.Plain = AsyncSide(async_sessionmaker(self.async_engine, query_cls=CachingQuery))
+        if self.kind == "listen_on_session":
+            factory: sessionmaker[Any] = sessionmaker(self.db.engine, query_cls=CachingQuery)
+            listen_on_session(factory, cache=self.cache, **settings)
+            return factory
+        return sessionmaker(self.db.engine, class_=CachingSession, cache=self.cache, **settings)
 
     @property
     def engine(self) -> Engine:

@@ -42,7 +42,7 @@ from tests.orm.ormkit import (
 )
 from yokedcache_sa.orm import FromCache, NoCache
 
-pytestmark = pytest.mark.drivers("sync", "async")
+pytestmark = pytest.mark.drivers("sync", "async", "listen")
 
 Read = Callable[[Session], Any]
 
@@ -525,15 +525,16 @@ def test_session_level_tags_and_table_name(env: Env) -> None:
         ({"table_name": "reports"}, lambda: env.cache.invalidate_tables_sync(["reports"])),
     ]
     for kw, invalidate in cases:
-        with env.Session(**kw) as s:
+        factory = env.factory(**kw)
+        with factory() as s:
             env.queried(partial(read, s))
-        with env.Session(**kw) as s:
+        with factory() as s:
             env.cached(partial(read, s))
         env.cache.invalidate_tags_sync(["unrelated"])
-        with env.Session(**kw) as s:
+        with factory() as s:
             env.cached(partial(read, s))
         invalidate()
-        with env.Session(**kw) as s:
+        with factory() as s:
             assert env.queried(partial(read, s)) == ["red", "blue"]
     env.hit(read)  # the untagged entry was never touched
 

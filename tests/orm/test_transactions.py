@@ -3,7 +3,6 @@ errors, ``await session.commit()`` on a sync session, and AsyncSession (asyncpg,
 
 from __future__ import annotations
 
-import asyncio
 import gc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -197,25 +196,21 @@ def test_instrumented_plain_session(env: Env) -> None:
 @pytest.mark.drivers("sync")  # asyncio.run inside: a loop of its own
 @pytest.mark.parametrize("used_before", [False, True], ids=["fresh", "already-used"])
 def test_instrumented_plain_session_paths(env: Env, used_before: bool) -> None:
-    """A fresh plain session is instrumented by a class swap; one whose events were already
-    used gets instance-level listeners. Both cache, invalidate and commit awaitably."""
+    """instrument_session leaves the session's class and methods alone (issue 11): fresh or
+    already used, it caches, invalidates on commit, and commit() returns None."""
     env.warm(user_names)
     s = env.Plain()
+    plain_class = type(s)
     if used_before:
         s.execute(select(User.id).limit(1)).all()  # materializes the session's dispatch
         s.rollback()
     with instrument_session(s, env.cache) as s:
-        assert type(s).__name__.startswith("Instrumented") is not used_before
+        assert type(s) is plain_class and "commit" not in s.__dict__
         assert env.cached(lambda: user_names(s)) == ALL
         s.get(User, 2).name = "bo"
-        done = s.commit()  # type: ignore[func-returns-value]  # instrumented: awaitable
-        asyncio.run(_await(done))  # `await db.commit()` as the FastAPI tutorial writes it
+        assert s.commit() is None  # type: ignore[func-returns-value]  # the point of the test
     assert env.fresh_read(user_names)[1] == "bo"
     assert env.hit(user_names)[1] == "bo"
-
-
-async def _await(awaitable: Any) -> None:
-    await awaitable
 
 
 # -- savepoints ----------------------------------------------------------------------------------
@@ -391,34 +386,18 @@ def test_after_commit_listener_error_leaves_no_marks(env: Env, where: str) -> No
     assert env.hit(user_names)[0] == "again"
 
 
-# -- await session.commit() on a sync session ------------------------------------------------------
+# -- commit() keeps SQLAlchemy's signature ---------------------------------------------------------
 
 
-@pytest.mark.drivers("sync")  # asyncio.run inside: a loop of its own
-def test_await_commit_on_sync_session(env: Env) -> None:
+def test_caching_session_commit_returns_none(env: Env) -> None:
+    """CachingSession.commit() returns None as Session.commit() does (issue 11); the awaitable
+    for ``await db.commit()`` lives in the FastAPI integration (tests/integrations)."""
     env.warm(user_names)
-
-    async def route() -> None:
-        with env.Session() as s:
-            s.get(User, 2).name = "awaited"
-            await s.commit()
-
-    asyncio.run(route())
-    assert env.fresh_read(user_names)[1] == "awaited"
-    assert env.hit(user_names)[1] == "awaited"
-
-
-@pytest.mark.drivers("sync")  # asyncio.run inside: a loop of its own
-def test_await_commit_on_instrumented_session(env: Env) -> None:
-    env.warm(user_names)
-
-    async def route() -> None:
-        with instrument_session(env.Plain(), env.cache) as s:
-            s.get(User, 3).name = "awaited"
-            await s.commit()  # type: ignore[func-returns-value,misc]
-
-    asyncio.run(route())
-    assert env.fresh_read(user_names)[2] == "awaited"
+    with env.Session() as s:
+        s.get(User, 2).name = "committed"
+        assert s.commit() is None
+    assert env.fresh_read(user_names)[1] == "committed"
+    assert env.hit(user_names)[1] == "committed"
 
 
 # -- AsyncSession ----------------------------------------------------------------------------------

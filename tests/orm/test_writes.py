@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from tests.orm.ormkit import Address, Employee, Env, Manager, P, Tag, User, user_tags
 
-pytestmark = pytest.mark.drivers("sync", "async")
+pytestmark = pytest.mark.drivers("sync", "async", "listen")
 
 Read = Callable[[Session], Any]
 Write = Callable[[Session], None]

@@ -9,7 +9,7 @@ memory-backend :class:`YokedCache` (passed as ``cache=``):
 - ``sqlalchemy.orm.Session`` is replaced before any test module is imported, which covers
   ``fixture_session()`` (it looks ``orm.Session`` up on each call) and the test modules'
   ``from sqlalchemy.orm import Session``; ``sessionmaker``'s default ``class_`` is replaced too.
-- Before each test the cache is emptied and the cache's listeners are put back: the ORM
+- Before each test the cache is emptied and the session listeners are put back: the ORM
   fixtures call ``SessionEvents._clear()`` after tests, which drops class-level listeners,
   and engine events may be cleared too.
 
@@ -74,40 +74,18 @@ def _swap_session_class() -> None:
     init.__kwdefaults__ = kwdefaults
 
 
-_engine_listeners: list[tuple[str, Any]] = []
-
-
-def _record_engine_listeners() -> None:
-    """Remember which of the session module's ``_<event>`` / ``_on_<event>`` functions the
-    library installed on Engine (wrapped listeners hide from the dispatch collections)."""
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
-    from yokedcache_sa.orm import session as yc_session
-    from yokedcache_sa.orm.engine_events import _install_engine_listeners
-
-    _install_engine_listeners()
-    for name in Engine.dispatch._event_names:
-        for attr in (f"_{name}", f"_on_{name}"):
-            fn = getattr(yc_session, attr, None)
-            if callable(fn) and event.contains(Engine, name, fn):
-                _engine_listeners.append((name, fn))
-    assert _engine_listeners, "no yokedcache_sa listeners found on Engine"
-
-
 def _reattach_listeners() -> None:
     from sqlalchemy import event
-    from sqlalchemy.engine import Engine
 
-    from yokedcache_sa.orm import CachingSession
+    from yokedcache_sa.orm import CachingSession, engine_events
     from yokedcache_sa.orm import session as yc_session
 
     for name, fn in yc_session._SESSION_EVENTS:
         if not event.contains(CachingSession, name, fn):
             event.listen(CachingSession, name, fn)
-    for name, fn in _engine_listeners:
-        if not event.contains(Engine, name, fn):
-            event.listen(Engine, name, fn)
+    # engines get their listeners at a session's first sight of them; the suite may have
+    # cleared engine events, so let every engine be seen afresh (installation is idempotent)
+    engine_events._watched.clear()
 
 
 @pytest.hookimpl(trylast=True)
@@ -116,7 +94,6 @@ def pytest_configure(config: pytest.Config) -> None:
     _mode = config.getoption("--yc-mode")
     if _mode == "cache":
         _swap_session_class()
-        _record_engine_listeners()
     if config.getoption("--yc-sql-asserts") == "off":
         # Every statement assertion of SQLAlchemy's suite (assert_sql_count, assert_execution,
         # assert_statement_count, sql_execution_asserter + CompiledSQL/AllOf/...) ends here.

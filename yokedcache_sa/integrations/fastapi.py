@@ -5,8 +5,8 @@ Needs the ``fastapi`` extra: ``pip install 'yokedcache_sa[fastapi]'``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any, Final
 
 from ..cache import DEFAULT_TTL, TTL, YokedCache, get_default_cache
 from ..cli import process_info
@@ -20,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "the FastAPI integration needs FastAPI: pip install 'yokedcache_sa[fastapi]'"
     ) from exc
 
-__all__ = ["cache_router", "cached_dependency"]
+__all__ = ["RequestSession", "cache_router", "cached_dependency"]
 
 _PER_PROCESS = (
     "hits",
@@ -37,7 +37,71 @@ _PER_PROCESS = (
 
 
 def _session_of(db: Any) -> Any:
-    return getattr(db, "sync_session", db)  # AsyncSession -> its Session
+    return getattr(db, "sync_session", db)  # AsyncSession (or RequestSession) -> its Session
+
+
+class _Done:
+    """An already-finished awaitable: what ``RequestSession.commit()`` returns."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+    def __repr__(self) -> str:
+        return "<committed>"
+
+
+DONE: Final = _Done()
+
+
+class RequestSession:
+    """The sync session :func:`cached_dependency` yields: your Session, except that
+    ``commit()`` also returns an already-finished awaitable.
+
+    So ``await db.commit()`` works in ``async def`` routes on a sync session (the commit
+    has happened when ``commit()`` returns; awaiting the result does nothing). Every other
+    attribute is the session's own; ``sync_session`` is the session itself (as on
+    ``AsyncSession``).
+
+    Added in 0.2.
+    """
+
+    __slots__ = ("sync_session",)
+
+    def __init__(self, session: Any) -> None:
+        object.__setattr__(self, "sync_session", session)
+
+    def commit(self) -> _Done:
+        """Commit the session; the result may be awaited (it is already done)."""
+        self.sync_session.commit()
+        return DONE
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sync_session, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.sync_session, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self.sync_session, name)
+
+    def __contains__(self, instance: object) -> bool:
+        return instance in self.sync_session
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.sync_session)
+
+    def __enter__(self) -> RequestSession:
+        self.sync_session.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.sync_session.__exit__(*exc)
+
+    def __repr__(self) -> str:
+        return f"<RequestSession of {self.sync_session!r}>"
 
 
 def cached_dependency(
@@ -60,6 +124,9 @@ def cached_dependency(
         table_name: adds the tag ``table:<table_name>`` to every entry of the session.
         tags: more tags for every entry.
 
+    A sync session is yielded as a :class:`RequestSession` (``await db.commit()`` then
+    works in async routes); an ``AsyncSession`` as itself.
+
     Example::
 
         cached_get_db = cached_dependency(get_db, cache=cache, ttl=300, table_name="users")
@@ -75,10 +142,9 @@ def cached_dependency(
     ) -> Any:
         if cache is not None:
             cache.redirect_to(None if resolved is cache else resolved)
-        instrument_session(
-            _session_of(db), resolved, default_ttl=ttl, table_name=table_name, tags=extra
-        )
-        return db
+        session = _session_of(db)
+        instrument_session(session, resolved, default_ttl=ttl, table_name=table_name, tags=extra)
+        return db if session is not db else RequestSession(db)
 
     dependency.__name__ = f"cached_{getattr(get_db, '__name__', 'db')}"
     return dependency

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .catalog import refresh_catalog as refresh_catalog
+from .engine_events import watch_engine as watch_engine
 from .explain import Explanation as Explanation
 from .explain import aexplain as aexplain
 from .explain import explain as explain
@@ -12,6 +13,7 @@ from .routines import declare_function as declare_function
 from .session import CachingQuery as CachingQuery
 from .session import CachingSession as CachingSession
 from .session import instrument_session as instrument_session
+from .session import listen_on_session as listen_on_session
 from .session import state_of as state_of
 from .tracking import declare_dependency as declare_dependency
 
@@ -26,6 +28,8 @@ __all__ = [
     "declare_function",
     "explain",
     "instrument_session",
+    "listen_on_session",
     "refresh_catalog",
     "state_of",
+    "watch_engine",
 ]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.engine import Engine
+from sqlalchemy.engine.base import OptionEngine
 from sqlalchemy.engine.result import FrozenResult, IteratorResult, Result
 from sqlalchemy.orm import Mapper, ORMExecuteState, Query, Session
 from sqlalchemy.orm import identity as _identity
@@ -22,6 +24,7 @@ __all__ = [
     "autobegin",
     "current_path",
     "current_transaction",
+    "root_engine",
     "run_later_orm_listeners",
 ]
 
@@ -58,6 +61,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (InstanceState, "load_options"),
     (Session, "_autobegin_t"),
     (Session, "_transaction"),
+    (OptionEngine, "_proxied"),
 )
 
 
@@ -122,3 +126,16 @@ def current_transaction(session: Session) -> Any:
     if "_transaction" in session.__dict__:
         return session.__dict__["_transaction"]
     return session.get_nested_transaction() or session.get_transaction()
+
+
+def root_engine(engine: Engine) -> Engine:
+    """The engine *engine* was made from by ``execution_options()`` (itself if none).
+
+    An option engine shares its parent's pool and fires the parent's listeners, also those
+    added later; listeners added to the option engine itself fire only for it.
+    """
+    while True:
+        parent = getattr(engine, "_proxied", None)
+        if not isinstance(parent, Engine):
+            return engine
+        engine = parent

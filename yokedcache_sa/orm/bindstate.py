@@ -22,9 +22,20 @@ from typing import Any, Final, Literal
 
 from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["TAINT_KEY", "StateChange", "connection_variant", "engine_identity", "state_change"]
+__all__ = [
+    "TAINT_KEY",
+    "UNWATCHED",
+    "WATCHED_KEY",
+    "StateChange",
+    "connection_taint",
+    "connection_variant",
+    "engine_identity",
+    "state_change",
+]
 
 TAINT_KEY: Final = "yokedcache_state_sql"  # in Connection.info: per DBAPI connection
+WATCHED_KEY: Final = "yokedcache_watched"  # in Connection.info: seen since it was opened
+UNWATCHED: Final = "(a connection checked out before yokedcache watched its engine)"
 _PROCESS: Final = uuid.uuid4().hex
 _local_ids: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _SECRET = re.compile(r"pass|secret|token", re.IGNORECASE)
@@ -127,6 +138,20 @@ def connection_variant(conn: Connection) -> str | None:
     if own == conn.engine.get_execution_options().get("schema_translate_map"):
         return None
     return _schema_map({"schema_translate_map": own}) or "{}"
+
+
+def connection_taint(conn: Connection) -> str | None:
+    """Why *conn*'s state may change answers unseen by the key, or None.
+
+    The state-changing SQL its DBAPI connection ran (``SET ...``), or :data:`UNWATCHED` for a
+    connection whose engine got the listeners while it was checked out: what it ran before
+    (``SET``, writes, the transaction's first read) is unknown.
+    """
+    info = conn.info
+    taint: str | None = info.get(TAINT_KEY)
+    if taint is None and WATCHED_KEY not in info:
+        return UNWATCHED
+    return taint
 
 
 # -- SQL that changes connection state ------------------------------------------------------

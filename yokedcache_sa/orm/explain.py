@@ -21,7 +21,7 @@ from ..errors import ArgumentTypeError
 from ..peek import EntryState, peek, peek_sync
 from ..tags import ALL_TAG, tag_ids
 from . import _compat
-from .bindstate import TAINT_KEY, connection_variant
+from .bindstate import UNWATCHED, connection_taint, connection_variant
 from .options import Hint, hint_from
 from .reads import _cacheable, _on_execute
 from .shapes import _key, _shape_for
@@ -229,7 +229,14 @@ def _plan(
         why = f"reads tables this transaction wrote ({', '.join(sorted(own))}) until it ends"
         return Explanation(False, why, tables=tables), None, None
     if isinstance(bind, Connection):
-        if bind.info.get(TAINT_KEY) and st.vary_on is None:
+        taint = connection_taint(bind)
+        if taint == UNWATCHED:
+            why = (
+                "the bound connection was checked out before yokedcache watched its engine: "
+                "call watch_engine(engine) before opening it"
+            )
+            return Explanation(False, why), None, None
+        if taint is not None and st.vary_on is None:
             return Explanation(False, "the bound connection ran state-changing SQL"), None, None
         variant = connection_variant(bind)
     else:

@@ -24,8 +24,9 @@ from ..tags import ALL_TAG, Snapshot
 from . import _compat, shadow
 from ._bridge import await_ as _await
 from ._bridge import bridge, in_greenlet
-from .bindstate import TAINT_KEY, connection_variant
+from .bindstate import UNWATCHED, connection_taint, connection_variant
 from .collect import Collector, _collector, _mark_strict, reading_collector
+from .engine_events import watch_engine
 from .options import Hint, hint_from
 from .results import (
     NotCacheable,
@@ -105,11 +106,13 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
             _bypass(st, "opt_out" if not hint.enabled else "not_cacheable")
         return None
     if tx is None:
-        if not session.autobegin:
-            _compat.autobegin(session)  # raises SQLAlchemy's own error, as the read would
-        # The database read would begin the session's transaction; beginning one costs
-        # more than a hit, so rollback() begins it late instead (see _rollback).
-        st.unbegun = True
+        if not session.autobegin or not st.lazy_begin:
+            # raises SQLAlchemy's own error with autobegin=False, as the read would
+            _compat.autobegin(session)
+        else:
+            # The database read would begin the session's transaction; beginning one costs
+            # more than a hit, so CachingSession.rollback() begins it late instead.
+            st.unbegun = True
     # The uncached query would autoflush first: pending changes become writes that make
     # their tables bypass the cache for the rest of the transaction.
     if session.autoflush and getattr(ox.load_options, "_autoflush", True):
@@ -131,7 +134,8 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
         _bypass(st, "own_writes", shape.tables)
         return None
     if isinstance(bind, Connection):  # a session bound to a connection: not begun yet
-        if bind.info.get(TAINT_KEY) and st.vary_on is None:
+        taint = connection_taint(bind)
+        if taint is not None and (st.vary_on is None or taint == UNWATCHED):
             _bypass(st, "connection_state", shape.tables)
             return None
         variant = connection_variant(bind)
@@ -167,6 +171,7 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
             if rate and shadow.sample(rate):
                 _shadow(ox, st, cache, engine, bind, key, look, horizon)
             return result
+    watch_engine(engine)  # before the miss checks a connection out (a no-op once watched)
     return _miss(ox, st, shape, hint, cache, key, look, horizon, outer, variant)
 
 

@@ -1,4 +1,4 @@
-"""CachingSession, CachingQuery, ``instrument_session`` and the listeners' installation.
+"""CachingSession, CachingQuery, ``listen_on_session`` and the listeners' installation.
 
 The listeners live in one module per concept: ``reads`` (serve, or run and store),
 ``transactions`` (session begin/commit), ``engine_events`` (writes and connection state),
@@ -21,18 +21,27 @@ the open transaction wrote bypass the cache until the transaction ends.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator, Hashable, Iterable
-from typing import Any, Final
+import weakref
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.orm import Query, Session
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import (
+    ORMExecuteState,
+    Query,
+    Session,
+    SessionTransaction,
+    scoped_session,
+    sessionmaker,
+)
 
 from ..cache import DEFAULT_TTL, TTL, YokedCache
-from ..errors import InvalidationError
+from ..errors import InvalidationError, UsageError
 from ..tags import table_tag
 from . import _compat
 from .collect import Collector, current_collector, reading_collector
-from .engine_events import _install_engine_listeners
+from .engine_events import watch_engine
 from .options import FromCache, NoCache
 from .reads import _on_execute
 from .state import STATE_KEY, SessionCache, state_of
@@ -45,6 +54,7 @@ __all__ = [
     "SessionCache",
     "current_collector",
     "instrument_session",
+    "listen_on_session",
     "reading_collector",
     "state_of",
 ]
@@ -62,22 +72,6 @@ _SESSION_EVENTS = (
 
 
 # -- public classes ------------------------------------------------------------------------
-
-
-class _Done:
-    """An already-finished awaitable: ``await session.commit()`` works on a sync session."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield  # pragma: no cover - makes this a generator
-
-    def __repr__(self) -> str:
-        return "<committed>"
-
-
-DONE: Final = _Done()
 
 
 class CachingQuery(Query[Any]):
@@ -114,8 +108,8 @@ class CachingSession(Session):
             docs/orm.md, "Tenants").
         **kw: passed to :class:`sqlalchemy.orm.Session`.
 
-    ``commit()`` also returns an already-finished awaitable, so ``await session.commit()``
-    works in async routes that use a sync session.
+    To add caching to sessions of another class (a plain ``sessionmaker()``), use
+    :func:`listen_on_session` instead.
 
     Example::
 
@@ -140,13 +134,18 @@ class CachingSession(Session):
         super().__init__(bind, **kw)
         extra = (*tags, table_tag(table_name)) if table_name else tuple(tags)
         self.__dict__[STATE_KEY] = SessionCache(
-            cache, default_ttl=default_ttl, tags=extra, vary_on=vary_on
+            cache, default_ttl=default_ttl, tags=extra, vary_on=vary_on, lazy_begin=True
         )
+        _watch_binds(bind, kw.get("binds"))
 
-    def commit(self) -> _Done:  # type: ignore[override]
-        """Commit, invalidate what the transaction wrote, and return a finished awaitable."""
+    def commit(self) -> None:
+        """Commit, and invalidate what the transaction wrote.
+
+        When a strict-mode mark refuses the COMMIT before it is sent, the transaction is
+        rolled back (its writes are not committed) and the :class:`InvalidationError`
+        raised.
+        """
         _commit_and_finish(self, Session.commit)
-        return DONE
 
     def rollback(self) -> None:
         """Roll back, expiring what the transaction loaded (cache hits included)."""
@@ -192,6 +191,161 @@ def _rollback(session: Session, rollback: Any) -> None:
     rollback(session)
 
 
+def _watch_binds(bind: Any, binds: Any = None) -> None:
+    """First sight of a session's engines: give them the engine listeners now, before
+    any of their connections is checked out for the session."""
+    if bind is not None:
+        watch_engine(bind)
+    if isinstance(binds, dict):
+        for b in binds.values():
+            watch_engine(b)
+
+
+# targets of listen_on_session (a sessionmaker's class_, a Session class or instance)
+_listened: weakref.WeakKeyDictionary[Any, _Listeners] = weakref.WeakKeyDictionary()
+
+SessionTarget = sessionmaker[Any] | type[Session] | Session | scoped_session[Any]
+
+
+class _Listeners:
+    """The session listeners for sessions of one target, with that target's settings.
+
+    A session gets its :class:`SessionCache` at its first event (a statement, a flush, a
+    commit): every path to the database passes one.
+    """
+
+    def __init__(
+        self,
+        cache: YokedCache | None,
+        default_ttl: TTL,
+        tags: tuple[str, ...],
+        vary_on: Callable[[Session], Hashable] | None,
+    ) -> None:
+        self.cache, self.default_ttl, self.tags, self.vary_on = cache, default_ttl, tags, vary_on
+
+    def state(self, session: Session) -> SessionCache:
+        st: SessionCache | None = session.__dict__.get(STATE_KEY)
+        if st is None:
+            st = SessionCache(
+                self.cache, default_ttl=self.default_ttl, tags=self.tags, vary_on=self.vary_on
+            )
+            session.__dict__[STATE_KEY] = st
+            _watch_binds(session.bind)
+        return st
+
+    def do_orm_execute(self, ox: ORMExecuteState) -> Any:
+        self.state(ox.session)
+        return _on_execute(ox)
+
+    def after_begin(self, session: Session, transaction: SessionTransaction, conn: Any) -> None:
+        self.state(session)
+        _after_begin(session, transaction, conn)
+
+    def before_commit(self, session: Session) -> None:
+        self.state(session)
+        _before_commit(session)
+
+    def after_commit(self, session: Session) -> None:
+        _after_commit(session)
+
+    def after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
+        _after_transaction_end(session, transaction)
+
+
+def listen_on_session(
+    target: SessionTarget,
+    cache: YokedCache | None = None,
+    *,
+    default_ttl: TTL = DEFAULT_TTL,
+    tags: Iterable[str] = (),
+    table_name: str | None = None,
+    vary_on: Callable[[Session], Hashable] | None = None,
+) -> None:
+    """Make the sessions of *target* cache their reads and invalidate what they commit.
+
+    The event-based installer, in the shape of SQLAlchemy's dogpile caching example: it
+    registers session listeners on *target* and changes nothing else (no subclass, no
+    method replaced). The sessions then behave as :class:`CachingSession` does.
+
+    Args:
+        target: a ``sessionmaker`` (its sessions), a ``Session`` subclass (every session of
+            it), a ``scoped_session`` (its factory's sessions) or one ``Session`` (about
+            0.1 ms to register on an instance; prefer a factory).
+        cache, default_ttl, tags, table_name, vary_on: as for :class:`CachingSession`.
+
+    Raises:
+        UsageError: *target* makes :class:`CachingSession` objects (they cache already:
+            pass ``cache=`` to them), or *target* already has listeners of this function.
+
+    Differences from :class:`CachingSession`: a hit served while the session has no
+    transaction begins one (as a database read would), so that ``rollback()`` expires
+    what was loaded; a commit refused by a strict-mode mark leaves the transaction open
+    (roll it back, or retry the commit: its tables are marked again first).
+
+    Example::
+
+        SessionLocal = sessionmaker(engine)
+        listen_on_session(SessionLocal, cache=cache)
+
+    Added in 0.2.
+    """
+    cls = _target_class(target)
+    if cls is not None and issubclass(cls, CachingSession):
+        raise UsageError(
+            f"{cls.__name__} is a CachingSession and caches already: pass cache= (and "
+            "default_ttl=, tags=, vary_on=) to it instead of calling listen_on_session()"
+        )
+    events: Any = target if not isinstance(target, scoped_session) else target.session_factory
+    # SQLAlchemy registers a sessionmaker's listeners on its own subclass, class_
+    key = events.class_ if isinstance(events, sessionmaker) else events
+    if isinstance(events, Session) and (state_of(events) or _listeners_of(events)):
+        raise UsageError("this session caches already: use instrument_session() to change it")
+    if key in _listened or (isinstance(key, type) and any(k in _listened for k in key.__mro__)):
+        raise UsageError(f"listen_on_session() was already called for {target!r}")
+    extra = (*tags, table_tag(table_name)) if table_name else tuple(tags)
+    listeners = _Listeners(cache, default_ttl, extra, vary_on)
+    for name, _fn in _SESSION_EVENTS:
+        event.listen(events, name, getattr(listeners, name))
+    _listened[key] = listeners
+    if isinstance(events, sessionmaker):
+        _watch_binds(events.kw.get("bind"), events.kw.get("binds"))
+    elif isinstance(events, Session):
+        listeners.state(events)
+
+
+def _target_class(target: Any) -> type[Session] | None:
+    if isinstance(target, scoped_session):
+        target = target.session_factory
+    if isinstance(target, sessionmaker):
+        return target.class_
+    if isinstance(target, type) and issubclass(target, Session):
+        return target
+    if isinstance(target, Session):
+        return type(target)
+    if isinstance(target, AsyncSession | async_sessionmaker):
+        raise UsageError(
+            "listen_on_session() takes sync sessions: for asyncio use "
+            "async_sessionmaker(engine, sync_session_class=CachingSession, cache=cache), or "
+            "listen_on_session(MySession, ...) on a Session subclass of your own passed as "
+            "sync_session_class"
+        )
+    raise UsageError(
+        f"listen_on_session() takes a sessionmaker, a Session subclass, a scoped_session "
+        f"or a Session, not {target!r}"
+    )
+
+
+def _listeners_of(session: Session) -> _Listeners | None:
+    """The listeners :func:`listen_on_session` put on *session* or on its class."""
+    found = _listened.get(session)
+    if found is None:
+        for klass in type(session).__mro__:
+            found = _listened.get(klass)
+            if found is not None:
+                break
+    return found
+
+
 def instrument_session(
     session: Session,
     cache: YokedCache | None = None,
@@ -201,74 +355,35 @@ def instrument_session(
     table_name: str | None = None,
     vary_on: Callable[[Session], Hashable] | None = None,
 ) -> Session:
-    """Make an existing plain Session cache its reads and invalidate on commit.
+    """Make one existing Session cache its reads and invalidate on commit.
 
-    Returns the same session. Its ``commit()`` then also returns a finished awaitable.
-    Instrumenting a :class:`CachingSession` only updates its settings. *vary_on* is as
-    for :class:`CachingSession`.
+    Returns the same session. The first call registers the listeners on that session
+    (:func:`listen_on_session` on the instance); a later call, or a call on a
+    :class:`CachingSession`, only updates its settings. *vary_on* is as for
+    :class:`CachingSession`.
+
+    Changed in 0.2: the session's class and methods are left alone, so ``commit()``
+    returns None; the FastAPI integration's session wrapper keeps ``await db.commit()``
+    working.
     """
-    _install_engine_listeners()
     extra = (*tags, table_tag(table_name)) if table_name else tuple(tags)
     st = state_of(session)
-    if st is not None:
-        if cache is not None:
-            st._cache = cache
-        st.tags = tuple(dict.fromkeys((*st.tags, *extra)))
-        if not isinstance(default_ttl, type(DEFAULT_TTL)):
-            st.default_ttl = default_ttl
-        if vary_on is not None:
-            st.vary_on = vary_on
+    if st is None:
+        installed = _listeners_of(session)
+        if installed is not None:
+            st = installed.state(session)  # its factory caches: settings are changed below
+    if st is None:
+        listen_on_session(session, cache, default_ttl=default_ttl, tags=extra, vary_on=vary_on)
         return session
-    session.__dict__[STATE_KEY] = SessionCache(
-        cache, default_ttl=default_ttl, tags=extra, vary_on=vary_on
-    )
-    if isinstance(session, CachingSession):
-        return session
-    if "dispatch" not in session.__dict__:
-        # Not used yet: give it a subclass whose class-level listeners and awaitable commit
-        # cost nothing per request (instance-level listeners cost ~0.1 ms to register).
-        session.__class__ = _instrumented_class(type(session))
-        return session
-    for name, fn in _SESSION_EVENTS:
-        event.listen(session, name, fn)
-    plain_commit = type(session).commit
-    plain_rollback = type(session).rollback
-
-    def commit() -> _Done:
-        _commit_and_finish(session, plain_commit)
-        return DONE
-
-    def rollback() -> None:
-        _rollback(session, plain_rollback)
-
-    session.commit = commit  # type: ignore[method-assign,assignment]  # awaitable commit
-    session.rollback = rollback  # type: ignore[method-assign]
+    if cache is not None:
+        st._cache = cache
+    st.tags = tuple(dict.fromkeys((*st.tags, *extra)))
+    if not isinstance(default_ttl, type(DEFAULT_TTL)):
+        st.default_ttl = default_ttl
+    if vary_on is not None:
+        st.vary_on = vary_on
     return session
-
-
-_instrumented: dict[type[Session], type[Session]] = {}
-
-
-def _instrumented_class(cls: type[Session]) -> type[Session]:
-    """A subclass of *cls* carrying the cache listeners and the awaitable commit."""
-    sub = _instrumented.get(cls)
-    if sub is None:
-        plain_commit, plain_rollback = cls.commit, cls.rollback
-
-        def commit(self: Session) -> _Done:
-            _commit_and_finish(self, plain_commit)
-            return DONE
-
-        def rollback(self: Session) -> None:
-            _rollback(self, plain_rollback)
-
-        sub = type(f"Instrumented{cls.__name__}", (cls,), {"commit": commit, "rollback": rollback})
-        for name, fn in _SESSION_EVENTS:
-            event.listen(sub, name, fn)
-        _instrumented[cls] = sub
-    return sub
 
 
 for _name, _fn in _SESSION_EVENTS:
     event.listen(CachingSession, _name, _fn)
-_install_engine_listeners()

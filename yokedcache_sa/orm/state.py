@@ -18,6 +18,7 @@ from ..errors import InvalidationError
 from ..tags import tag_id
 from . import tracking
 from ._bridge import bridge
+from .bindstate import UNWATCHED
 
 log = logging.getLogger("yokedcache_sa")
 
@@ -42,8 +43,12 @@ class SessionCache:
         tags: Iterable[str] = (),
         enabled: bool = True,
         vary_on: Callable[[Session], Hashable] | None = None,
+        lazy_begin: bool = False,
     ) -> None:
         self._cache = cache
+        # True when the session's rollback() begins the transaction hits did not begin
+        # (CachingSession.rollback); otherwise a hit begins it (see reads._serve)
+        self.lazy_begin = lazy_begin
         self.default_ttl = default_ttl
         self.tags = tuple(tags)
         self.enabled = enabled
@@ -95,11 +100,15 @@ class SessionCache:
 
     def taint(self, conn: Connection, why: str) -> None:
         """Stop serving and storing: *conn* runs with state the key does not capture."""
-        if self.vary_on is not None or self.tainted is not None:
+        if self.tainted is not None:
+            return
+        if self.vary_on is not None and why != UNWATCHED:
             return  # the application keys that state itself
         self.tainted = why
         info = conn.info
-        if not info.get("yokedcache_logged"):
+        if why == UNWATCHED:
+            log.debug("yokedcache: caching is off for this transaction %s", why)
+        elif not info.get("yokedcache_logged"):
             info["yokedcache_logged"] = True
             log.info(
                 "yokedcache: caching is off for this connection: it ran %r, which changes "
@@ -136,8 +145,9 @@ class SessionCache:
         if self.writer is None:
             self.writer = YokedCache.new_writer()
         cache = self.txn_cache()
-        self.marked.update(new)
         bridge(cache.begin_write_sync, cache.begin_write, sorted(new), self.writer)
+        # only once taken: a commit retried after a refused mark (strict mode) marks again
+        self.marked.update(new)
 
     def finish(self, committed: bool) -> None:
         """End the transaction: bump marked tags after a commit, else release them."""

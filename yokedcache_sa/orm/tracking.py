@@ -6,7 +6,7 @@ import logging
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import MetaData, Table
 from sqlalchemy.sql import visitors
@@ -294,25 +294,52 @@ def _known_tags(metadata: MetaData) -> frozenset[str]:
 _cascade_cache: weakref.WeakKeyDictionary[MetaData, tuple[int, dict[str, set[str]]]] = (
     weakref.WeakKeyDictionary()
 )
-_declared: dict[str, set[str]] = {}
+DEPENDENTS_KEY: Final = "yokedcache_dependents"  # in MetaData.info: base tag -> dependent tags
+# declarations naming no MetaData and no Table (the two-argument string form): they hold for
+# every metadata, as before declarations moved to MetaData.info
+_UNATTACHED: Final = MetaData(info={DEPENDENTS_KEY: {}})
+# which MetaData hold declarations (an index, weakly: the declarations are their info's),
+# so that a process that writes before it has read a table of them still applies them
+_declaring: weakref.WeakSet[MetaData] = weakref.WeakSet([_UNATTACHED])
 
 
-def declare_dependency(table: str, depends_on: Iterable[str]) -> None:
+def declare_dependency(
+    table: str | Table, depends_on: Iterable[str | Table], *, metadata: MetaData | None = None
+) -> None:
     """Declare that *table* (a view, a trigger-fed table) changes when *depends_on* change.
 
     A write to any of *depends_on* then also invalidates results that read *table*.
 
+    The declaration is kept in ``metadata.info["yokedcache_dependents"]``: of *metadata*,
+    else of the MetaData of the first :class:`~sqlalchemy.Table` among the arguments. With
+    names only and no *metadata* it holds for every MetaData in the process.
+
     Example::
 
-        declare_dependency("user_stats_view", ["users", "orders"])
+        declare_dependency("user_stats_view", ["users", "orders"], metadata=Base.metadata)
+        declare_dependency(audit_log, [orders])  # Table objects: their MetaData
+
+    Changed in 0.2: takes Table objects and ``metadata=``; kept on ``MetaData.info``.
     """
-    for base in depends_on:
-        _declared.setdefault(table_tag(base), set()).add(table_tag(table))
+    bases = list(depends_on)
+    if metadata is None:
+        metadata = next((t.metadata for t in (table, *bases) if isinstance(t, Table)), _UNATTACHED)
+    declared: dict[str, set[str]] = metadata.info.setdefault(DEPENDENTS_KEY, {})
+    _declaring.add(metadata)
+    dependent = _tag_of(table) if isinstance(table, Table) else table_tag(table)
+    for base in bases:
+        base_tag = _tag_of(base) if isinstance(base, Table) else table_tag(base)
+        declared.setdefault(base_tag, set()).add(dependent)
 
 
-def dependencies() -> dict[str, frozenset[str]]:
-    """The declared dependencies, base table tag -> dependent table tags."""
-    return {k: frozenset(v) for k, v in _declared.items()}
+def dependencies(metadatas: Iterable[MetaData] = ()) -> dict[str, frozenset[str]]:
+    """The declared dependencies of *metadatas* and the unattached ones, base table tag ->
+    dependent table tags."""
+    out: dict[str, set[str]] = {}
+    for md in {*_declaring, *metadatas}:
+        for base, deps in md.info.get(DEPENDENTS_KEY, {}).items():
+            out.setdefault(base, set()).update(deps)
+    return {k: frozenset(v) for k, v in out.items()}
 
 
 def _fk_map(metadata: MetaData) -> dict[str, set[str]]:
@@ -336,12 +363,16 @@ def _fk_map(metadata: MetaData) -> dict[str, set[str]]:
 def cascade_closure(tags: Iterable[str], metadatas: Iterable[MetaData]) -> frozenset[str]:
     """*tags* plus every table changed by FK ON DELETE/UPDATE actions or declared
     dependencies, transitively."""
+    metadatas = list(metadatas)
     maps = [_fk_map(m) for m in metadatas]
+    maps.extend(
+        m.info[DEPENDENTS_KEY] for m in {*_declaring, *metadatas} if DEPENDENTS_KEY in m.info
+    )
     out = set(tags)
     todo = list(out)
     while todo:
         t = todo.pop()
-        nxt: set[str] = set(_declared.get(t, ()))
+        nxt: set[str] = set()
         for rev in maps:
             nxt |= rev.get(t, set())
         for n in nxt - out:

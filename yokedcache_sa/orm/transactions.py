@@ -10,7 +10,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
 from ._bridge import bridge
-from .bindstate import TAINT_KEY, connection_variant
+from .bindstate import connection_taint, connection_variant
+from .engine_events import watch_engine
 from .pgwrites import _add_pg_modified
 from .reads import _isolation_of, _learned, _snapshot_isolated
 from .state import state_of
@@ -25,9 +26,10 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
     st = state_of(session)
     if st is None:
         return
+    watch_engine(connection.engine)  # normally watched already: at the session's first sight
     connection.__dict__["_yc_state"] = st
     st.conns.append(weakref.ref(connection))
-    why = connection.__dict__.get("_yc_tainted") or connection.info.get(TAINT_KEY)
+    why = connection.__dict__.get("_yc_tainted") or connection_taint(connection)
     if why:
         st.taint(connection, why)
     if connection.get_execution_options().get("schema_translate_map"):
