@@ -198,7 +198,7 @@ class Hooks:
     Holds no reference to the cache (the breaker's callbacks go through it).
     """
 
-    __slots__ = ("_failed", "_listeners", "_lock", "active", "tracer")
+    __slots__ = ("_failed", "_listeners", "_lock", "_routes", "active", "tracer")
 
     def __init__(self) -> None:
         self.active = False
@@ -208,6 +208,8 @@ class Hooks:
         ``start_as_current_span(name, attributes)`` (a context manager); set by
         :func:`yokedcache_sa.metrics.otel.instrument`."""
         self._listeners: tuple[tuple[Listener, tuple[type, ...] | None], ...] = ()
+        self._routes: dict[type, tuple[Listener, ...]] = {}
+        """Per event class, what :meth:`emit` calls (built at its first event)."""
         self._failed: set[int] = set()
         self._lock = threading.Lock()
 
@@ -238,13 +240,31 @@ class Hooks:
             self._refresh()
 
     def _refresh(self) -> None:
+        self._routes = {}
         self.active = bool(self._listeners) or self.tracer is not None
+
+    def _route(self, cls: type) -> tuple[Listener, ...]:
+        """What an event of class *cls* goes to: each listener subscribed to it, or, for a
+        listener with a ``handler_for(cls)`` method (the exporters' tallies), the handler
+        it names for that class (None: not interested)."""
+        route: list[Listener] = []
+        for fn, kinds in self._listeners:
+            if kinds is not None and not issubclass(cls, kinds):
+                continue
+            pick = getattr(fn, "handler_for", None)
+            handler = pick(cls) if pick is not None else fn
+            if handler is not None:
+                route.append(handler)
+        routes = self._routes
+        routes[cls] = out = tuple(route)
+        return out
 
     def emit(self, event: object) -> None:
         """Call each listener subscribed to *event*'s class."""
-        for fn, kinds in self._listeners:
-            if kinds is not None and not isinstance(event, kinds):
-                continue
+        fns = self._routes.get(type(event))
+        if fns is None:
+            fns = self._route(type(event))
+        for fn in fns:
             try:
                 fn(event)
             except Exception:

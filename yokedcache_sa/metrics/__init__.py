@@ -125,6 +125,10 @@ class Tally:
         if handler is not None:
             handler(event)
 
+    def handler_for(self, cls: type) -> Callable[[Any], None] | None:
+        """What handles events of class *cls* (the cache's hooks call it directly)."""
+        return self._handlers.get(cls)
+
     # -- sinks -------------------------------------------------------------------------
 
     def add_sink(self, sink: Latency) -> None:
@@ -175,17 +179,30 @@ class Tally:
         self.lookups[outcome] += 1
         keys = self._lookup_keys.get((tables, outcome))
         if keys is None:
-            keys = tuple((self.label(t), outcome) for t in tables)
-            if len(self._lookup_keys) >= 4096:
-                self._lookup_keys.clear()
-            self._lookup_keys[(tables, outcome)] = keys
+            keys = self._keys_of(tables, outcome)
         counts = self.table_lookups
         for k in keys:
             counts[k] = counts.get(k, 0) + 1
-        self.latency("lookup", outcome, seconds)
+        for sink in self._sinks:
+            sink("lookup", outcome, seconds)
 
-    def _hit(self, e: Any) -> None:
-        self._lookup(e.tables, "hit", e.seconds)
+    def _keys_of(self, tables: tuple[str, ...], outcome: str) -> tuple[tuple[str, str], ...]:
+        keys = tuple((self.label(t), outcome) for t in tables)
+        if len(self._lookup_keys) >= 4096:
+            self._lookup_keys.clear()
+        self._lookup_keys[(tables, outcome)] = keys
+        return keys
+
+    def _hit(self, e: Any) -> None:  # _lookup, inlined: the hot path of an observed hit
+        self.lookups["hit"] += 1
+        keys = self._lookup_keys.get((e.tables, "hit"))
+        if keys is None:
+            keys = self._keys_of(e.tables, "hit")
+        counts = self.table_lookups
+        for k in keys:
+            counts[k] = counts.get(k, 0) + 1
+        for sink in self._sinks:
+            sink("lookup", "hit", e.seconds)
 
     def _miss(self, e: Any) -> None:
         self._lookup(e.tables, "miss", e.seconds)
