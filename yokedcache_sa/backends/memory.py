@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from ..errors import BackendUnavailable
 from ..tags import Snapshot
 from .base import Fetched, StoreOutcome, StoreState
-from .shared import SharedVersions, attach, shared_dir, slot_of
+from .shared import SharedVersions, attach
+from .versionfile import shared_dir, slot_of
 
 __all__ = ["MemoryBackend"]
 
