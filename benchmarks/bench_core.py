@@ -26,7 +26,7 @@ import msgpack
 import redis
 
 from yokedcache_sa import CacheConfig, YokedCache, codec
-from yokedcache_sa.backends.redis import _SCRIPTS
+from yokedcache_sa.backends.redis_lua import SCRIPTS
 from yokedcache_sa.cache import _normalize_key
 from yokedcache_sa.tags import tag_ids
 
@@ -153,7 +153,7 @@ def _fill(cache: YokedCache, n: int, tag: str) -> None:
     """Store *n* genuine entries carrying *tag*, pipelined (set_sync one by one is slow)."""
     backend: Any = cache.backend
     client = backend.client
-    sha = client.script_load(_SCRIPTS["store"])
+    sha = client.script_load(SCRIPTS["store"])
     snap = cache.observe_sync()
     assert snap is not None
     ids = tag_ids([tag])
@@ -162,8 +162,8 @@ def _fill(cache: YokedCache, n: int, tag: str) -> None:
             for i in range(start, min(n, start + 2000)):
                 key = _normalize_key(f"row:{i}")
                 payload = cache._encode(key, i, ids, snap)
-                args = backend._store_args(payload, None, ids, snap.epoch, snap.seq, None)
-                keys = (backend.entry_key(key), backend.meta_key, backend._lock_key(key))
+                args = backend.commands.store_args(payload, None, ids, snap.epoch, snap.seq, None)
+                keys = (backend.entry_key(key), backend.meta_key, backend.commands.lock_key(key))
                 pipe.evalsha(sha, len(keys), *keys, *args)
             assert all(r == 1 for r in pipe.execute())
     assert cache.get_sync("row:0") == 0
