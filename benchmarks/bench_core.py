@@ -25,9 +25,9 @@ from typing import Any
 import msgpack
 import redis
 
-from yokedcache_sa import CacheConfig, YokedCache, codec
-from yokedcache_sa.backends.redis import _SCRIPTS
-from yokedcache_sa.cache import _normalize_key
+from yokedcache_sa import CacheConfig, YokedCache
+from yokedcache_sa.backends.redis_lua import SCRIPTS
+from yokedcache_sa.keys import normalize_key
 from yokedcache_sa.tags import tag_ids
 
 REDIS_URL = os.environ.get("YOKEDCACHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -67,16 +67,11 @@ def bench_redis_hit(url: str, iterations: int) -> dict[str, float]:
         assert cache.set_sync("user:1", VALUE_1K, tags=["table:users"], ttl=None)
         assert cache.get_sync("user:1") == VALUE_1K
         raw = cache.backend.client  # type: ignore[attr-defined]
-        entry_key = f"{prefix}:e:{_normalize_key('user:1')}"
+        entry_key = f"{prefix}:e:{normalize_key('user:1')}"
         framed: bytes = raw.get(entry_key)
         # the same entry bytes: skip the tag list and the codec header, unpack the body
         payload = framed.partition(b"\x00")[2]
-        header = codec.decode_header(
-            payload,
-            key=cache._key_scope + _normalize_key("user:1"),
-            secret=None,
-            max_bytes=cache.config.max_value_bytes,
-        )
+        header = cache.entry_header(normalize_key("user:1"), payload)
         body_at = len(framed) - len(payload) + header.body_start
         body_end = len(framed) - len(payload) + header.body_end
         assert msgpack.unpackb(framed[body_at:body_end]) == VALUE_1K
@@ -153,17 +148,17 @@ def _fill(cache: YokedCache, n: int, tag: str) -> None:
     """Store *n* genuine entries carrying *tag*, pipelined (set_sync one by one is slow)."""
     backend: Any = cache.backend
     client = backend.client
-    sha = client.script_load(_SCRIPTS["store"])
+    sha = client.script_load(SCRIPTS["store"])
     snap = cache.observe_sync()
     assert snap is not None
     ids = tag_ids([tag])
     for start in range(0, n, 2000):
         with client.pipeline(transaction=False) as pipe:
             for i in range(start, min(n, start + 2000)):
-                key = _normalize_key(f"row:{i}")
+                key = normalize_key(f"row:{i}")
                 payload = cache._encode(key, i, ids, snap)
-                args = backend._store_args(payload, None, ids, snap.epoch, snap.seq, None)
-                keys = (backend.entry_key(key), backend.meta_key, backend._lock_key(key))
+                args = backend.commands.store_args(payload, None, ids, snap.epoch, snap.seq, None)
+                keys = (backend.entry_key(key), backend.meta_key, backend.commands.lock_key(key))
                 pipe.evalsha(sha, len(keys), *keys, *args)
             assert all(r == 1 for r in pipe.execute())
     assert cache.get_sync("row:0") == 0

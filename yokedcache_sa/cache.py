@@ -96,12 +96,16 @@ class YokedCache(CacheState):
         """
         self._redirect = None if other is self else other
 
-    def _target(self) -> YokedCache:
+    def resolved(self) -> YokedCache:
+        """The cache this object's operations run on: itself, or the one :meth:`redirect_to`
+        sends them to. Added in 0.x."""
         seen: CacheState = self
         while seen._redirect is not None:
             seen = seen._redirect
         assert isinstance(seen, YokedCache)
         return seen
+
+    _target = resolved  # the spelling of the façade's own methods
 
     # -- lifecycle -------------------------------------------------------------------------
 

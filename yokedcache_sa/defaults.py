@@ -82,12 +82,12 @@ def get_default_cache() -> YokedCache:
         NoDefaultCache: no cache exists.
     """
     if _explicit_default is not None:
-        return _explicit_default._target()
+        return _explicit_default.resolved()
     ref = _last_connected
     cache = ref() if ref is not None else None
     if cache is None:
         cache = _newest()
-    return cache._target()
+    return cache.resolved()
 
 
 def _newest() -> YokedCache:
@@ -120,11 +120,11 @@ def get_session_default_cache() -> YokedCache:
         NoDefaultCache: no cache exists, or several do and none was set as the default.
     """
     if _explicit_default is not None:
-        return _explicit_default._target()
+        return _explicit_default.resolved()
     cache = _only()
     if cache is None:
         raise NoDefaultCache(
             f"a CachingSession was made without cache= while {len(_caches)} YokedCache "
             "objects exist; it will not guess which one: " + _HOW
         )
-    return cache._target()
+    return cache.resolved()

@@ -87,7 +87,7 @@ class _Cached:
 
     def resolve(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> YokedCache:
         if self.cache is not None:
-            return self.cache._target()
+            return self.cache.resolved()
         return _cache_from_args((*args, *kwargs.values())) or get_default_cache()
 
     def make_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:

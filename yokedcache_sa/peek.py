@@ -45,12 +45,7 @@ def _judge(cache: YokedCache, key: str, fetched: Fetched, horizon: int | None) -
     if payload is None:
         return EntryState(False, False, "no entry under this key")
     try:
-        header = codec.decode_header(
-            payload,
-            key=cache._key_scope + key,
-            secret=cache._secret,
-            max_bytes=cache._max_bytes,
-        )
+        header = cache.entry_header(key, payload)
     except codec.KeyMismatch:
         return EntryState(True, False, "an entry stored for another key (ignored)")
     except CorruptEntryError as exc:

@@ -147,6 +147,33 @@ class CacheState:
     def _on_connected(self) -> None:  # overridden by the façade (the default-cache rule)
         pass
 
+    # -- read-only views (for operator tools and exporters) -----------------------------------
+
+    @property
+    def breaker_open(self) -> bool:
+        """Whether the circuit breaker refuses backend calls now. Added in 0.x."""
+        return self._breaker.is_open
+
+    @property
+    def pending_count(self) -> int:
+        """Tags whose invalidation this process has not delivered to the store yet (what
+        ``CacheStats.pending_invalidations`` reports). Added in 0.x."""
+        return len(self._pending)
+
+    def entry_header(self, key: str, payload: bytes) -> codec.Header:
+        """Verify *payload* as the entry of *key* in this cache (its key scope, signing
+        secret and size limit) and return its header; :meth:`decide` does the same inline.
+
+        Raises:
+            KeyMismatch: the entry was stored for another key.
+            CorruptEntryError: see :func:`yokedcache_sa.codec.decode_header`.
+
+        Added in 0.x.
+        """
+        return codec.decode_header(
+            payload, key=self._key_scope + key, secret=self._secret, max_bytes=self._max_bytes
+        )
+
     # -- pure steps --------------------------------------------------------------------------
 
     def decide(

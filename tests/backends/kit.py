@@ -41,7 +41,7 @@ def raw_client(cache: YokedCache) -> redis_py.Redis:
 
 
 def raw_entry_key(cache: YokedCache, key: str) -> str:
-    """The Redis key of a plain (``get``/``set``) key: layout from backends/redis.py."""
+    """The Redis key of a plain (``get``/``set``) key: layout from backends/redis_commands.py."""
     return f"{cache.config.key_prefix}:e:{_normalize_key(key)}"
 
 

@@ -466,7 +466,7 @@ def _redis_backend() -> Any:
 
 def test_redis_clear_drops_the_versions_then_unlinks_page_by_page() -> None:
     b = _redis_backend()
-    flow = b._clear()
+    flow = b.commands.clear()
     assert next(flow) == ("DEL", "{p}:meta")
     assert flow.send(1)[:2] == ("SCAN", 0)
     assert flow.send((5, [b"p:e:a", b"p:e:b"])) == ("UNLINK", b"p:e:a", b"p:e:b")
@@ -477,7 +477,7 @@ def test_redis_clear_drops_the_versions_then_unlinks_page_by_page() -> None:
 
 def test_redis_key_count_sums_the_pages() -> None:
     b = _redis_backend()
-    flow = b._key_count()
+    flow = b.commands.key_count()
     next(flow)
     assert flow.send((3, [b"x"] * 4))[:2] == ("SCAN", 3)
     with pytest.raises(StopIteration) as stop:
@@ -489,7 +489,7 @@ def test_redis_script_is_loaded_once_when_the_server_lacks_it() -> None:
     import redis
 
     b = _redis_backend()
-    flow = b._fetch("k:x", None, 0.0)
+    flow = b.commands.fetch("k:x", None, 0.0)
     call = next(flow)
     assert call[0] == "EVALSHA"
     assert flow.throw(redis.exceptions.NoScriptError("NOSCRIPT"))[:2] == ("SCRIPT", "LOAD")

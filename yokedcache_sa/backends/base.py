@@ -16,7 +16,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 from ..tags import Snapshot
 
-__all__ = ["Backend", "Fetched", "StoreOutcome", "StoreState"]
+__all__ = ["Backend", "Fetched", "NonBlockingTwins", "StoreOutcome", "StoreState", "SyncBackend"]
 
 
 class StoreOutcome(enum.IntEnum):
@@ -63,9 +63,8 @@ class StoreState:
     process (the memory backend's entries)."""
 
 
-@runtime_checkable
-class Backend(Protocol):
-    """The narrow interface every store implements, sync and async twins alike."""
+class SyncBackend(Protocol):
+    """The sync half of :class:`Backend` (what :class:`NonBlockingTwins` builds on)."""
 
     name: str
 
@@ -147,6 +146,11 @@ class Backend(Protocol):
         """Release connections."""
         ...
 
+
+@runtime_checkable
+class Backend(SyncBackend, Protocol):
+    """The narrow interface every store implements, sync and async twins alike."""
+
     async def afetch(
         self, key: str, lock_token: str | None = None, lock_ttl: float = 0.0
     ) -> Fetched: ...
@@ -174,3 +178,70 @@ class Backend(Protocol):
     async def akey_count(self) -> int: ...
     async def aping(self) -> None: ...
     async def aclose(self) -> None: ...
+
+
+class NonBlockingTwins:
+    """The async twins of a store whose calls never block: each one calls its sync method.
+
+    A mixin for :class:`SyncBackend` implementations (the memory backend); awaiting adds no
+    thread hop, the sync call runs on the event loop as it is quick and takes no I/O.
+
+    Added in 0.x.
+    """
+
+    __slots__ = ()
+
+    async def afetch(
+        self: SyncBackend, key: str, lock_token: str | None = None, lock_ttl: float = 0.0
+    ) -> Fetched:
+        return self.fetch(key, lock_token, lock_ttl)
+
+    async def aobserve(self: SyncBackend) -> Snapshot:
+        return self.observe()
+
+    async def astore(
+        self: SyncBackend,
+        key: str,
+        payload: bytes,
+        ttl: float | None,
+        tags: Sequence[str],
+        epoch: str,
+        seq: int,
+        lock_token: str | None = None,
+    ) -> StoreOutcome:
+        return self.store(key, payload, ttl, tags, epoch, seq, lock_token)
+
+    async def abegin_write(
+        self: SyncBackend, tags: Sequence[str], writer: str, lease: float, bump: bool = False
+    ) -> None:
+        self.begin_write(tags, writer, lease, bump)
+
+    async def aend_write(self: SyncBackend, tags: Sequence[str], writer: str) -> int:
+        return self.end_write(tags, writer)
+
+    async def arelease(self: SyncBackend, tags: Sequence[str], writer: str) -> None:
+        self.release(tags, writer)
+
+    async def aacquire(self: SyncBackend, name: str, token: str, ttl: float) -> bool:
+        return self.acquire(name, token, ttl)
+
+    async def aunlock(self: SyncBackend, name: str, token: str) -> None:
+        self.unlock(name, token)
+
+    async def alocked(self: SyncBackend, name: str) -> bool:
+        return self.locked(name)
+
+    async def adelete_many(self: SyncBackend, keys: Sequence[str]) -> int:
+        return self.delete_many(keys)
+
+    async def aclear(self: SyncBackend) -> None:
+        self.clear()
+
+    async def akey_count(self: SyncBackend) -> int:
+        return self.key_count()
+
+    async def aping(self: SyncBackend) -> None:
+        self.ping()
+
+    async def aclose(self: SyncBackend) -> None:
+        self.close()

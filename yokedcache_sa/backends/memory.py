@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 from ..errors import BackendUnavailable
 from ..tags import Snapshot
-from .base import Fetched, StoreOutcome, StoreState
-from .shared import SharedVersions, attach, shared_dir, slot_of
+from .base import Fetched, NonBlockingTwins, StoreOutcome, StoreState
+from .shared import SharedVersions, attach
+from .versionfile import shared_dir, slot_of
 
 __all__ = ["MemoryBackend"]
 
@@ -60,7 +61,7 @@ def _unavailable(exc: OSError) -> BackendUnavailable:
     )
 
 
-class MemoryBackend:
+class MemoryBackend(NonBlockingTwins):
     """A process-local store with the same atomic semantics as the Redis backend.
 
     Args:
@@ -383,60 +384,3 @@ class MemoryBackend:
         if shared is not None and not self._closed:
             self._closed = True
             shared.close()
-
-    # -- async twins: the memory store never blocks, so they call the sync methods ---------
-
-    async def afetch(
-        self, key: str, lock_token: str | None = None, lock_ttl: float = 0.0
-    ) -> Fetched:
-        return self.fetch(key, lock_token, lock_ttl)
-
-    async def aobserve(self) -> Snapshot:
-        return self.observe()
-
-    async def astore(
-        self,
-        key: str,
-        payload: bytes,
-        ttl: float | None,
-        tags: Sequence[str],
-        epoch: str,
-        seq: int,
-        lock_token: str | None = None,
-    ) -> StoreOutcome:
-        return self.store(key, payload, ttl, tags, epoch, seq, lock_token)
-
-    async def abegin_write(
-        self, tags: Sequence[str], writer: str, lease: float, bump: bool = False
-    ) -> None:
-        self.begin_write(tags, writer, lease, bump)
-
-    async def aend_write(self, tags: Sequence[str], writer: str) -> int:
-        return self.end_write(tags, writer)
-
-    async def arelease(self, tags: Sequence[str], writer: str) -> None:
-        self.release(tags, writer)
-
-    async def aacquire(self, name: str, token: str, ttl: float) -> bool:
-        return self.acquire(name, token, ttl)
-
-    async def aunlock(self, name: str, token: str) -> None:
-        self.unlock(name, token)
-
-    async def alocked(self, name: str) -> bool:
-        return self.locked(name)
-
-    async def adelete_many(self, keys: Sequence[str]) -> int:
-        return self.delete_many(keys)
-
-    async def aclear(self) -> None:
-        self.clear()
-
-    async def akey_count(self) -> int:
-        return self.key_count()
-
-    async def aping(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        self.close()

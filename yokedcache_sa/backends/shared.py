@@ -2,28 +2,14 @@
 
 Entries stay in each process; the *version record* (epoch, write sequence, per-tag versions,
 write marks) lives in a fixed-size memory-mapped file that every process using the same key
-prefix maps, so a commit in one worker makes the others' entries stale before it returns.
+prefix maps, so a commit in one worker makes the others' entries stale before it returns. The
+file's layout and its mark records are in :mod:`.versionfile`; this module is the record built
+on it: which file each process maps, lock-free reads, locked writes, and reopening.
 
-Layout (native byte order, every field 8 bytes and 8-byte aligned)::
-
-    header   magic, layout, gen, epoch, seq, created_ns, retired, 64 attached pids
-    versions u64[SLOTS]   slot version = max over the tags hashed there (seq of last bump)
-    markmax  f64[SLOTS]   latest expiry (wall clock) of the live marks on the slot
-    overflow f64[SLOTS]   expiry of marks that found no free record (table full)
-    far      u64[SLOTS]   mark records of the slot placed outside its window
-    mkey     u64[MARKS]   mark record: writer hash << 14 | slot + 1 (0 = free)
-    mexp     f64[MARKS]   expiry of the record
-
-A slot's mark records go in a window of ``WINDOW`` records at a home derived from the slot
-(slots share windows), so placing, finding and summarising them reads one short window; only
-when a window is full does a record go elsewhere in the table (counted in ``far``, and then
-the whole table is searched for that slot).
-
-Tags hash into slots: two tags in one slot share a version, so a collision only makes entries
-stale too early, never too late. Updates run under an exclusive ``flock`` and inside a
-seqlock (``gen`` odd while writing); readers take no lock and retry when ``gen`` moved. A
-writer killed mid-update leaves ``gen`` odd: the next locked access sees it and moves to a
-new epoch (every entry becomes a miss), since the record may be half written.
+Updates run under an exclusive ``flock`` and inside a seqlock (``gen`` odd while writing);
+readers take no lock and retry when ``gen`` moved. A writer killed mid-update leaves ``gen``
+odd: the next locked access sees it and moves to a new epoch (every entry becomes a miss),
+since the record may be half written.
 
 A file deleted or replaced while in use: each process compares the path's inode with its own
 mapping at least every ``RECHECK`` seconds of reads and on every write; the first to notice
@@ -35,106 +21,47 @@ its first write completes, so no one still reads an older file when that write r
 from __future__ import annotations
 
 import atexit
-import hashlib
-import mmap
 import os
 import sys
-import tempfile
 import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
+
+from .versionfile import (
+    H_CREATED,
+    H_EPOCH,
+    H_GEN,
+    H_LAYOUT,
+    H_MAGIC,
+    H_PIDS,
+    H_RETIRED,
+    H_SEQ,
+    LAYOUT,
+    MAGIC,
+    PIDS,
+    SIZE,
+    SLOTS,
+    WINDOW,
+    MappedFile,
+    alive,
+    create,
+    new_epoch,
+    shared_dir,
+    shared_path,
+    slot_of,
+    writer_hash,
+)
 
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["SLOTS", "SharedVersions", "attach", "shared_path", "slot_of"]
+__all__ = ["SLOTS", "WINDOW", "SharedVersions", "attach", "shared_dir", "shared_path", "slot_of"]
 
-SLOTS = 8192
-MARKS = 1024
 RECHECK = 0.005
 """Seconds between two checks that the path still names the mapped file."""
-
-_MAGIC = 0x31_52_45_56_44_4B_59  # "YKDVER1" read little-endian
-_LAYOUT = (SLOTS << 32) | MARKS
-_H_MAGIC, _H_LAYOUT, _H_GEN, _H_EPOCH, _H_SEQ, _H_CREATED, _H_RETIRED = range(7)
-_H_PIDS = 7
-_PIDS = 64
-_HEADER = 8 * (_H_PIDS + _PIDS)
-_VER = _HEADER
-_MMAX = _VER + 8 * SLOTS
-_OFLOW = _MMAX + 8 * SLOTS
-_FAR = _OFLOW + 8 * SLOTS
-_MKEY = _FAR + 8 * SLOTS
-_MEXP = _MKEY + 8 * MARKS
-SIZE = _MEXP + 8 * MARKS
-_SLOT_BITS = 14
-_SLOT_MASK = (1 << _SLOT_BITS) - 1
-WINDOW = 32
 _SPINS = 64
-
-
-@lru_cache(maxsize=65536)
-def slot_of(tag: str) -> int:
-    """Return the slot of tag id *tag* (stable across processes and Python runs)."""
-    digest = hashlib.blake2b(tag.encode("utf-8", "surrogatepass"), digest_size=4).digest()
-    return int.from_bytes(digest, "little") % SLOTS
-
-
-def _writer_hash(writer: str) -> int:
-    digest = hashlib.blake2b(writer.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> _SLOT_BITS << _SLOT_BITS
-
-
-def _home(slot: int) -> int:
-    return slot * (MARKS - WINDOW) // SLOTS
-
-
-def _new_epoch() -> int:
-    return int.from_bytes(os.urandom(8), "little") | 1
-
-
-def shared_dir() -> str:
-    """The directory of version files: ``/dev/shm`` when writable, else the temp dir."""
-    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
-        return "/dev/shm"
-    return tempfile.gettempdir()
-
-
-def shared_path(prefix: str, directory: str | None = None) -> str:
-    """The version file of *prefix* for this user."""
-    digest = hashlib.blake2b(prefix.encode(), digest_size=10).hexdigest()
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    name = f"yokedcache-v1-{digest}-{uid}.ver"
-    return os.path.join(directory if directory is not None else shared_dir(), name)
-
-
-class _Mapping:
-    """One open file and its typed views; replaced as a whole when the file changes."""
-
-    __slots__ = ("far", "fd", "hdr", "ino", "mexp", "mkey", "mm", "mmax", "oflow", "ver")
-
-    def __init__(self, fd: int, ino: tuple[int, int]) -> None:
-        self.fd = fd
-        self.ino = ino
-        self.mm = mmap.mmap(fd, SIZE)
-        mv = memoryview(self.mm)
-        self.hdr = mv[:_HEADER].cast("Q")
-        self.ver = mv[_VER:_MMAX].cast("Q")
-        self.mmax = mv[_MMAX:_OFLOW].cast("d")
-        self.oflow = mv[_OFLOW:_FAR].cast("d")
-        self.far = mv[_FAR:_MKEY].cast("Q")
-        self.mkey = mv[_MKEY:_MEXP].cast("Q")
-        self.mexp = mv[_MEXP:SIZE].cast("d")
-
-    def close(self) -> None:
-        # Other threads may still hold the views: let the last reference unmap the file.
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
 
 
 _live: weakref.WeakSet[SharedVersions] = weakref.WeakSet()
@@ -194,38 +121,12 @@ class SharedVersions:
 
     # -- opening -------------------------------------------------------------------------
 
-    def _create(self, replace: bool) -> None:
-        _sweep(os.path.dirname(self.path))
-        tmp = f"{self.path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.ftruncate(fd, SIZE)
-            m = _Mapping(fd, (0, 0))
-            hdr = m.hdr
-            hdr[_H_LAYOUT] = _LAYOUT
-            hdr[_H_EPOCH] = _new_epoch()
-            hdr[_H_CREATED] = time.time_ns()
-            hdr[_H_MAGIC] = _MAGIC
-            if replace:
-                os.replace(tmp, self.path)
-            else:
-                try:
-                    os.link(tmp, self.path)
-                except FileExistsError:
-                    pass  # another process created it first: use theirs
-        finally:
-            os.close(fd)
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-
-    def _open(self) -> _Mapping:
+    def _open(self) -> MappedFile:
         for _ in range(8):
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
             except FileNotFoundError:
-                self._create(replace=False)
+                create(self.path, replace=False)
                 continue
             st = os.fstat(fd)
             if hasattr(os, "getuid") and st.st_uid != os.getuid():
@@ -233,27 +134,27 @@ class SharedVersions:
                 raise PermissionError(f"{self.path} belongs to uid {st.st_uid}, not to us")
             if st.st_size != SIZE:
                 os.close(fd)
-                self._create(replace=True)  # truncated, or another layout: a new epoch
+                create(self.path, replace=True)  # truncated, or another layout: a new epoch
                 continue
-            m = _Mapping(fd, (st.st_dev, st.st_ino))
+            m = MappedFile(fd, (st.st_dev, st.st_ino))
             hdr = m.hdr
-            if hdr[_H_MAGIC] != _MAGIC or hdr[_H_LAYOUT] != _LAYOUT or hdr[_H_RETIRED]:
+            if hdr[H_MAGIC] != MAGIC or hdr[H_LAYOUT] != LAYOUT or hdr[H_RETIRED]:
                 m.close()
-                self._create(replace=True)
+                create(self.path, replace=True)
                 continue
             self._attach(m)
             return m
         raise OSError(f"could not open a stable version file at {self.path}")
 
-    def _attach(self, m: _Mapping) -> None:
+    def _attach(self, m: MappedFile) -> None:
         self._detached = False
         pid = os.getpid()
         fcntl.flock(m.fd, fcntl.LOCK_EX)
         try:
             hdr = m.hdr
-            pids = [hdr[_H_PIDS + i] for i in range(_PIDS)]
+            pids = [hdr[H_PIDS + i] for i in range(PIDS)]
             if pid not in pids and 0 in pids:
-                hdr[_H_PIDS + pids.index(0)] = pid
+                hdr[H_PIDS + pids.index(0)] = pid
         finally:
             fcntl.flock(m.fd, fcntl.LOCK_UN)
 
@@ -269,10 +170,10 @@ class SharedVersions:
             fcntl.flock(old.fd, fcntl.LOCK_EX)
             try:
                 hdr = old.hdr
-                hdr[_H_GEN] += 2 if hdr[_H_GEN] & 1 else 1  # odd, whatever a dead writer left
-                hdr[_H_EPOCH] = _new_epoch()
-                hdr[_H_RETIRED] = 1
-                hdr[_H_GEN] += 1
+                hdr[H_GEN] += 2 if hdr[H_GEN] & 1 else 1  # odd, whatever a dead writer left
+                hdr[H_EPOCH] = new_epoch()
+                hdr[H_RETIRED] = 1
+                hdr[H_GEN] += 1
             finally:
                 fcntl.flock(old.fd, fcntl.LOCK_UN)
         new = self._open()
@@ -282,7 +183,7 @@ class SharedVersions:
 
     def _current(self) -> bool:
         m = self._map
-        if m.hdr[_H_RETIRED]:
+        if m.hdr[H_RETIRED]:
             return False
         try:
             st = os.stat(self.path)
@@ -337,7 +238,7 @@ class SharedVersions:
             return self._read_locked(slots)
         known = self._epoch
         if epoch != known[0]:
-            if hdr[_H_RETIRED]:
+            if hdr[H_RETIRED]:
                 self._recheck()
                 if self._hot[0] is not hdr:  # reopened: read the new file
                     return self.read(slots)
@@ -348,7 +249,7 @@ class SharedVersions:
         with self._writing(bump_gen=False) as m:
             top = max((m.ver[s] for s in slots), default=0)
             mark = max((m.mmax[s] for s in slots), default=0.0)
-            return self._epoch_str(m.hdr[_H_EPOCH]), m.hdr[_H_SEQ], top, mark
+            return self._epoch_str(m.hdr[H_EPOCH]), m.hdr[H_SEQ], top, mark
 
     def observe(self) -> tuple[str, int]:
         epoch, seq, _top, _mark = self.read(())
@@ -357,157 +258,61 @@ class SharedVersions:
     # -- writing (flock) -------------------------------------------------------------------
 
     @contextmanager
-    def _writing(self, bump_gen: bool = True) -> Iterator[_Mapping]:
+    def _writing(self, bump_gen: bool = True) -> Iterator[MappedFile]:
         with self._lock:
             if not self._current():
                 self._switch()
             self._next_check = time.monotonic() + RECHECK
             m = self._map
-            young = m.hdr[_H_CREATED] + int(2 * RECHECK * 1e9) - time.time_ns()
+            young = m.hdr[H_CREATED] + int(2 * RECHECK * 1e9) - time.time_ns()
             if young > 0 and bump_gen:
                 time.sleep(young / 1e9)
             fcntl.flock(m.fd, fcntl.LOCK_EX)
             try:
                 hdr = m.hdr
-                if hdr[_H_GEN] & 1:
+                if hdr[H_GEN] & 1:
                     # A writer died inside its update: the record may be half written.
-                    hdr[_H_EPOCH] = _new_epoch()
-                    hdr[_H_GEN] += 1
+                    hdr[H_EPOCH] = new_epoch()
+                    hdr[H_GEN] += 1
                 if not bump_gen:
                     yield m
                     return
-                hdr[_H_GEN] += 1
+                hdr[H_GEN] += 1
                 try:
                     yield m
                 finally:
-                    hdr[_H_GEN] += 1
+                    hdr[H_GEN] += 1
             finally:
                 fcntl.flock(m.fd, fcntl.LOCK_UN)
 
-    def _bump(self, m: _Mapping, slots: Sequence[int]) -> int:
-        seq: int = m.hdr[_H_SEQ] + 1
-        m.hdr[_H_SEQ] = seq
-        for s in slots:
-            m.ver[s] = seq
-        return seq
-
-    def _free(self, m: _Mapping, i: int, key: int) -> None:
-        m.mkey[i] = 0
-        m.mexp[i] = 0.0
-        slot = (key & _SLOT_MASK) - 1
-        home = _home(slot)
-        if not home <= i < home + WINDOW:
-            m.far[slot] -= 1
-
-    def _find(self, m: _Mapping, slot: int, key: int) -> int:
-        """Index of the record *key* of *slot*, or -1."""
-        home = _home(slot)
-        window = m.mkey[home : home + WINDOW].tolist()
-        if key in window:
-            return home + window.index(key)
-        if m.far[slot]:
-            keys = m.mkey.tolist()
-            if key in keys:
-                return keys.index(key)
-        return -1
-
-    def _place(self, m: _Mapping, slot: int, key: int, now: float) -> int:
-        """Index of a free record for *slot* (freeing expired ones), or -1 if none."""
-        home = _home(slot)
-        keys = m.mkey[home : home + WINDOW].tolist()
-        exps = m.mexp[home : home + WINDOW].tolist()
-        for j, k in enumerate(keys):
-            if k and exps[j] <= now:  # a dead writer's record
-                self._free(m, home + j, k)
-                keys[j] = 0
-        if 0 in keys:
-            i = home + keys.index(0)
-        else:
-            everything = m.mkey.tolist()
-            if 0 not in everything:
-                everything = self._purge(m, now)
-            if 0 not in everything:
-                return -1
-            i = everything.index(0)
-            m.far[slot] += 1
-        m.mkey[i] = key
-        return i
-
-    def _purge(self, m: _Mapping, now: float) -> list[int]:
-        """Free every expired record; return the keys left."""
-        exps = m.mexp.tolist()
-        keys = m.mkey.tolist()
-        for i, k in enumerate(keys):
-            if k and exps[i] <= now:
-                self._free(m, i, k)
-                keys[i] = 0
-        return keys
-
-    def _summarize(self, m: _Mapping, slot: int, now: float) -> None:
-        """Set the slot's ``markmax`` to the latest live expiry among its records."""
-        tag = slot + 1
-        home = _home(slot)
-        lo, hi = (0, MARKS) if m.far[slot] else (home, home + WINDOW)
-        exps = m.mexp[lo:hi].tolist()
-        top = 0.0
-        for j, k in enumerate(m.mkey[lo:hi].tolist()):
-            if k & _SLOT_MASK == tag and exps[j] > now and exps[j] > top:
-                top = exps[j]
-        over = m.oflow[slot]
-        if over > now and over > top:
-            top = over
-        m.mmax[slot] = top
-
     def begin_write(self, slots: Sequence[int], writer: str, lease: float, bump: bool) -> None:
         """Mark *slots* as written by *writer* until ``now + lease`` (and bump them)."""
-        w = _writer_hash(writer)
+        w = writer_hash(writer)
         with self._writing() as m:
             now = time.time()
             exp = now + lease
             if bump:
-                self._bump(m, slots)
-            for s in set(slots):
-                key = w | (s + 1)
-                i = self._find(m, s, key)
-                if i < 0:
-                    i = self._place(m, s, key, now)
-                if i < 0:
-                    # Table full of live marks: one that no release drops, only its expiry.
-                    m.oflow[s] = max(m.oflow[s], exp)
-                    m.mmax[s] = max(m.mmax[s], exp)
-                    continue
-                m.mexp[i] = exp
-                if exp > m.mmax[s]:
-                    m.mmax[s] = exp
-
-    def _release(self, m: _Mapping, slots: Sequence[int], w: int, now: float) -> None:
-        for s in set(slots):
-            key = w | (s + 1)
-            i = self._find(m, s, key)
-            if i >= 0:
-                self._free(m, i, key)
-            elif m.mmax[s] == 0.0:
-                continue
-            self._summarize(m, s, now)
+                m.bump(slots)
+            m.mark(slots, w, exp, now)
 
     def end_write(self, slots: Sequence[int], writer: str) -> int:
         """Give *slots* one new version and drop *writer*'s marks on them; return the seq."""
-        w = _writer_hash(writer)
+        w = writer_hash(writer)
         with self._writing() as m:
-            seq = self._bump(m, slots)
-            self._release(m, slots, w, time.time())
+            seq = m.bump(slots)
+            m.release(slots, w, time.time())
             return seq
 
     def release(self, slots: Sequence[int], writer: str) -> None:
         """Drop *writer*'s marks on *slots* without new versions."""
-        w = _writer_hash(writer)
+        w = writer_hash(writer)
         with self._writing() as m:
-            self._release(m, slots, w, time.time())
+            m.release(slots, w, time.time())
 
     def new_epoch(self) -> None:
         """Start a new version space: every process's entries become misses."""
         with self._writing() as m:
-            m.hdr[_H_EPOCH] = _new_epoch()
+            m.hdr[H_EPOCH] = new_epoch()
 
     def close(self) -> None:
         """Detach one user; with the last, delete the file if no other process uses it.
@@ -533,11 +338,11 @@ class SharedVersions:
             fcntl.flock(m.fd, fcntl.LOCK_EX)
             try:
                 hdr = m.hdr
-                for i in range(_H_PIDS, _H_PIDS + _PIDS):
+                for i in range(H_PIDS, H_PIDS + PIDS):
                     p = hdr[i]
                     if p == pid:
                         hdr[i] = 0
-                    elif p and _alive(p):
+                    elif p and alive(p):
                         others = True
                     elif p:
                         hdr[i] = 0
@@ -559,58 +364,3 @@ def _detach_all() -> None:
             record._detach()
         except OSError:
             pass
-
-
-_swept: set[str] = set()
-
-
-def _sweep(directory: str) -> None:
-    """Delete this user's version files that no live process uses (once per directory).
-
-    Files of processes killed with SIGKILL are left behind; with a fresh prefix per test or
-    per deployment they would pile up. A file is deleted only when every process recorded
-    in it is dead and it was last modified over a minute ago (so none is being created);
-    deleting a file in use would be safe anyway, only slower.
-    """
-    if directory in _swept:
-        return
-    _swept.add(directory)
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    suffix = f"-{uid}.ver"
-    old = time.time() - 60
-    try:
-        names = [n for n in os.listdir(directory) if n.startswith("yokedcache-v1-")]
-    except OSError:
-        return
-    for name in names:
-        if not name.endswith(suffix):
-            continue
-        path = os.path.join(directory, name)
-        try:
-            if os.stat(path).st_mtime > old:
-                continue
-            with open(path, "rb") as f:
-                raw = f.read(_HEADER)
-        except OSError:
-            continue
-        if len(raw) < _HEADER:
-            continue
-        words = memoryview(raw).cast("Q")
-        if words[_H_MAGIC] != _MAGIC:
-            continue
-        if any(p and _alive(p) for p in words[_H_PIDS : _H_PIDS + _PIDS]):
-            continue
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

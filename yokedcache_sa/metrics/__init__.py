@@ -240,14 +240,14 @@ def attach(cache: Any, max_tables: int, latency: Latency) -> tuple[Tally, Callab
     """The tally of *cache* (its redirect target) for *max_tables*, with *latency* among
     its sinks, listening to the cache while one exporter reads it; and the function that
     detaches this exporter again (the last one stops the listening)."""
-    target = cache._target()
+    target = cache.resolved()
     with _tallies_lock:
         per_cap = _tallies.setdefault(target, {})
         tally = per_cap.get(max_tables)
         if tally is None:
             tally = per_cap[max_tables] = Tally(max_tables)
-            tally.breaker_open = 1 if target._breaker.is_open else 0
-            tally.pending = len(target._pending)
+            tally.breaker_open = 1 if target.breaker_open else 0
+            tally.pending = target.pending_count
             tally.remove_listener = cache.add_listener(tally)
         tally.add_sink(latency)
 

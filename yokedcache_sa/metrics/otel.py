@@ -70,7 +70,7 @@ def instrument(
         buffered.append((kind, name, seconds))
 
     tally, detach = attach(cache, max_tables, latency)
-    target = cache._target()
+    target = cache.resolved()
     view = _View(tally)
     attrs: dict[tuple[str, ...], dict[str, str]] = {}
 

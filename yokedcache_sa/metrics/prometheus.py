@@ -69,7 +69,7 @@ def instrument(
         h.sum += seconds
 
     tally, detach = attach(cache, max_tables, latency)
-    backend = cache._target().backend
+    backend = cache.resolved().backend
     memory = weakref.ref(backend) if hasattr(backend, "entry_count") else None
     collector = _Collector(f"{namespace}_", tally, histograms, memory)
     reg.register(collector)

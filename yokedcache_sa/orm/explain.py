@@ -253,7 +253,7 @@ def _plan(
         why = "a parameter value cannot be part of a key (not serializable)"
         return Explanation(False, why, digest=shape.digest, tables=tables), None, None
     try:
-        resolved = cache._target() if cache is not None else st.cache
+        resolved = cache.resolved() if cache is not None else st.cache
     except LookupError:
         return Explanation(False, "no cache configured for this session"), None, None
     ttl_choice = hint.ttl if not isinstance(hint.ttl, type(DEFAULT_TTL)) else st.default_ttl

@@ -59,7 +59,7 @@ class SessionCache:
     def cache(self) -> YokedCache:
         """The cache this session uses (the default cache when none was given)."""
         c = self._cache if self._cache is not None else get_session_default_cache()
-        return c._target()
+        return c.resolved()
 
     def txn_cache(self) -> YokedCache:
         """The cache of the open transaction: chosen once, at its first use, so that its

@@ -25,7 +25,7 @@ from .installer import uninstall as uninstall
 from .listener import ListenerStats as ListenerStats
 from .listener import NotifyListener as NotifyListener
 from .listener import start_listener as start_listener
-from .listener import tags_of_payload as tags_of_payload
+from .payloads import tags_of_payload as tags_of_payload
 
 __all__ = [
     "DEFAULT_CHANNEL",

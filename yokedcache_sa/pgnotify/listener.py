@@ -23,10 +23,9 @@ from typing import Any
 
 from ..cache import YokedCache
 from ..errors import InvalidationError, YokedCacheError, redact_text
-from ..tags import table_tag
 from .conninfo import DEFAULT_CHANNEL, PgNotifyError, Target, connect, quote_ident, target_of
-from .conninfo import split_qualified as _split
-from .installer import TRIGGER_NAME
+from .payloads import batch_tags, gap_tags, watched_tags
+from .payloads import tags_of_payload as tags_of_payload
 
 __all__ = ["ListenerStats", "NotifyListener", "start_listener", "tags_of_payload"]
 
@@ -43,18 +42,6 @@ _KEEPALIVE = {
 }
 
 
-_NOTIFYING = (
-    "SELECT n.nspname, c.relname FROM pg_catalog.pg_trigger t "
-    "JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid "
-    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE t.tgname = %s AND pg_catalog.encode(t.tgargs, 'escape') = %s"
-)
-_RESOLVE = (
-    "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
-    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE c.oid = pg_catalog.to_regclass(%s)"
-)
-
 _listeners: weakref.WeakSet[NotifyListener] = weakref.WeakSet()
 # connections inherited over fork (their descriptors now lead to /dev/null)
 _inherited: list[Any] = []
@@ -67,25 +54,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def tags_of_payload(payload: str) -> frozenset[str] | None:
-    """The tags a notification for ``schema.table[,schema.table…]`` must invalidate.
-
-    Both ``table:<schema>.<table>`` and ``table:<table>``: a read through a ``Table`` without
-    ``schema=`` is tagged with the bare name, whatever schema the search path resolved it to.
-    None for a payload that is not a table list (the caller invalidates everything).
-    """
-    try:
-        names = _split(payload)
-    except ValueError:
-        return None
-    out: set[str] = set()
-    for schema, table in names:
-        out.add(table_tag(table))
-        if schema:
-            out.add(table_tag(table, schema))
-    return frozenset(out)
 
 
 @dataclass(frozen=True)
@@ -134,15 +102,7 @@ class NotifyListener:
         self.channel = channel
         self.target: Target = target_of(engine_or_url, connect_args)
         self.tables = None if tables is None else tuple(tables)
-        self._gap_tags: frozenset[str] | None = None
-        if self.tables is not None:
-            tags: set[str] = set()
-            for name in self.tables:
-                got = tags_of_payload(name)
-                if got is None:
-                    raise PgNotifyError(f"bad table name {name!r}: use table or schema.table")
-                tags |= got
-            self._gap_tags = frozenset(tags)
+        self._gap_tags = watched_tags(self.tables)
         self.max_backoff = max_backoff
         self.backend_pid: int | None = None
         self._ready = threading.Event()
@@ -331,45 +291,12 @@ class NotifyListener:
 
     def _deliver(self, payloads: list[str]) -> None:
         """One invalidation for a batch of notifications."""
-        tags: set[str] = set()
-        everything = False
-        for p in payloads:
-            got = tags_of_payload(p)
-            if got is None:
-                log.warning(
-                    "yokedcache: notification %.100r on %r is not a table list; "
-                    "invalidating the whole cache",
-                    p,
-                    self.channel,
-                )
-                everything = True
-                break
-            tags |= got
-        self._invalidate(None if everything else frozenset(tags))
+        self._invalidate(batch_tags(payloads, self.channel))
         # counted once handled, so a caller that saw the count rise sees the invalidation
         self._notifications += len(payloads)
 
-    def _gap_tags_now(self, conn: Any) -> frozenset[str] | None:
-        """The watched tables' tags, plus every table whose trigger notifies this channel and
-        the schema of each bare name as this connection resolves it; None (everything) when
-        watching all or when the catalog cannot be read."""
-        if self._gap_tags is None:
-            return None
-        tags = set(self._gap_tags)
-        try:
-            rows = conn.execute(_NOTIFYING, (TRIGGER_NAME, f"{self.channel}\\000")).fetchall()
-            for name in self.tables or ():
-                if "." not in name and '"' not in name:
-                    rows += conn.execute(_RESOLVE, (quote_ident(name),)).fetchall()
-        except Exception as exc:  # fail closed
-            log.warning("yokedcache: cannot list the notifying tables (%s)", exc)
-            return None
-        for nsp, rel in rows:
-            tags |= {table_tag(rel), table_tag(rel, nsp)}
-        return frozenset(tags)
-
     def _cover_gap(self, conn: Any) -> None:
-        tags = self._gap_tags_now(conn)
+        tags = gap_tags(conn, self.channel, self.tables, self._gap_tags)
         self._invalidate(tags)
         what = "the whole cache" if tags is None else f"{len(tags)} table tags it watches"
         log.warning(
