@@ -46,6 +46,10 @@ _EXT_TIME_TZ = 12
 _EXT_ORDEREDDICT = 13
 _EXT_COUNTER = 14
 _EXT_KEY_TYPED = 15  # in keys only (pack_key), never decoded
+_EXT_PG_UUID = 16  # asyncpg's own uuid.UUID subclass, decoded as that class
+
+_ASYNCPG_PROTO: Final = "asyncpg.pgproto.pgproto"
+"""The module of asyncpg's UUID class: asyncpg returns ``Uuid`` columns as it."""
 
 
 _MAX_DEPTH: Final = 500
@@ -178,7 +182,32 @@ def _default(obj: object) -> object:
         return enc(obj)
     if isinstance(obj, enum.Enum):
         return _enc_enum(obj)
+    if _is_asyncpg_uuid(type(obj)):
+        # asyncpg's UUID (a uuid.UUID subclass it returns for every Uuid column) decodes as
+        # itself: registered at first sight, so the next value takes the fast path
+        _ENCODERS[type(obj)] = _enc_pg_uuid
+        return _enc_pg_uuid(obj)
     raise _refuse(obj)
+
+
+def _is_asyncpg_uuid(cls: type) -> bool:
+    return cls.__module__ == _ASYNCPG_PROTO and cls.__qualname__ == "UUID"
+
+
+def _enc_pg_uuid(obj: Any) -> msgpack.ExtType:
+    return msgpack.ExtType(_EXT_PG_UUID, obj.bytes)
+
+
+def _pg_uuid(data: bytes) -> object:
+    # Never import: the class exists where asyncpg returned such a value (the entry's key
+    # names the asyncpg dialect, so its readers have asyncpg loaded).
+    proto = sys.modules.get(_ASYNCPG_PROTO)
+    cls = getattr(proto, "UUID", None)
+    if cls is None:
+        raise CorruptEntryError("an asyncpg UUID, but asyncpg is not imported in this process")
+    if len(data) != 16:
+        raise CorruptEntryError("bad asyncpg UUID")
+    return cls(data)
 
 
 def _packb(obj: object) -> bytes:
@@ -196,6 +225,9 @@ def _key_default(obj: object) -> object:
     if isinstance(obj, enum.Enum):
         value = [cls.__module__, cls.__qualname__, obj._value_]
         return msgpack.ExtType(_EXT_ENUM, _packb_key(value))
+    if _is_asyncpg_uuid(cls):  # as pack_value encodes it, registered or not
+        _ENCODERS[cls] = _enc_pg_uuid
+        return _enc_pg_uuid(obj)
     for base in cls.__mro__[1:]:
         if base in _KEY_BASES:
             plain = _KEY_BASES[base](obj)
@@ -271,6 +303,8 @@ def _ext_hook(code: int, data: bytes) -> object:
             return Decimal(data.decode())
         if code == _EXT_UUID:
             return uuid.UUID(bytes=data)
+        if code == _EXT_PG_UUID:
+            return _pg_uuid(data)
         if code == _EXT_TUPLE:
             return tuple(_unpackb(data))
         if code == _EXT_SET:

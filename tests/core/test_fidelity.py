@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from yokedcache_sa import CacheConfig, YokedCache, codec
 from yokedcache_sa.errors import CorruptEntryError, SerializationError
+from yokedcache_sa.packing import pack_key, pack_value, unpack_value
 
 BERLIN = ZoneInfo("Europe/Berlin")
 Point = namedtuple("Point", "x y")
@@ -285,3 +286,24 @@ def test_the_mac_covers_the_key_not_only_its_digest() -> None:
     forged = payload[:8] + codec.key_digest("q:2") + payload[16:]
     with pytest.raises(CorruptEntryError, match="signature"):
         codec.decode(forged, key="q:2", secret=b"s", max_bytes=1 << 20)
+
+
+def test_asyncpg_uuid_round_trips_as_itself() -> None:
+    """asyncpg returns every ``Uuid`` column as its own uuid.UUID subclass: it comes back as
+    that class (was refused: reads with a Uuid column were never cached on asyncpg)."""
+    from asyncpg.pgproto import pgproto  # type: ignore[import-untyped]
+
+    value = pgproto.UUID(uuid.uuid4().bytes)
+    plain_uuid = uuid.UUID(bytes=value.bytes)
+    back = unpack_value(pack_value([value, plain_uuid]))
+    assert type(back[0]) is pgproto.UUID and back[0] == value
+    assert type(back[1]) is uuid.UUID
+    # keys tell them apart, the same way before and after a value was first encoded
+    assert pack_key(value) != pack_key(plain_uuid)
+    assert pack_key(value) == pack_key(pgproto.UUID(value.bytes))
+
+
+def test_an_asyncpg_uuid_entry_with_a_bad_payload_is_corrupt() -> None:
+    forged = msgpack.packb(msgpack.ExtType(16, b"short"), use_bin_type=True)
+    with pytest.raises(CorruptEntryError):
+        unpack_value(forged)
