@@ -78,17 +78,17 @@ _engine_listeners: list[tuple[str, Any]] = []
 
 
 def _record_engine_listeners() -> None:
-    """Remember which of the session module's ``_<event>`` / ``_on_<event>`` functions the
-    library installed on Engine (wrapped listeners hide from the dispatch collections)."""
+    """Remember which of the engine-events module's ``_<event>`` / ``_on_<event>`` functions
+    the library installed on Engine (wrapped listeners hide from the dispatch collections)."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    from yokedcache_sa.orm import session as yc_session
+    from yokedcache_sa.orm import engine_events
 
-    yc_session._install_engine_listeners()
+    engine_events._install_engine_listeners()
     for name in Engine.dispatch._event_names:
         for attr in (f"_{name}", f"_on_{name}"):
-            fn = getattr(yc_session, attr, None)
+            fn = getattr(engine_events, attr, None)
             if callable(fn) and event.contains(Engine, name, fn):
                 _engine_listeners.append((name, fn))
     assert _engine_listeners, "no yokedcache_sa listeners found on Engine"
