@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy.engine.result import FrozenResult, IteratorResult, Result
 from sqlalchemy.orm import Mapper, ORMExecuteState, Query, Session
 from sqlalchemy.orm import identity as _identity
+from sqlalchemy.orm import strategies as _strategies
 from sqlalchemy.orm.context import QueryContext
 from sqlalchemy.orm.path_registry import PathRegistry
 from sqlalchemy.orm.state import InstanceState
@@ -22,12 +23,21 @@ __all__ = [
     "autobegin",
     "current_path",
     "current_transaction",
+    "deferred_column_loaders",
+    "install_deferred_column_loaders",
     "run_later_orm_listeners",
+    "take_unique_demand",
 ]
 
 # the identity map's class: WeakInstanceDict on SQLAlchemy 2.0, _WeakInstanceDict on 2.1
 _MAP_CLASSES = ("_WeakInstanceDict", "WeakInstanceDict")  # by name: each is absent somewhere
 _IDENTITY_MAP: type = next(getattr(_identity, n) for n in _MAP_CLASSES if hasattr(_identity, n))
+# the per-object loader of a column deferred by an option: LoadDeferredColumns on SQLAlchemy
+# 2.0, _LoadDeferredColumns on 2.1
+_DEFERRED_CLASSES = ("_LoadDeferredColumns", "LoadDeferredColumns")
+_DEFERRED_LOADER: type = next(
+    getattr(_strategies, n) for n in _DEFERRED_CLASSES if hasattr(_strategies, n)
+)
 
 #: (owner, attribute) pairs this package uses, here and in the other orm modules; the compat
 #: test asserts each exists on the installed SQLAlchemy (CI runs it on the oldest supported).
@@ -56,6 +66,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (Select, "_compile_options"),
     (InstanceState, "load_path"),
     (InstanceState, "load_options"),
+    (InstanceState, "callables"),
     (Session, "_autobegin_t"),
     (Session, "_transaction"),
 )
@@ -97,6 +108,39 @@ def run_later_orm_listeners(ox: ORMExecuteState) -> tuple[bool, Result[Any] | No
         if out:
             return True, out
     return True, None
+
+
+def deferred_column_loaders(state: InstanceState[Any]) -> list[list[Any]] | None:
+    """The per-object loaders of columns a ``defer()`` / ``load_only()`` option left unloaded
+    on *state*, as ``[[key, raiseload], ...]``; None when *state* holds another kind of
+    per-object loader (a relationship loader an option installed), which cannot be rebuilt.
+    """
+    out: list[list[Any]] = []
+    dict_ = state.dict
+    for key, fn in state.callables.items():
+        if key in dict_:
+            continue
+        if type(fn) is not _DEFERRED_LOADER:
+            return None
+        loader: Any = fn
+        out.append([key, bool(loader.raiseload)])
+    return out
+
+
+def install_deferred_column_loaders(state: InstanceState[Any], loaders: list[list[Any]]) -> None:
+    """Put back on a new object the loaders :func:`deferred_column_loaders` described, so its
+    deferred columns load (or raise) on access as SQLAlchemy's loader would have set up."""
+    state.callables = {key: _DEFERRED_LOADER(key, raiseload) for key, raiseload in loaders}
+
+
+def take_unique_demand(result: Result[Any]) -> bool:
+    """Remove the ``unique()`` demand SQLAlchemy puts on a result with joined eager loads
+    of collections (a filter that raises on the first row fetched without ``unique()``), so
+    that *result* can be frozen whole; return whether there was one."""
+    demanded = getattr(result, "_unique_filter_state", None) is not None
+    if demanded:
+        result._unique_filter_state = None
+    return demanded
 
 
 def autobegin(session: Session) -> None:

@@ -399,8 +399,11 @@ def _run_and_store(
     try:
         with span, reading_collector() as col:
             result = private.execute(ox.statement, ox.parameters or None, execution_options=eo)
+            # Joined eager loads of collections make SQLAlchemy demand unique() of the caller
+            # (a filter that raises on the first row): the entry holds every row, the rebuilt
+            # result makes the same demand.
+            require_unique = _compat.take_unique_demand(result)
             frozen = result.freeze()
-        require_unique = getattr(result, "_unique_filter_state", None) is not None
         try:
             payload, mappers = freeze_rows(frozen.data, frozen._source_supports_scalars)
         except NotCacheable as exc:

@@ -2,9 +2,10 @@
 
 A cached result is ``[rows, objects]``: rows hold scalars and references into ``objects``;
 each object is ``[class name, primary key, identity token, {column: value},
-{relationship: ref | [refs] | None}, [attributes left to load on access]]`` — the column
-values as the database returned them and the relationships that the query itself loaded
-eagerly. Live ORM objects are never pickled.
+{relationship: ref | [refs] | None}, [attributes left to load on access]]``, plus
+``[[column, raiseload], ...]`` last when loader options deferred columns — the column values
+as the database returned them and the relationships that the query itself loaded eagerly.
+Live ORM objects are never pickled.
 """
 
 from __future__ import annotations
@@ -105,6 +106,13 @@ class _Freezer:
         if state.expired_attributes:
             # e.g. subclass columns of a polymorphic load: SQLAlchemy loads them on access
             record[5] = sorted(state.expired_attributes)
+        if state.callables:
+            # columns a defer() / load_only() option left to load (or raise) on access
+            loaders = _compat.deferred_column_loaders(state)
+            if loaders is None:
+                raise NotCacheable("an option installed a per-object relationship loader")
+            if loaders:
+                record.append(sorted(loaders))
         self.objects.append(record)
         self.mappers[record[0]] = mapper
         dict_ = state.dict
@@ -299,8 +307,11 @@ def thaw_rows(
             state.key = key
             state.identity_token = token
             state.session_id = session.hash_key
-            if len(record) > 5 and record[5]:
-                state.expired_attributes.update(record[5])
+            if len(record) > 5:
+                if record[5]:
+                    state.expired_attributes.update(record[5])
+                if len(record) > 6:
+                    _compat.install_deferred_column_loaders(state, record[6])
             imap._add_unpresent(state, key)
             fresh[i] = True
         else:
