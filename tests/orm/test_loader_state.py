@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session, defer, joinedload, load_only, selectinload
 
@@ -114,3 +114,68 @@ def test_joined_eager_collection_result_demands_unique(env: Env) -> None:
         return "raised"
 
     _three_ways(env, _joined_collection, check)
+
+
+def test_load_event_fires_once_per_object(env: Env) -> None:
+    """A miss runs the statement in the caller's session: ``load`` (and so
+    ``@reconstructor``) fires for the caller's objects only, once each, as without the
+    cache; a hit fires it for the objects it builds."""
+    loaded: list[int] = []
+
+    def on_load(target: User, _context: Any) -> None:
+        loaded.append(target.id)
+
+    event.listen(User, "load", on_load)
+    try:
+
+        def check(users: list[User], _n: int) -> Any:
+            out = sorted(loaded)
+            loaded.clear()
+            return out
+
+        _three_ways(env, lambda s: s.scalars(select(User).order_by(User.id)).all(), check)
+    finally:
+        event.remove(User, "load", on_load)
+
+
+def test_refresh_event_of_a_reloaded_object_on_a_miss(env: Env) -> None:
+    """An object already in the session that a miss's rows complete gets SQLAlchemy's
+    ``refresh`` event, not ``load``; the result is not stored (that object's other
+    attributes come from an earlier read), so the next session stores it."""
+    seen: list[Any] = []
+    listeners = [
+        ("load", lambda target, _c: seen.append(("load", target.id))),
+        ("refresh", lambda target, _c, attrs: seen.append(("refresh", target.id))),
+    ]
+    for name, fn in listeners:
+        event.listen(User, name, fn)
+    read = lambda s: s.scalars(select(User).where(User.id <= 2).order_by(User.id)).all()  # noqa: E731
+    try:
+        answers = []
+        for factory in (env.Plain, env.Session):
+            with factory() as s:
+                alice = s.get(User, 1)
+                assert alice is not None
+                s.expire(alice, ["name"])
+                seen.clear()
+                users = env.queried(lambda s=s: read(s))
+                answers.append(([u.name for u in users], sorted(seen)))
+        assert answers[1] == answers[0] == (["alice", "bob"], [("load", 2), ("refresh", 1)])
+        env.fresh_read(read)  # not stored by the session above: a miss, which stores
+        env.hit(read)
+    finally:
+        for name, fn in listeners:
+            event.remove(User, name, fn)
+
+
+def test_unflushed_changes_are_never_stored(env: Env) -> None:
+    """With autoflush off, a query returns the session's changed object (SQLAlchemy's
+    identity map wins); that result must not become the entry other sessions read."""
+    read = lambda s: s.scalars(select(User).order_by(User.id)).all()  # noqa: E731
+    with env.Session(autoflush=False) as s:
+        s.scalars(select(User).where(User.id == 1)).one().name = "changed"
+        assert env.queried(lambda: read(s))[0].name == "changed"
+    truth = env.truth(read)
+    assert truth[0][1][2] == ("name", "alice")
+    assert env.fresh_read(read) == truth  # nothing was stored: a miss, which stores
+    assert env.hit(read) == truth
