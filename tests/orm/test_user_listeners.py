@@ -189,3 +189,26 @@ def test_session_info_is_the_users(env: Env) -> None:
         s.info["tenant"] = "a"
         s.get(User, 1)
         assert s.info == {"tenant": "a"}
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_get_bind_override_sees_what_a_plain_session_passes(env: Env) -> None:
+    """A Session subclass overriding ``get_bind`` (the documented way to route reads) gets
+    the arguments SQLAlchemy gives it, on a miss too: no private marker of the cache."""
+    seen: list[frozenset[str]] = []
+
+    def get_bind(self: Session, mapper: Any = None, **kw: Any) -> Any:
+        seen.append(frozenset(kw) | ({"mapper"} if mapper is not None else set()))
+        return Session.get_bind(self, mapper, **kw)
+
+    Routing = type("Routing", (CachingSession,), {"get_bind": get_bind})
+    PlainRouting = type("PlainRouting", (Session,), {"get_bind": get_bind})
+
+    read = lambda s: s.scalars(select(User).order_by(User.id)).all()  # noqa: E731
+    with PlainRouting(env.engine) as s:
+        read(s)
+    plain = set(seen)
+    seen.clear()
+    with Routing(env.engine, cache=env.cache) as s:
+        env.queried(lambda: read(s))
+    assert seen and set(seen) <= plain, (seen, plain)

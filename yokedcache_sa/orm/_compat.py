@@ -24,6 +24,7 @@ __all__ = [
     "current_path",
     "current_transaction",
     "deferred_column_loaders",
+    "execute_as_planned",
     "install_deferred_column_loaders",
     "run_later_orm_listeners",
     "take_unique_demand",
@@ -68,6 +69,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (InstanceState, "load_options"),
     (InstanceState, "callables"),
     (Session, "_autobegin_t"),
+    (Session, "_execute_internal"),
     (Session, "_transaction"),
 )
 
@@ -108,6 +110,26 @@ def run_later_orm_listeners(ox: ORMExecuteState) -> tuple[bool, Result[Any] | No
         if out:
             return True, out
     return True, None
+
+
+def execute_as_planned(ox: ORMExecuteState) -> Result[Any]:
+    """Run *ox*'s statement in its session the way SQLAlchemy would have after the
+    ``do_orm_execute`` listeners (the later ones have run already).
+
+    ``ORMExecuteState.invoke_statement()`` does the same but adds ``_sa_skip_events=True``
+    to the bind arguments, which a user's ``get_bind()`` override would then receive.
+    """
+    run = getattr(ox.session, "_execute_internal", None)
+    if run is None:
+        return ox.invoke_statement()
+    result: Result[Any] = run(
+        ox.statement,
+        ox.parameters,
+        execution_options=ox.local_execution_options,
+        bind_arguments=dict(ox.bind_arguments),
+        _parent_execute_state=ox,
+    )
+    return result
 
 
 def deferred_column_loaders(state: InstanceState[Any]) -> list[list[Any]] | None:

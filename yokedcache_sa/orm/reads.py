@@ -382,9 +382,6 @@ def _run_and_store(
     # map before keeps attributes loaded earlier (and may have changes): a result holding
     # one is returned but not stored, so an entry holds only what the database returned.
     before = frozenset(session.identity_map.keys()) if len(session.identity_map) else None
-    lo = ox.load_options
-    # _serve autoflushed already (a hit must); SQLAlchemy would do it again
-    eo = {"_sa_orm_load_options": lo + {"_autoflush": False}} if lo._autoflush else None
     tracer = st.cache.hooks.tracer
     span = (
         tracer.start_as_current_span(
@@ -398,7 +395,7 @@ def _run_and_store(
         else nullcontext()
     )
     with span, reading_collector() as col:
-        result = ox.invoke_statement(execution_options=eo)
+        result = _compat.execute_as_planned(ox)
         # Joined eager loads of collections make SQLAlchemy demand unique() of the caller
         # (a filter that raises on the first row): the entry holds every row, the result
         # built from it makes the same demand.
