@@ -19,6 +19,7 @@ from sqlalchemy.orm import (
     Session,
     lazyload,
     raiseload,
+    selectinload,
     sessionmaker,
     with_loader_criteria,
 )
@@ -212,3 +213,24 @@ def test_get_bind_override_sees_what_a_plain_session_passes(env: Env) -> None:
     with Routing(env.engine, cache=env.cache) as s:
         env.queried(lambda: read(s))
     assert seen and set(seen) <= plain, (seen, plain)
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_post_loads_of_a_miss_reach_listeners_as_without_the_cache(env: Env) -> None:
+    """A miss's selectin post load reaches the user's ``do_orm_execute`` listener with the
+    load options a plain Session gives it (autoflush on, marked as a post load)."""
+    seen: list[tuple[bool, bool]] = []
+
+    def record(ox: ORMExecuteState) -> None:
+        if ox.is_select:
+            seen.append((ox.load_options._autoflush, ox.is_relationship_load))
+
+    read = lambda s: s.scalars(select(User).options(selectinload(User.addresses))).all()  # noqa: E731
+    answers = []
+    for factory in (env.Plain, env.Session):
+        with factory() as s:
+            event.listen(s, "do_orm_execute", record)
+            env.queried(lambda s=s: read(s))
+        answers.append(list(seen))
+        seen.clear()
+    assert answers[1] == answers[0] == [(True, False), (True, True)]

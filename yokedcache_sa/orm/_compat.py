@@ -55,6 +55,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (QueryContext.default_load_options, "_lazy_loaded_from"),
     # sessions, results and loading (reads.py, results.py)
     (Session, "_autoflush"),
+    (Session, "_is_clean"),
     (FrozenResult, "_attributes"),
     (FrozenResult, "_source_supports_scalars"),
     (IteratorResult, "_unique_filter_state"),

@@ -113,7 +113,12 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
         st.unbegun = True
     # The uncached query would autoflush first: pending changes become writes that make
     # their tables bypass the cache for the rest of the transaction.
-    if session.autoflush and getattr(ox.load_options, "_autoflush", True):
+    # Only a session with changes: a miss runs the statement, which autoflushes again.
+    if (
+        session.autoflush
+        and getattr(ox.load_options, "_autoflush", True)
+        and not session._is_clean()
+    ):
         session._autoflush()
     if ALL_TAG in st.written:
         _bypass(st, "own_writes")
