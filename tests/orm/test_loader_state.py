@@ -179,3 +179,29 @@ def test_unflushed_changes_are_never_stored(env: Env) -> None:
     assert truth[0][1][2] == ("name", "alice")
     assert env.fresh_read(read) == truth  # nothing was stored: a miss, which stores
     assert env.hit(read) == truth
+
+
+def test_selectin_post_load_with_a_joined_collection_served_from_the_cache(env: Env) -> None:
+    """Two reads whose selectin post load is the same statement: the second read's post
+    load (a joined eager collection inside it) is a hit, and SQLAlchemy's selectin loader
+    must be told to call ``unique()`` on it, as on the database's result."""
+
+    def read(address_id: int) -> Callable[[Session], Any]:
+        def go(s: Session) -> Any:
+            stmt = (
+                select(Address)
+                .where(Address.id == address_id)
+                .options(selectinload(Address.user).joinedload(User.tags))
+            )
+            a = s.scalars(stmt).one()
+            return (a.id, a.user.id, [t.id for t in a.user.tags])
+
+        return go
+
+    assert env.truth(read(1)) == (1, 1, [1, 2])
+    assert env.fresh_read(read(1)) == (1, 1, [1, 2])  # stores the post load's entry too
+    with env.Session() as s:
+        # the outer read misses; its post load (user 1 with its tags) is served
+        out, n = env.sql.run(lambda: read(2)(s))
+    assert out == (2, 1, [1, 2])
+    assert n == 1, env.sql.statements[-n:]

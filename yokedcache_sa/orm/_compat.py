@@ -26,6 +26,7 @@ __all__ = [
     "deferred_column_loaders",
     "execute_as_planned",
     "install_deferred_column_loaders",
+    "mark_requires_uniquing",
     "run_later_orm_listeners",
     "take_unique_demand",
 ]
@@ -59,6 +60,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (FrozenResult, "_attributes"),
     (FrozenResult, "_source_supports_scalars"),
     (IteratorResult, "_unique_filter_state"),
+    (QueryContext, "requires_uniquing"),
     (Mapper, "_path_registry"),
     (_IDENTITY_MAP, "_add_unpresent"),
     (InstanceState, "_commit"),
@@ -154,6 +156,23 @@ def install_deferred_column_loaders(state: InstanceState[Any], loaders: list[lis
     """Put back on a new object the loaders :func:`deferred_column_loaders` described, so its
     deferred columns load (or raise) on access as SQLAlchemy's loader would have set up."""
     state.callables = {key: _DEFERRED_LOADER(key, raiseload) for key, raiseload in loaders}
+
+
+class _UniquingContext:
+    """What SQLAlchemy's selectin loader reads of an ORM result's ``context``."""
+
+    __slots__ = ()
+    requires_uniquing = True
+
+
+_UNIQUING_CONTEXT = _UniquingContext()
+
+
+def mark_requires_uniquing(result: Result[Any]) -> None:
+    """Mark a result built from the cache as SQLAlchemy marks one with joined eager
+    collections: its selectin loader calls ``unique()`` when ``result.context`` says
+    ``requires_uniquing`` and otherwise reads raw rows (which a demanded result refuses)."""
+    result.context = _UNIQUING_CONTEXT  # type: ignore[attr-defined]
 
 
 def take_unique_demand(result: Result[Any]) -> bool:

@@ -61,8 +61,10 @@ class ResultShape:
 
     @staticmethod
     def demand_unique(result: Result[Any]) -> None:
-        """Make *result* raise SQLAlchemy's error unless ``unique()`` is called on it."""
+        """Make *result* raise SQLAlchemy's error unless ``unique()`` is called on it, and
+        tell SQLAlchemy's own loaders (a selectin post load served from the cache) to call it."""
         result._unique_filter_state = (set(), _require_unique)
+        _compat.mark_requires_uniquing(result)
 
 
 def _require_unique(obj: object) -> None:
