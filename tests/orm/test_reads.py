@@ -16,6 +16,7 @@ from sqlalchemy.exc import (
     LegacyAPIWarning,
     MultipleResultsFound,
     NoResultFound,
+    StatementError,
 )
 from sqlalchemy.orm import (
     Session,
@@ -721,3 +722,12 @@ def test_lazy_load_keys_are_the_same_in_every_process(tmp_path: Any) -> None:
     assert outs[0]["emails"] == ["a1@x", "a2@x"]
     assert len(outs[0]["keys"]) == 2  # the get and the lazy load
     assert outs[0]["keys"] == outs[1]["keys"]
+
+
+def test_value_of_a_transient_object_raises_sqlalchemys_error(env: Env) -> None:
+    """Comparing a relationship with a transient object leaves a bound value nothing can
+    give: the read is not keyed and SQLAlchemy raises its own StatementError when it runs,
+    as with a plain Session (not the InvalidRequestError keying it would raise)."""
+    for factory in (env.Plain, env.Session):
+        with factory() as s, pytest.raises(StatementError, match="no value has been set"):
+            s.scalars(select(Address).where(Address.user == User())).all()

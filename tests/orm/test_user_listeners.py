@@ -8,6 +8,7 @@ them shape the statement before it builds a key or runs a miss.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from sqlalchemy.orm import (
     Session,
     lazyload,
     raiseload,
+    selectinload,
     sessionmaker,
     with_loader_criteria,
 )
@@ -189,3 +191,47 @@ def test_session_info_is_the_users(env: Env) -> None:
         s.info["tenant"] = "a"
         s.get(User, 1)
         assert s.info == {"tenant": "a"}
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_get_bind_override_sees_what_a_plain_session_passes(env: Env) -> None:
+    """A Session subclass overriding ``get_bind`` (the documented way to route reads) gets
+    the arguments SQLAlchemy gives it, on a miss too: no private marker of the cache."""
+    seen: list[frozenset[str]] = []
+
+    def get_bind(self: Session, mapper: Any = None, **kw: Any) -> Any:
+        seen.append(frozenset(kw) | ({"mapper"} if mapper is not None else set()))
+        return Session.get_bind(self, mapper, **kw)
+
+    Routing = type("Routing", (CachingSession,), {"get_bind": get_bind})
+    PlainRouting = type("PlainRouting", (Session,), {"get_bind": get_bind})
+
+    read = lambda s: s.scalars(select(User).order_by(User.id)).all()  # noqa: E731
+    with PlainRouting(env.engine) as s:
+        read(s)
+    plain = set(seen)
+    seen.clear()
+    with Routing(env.engine, cache=env.cache) as s:
+        env.queried(lambda: read(s))
+    assert seen and set(seen) <= plain, (seen, plain)
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_post_loads_of_a_miss_reach_listeners_as_without_the_cache(env: Env) -> None:
+    """A miss's selectin post load reaches the user's ``do_orm_execute`` listener with the
+    load options a plain Session gives it (autoflush on, marked as a post load)."""
+    seen: list[tuple[bool, bool]] = []
+
+    def record(ox: ORMExecuteState) -> None:
+        if ox.is_select:
+            seen.append((ox.load_options._autoflush, ox.is_relationship_load))
+
+    read = lambda s: s.scalars(select(User).options(selectinload(User.addresses))).all()  # noqa: E731
+    answers = []
+    for factory in (env.Plain, env.Session):
+        with factory() as s:
+            event.listen(s, "do_orm_execute", record)
+            env.queried(partial(read, s))
+        answers.append(list(seen))
+        seen.clear()
+    assert answers[1] == answers[0] == [(True, False), (True, True)]

@@ -13,6 +13,7 @@ from sqlalchemy.engine.base import OptionEngine
 from sqlalchemy.engine.result import FrozenResult, IteratorResult, Result
 from sqlalchemy.orm import Mapper, ORMExecuteState, Query, Session
 from sqlalchemy.orm import identity as _identity
+from sqlalchemy.orm import strategies as _strategies
 from sqlalchemy.orm.context import QueryContext
 from sqlalchemy.orm.path_registry import PathRegistry
 from sqlalchemy.orm.state import InstanceState
@@ -24,13 +25,24 @@ __all__ = [
     "autobegin",
     "current_path",
     "current_transaction",
+    "deferred_column_loaders",
+    "execute_as_planned",
+    "install_deferred_column_loaders",
+    "mark_requires_uniquing",
     "root_engine",
     "run_later_orm_listeners",
+    "take_unique_demand",
 ]
 
 # the identity map's class: WeakInstanceDict on SQLAlchemy 2.0, _WeakInstanceDict on 2.1
 _MAP_CLASSES = ("_WeakInstanceDict", "WeakInstanceDict")  # by name: each is absent somewhere
 _IDENTITY_MAP: type = next(getattr(_identity, n) for n in _MAP_CLASSES if hasattr(_identity, n))
+# the per-object loader of a column deferred by an option: LoadDeferredColumns on SQLAlchemy
+# 2.0, _LoadDeferredColumns on 2.1
+_DEFERRED_CLASSES = ("_LoadDeferredColumns", "LoadDeferredColumns")
+_DEFERRED_LOADER: type = next(
+    getattr(_strategies, n) for n in _DEFERRED_CLASSES if hasattr(_strategies, n)
+)
 
 #: (owner, attribute) pairs this package uses, here and in the other orm modules; the compat
 #: test asserts each exists on the installed SQLAlchemy (CI runs it on the oldest supported).
@@ -47,9 +59,11 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (QueryContext.default_load_options, "_lazy_loaded_from"),
     # sessions, results and loading (reads.py, results.py)
     (Session, "_autoflush"),
+    (Session, "_is_clean"),
     (FrozenResult, "_attributes"),
     (FrozenResult, "_source_supports_scalars"),
     (IteratorResult, "_unique_filter_state"),
+    (QueryContext, "requires_uniquing"),
     (Mapper, "_path_registry"),
     (_IDENTITY_MAP, "_add_unpresent"),
     (InstanceState, "_commit"),
@@ -59,7 +73,9 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (Select, "_compile_options"),
     (InstanceState, "load_path"),
     (InstanceState, "load_options"),
+    (InstanceState, "callables"),
     (Session, "_autobegin_t"),
+    (Session, "_execute_internal"),
     (Session, "_transaction"),
     (OptionEngine, "_proxied"),
 )
@@ -101,6 +117,76 @@ def run_later_orm_listeners(ox: ORMExecuteState) -> tuple[bool, Result[Any] | No
         if out:
             return True, out
     return True, None
+
+
+def execute_as_planned(ox: ORMExecuteState) -> Result[Any]:
+    """Run *ox*'s statement in its session the way SQLAlchemy would have after the
+    ``do_orm_execute`` listeners (the later ones have run already).
+
+    ``ORMExecuteState.invoke_statement()`` does the same but adds ``_sa_skip_events=True``
+    to the bind arguments, which a user's ``get_bind()`` override would then receive.
+    """
+    run = getattr(ox.session, "_execute_internal", None)
+    if run is None:
+        return ox.invoke_statement()
+    result: Result[Any] = run(
+        ox.statement,
+        ox.parameters,
+        execution_options=ox.local_execution_options,
+        bind_arguments=dict(ox.bind_arguments),
+        _parent_execute_state=ox,
+    )
+    return result
+
+
+def deferred_column_loaders(state: InstanceState[Any]) -> list[list[Any]] | None:
+    """The per-object loaders of columns a ``defer()`` / ``load_only()`` option left unloaded
+    on *state*, as ``[[key, raiseload], ...]``; None when *state* holds another kind of
+    per-object loader (a relationship loader an option installed), which cannot be rebuilt.
+    """
+    out: list[list[Any]] = []
+    dict_ = state.dict
+    for key, fn in state.callables.items():
+        if key in dict_:
+            continue
+        if type(fn) is not _DEFERRED_LOADER:
+            return None
+        loader: Any = fn
+        out.append([key, bool(loader.raiseload)])
+    return out
+
+
+def install_deferred_column_loaders(state: InstanceState[Any], loaders: list[list[Any]]) -> None:
+    """Put back on a new object the loaders :func:`deferred_column_loaders` described, so its
+    deferred columns load (or raise) on access as SQLAlchemy's loader would have set up."""
+    state.callables = {key: _DEFERRED_LOADER(key, raiseload) for key, raiseload in loaders}
+
+
+class _UniquingContext:
+    """What SQLAlchemy's selectin loader reads of an ORM result's ``context``."""
+
+    __slots__ = ()
+    requires_uniquing = True
+
+
+_UNIQUING_CONTEXT = _UniquingContext()
+
+
+def mark_requires_uniquing(result: Result[Any]) -> None:
+    """Mark a result built from the cache as SQLAlchemy marks one with joined eager
+    collections: its selectin loader calls ``unique()`` when ``result.context`` says
+    ``requires_uniquing`` and otherwise reads raw rows (which a demanded result refuses)."""
+    result.context = _UNIQUING_CONTEXT  # type: ignore[attr-defined]
+
+
+def take_unique_demand(result: Result[Any]) -> bool:
+    """Remove the ``unique()`` demand SQLAlchemy puts on a result with joined eager loads
+    of collections (a filter that raises on the first row fetched without ``unique()``), so
+    that *result* can be frozen whole; return whether there was one."""
+    demanded = getattr(result, "_unique_filter_state", None) is not None
+    if demanded:
+        result._unique_filter_state = None
+    return demanded
 
 
 def autobegin(session: Session) -> None:

@@ -30,6 +30,7 @@ from .engine_events import watch_engine
 from .options import Hint, hint_from
 from .results import (
     NotCacheable,
+    NotStorable,
     ResultShape,
     freeze_rows,
     loader_context,
@@ -115,7 +116,12 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
             st.unbegun = True
     # The uncached query would autoflush first: pending changes become writes that make
     # their tables bypass the cache for the rest of the transaction.
-    if session.autoflush and getattr(ox.load_options, "_autoflush", True):
+    # Only a session with changes: a miss runs the statement, which autoflushes again.
+    if (
+        session.autoflush
+        and getattr(ox.load_options, "_autoflush", True)
+        and not session._is_clean()
+    ):
         session._autoflush()
     if ALL_TAG in st.written:
         _bypass(st, "own_writes")
@@ -354,7 +360,7 @@ def _detached_metadata(metadata: Any, result: Any) -> Any:
     """*metadata* without what ties it to the run that made it.
 
     The shape outlives the run in the module-level memo. SQLAlchemy's ORM metadata makes its
-    ``unique()`` filters with a closure over the loading context, which holds the private
+    ``unique()`` filters with a closure over the loading context, which holds the caller's
     Session and so the connection: the filters are made once, here, and kept instead.
     """
     make = getattr(metadata, "_create_unique_filters", None)
@@ -384,14 +390,11 @@ def _run_and_store(
     # Beginning may have shown that the connection is not the one the key describes (a
     # tainted pooled connection, connection-level options): run it, but do not store it.
     keyed = st.tainted is None and connection_variant(conn) == variant
-    eo = dict(ox.execution_options)
-    lo = eo.get("_sa_orm_load_options")
-    if lo is not None and getattr(lo, "_lazy_loaded_from", None) is not None:
-        eo["_sa_orm_load_options"] = lo + {"_lazy_loaded_from": None}
-    eo["yokedcache"] = False
-    private = Session(
-        bind=conn, autoflush=False, expire_on_commit=False, join_transaction_mode="rollback_only"
-    )
+    # The statement runs in the caller's session, so its objects, events (load, refresh,
+    # @reconstructor) and result are SQLAlchemy's own. An object that was in the identity
+    # map before keeps attributes loaded earlier (and may have changes): a result holding
+    # one is returned but not stored, so an entry holds only what the database returned.
+    before = frozenset(session.identity_map.keys()) if len(session.identity_map) else None
     tracer = st.cache.hooks.tracer
     span = (
         tracer.start_as_current_span(
@@ -404,20 +407,27 @@ def _run_and_store(
         if tracer is not None
         else nullcontext()
     )
+    with span, reading_collector() as col:
+        result = _compat.execute_as_planned(ox)
+        # Joined eager loads of collections make SQLAlchemy demand unique() of the caller
+        # (a filter that raises on the first row): the entry holds every row, the result
+        # built from it makes the same demand.
+        require_unique = _compat.take_unique_demand(result)
+        frozen = result.freeze()
     try:
-        with span, reading_collector() as col:
-            result = private.execute(ox.statement, ox.parameters or None, execution_options=eo)
-            frozen = result.freeze()
-        require_unique = getattr(result, "_unique_filter_state", None) is not None
-        try:
-            payload, mappers = freeze_rows(frozen.data, frozen._source_supports_scalars)
-        except NotCacheable as exc:
-            log.debug("yokedcache: result not cacheable (%s); running it uncached", exc)
-            _bypass(st, "not_cacheable", shape.tables)
-            shape.digest = None
-            return None
-    finally:
-        private.close()
+        payload, mappers = freeze_rows(frozen.data, frozen._source_supports_scalars, before)
+    except NotCacheable as exc:
+        log.debug("yokedcache: result not cacheable (%s); running it uncached", exc)
+        _bypass(st, "not_cacheable", shape.tables)
+        shape.digest = None
+        return _rebuilt(frozen, require_unique)
+    except NotStorable as exc:
+        log.debug("yokedcache: result not stored (%s)", exc)
+        _bypass(st, "not_cacheable", shape.tables)
+        if outer is not None:
+            outer.add(shape.tables)
+            outer.add(col.tables)
+        return _rebuilt(frozen, require_unique)
     if shape.result is None:
         shape.roots = tuple(ox.all_mappers)
         shape.result = ResultShape(
@@ -467,13 +477,15 @@ def _run_and_store(
                 )
             except SerializationError as exc:
                 log.debug("yokedcache: result not cacheable: %s", exc)
-    try:
-        rows = thaw_rows(payload, shape.result, session, loader_context(ox.statement))
-    except NotCacheable as exc:
-        log.debug("yokedcache: cannot rebuild result (%s); running it uncached", exc)
-        shape.digest = None
-        return None
-    return shape.result.build(rows)
+    return shape.result.build(frozen.data)
+
+
+def _rebuilt(frozen: Any, require_unique: bool) -> Result[Any]:
+    """The caller's result again, from *frozen* (with SQLAlchemy's unique() demand)."""
+    result: Result[Any] = frozen()
+    if require_unique:
+        ResultShape.demand_unique(result)
+    return result
 
 
 class _GreenletIO:

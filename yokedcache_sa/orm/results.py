@@ -2,9 +2,10 @@
 
 A cached result is ``[rows, objects]``: rows hold scalars and references into ``objects``;
 each object is ``[class name, primary key, identity token, {column: value},
-{relationship: ref | [refs] | None}, [attributes left to load on access]]`` — the column
-values as the database returned them and the relationships that the query itself loaded
-eagerly. Live ORM objects are never pickled.
+{relationship: ref | [refs] | None}, [attributes left to load on access]]``, plus
+``[[column, raiseload], ...]`` last when loader options deferred columns — the column values
+as the database returned them and the relationships that the query itself loaded eagerly.
+Live ORM objects are never pickled.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class NotCacheable(Exception):
     """The result holds something we do not cache (internal)."""
 
 
+class NotStorable(Exception):
+    """This run's result must not be stored, though the statement's may be (internal)."""
+
+
 @dataclass
 class ResultShape:
     """What a process learns about a statement's result the first time it runs it."""
@@ -46,21 +51,28 @@ class ResultShape:
     require_unique: bool
     mappers: dict[str, Mapper[Any]] = field(default_factory=dict)
 
-    def build(self, rows: list[Any]) -> Result[Any]:
+    def build(self, rows: Sequence[Any]) -> Result[Any]:
         result: IteratorResult[Any] = IteratorResult(self.metadata, iter(rows))
         result._attributes = self.attributes
         result._source_supports_scalars = self.scalars_source
         if self.require_unique:
-
-            def require_unique(obj: object) -> None:
-                raise InvalidRequestError(
-                    "The unique() method must be invoked on this Result, "
-                    "as it contains results that include joined eager loads "
-                    "against collections"
-                )
-
-            result._unique_filter_state = (set(), require_unique)
+            self.demand_unique(result)
         return result
+
+    @staticmethod
+    def demand_unique(result: Result[Any]) -> None:
+        """Make *result* raise SQLAlchemy's error unless ``unique()`` is called on it, and
+        tell SQLAlchemy's own loaders (a selectin post load served from the cache) to call it."""
+        result._unique_filter_state = (set(), _require_unique)
+        _compat.mark_requires_uniquing(result)
+
+
+def _require_unique(obj: object) -> None:
+    raise InvalidRequestError(
+        "The unique() method must be invoked on this Result, "
+        "as it contains results that include joined eager loads "
+        "against collections"
+    )
 
 
 def _name(mapper: Mapper[Any]) -> str:
@@ -85,7 +97,8 @@ def reachable_mappers(roots: Iterable[Mapper[Any]]) -> dict[str, Mapper[Any]]:
 
 
 class _Freezer:
-    def __init__(self) -> None:
+    def __init__(self, existing: frozenset[Any] | None = None) -> None:
+        self.existing = existing
         self.objects: list[list[Any]] = []
         self.memo: dict[int, int] = {}
         self.mappers: dict[str, Mapper[Any]] = {}
@@ -99,12 +112,23 @@ class _Freezer:
         mapper = state.mapper
         if state.key is None:
             raise NotCacheable("an object without identity")
+        if state.modified:
+            raise NotStorable("an object with changes")
+        if self.existing is not None and state.key in self.existing:
+            raise NotStorable("an object loaded before, which the query does not refresh")
         idx = len(self.objects)
         self.memo[oid] = idx
         record: list[Any] = [_name(mapper), list(state.key[1]), state.key[2], {}, {}, []]
         if state.expired_attributes:
             # e.g. subclass columns of a polymorphic load: SQLAlchemy loads them on access
             record[5] = sorted(state.expired_attributes)
+        if state.callables:
+            # columns a defer() / load_only() option left to load (or raise) on access
+            loaders = _compat.deferred_column_loaders(state)
+            if loaders is None:
+                raise NotCacheable("an option installed a per-object relationship loader")
+            if loaders:
+                record.append(sorted(loaders))
         self.objects.append(record)
         self.mappers[record[0]] = mapper
         dict_ = state.dict
@@ -135,14 +159,16 @@ def _is_entity(value: object) -> bool:
 
 
 def freeze_rows(
-    data: Sequence[Any], scalars_source: bool
+    data: Sequence[Any], scalars_source: bool, existing: frozenset[Any] | None = None
 ) -> tuple[list[Any], dict[str, Mapper[Any]]]:
     """Return ``([rows, objects, kinds], mappers)`` for rows of an ORM result.
 
     ``kinds[i]`` is 1 where position *i* holds entities. Raises NotCacheable for results
-    holding objects that are not plain data or mapped instances with identity.
+    holding objects that are not plain data or mapped instances with identity, NotStorable
+    for results holding an object with changes or one whose identity key is in *existing*
+    (the session had it before the query ran: its attributes may predate the rows).
     """
-    fz = _Freezer()
+    fz = _Freezer(existing)
     rows: list[Any] = []
     kinds: list[int] | None = None
     for row in data:
@@ -299,8 +325,11 @@ def thaw_rows(
             state.key = key
             state.identity_token = token
             state.session_id = session.hash_key
-            if len(record) > 5 and record[5]:
-                state.expired_attributes.update(record[5])
+            if len(record) > 5:
+                if record[5]:
+                    state.expired_attributes.update(record[5])
+                if len(record) > 6:
+                    _compat.install_deferred_column_loaders(state, record[6])
             imap._add_unpresent(state, key)
             fresh[i] = True
         else:

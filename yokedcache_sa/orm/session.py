@@ -5,11 +5,11 @@ The listeners live in one module per concept: ``reads`` (serve, or run and store
 ``pgwrites`` (PostgreSQL's modification counters), ``shapes`` (statement shapes and keys),
 ``state`` (per-session state) and ``collect`` (tables read during a computation).
 
-Reads (``do_orm_execute``): a cacheable SELECT is looked up; on a miss it runs in a private
-Session sharing the caller's connection and transaction (so the cached data are the rows the
-database returned, untouched by objects already in the caller's identity map), is frozen to
-plain data, stored under the snapshot observed *before* it ran, and thawed into the caller's
-session — the same path a hit takes.
+Reads (``do_orm_execute``): a cacheable SELECT is looked up; on a miss it runs in the caller's
+session (SQLAlchemy builds the objects and fires their events), is frozen to plain data and
+stored under the snapshot observed *before* it ran — unless the result holds an object the
+session had before (its attributes may predate the rows) or one with changes. A hit thaws the
+entry into the caller's session.
 
 Writes (engine ``before_cursor_execute``): every INSERT/UPDATE/DELETE/DDL or raw SQL a session's
 connection executes records its tables (plus FK-cascade and declared dependents); just before

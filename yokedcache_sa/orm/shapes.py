@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.orm.interfaces import MapperProperty
 from sqlalchemy.sql.selectable import Select
@@ -250,7 +251,10 @@ def _key(shape: _Shape, ck: Any, ox: ORMExecuteState, tags: list[Any], context: 
                 context,  # the connection's schema map, the session's vary_on value
             ]
         )
-    except (SerializationError, TypeError, AttributeError):
+    except (SerializationError, TypeError, AttributeError, InvalidRequestError):
+        # InvalidRequestError: a bound value read from an object that cannot give it (a
+        # transient or detached object's column); SQLAlchemy raises it as its own
+        # StatementError when the statement runs
         return None
     assert shape.digest is not None
     return "q:" + hashlib.blake2b(shape.digest.encode() + raw, digest_size=20).hexdigest()

@@ -1,0 +1,208 @@
+"""Objects and results rebuilt from the cache carry the loader state SQLAlchemy's own loader
+gives them: columns deferred by an option load on access, results of joined eager loads of
+collections demand ``unique()`` and work with it. Each case runs the read in a plain Session
+for the truth, then through a CachingSession twice (a miss, then a hit that sends no SQL).
+
+Found by SQLAlchemy's ORM suite run with CachingSession swapped in (docs/sqlalchemy-suite.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.orm import Session, defer, joinedload, load_only, selectinload
+
+from tests.orm.ormkit import Address, Employee, Env, Manager, User
+
+
+def _three_ways(env: Env, read: Callable[[Session], Any], check: Callable[[Any, int], Any]) -> None:
+    """*check(result, statements sent by the read)* in a plain Session, on a miss and on a
+    hit; it must give the same answer each time (and the hit must send nothing)."""
+    answers = []
+    for name, factory in (("plain", env.Plain), ("miss", env.Session), ("hit", env.Session)):
+        with factory() as s:
+            out, n = env.sql.run(partial(read, s))
+            if name == "hit":
+                assert n == 0, f"expected a hit, sent {env.sql.statements[-n:]}"
+            else:
+                assert n >= 1
+            answers.append((name, check(out, n)))
+    assert answers[1][1] == answers[0][1], answers
+    assert answers[2][1] == answers[0][1], answers
+
+
+def _deferred_state(env: Env, obj: Any, key: str) -> tuple[bool, Any, int]:
+    """(was *key* loaded, its value, statements its access sent)."""
+    loaded = key in obj.__dict__
+    value, n = env.sql.run(lambda: getattr(obj, key))
+    return loaded, value, n
+
+
+def test_defer_option_column_loads_on_access(env: Env) -> None:
+    read = lambda s: s.scalars(select(User).options(defer(User.name)).order_by(User.id)).first()  # noqa: E731
+
+    def check(user: User, _n: int) -> Any:
+        return _deferred_state(env, user, "name")
+
+    _three_ways(env, read, check)
+    with env.Session() as s:  # the answer itself, not only agreement
+        assert _deferred_state(env, env.cached(lambda: read(s)), "name") == (False, "alice", 1)
+
+
+def test_load_only_leaves_the_rest_loadable(env: Env) -> None:
+    def read(s: Session) -> Any:
+        return s.scalars(select(User).options(load_only(User.id)).where(User.id == 3)).one()
+
+    _three_ways(env, read, lambda u, _n: (_deferred_state(env, u, "name"), u.age))
+
+
+def test_deferred_column_of_eagerly_loaded_objects(env: Env) -> None:
+    def read(s: Session) -> Any:
+        stmt = (
+            select(User)
+            .options(selectinload(User.addresses).defer(Address.email))
+            .where(User.id == 1)
+        )
+        return s.scalars(stmt).one()
+
+    def check(user: User, _n: int) -> Any:
+        return [_deferred_state(env, a, "email") for a in user.addresses]
+
+    _three_ways(env, read, check)
+
+
+def test_deferred_subclass_column_of_a_polymorphic_load(env: Env) -> None:
+    def read(s: Session) -> Any:
+        stmt = select(Employee).options(defer(Manager.budget)).order_by(Employee.id)
+        return s.scalars(stmt).all()
+
+    def check(people: list[Employee], _n: int) -> Any:
+        return [(type(p).__name__, p.name) for p in people] + [
+            _deferred_state(env, people[1], "budget")
+        ]
+
+    _three_ways(env, read, check)
+
+
+def _joined_collection(s: Session) -> Any:
+    stmt = (
+        select(User, Address.id)
+        .join(User.addresses)
+        .options(joinedload(User.addresses))
+        .order_by(User.id, Address.id)
+    )
+    return s.execute(stmt)
+
+
+def test_joined_eager_collection_result_works_with_unique(env: Env) -> None:
+    def check(result: Any, _n: int) -> Any:
+        rows = result.unique().all()
+        return [(u.id, [a.id for a in u.addresses], aid) for u, aid in rows]
+
+    _three_ways(env, _joined_collection, check)
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_joined_eager_collection_result_demands_unique(env: Env) -> None:
+    def check(result: Any, _n: int) -> Any:
+        with pytest.raises(InvalidRequestError, match="unique"):
+            result.all()
+        return "raised"
+
+    _three_ways(env, _joined_collection, check)
+
+
+def test_load_event_fires_once_per_object(env: Env) -> None:
+    """A miss runs the statement in the caller's session: ``load`` (and so
+    ``@reconstructor``) fires for the caller's objects only, once each, as without the
+    cache; a hit fires it for the objects it builds."""
+    loaded: list[int] = []
+
+    def on_load(target: User, _context: Any) -> None:
+        loaded.append(target.id)
+
+    event.listen(User, "load", on_load)
+    try:
+
+        def check(users: list[User], _n: int) -> Any:
+            out = sorted(loaded)
+            loaded.clear()
+            return out
+
+        _three_ways(env, lambda s: s.scalars(select(User).order_by(User.id)).all(), check)
+    finally:
+        event.remove(User, "load", on_load)
+
+
+def test_refresh_event_of_a_reloaded_object_on_a_miss(env: Env) -> None:
+    """An object already in the session that a miss's rows complete gets SQLAlchemy's
+    ``refresh`` event, not ``load``; the result is not stored (that object's other
+    attributes come from an earlier read), so the next session stores it."""
+    seen: list[Any] = []
+    listeners: list[tuple[str, Callable[..., Any]]] = [
+        ("load", lambda target, _c: seen.append(("load", target.id))),
+        ("refresh", lambda target, _c, attrs: seen.append(("refresh", target.id))),
+    ]
+    for name, fn in listeners:
+        event.listen(User, name, fn)
+    read = lambda s: s.scalars(select(User).where(User.id <= 2).order_by(User.id)).all()  # noqa: E731
+    try:
+        answers = []
+        for factory in (env.Plain, env.Session):
+            with factory() as s:
+                alice = s.get(User, 1)
+                assert alice is not None
+                s.expire(alice, ["name"])
+                seen.clear()
+                users = env.queried(partial(read, s))
+                answers.append(([u.name for u in users], sorted(seen)))
+        assert answers[1] == answers[0] == (["alice", "bob"], [("load", 2), ("refresh", 1)])
+        env.fresh_read(read)  # not stored by the session above: a miss, which stores
+        env.hit(read)
+    finally:
+        for name, fn in listeners:
+            event.remove(User, name, fn)
+
+
+def test_unflushed_changes_are_never_stored(env: Env) -> None:
+    """With autoflush off, a query returns the session's changed object (SQLAlchemy's
+    identity map wins); that result must not become the entry other sessions read."""
+    read = lambda s: s.scalars(select(User).order_by(User.id)).all()  # noqa: E731
+    with env.Session(autoflush=False) as s:
+        s.scalars(select(User).where(User.id == 1)).one().name = "changed"
+        assert env.queried(lambda: read(s))[0].name == "changed"
+    truth = env.truth(read)
+    assert truth[0][1][2] == ("name", "alice")
+    assert env.fresh_read(read) == truth  # nothing was stored: a miss, which stores
+    assert env.hit(read) == truth
+
+
+def test_selectin_post_load_with_a_joined_collection_served_from_the_cache(env: Env) -> None:
+    """Two reads whose selectin post load is the same statement: the second read's post
+    load (a joined eager collection inside it) is a hit, and SQLAlchemy's selectin loader
+    must be told to call ``unique()`` on it, as on the database's result."""
+
+    def read(address_id: int) -> Callable[[Session], Any]:
+        def go(s: Session) -> Any:
+            stmt = (
+                select(Address)
+                .where(Address.id == address_id)
+                .options(selectinload(Address.user).joinedload(User.tags))
+            )
+            a = s.scalars(stmt).one()
+            return (a.id, a.user.id, [t.id for t in a.user.tags])
+
+        return go
+
+    assert env.truth(read(1)) == (1, 1, [1, 2])
+    assert env.fresh_read(read(1)) == (1, 1, [1, 2])  # stores the post load's entry too
+    with env.Session() as s:
+        # the outer read misses; its post load (user 1 with its tags) is served
+        out, n = env.sql.run(lambda: read(2)(s))
+    assert out == (2, 1, [1, 2])
+    assert n == 1, env.sql.statements[-n:]
