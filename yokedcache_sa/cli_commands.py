@@ -109,7 +109,7 @@ def _stats(args: argparse.Namespace, out: Output) -> int:
             "epoch": state.epoch,
             "write_sequence": state.seq,
             "versions": _tables_first(state.versions),
-            "being_written": _tables_first(state.marks),
+            "marked": _tables_first(state.marks),
         }
     doc["this_process"] = {
         "scope": (

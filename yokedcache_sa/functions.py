@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Generator, Iterable
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
-from . import codec, flight
+from . import codec, stampede
 from .cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_cache
 from .errors import SerializationError
 from .orm.engine_events import watch_computations, watch_engine
@@ -131,7 +131,7 @@ class _Cached:
     # one flow for sync and async callers ---------------------------------------------------
     #
     # Steps: ("call",) runs the function; ("lookup", cache, key) looks up with the compute
-    # lock; ("flight", cache, key, look) coordinates concurrent misses (flight.py), whose
+    # lock; ("flight", cache, key, look) coordinates concurrent misses (stampede.py), whose
     # compute runs _compute_flow; ("store", cache, key, value, kwargs) stores the result.
 
     def call_flow(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Generator[Step, Any, Any]:
@@ -199,7 +199,7 @@ class _SyncCall:
         cache: YokedCache = step[1]
         k: str = step[2]
         look: Lookup = step[3]
-        return flight.run_sync(
+        return stampede.run_sync(
             cache,
             k,
             relookup=lambda: cache.lookup_sync(k),
@@ -234,7 +234,7 @@ class _AsyncCall(_SyncCall):
                 self.policy.compute_flow(cache, k, lk, self.all_args()), self
             )
 
-        return await flight.run_async(
+        return await stampede.run_async(
             cache, k, relookup=relookup, compute=compute, on_hit=self.policy._hit, first=look
         )
 

@@ -54,7 +54,7 @@ BypassReason: TypeAlias = Literal[
 ]
 RefusalReason: TypeAlias = Literal[
     "version_moved",  # a tag was written after the read, or a new version space (epoch)
-    "being_written",  # a tag carries a live write lease
+    "marked",  # a tag carries a live write lease
     "pending",  # an invalidation of a tag is pending in this process
 ]
 

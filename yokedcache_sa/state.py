@@ -44,7 +44,7 @@ debug_enabled = functools.partial(log.isEnabledFor, logging.DEBUG)
 _STORE_WORDS: Final = {
     StoreOutcome.STORED: "stored",
     StoreOutcome.STALE: "store refused (a tag moved since the read, or new epoch)",
-    StoreOutcome.BEING_WRITTEN: "store refused (a tag is being written)",
+    StoreOutcome.MARKED: "store refused (a tag is being written)",
 }
 
 COMPUTE_LOCK_SECONDS: Final = 30.0
@@ -353,7 +353,7 @@ class CacheState:
 
 _REFUSALS: Final[dict[StoreOutcome, RefusalReason]] = {
     StoreOutcome.STALE: "version_moved",
-    StoreOutcome.BEING_WRITTEN: "being_written",
+    StoreOutcome.MARKED: "marked",
 }
 
 

@@ -2,7 +2,7 @@
 
 A flow is a generator that yields steps and receives each step's result (or has its
 exception thrown in at the ``yield``); the caller says how a step is performed. The stampede
-state machine (:mod:`yokedcache_sa.flight`), ``@cached`` (:mod:`yokedcache_sa.functions`) and
+state machine (:mod:`yokedcache_sa.stampede`), ``@cached`` (:mod:`yokedcache_sa.functions`) and
 the Redis backend's command sequences are such flows. Cache operations against a backend have
 their own drivers, with the circuit breaker: :mod:`yokedcache_sa.drivers`.
 """

@@ -27,9 +27,9 @@ from yokedcache_sa.errors import (
     NoDefaultCache,
     UsageError,
 )
-from yokedcache_sa.flight import flight_flow
 from yokedcache_sa.keys import MISSING, normalize_key
 from yokedcache_sa.ops import END_WRITE, FETCH, OBSERVE, STORE
+from yokedcache_sa.stampede import flight_flow
 from yokedcache_sa.state import ComputeLock, Lookup
 from yokedcache_sa.steps import run_steps_async, run_steps_sync
 from yokedcache_sa.tags import Snapshot

@@ -96,7 +96,7 @@ def test_a_transaction_keeps_the_cache_it_marked_with(monkeypatch: pytest.Monkey
     first, second = _cache("revdefa"), _cache("revdefb")
     answers = iter([first, second, second, second])
     monkeypatch.setattr(orm_state, "get_session_default_cache", lambda: next(answers))
-    st = orm_state.SessionCache(None)
+    st = orm_state.SessionState(None)
     st.note_written(["table:z"])
     st.mark_pending()  # marks on the default of now: first
     assert first.observe_sync() is not None

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from tests.integrations.kit import USERS, SQLCounter, Stack, User, open_stack
-from yokedcache_sa import CachingSession, cached, flight
+from yokedcache_sa import CachingSession, cached, stampede
 
 N = 50
 NAMES = ("ann", "bob", "cy")
@@ -236,7 +236,7 @@ def test_two_processes_sharing_redis(tmp_path: Path, mode: str) -> None:
 
 @pytest.fixture
 def short_wait(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr(flight, "WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(stampede, "WAIT_SECONDS", 0.2)
     return 0.2
 
 

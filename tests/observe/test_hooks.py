@@ -109,7 +109,7 @@ def test_store_refusals_by_reason(cache: YokedCache) -> None:
     assert snap2 is not None
     assert not cache.store_sync("b", 1, tags=["t"], snapshot=snap2)
     cache.end_write_sync(["t"], writer)
-    assert [e.reason for e in seen] == ["version_moved", "being_written"]
+    assert [e.reason for e in seen] == ["version_moved", "marked"]
 
 
 def test_prometheus_counters_and_histograms(cache: YokedCache, registry: CollectorRegistry) -> None:

@@ -68,7 +68,7 @@ def test_stats_reports_global_store_state_and_labels_per_process(redis_cache_env
     assert state["scope"].startswith("global")
     assert state["entries"] == 2
     assert state["versions"]["table:users"] == state["write_sequence"] >= 1
-    assert state["being_written"] == {"table:orders": 1}
+    assert state["marked"] == {"table:orders": 1}
     assert doc["this_process"]["scope"].startswith("counters of this CLI process only")
     assert doc["process"]["pid"] != os.getpid()
 

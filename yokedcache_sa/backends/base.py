@@ -25,7 +25,7 @@ class StoreOutcome(enum.IntEnum):
     STORED = 1
     STALE = 0
     """A tag was written after the observation, or the version space changed."""
-    BEING_WRITTEN = -1
+    MARKED = -1
     """A tag carries a live write lease."""
 
 

@@ -232,7 +232,7 @@ class MemoryBackend(NonBlockingTwins):
             if top > seq:
                 return StoreOutcome.STALE
             if marked:
-                return StoreOutcome.BEING_WRITTEN
+                return StoreOutcome.MARKED
             if len(payload) > self.max_bytes:
                 # It could never be kept: refuse it instead of evicting every other entry.
                 return StoreOutcome.STALE

@@ -161,7 +161,7 @@ class _Collector:
         yield single("stores", "Results stored.", t.stores)
         yield counter(
             "store_refusals",
-            "Stores the fence refused, by reason (version_moved, being_written, pending).",
+            "Stores the fence refused, by reason (version_moved, marked, pending).",
             ["reason"],
             t.refusals,
         )

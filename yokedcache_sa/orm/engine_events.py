@@ -20,7 +20,7 @@ from .bindstate import TAINT_KEY, WATCHED_KEY, connection_taint, state_change
 from .collect import Collector, _begin_counter, _collector
 from .pgwrites import _PG_CLEAN, _pg_note_write, _pg_recheck
 from .shapes import _MAX_SHAPES, _function_kinds, _shapes_lock
-from .state import _STATEMENT_LEVEL, SessionCache, _known_metadata
+from .state import _STATEMENT_LEVEL, SessionState, _known_metadata
 
 log = logging.getLogger("yokedcache_sa")
 
@@ -89,7 +89,7 @@ def _before_cursor_execute(
     executemany: bool,
 ) -> None:
     cd = conn.__dict__
-    st: SessionCache | None = cd.get("_yc_state")
+    st: SessionState | None = cd.get("_yc_state")
     col = _collector.get()
     is_dml = bool(
         context is not None and (context.isinsert or context.isupdate or context.isdelete)
@@ -225,7 +225,7 @@ def _after_cursor_execute(
         _pg_recheck(conn)
     if "_yc_ran" not in cd and not _TXN_CONTROL.match(statement):
         cd["_yc_ran"] = True  # the database transaction may have its snapshot now
-    st: SessionCache | None = cd.get("_yc_state")
+    st: SessionState | None = cd.get("_yc_state")
     if st is None or conn.engine in st.snapshots or not st.isolated.get(conn.engine):
         return
     if conn.engine in st.locking:
@@ -277,7 +277,7 @@ def _on_commit(conn: Connection) -> None:
     conn.__dict__.pop("_yc_tainted", None)
     conn.__dict__.pop("_yc_ran", None)
     conn.__dict__.pop("_yc_failed", None)
-    st: SessionCache | None = conn.__dict__.get("_yc_state")
+    st: SessionState | None = conn.__dict__.get("_yc_state")
     if st is not None:
         # Normally before_commit took the marks; this covers commits that bypass the
         # session (connection-level). It must not raise: an exception here would leave the

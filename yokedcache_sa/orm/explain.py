@@ -25,7 +25,7 @@ from .bindstate import UNWATCHED, connection_taint, connection_variant
 from .options import Hint, hint_from
 from .reads import _cacheable, _on_execute
 from .shapes import _key, _shape_for
-from .state import SessionCache, state_of
+from .state import SessionState, state_of
 
 __all__ = ["Explanation", "aexplain", "explain"]
 
@@ -95,7 +95,7 @@ class Explanation:
         }
 
 
-def _uncacheable_reason(ox: ORMExecuteState, st: SessionCache, hint: Hint) -> str:
+def _uncacheable_reason(ox: ORMExecuteState, st: SessionState, hint: Hint) -> str:
     """Why :func:`.session._cacheable` says no, in words (same conditions, same order)."""
     if not hint.enabled:
         return "opted out: NoCache() / execution_options(yokedcache=False or enabled=False)"

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 
 from ..tags import ALL_TAG, table_tag
 from . import routines, tracking
-from .state import SessionCache, _known_metadata
+from .state import SessionState, _known_metadata
 
 log = logging.getLogger("yokedcache_sa")
 
@@ -42,7 +42,7 @@ def _pg_counts(conn: Connection, flush: bool = False) -> dict[tuple[str, str, bo
     return {(schema, table, bool(default)): int(n) for schema, table, default, n in rows}
 
 
-def _pg_note_write(st: SessionCache, conn: Connection, written: Iterable[str]) -> None:
+def _pg_note_write(st: SessionState, conn: Connection, written: Iterable[str]) -> None:
     """Before a write on a PostgreSQL connection to a table with triggers, rules or
     cascading foreign keys: at the transaction's first such write, record the counters it
     starts from (nothing to ask when the last check left them flushed), and recheck right
@@ -59,7 +59,7 @@ def _pg_note_write(st: SessionCache, conn: Connection, written: Iterable[str]) -
     conn.__dict__["_yc_pg_recheck"] = st
 
 
-def _pg_changed(st: SessionCache, conn: Connection, flush: bool = False) -> set[str]:
+def _pg_changed(st: SessionState, conn: Connection, flush: bool = False) -> set[str]:
     """Tags of the tables whose counters moved since the transaction's first write."""
     base = st.pg_base.get(id(conn), {})
     tags: set[str] = set()
@@ -71,7 +71,7 @@ def _pg_changed(st: SessionCache, conn: Connection, flush: bool = False) -> set[
     return tags
 
 
-def _add_pg_modified(st: SessionCache) -> None:
+def _add_pg_modified(st: SessionState) -> None:
     """Add the tables PostgreSQL counted as modified by the open transaction: trigger and
     function writes and FK actions the metadata does not show (TRUNCATE is not counted:
     it is tracked from the SQL text)."""
@@ -93,7 +93,7 @@ def _add_pg_modified(st: SessionCache) -> None:
     st.pg_base = {}
 
 
-def _note_counted(st: SessionCache, conn: Connection, flush: bool = False) -> None:
+def _note_counted(st: SessionState, conn: Connection, flush: bool = False) -> None:
     """Add the tables whose counters moved to the transaction's writes."""
     tags = _pg_changed(st, conn, flush=flush)
     if tags:
@@ -102,6 +102,6 @@ def _note_counted(st: SessionCache, conn: Connection, flush: bool = False) -> No
 
 def _pg_recheck(conn: Connection) -> None:
     """After a write to a table with triggers or cascades: count what it changed."""
-    st: SessionCache | None = conn.__dict__.pop("_yc_pg_recheck", None)
+    st: SessionState | None = conn.__dict__.pop("_yc_pg_recheck", None)
     if st is not None:
         _note_counted(st, conn)

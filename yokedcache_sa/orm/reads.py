@@ -14,16 +14,16 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.result import Result
 from sqlalchemy.orm import ORMExecuteState, Session
 
-from .. import flight
+from .. import stampede
 from ..cache import DEFAULT_TTL, MISSING, Lookup, YokedCache
 from ..errors import SerializationError
-from ..flight import sync_io
 from ..logs import key_digest
 from ..observe import Bypass, BypassReason, tables_in
+from ..stampede import sync_io
 from ..tags import ALL_TAG, Snapshot
 from . import _compat, shadow
-from ._bridge import await_ as _await
-from ._bridge import bridge, in_greenlet
+from ._greenlet import await_ as _await
+from ._greenlet import call_twin, in_greenlet
 from .bindstate import UNWATCHED, connection_taint, connection_variant
 from .collect import Collector, _collector, _mark_strict, reading_collector
 from .engine_events import watch_engine
@@ -32,13 +32,13 @@ from .results import (
     NotCacheable,
     NotStorable,
     ResultShape,
-    freeze_rows,
     loader_context,
     reachable_mappers,
-    thaw_rows,
+    rows_from_entry,
+    rows_to_entry,
 )
 from .shapes import _key, _Shape, _shape_for
-from .state import _STATEMENT_LEVEL, SessionCache, state_of
+from .state import _STATEMENT_LEVEL, SessionState, state_of
 
 log = logging.getLogger("yokedcache_sa")
 
@@ -46,7 +46,7 @@ log = logging.getLogger("yokedcache_sa")
 # -- the read listener ---------------------------------------------------------------------
 
 
-def _cacheable(ox: ORMExecuteState, st: SessionCache, hint: Hint) -> bool:
+def _cacheable(ox: ORMExecuteState, st: SessionState, hint: Hint) -> bool:
     if not hint.enabled or not ox.is_select or ox.is_column_load:
         return False
     eo = ox.execution_options
@@ -63,7 +63,7 @@ def _cacheable(ox: ORMExecuteState, st: SessionCache, hint: Hint) -> bool:
     return getattr(ox.statement, "_for_update_arg", None) is None and not st.dirty_reads
 
 
-def _bypass(st: SessionCache, reason: BypassReason, tables: Iterable[str] = ()) -> None:
+def _bypass(st: SessionState, reason: BypassReason, tables: Iterable[str] = ()) -> None:
     """Report a read that goes around the cache (when the cache has listeners)."""
     try:
         hooks = st.cache.hooks
@@ -91,7 +91,7 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
     return result if result is not None else ox.invoke_statement()
 
 
-def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
+def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
     session = ox.session
     tx = _compat.current_transaction(session)
     if tx is not None and not tx.is_active:
@@ -183,7 +183,7 @@ def _serve(ox: ORMExecuteState, st: SessionCache) -> Result[Any] | None:
 
 def _shadow(
     ox: ORMExecuteState,
-    st: SessionCache,
+    st: SessionState,
     cache: YokedCache,
     engine: Engine,
     bind: Any,
@@ -214,7 +214,7 @@ def _shadow(
     )
 
 
-def _tag_hints(hint: Hint, st: SessionCache) -> list[Any]:
+def _tag_hints(hint: Hint, st: SessionState) -> list[Any]:
     """The hint and session tags that are part of a key (SQLAlchemy's key ignores them)."""
     if not (hint.tags or st.tags or hint.tables):
         return _NO_TAG_HINTS
@@ -226,7 +226,7 @@ _NO_TAG_HINTS: Final[list[Any]] = [[], []]
 
 def _served(
     ox: ORMExecuteState,
-    st: SessionCache,
+    st: SessionState,
     shape: _Shape,
     look: Lookup,
     outer: Collector | None,
@@ -238,7 +238,7 @@ def _served(
         return None  # e.g. an eager load of a table this transaction wrote
     session = ox.session
     try:
-        rows = thaw_rows(look.value, shape.result, session, loader_context(ox.statement))
+        rows = rows_from_entry(look.value, shape.result, session, loader_context(ox.statement))
     except (NotCacheable, ValueError, TypeError, KeyError, IndexError) as exc:
         log.warning("yokedcache: ignoring an unusable cached result: %s", exc)
         return None
@@ -253,7 +253,7 @@ def _served(
 
 def _miss(
     ox: ORMExecuteState,
-    st: SessionCache,
+    st: SessionState,
     shape: _Shape,
     hint: Hint,
     cache: YokedCache,
@@ -266,7 +266,7 @@ def _miss(
     """Run the statement (or wait for whoever computes *key*) and store its result."""
 
     def lookup(lock: bool = False) -> Lookup:
-        return bridge(cache.lookup_sync, cache.lookup, key, horizon=horizon, lock=lock)
+        return call_twin(cache.lookup_sync, cache.lookup, key, horizon=horizon, lock=lock)
 
     def compute(look: Lookup) -> Result[Any] | None:
         if st.written and st.written_ids().intersection(look.tags):
@@ -281,14 +281,14 @@ def _miss(
         # nothing to coordinate: the cache is unavailable, or this transaction reads its own
         # writes (never stored)
         if look.lock is not None:
-            bridge(cache.unlock_sync, cache.unlock, key, look.lock.token)
+            call_twin(cache.unlock_sync, cache.unlock, key, look.lock.token)
         return compute(look)
     if horizon == _NOTHING_VALID and look.lock is None:
         # before its snapshot exists nobody's result can serve this transaction: waiting
         # for (or locking out) another computation of the key would gain nothing
         return compute(look)
     io = _greenlet_io if in_greenlet() else sync_io
-    return flight.run_sync(cache, key, lookup, compute, on_hit, look, io)
+    return stampede.run_sync(cache, key, lookup, compute, on_hit, look, io)
 
 
 _NOTHING_VALID: Final = -1  # a horizon no entry satisfies (tag versions are >= 0)
@@ -334,7 +334,7 @@ def _predicted(bind: Any) -> bool | None:
 
 
 def _horizon(
-    st: SessionCache, bind: Any, engine: Engine, session: Session, ox: ORMExecuteState
+    st: SessionState, bind: Any, engine: Engine, session: Session, ox: ORMExecuteState
 ) -> int | None:
     """The horizon a lookup must respect: None when the transaction is not
     snapshot-isolated, and one no entry satisfies while its snapshot does not exist yet.
@@ -374,7 +374,7 @@ def _detached_metadata(metadata: Any, result: Any) -> Any:
 
 def _run_and_store(
     ox: ORMExecuteState,
-    st: SessionCache,
+    st: SessionState,
     shape: _Shape,
     hint: Hint,
     key: str,
@@ -385,7 +385,7 @@ def _run_and_store(
     session = ox.session
     snapshot = look.snapshot
     if snapshot is not None and not st.conn_begun:
-        st.candidate = snapshot.seq
+        st.seq_before_begin = snapshot.seq
     conn = session.connection(bind_arguments=ox.bind_arguments)
     # Beginning may have shown that the connection is not the one the key describes (a
     # tainted pooled connection, connection-level options): run it, but do not store it.
@@ -415,7 +415,7 @@ def _run_and_store(
         require_unique = _compat.take_unique_demand(result)
         frozen = result.freeze()
     try:
-        payload, mappers = freeze_rows(frozen.data, frozen._source_supports_scalars, before)
+        payload, mappers = rows_to_entry(frozen.data, frozen._source_supports_scalars, before)
     except NotCacheable as exc:
         log.debug("yokedcache: result not cacheable (%s); running it uncached", exc)
         _bypass(st, "not_cacheable", shape.tables)
@@ -465,7 +465,7 @@ def _run_and_store(
             ttl = hint.ttl if not isinstance(hint.ttl, type(DEFAULT_TTL)) else st.default_ttl
             cache = st.txn_cache()
             try:
-                bridge(
+                call_twin(
                     cache.store_sync,
                     cache.store,
                     key,
@@ -492,10 +492,10 @@ class _GreenletIO:
     """Flight waits inside an AsyncSession's greenlet: awaited, never blocking the loop."""
 
     def claim(self, key: str) -> Any:
-        return flight.FLIGHTS.aclaim(key)
+        return stampede.FLIGHTS.aclaim(key)
 
     def release(self, key: str) -> None:
-        flight.FLIGHTS.arelease(key)
+        stampede.FLIGHTS.arelease(key)
 
     def wait(self, handle: Any, timeout: float) -> None:
         try:
@@ -507,7 +507,7 @@ class _GreenletIO:
         _await(asyncio.sleep(seconds))
 
     def try_lock(self, cache: YokedCache, key: str) -> tuple[bool, str | None]:
-        return _await(cache.try_lock(key, flight.LOCK_SECONDS))
+        return _await(cache.try_lock(key, stampede.LOCK_SECONDS))
 
     def unlock(self, cache: YokedCache, key: str, token: str | None) -> None:
         _await(cache.unlock(key, token))

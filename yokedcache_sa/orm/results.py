@@ -26,10 +26,10 @@ from . import _compat
 __all__ = [
     "LoaderContext",
     "ResultShape",
-    "freeze_rows",
     "loader_context",
     "per_object_strategy",
-    "thaw_rows",
+    "rows_from_entry",
+    "rows_to_entry",
 ]
 
 
@@ -158,7 +158,7 @@ def _is_entity(value: object) -> bool:
     return hasattr(type(value), "_sa_class_manager")
 
 
-def freeze_rows(
+def rows_to_entry(
     data: Sequence[Any], scalars_source: bool, existing: frozenset[Any] | None = None
 ) -> tuple[list[Any], dict[str, Mapper[Any]]]:
     """Return ``([rows, objects, kinds], mappers)`` for rows of an ORM result.
@@ -294,10 +294,10 @@ def _stamp_paths(
             _compat.set_loader_state(instance_state(built[i]), loader.options, path)
 
 
-def thaw_rows(
+def rows_from_entry(
     payload: Any, shape: ResultShape, session: Session, loader: LoaderContext | None = None
 ) -> list[Any]:
-    """Rebuild rows from :func:`freeze_rows` data, objects attached to *session*.
+    """Rebuild rows from :func:`rows_to_entry` data, objects attached to *session*.
 
     Objects already in the identity map are reused and only their unloaded attributes are
     filled (as a normal query does); their pending changes are never overwritten. New objects

@@ -44,14 +44,14 @@ from .collect import Collector, current_collector, reading_collector
 from .engine_events import watch_engine
 from .options import FromCache, NoCache
 from .reads import _on_execute
-from .state import STATE_KEY, SessionCache, state_of
+from .state import STATE_KEY, SessionState, state_of
 from .transactions import _after_begin, _after_commit, _after_transaction_end, _before_commit
 
 __all__ = [
     "CachingQuery",
     "CachingSession",
     "Collector",
-    "SessionCache",
+    "SessionState",
     "current_collector",
     "instrument_session",
     "listen_on_session",
@@ -133,7 +133,7 @@ class CachingSession(Session):
         kw.setdefault("query_cls", CachingQuery)
         super().__init__(bind, **kw)
         extra = (*tags, table_tag(table_name)) if table_name else tuple(tags)
-        self.__dict__[STATE_KEY] = SessionCache(
+        self.__dict__[STATE_KEY] = SessionState(
             cache, default_ttl=default_ttl, tags=extra, vary_on=vary_on, lazy_begin=True
         )
         _watch_binds(bind, kw.get("binds"))
@@ -152,7 +152,7 @@ class CachingSession(Session):
         _rollback(self, Session.rollback)
 
     @property
-    def yokedcache(self) -> SessionCache:
+    def yokedcache(self) -> SessionState:
         """This session's cache settings."""
         st = state_of(self)
         assert st is not None
@@ -210,7 +210,7 @@ SessionTarget = sessionmaker[Any] | type[Session] | Session | scoped_session[Any
 class _Listeners:
     """The session listeners for sessions of one target, with that target's settings.
 
-    A session gets its :class:`SessionCache` at its first event (a statement, a flush, a
+    A session gets its :class:`SessionState` at its first event (a statement, a flush, a
     commit): every path to the database passes one.
     """
 
@@ -223,10 +223,10 @@ class _Listeners:
     ) -> None:
         self.cache, self.default_ttl, self.tags, self.vary_on = cache, default_ttl, tags, vary_on
 
-    def state(self, session: Session) -> SessionCache:
-        st: SessionCache | None = session.__dict__.get(STATE_KEY)
+    def state(self, session: Session) -> SessionState:
+        st: SessionState | None = session.__dict__.get(STATE_KEY)
         if st is None:
-            st = SessionCache(
+            st = SessionState(
                 self.cache, default_ttl=self.default_ttl, tags=self.tags, vary_on=self.vary_on
             )
             session.__dict__[STATE_KEY] = st

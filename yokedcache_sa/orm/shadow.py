@@ -44,7 +44,7 @@ from ..logs import key_digest
 from ..observe import ShadowRead, tables_in
 from ..peek import peek_sync
 from ..tags import Snapshot
-from .results import NotCacheable, freeze_rows
+from .results import NotCacheable, rows_to_entry
 
 __all__ = ["ShadowJob", "sample", "wait_idle"]
 
@@ -143,7 +143,7 @@ def _rows(job: ShadowJob) -> Any:
             job.statement, job.parameters or None, execution_options=job.execution_options
         )
         frozen = result.freeze()
-        return freeze_rows(frozen.data, frozen._source_supports_scalars)[0]
+        return rows_to_entry(frozen.data, frozen._source_supports_scalars)[0]
 
 
 # An engine of an async driver (asyncpg, aiosqlite …) cannot run in this thread: its pooled
@@ -170,7 +170,7 @@ def _rows_async(job: ShadowJob) -> Any:
                     job.statement, job.parameters or None, execution_options=job.execution_options
                 )
                 frozen = result.freeze()
-                return freeze_rows(frozen.data, frozen._source_supports_scalars)[0]
+                return rows_to_entry(frozen.data, frozen._source_supports_scalars)[0]
         finally:
             await aengine.dispose()
 

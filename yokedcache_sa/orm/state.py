@@ -17,7 +17,7 @@ from ..defaults import get_session_default_cache
 from ..errors import InvalidationError
 from ..tags import tag_id
 from . import tracking
-from ._bridge import bridge
+from ._greenlet import call_twin
 from .bindstate import UNWATCHED
 
 log = logging.getLogger("yokedcache_sa")
@@ -30,7 +30,7 @@ _known_metadata: weakref.WeakSet[MetaData] = weakref.WeakSet()
 # -- per-session state ---------------------------------------------------------------------
 
 
-class SessionCache:
+class SessionState:
     """Cache settings and transaction bookkeeping of one session."""
 
     _txn_cache: YokedCache | None
@@ -74,7 +74,7 @@ class SessionCache:
         self.marked: set[str] = set()
         self.written: set[str] = set()
         self.horizon: int | None = None
-        self.candidate: int | None = None
+        self.seq_before_begin: int | None = None
         self.snapshot_isolated = False
         # per bind (engine) begun in this transaction: is it snapshot-isolated; and the binds
         # whose database snapshot exists (a consistent read of a table has run)
@@ -145,7 +145,7 @@ class SessionCache:
         if self.writer is None:
             self.writer = YokedCache.new_writer()
         cache = self.txn_cache()
-        bridge(cache.begin_write_sync, cache.begin_write, sorted(new), self.writer)
+        call_twin(cache.begin_write_sync, cache.begin_write, sorted(new), self.writer)
         # only once taken: a commit retried after a refused mark (strict mode) marks again
         self.marked.update(new)
 
@@ -169,17 +169,17 @@ class SessionCache:
         assert cache is not None  # the marks were taken on it
         if committed:
             try:
-                bridge(cache.end_write_sync, cache.end_write, marked, writer)
+                call_twin(cache.end_write_sync, cache.end_write, marked, writer)
             except InvalidationError as exc:
                 # The commit happened; the cache keeps the tags pending (bypassed here,
                 # retried) — see docs/consistency.md for what other processes may see.
                 # The cache logs a WARNING when tags become pending and when delivered.
                 log.debug("yokedcache: %s", exc)
         else:
-            bridge(cache.release_sync, cache.release, marked, writer)
+            call_twin(cache.release_sync, cache.release, marked, writer)
 
 
-def state_of(session: Session) -> SessionCache | None:
+def state_of(session: Session) -> SessionState | None:
     """The cache state of *session*, or None for a session that does not cache."""
-    st: SessionCache | None = session.__dict__.get(STATE_KEY)
+    st: SessionState | None = session.__dict__.get(STATE_KEY)
     return st

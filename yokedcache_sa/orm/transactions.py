@@ -9,7 +9,7 @@ import weakref
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
-from ._bridge import bridge
+from ._greenlet import call_twin
 from .bindstate import connection_taint, connection_variant
 from .engine_events import watch_engine
 from .pgwrites import _add_pg_modified
@@ -57,8 +57,8 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
             # joined a database transaction that already ran SQL: its snapshot may predate
             # any sequence observed now, so nothing is provably of it
             st.no_store = True
-        elif st.candidate is not None:
-            st.horizon = st.candidate
+        elif st.seq_before_begin is not None:
+            st.horizon = st.seq_before_begin
         else:
             try:
                 cache = st.txn_cache()
@@ -66,13 +66,13 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
                 log.warning("yokedcache: %s; reading uncached", exc)
                 snap = None
             else:
-                snap = bridge(cache.observe_sync, cache.observe)
+                snap = call_twin(cache.observe_sync, cache.observe)
             if snap is None:
                 st.no_store = True
             else:
                 st.horizon = snap.seq
     st.conn_begun = True
-    st.candidate = None
+    st.seq_before_begin = None
 
 
 def _before_commit(session: Session) -> None:

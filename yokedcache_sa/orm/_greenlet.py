@@ -15,7 +15,7 @@ except ImportError:  # pragma: no cover - SQLAlchemy 2.0
     from sqlalchemy.util.concurrency import await_only as _await  # type: ignore[no-redef,unused-ignore]
 from sqlalchemy.util.concurrency import in_greenlet
 
-__all__ = ["await_", "bridge", "in_greenlet"]
+__all__ = ["await_", "call_twin", "in_greenlet"]
 
 T = TypeVar("T")
 
@@ -26,7 +26,7 @@ def await_(awaitable: Awaitable[T]) -> T:
     return result
 
 
-def bridge(
+def call_twin(
     sync_fn: Callable[..., T], async_fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any
 ) -> T:
     """Run ``sync_fn(*args, **kw)``, or await ``async_fn(*args, **kw)`` inside a greenlet."""
