@@ -18,6 +18,7 @@ from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session, defer, joinedload, load_only, selectinload
 
 from tests.orm.ormkit import Address, Employee, Env, Manager, User
+from yokedcache_sa.orm import _compat
 
 
 def _three_ways(env: Env, read: Callable[[Session], Any], check: Callable[[Any, int], Any]) -> None:
@@ -205,4 +206,7 @@ def test_selectin_post_load_with_a_joined_collection_served_from_the_cache(env: 
         # the outer read misses; its post load (user 1 with its tags) is served
         out, n = env.sql.run(lambda: read(2)(s))
     assert out == (2, 1, [1, 2])
-    assert n == 1, env.sql.statements[-n:]
+    # SQLAlchemy releases whose loaders never read QueryContext.requires_uniquing (2.0.30,
+    # the floor) get no such mark: there the post load goes to the database instead
+    served = _compat._READS_REQUIRES_UNIQUING
+    assert n == (1 if served else 2), env.sql.statements[-n:]

@@ -63,7 +63,6 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (FrozenResult, "_attributes"),
     (FrozenResult, "_source_supports_scalars"),
     (IteratorResult, "_unique_filter_state"),
-    (QueryContext, "requires_uniquing"),
     (Mapper, "_path_registry"),
     (_IDENTITY_MAP, "_add_unpresent"),
     (InstanceState, "_commit"),
@@ -172,11 +171,21 @@ class _UniquingContext:
 _UNIQUING_CONTEXT = _UniquingContext()
 
 
+_READS_REQUIRES_UNIQUING: bool = "requires_uniquing" in (
+    *getattr(QueryContext, "__slots__", ()),
+    *dir(QueryContext),
+)
+"""Whether the installed SQLAlchemy's loaders read ``QueryContext.requires_uniquing``
+(later 2.0 releases and 2.1; 2.0.30 has no such attribute and never reads it)."""
+
+
 def mark_requires_uniquing(result: Result[Any]) -> None:
     """Mark a result built from the cache as SQLAlchemy marks one with joined eager
     collections: its selectin loader calls ``unique()`` when ``result.context`` says
-    ``requires_uniquing`` and otherwise reads raw rows (which a demanded result refuses)."""
-    result.context = _UNIQUING_CONTEXT  # type: ignore[attr-defined]
+    ``requires_uniquing`` and otherwise reads raw rows (which a demanded result refuses).
+    A no-op where SQLAlchemy has no such flag."""
+    if _READS_REQUIRES_UNIQUING:
+        result.context = _UNIQUING_CONTEXT  # type: ignore[attr-defined]
 
 
 def take_unique_demand(result: Result[Any]) -> bool:

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import ORMExecuteState, Query, Session
 from sqlalchemy.sql import coercions, roles
 from sqlalchemy.sql.base import CompileState
+from sqlalchemy.util import immutabledict
 
 from ..cache import DEFAULT_TTL, YokedCache
 from ..errors import ArgumentTypeError
@@ -131,7 +132,12 @@ def _exec_state(
     else:
         compile_state_cls = None
         bind_arguments["clause"] = statement
-    eo: Any = session.execution_options.union(execution_options)
+    # Session-level execution options exist from SQLAlchemy 2.1 on
+    session_options = getattr(session, "execution_options", None)
+    if session_options is None:
+        eo: Any = immutabledict(execution_options)
+    else:
+        eo = session_options.union(execution_options)
     if compile_state_cls is not None:
         out = compile_state_cls.orm_pre_session_exec(
             session, statement, params, eo, bind_arguments, True
