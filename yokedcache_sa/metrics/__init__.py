@@ -86,7 +86,6 @@ class Tally:
     def __init__(self, max_tables: int) -> None:
         self.max_tables = max_tables
         self.label = TableLabels(max_tables)
-        self.latency: Latency = _no_latency
         self._sinks: tuple[Latency, ...] = ()
         self.lookups: dict[str, int] = {"hit": 0, "miss": 0}
         self.table_lookups: dict[tuple[str, str], int] = {}
@@ -114,7 +113,7 @@ class Tally:
             ev.BackendFailed: lambda e: _bump(
                 self.errors, (e.operation, "refused" if e.refused else "failure")
             ),
-            ev.OperationTimed: lambda e: self.latency("operation", e.operation, e.seconds),
+            ev.OperationTimed: self._timed,
             ev.BreakerChanged: self._breaker,
             ev.PendingChanged: self._pending,
             ev.ShadowRead: self._shadow,
@@ -133,27 +132,11 @@ class Tally:
 
     def add_sink(self, sink: Latency) -> None:
         self._sinks = (*self._sinks, sink)
-        self._relink()
 
     def remove_sink(self, sink: Latency) -> bool:
         """Drop *sink*; return whether sinks remain."""
         self._sinks = tuple(s for s in self._sinks if s is not sink)
-        self._relink()
         return bool(self._sinks)
-
-    def _relink(self) -> None:
-        sinks = self._sinks
-        if not sinks:
-            self.latency = _no_latency
-        elif len(sinks) == 1:
-            self.latency = sinks[0]
-        else:
-
-            def fan_out(kind: str, name: str, seconds: float) -> None:
-                for sink in sinks:
-                    sink(kind, name, seconds)
-
-            self.latency = fan_out
 
     def frozen(self) -> Tally:
         """A copy of the counts as they are now (what a removed exporter keeps showing)."""
@@ -207,6 +190,10 @@ class Tally:
     def _miss(self, e: Any) -> None:
         self._lookup(e.tables, "miss", e.seconds)
 
+    def _timed(self, e: Any) -> None:
+        for sink in self._sinks:
+            sink("operation", e.operation, e.seconds)
+
     def _stored(self, e: Any) -> None:
         self.stores += 1
 
@@ -226,10 +213,6 @@ class Tally:
         if e.outcome == "mismatch":
             for t in e.tables:
                 _bump(self.shadow_tables, self.label(t))
-
-
-def _no_latency(kind: str, name: str, seconds: float) -> None:
-    pass
 
 
 _tallies: weakref.WeakKeyDictionary[Any, dict[int, Tally]] = weakref.WeakKeyDictionary()
