@@ -226,12 +226,10 @@ def _after_cursor_execute(
     if "_yc_ran" not in cd and not _TXN_CONTROL.match(statement):
         cd["_yc_ran"] = True  # the database transaction may have its snapshot now
     st: SessionState | None = cd.get("_yc_state")
-    if st is None or conn.engine in st.snapshots or not st.isolated.get(conn.engine):
-        return
-    if conn.engine in st.locking:
+    if st is None or not st.view.awaits_snapshot(conn.engine):
         return
     if _takes_snapshot(context):
-        st.snapshots.add(conn.engine)
+        st.view.snapshot_taken(conn.engine)
 
 
 def _takes_snapshot(context: Any) -> bool:

@@ -266,8 +266,8 @@ def _plan(
     ttl = resolved.ttl(ttl_choice)
     tags = tag_ids({*shape.tables, *hint.tags, *st.tags})
     engine = bind.engine if isinstance(bind, Connection) else bind
-    horizon = st.horizon if engine in st.snapshots else None
-    if st.snapshot_isolated and engine not in st.snapshots:
+    horizon = st.view.horizon_of(engine)
+    if st.view.snapshot_isolated and not st.view.has_snapshot(engine):
         notes.append("the transaction's first read of this database goes to the database")
     plan = Explanation(True, "", key, shape.digest, tables, tags, ttl, notes=tuple(notes))
     return plan, resolved, horizon

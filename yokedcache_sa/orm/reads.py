@@ -169,7 +169,7 @@ def _shadow(
     fresh plain session would (snapshot-isolated, written, bound to a connection)."""
     if (
         horizon is not None
-        or st.snapshot_isolated
+        or st.view.snapshot_isolated
         or st.written
         or isinstance(bind, Connection)
         or look.snapshot is None

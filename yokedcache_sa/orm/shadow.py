@@ -195,13 +195,7 @@ def run(job: ShadowJob) -> str:
         return _report(job, "match")
     now = peek_sync(job.cache, job.key)
     v = now.versions
-    if not (
-        now.fresh
-        and v is not None
-        and now.tags == job.tags
-        and v.epoch == job.versions.epoch
-        and v.max_version == job.versions.max_version
-    ):
+    if not (now.fresh and v is not None and now.tags == job.tags and v.same_versions(job.versions)):
         return _report(job, "skipped")  # a write moved the versions meanwhile: no verdict
     log.warning(
         "yokedcache: shadow read mismatch key=%s tables=%s: the cache served rows the "
