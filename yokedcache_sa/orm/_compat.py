@@ -6,7 +6,7 @@ it; ``tests/orm/test_compat.py`` checks that every one still exists on the insta
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.base import OptionEngine
@@ -18,20 +18,39 @@ from sqlalchemy.orm.context import QueryContext
 from sqlalchemy.orm.path_registry import PathRegistry
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.base import CompileState
+from sqlalchemy.sql.dml import Delete
+from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.sql.selectable import Select
 
 __all__ = [
+    "KEYED_LOAD_OPTIONS",
+    "LOAD_OPTIONS_KEY",
     "PRIVATE_ATTRIBUTES",
     "autobegin",
+    "autoflush_before_query",
+    "cache_key",
     "current_path",
     "current_transaction",
     "deferred_column_loaders",
+    "dml_extra_froms",
     "execute_as_planned",
+    "for_update_clause",
+    "has_cache_key",
     "install_deferred_column_loaders",
+    "keyed_load_options",
     "mark_requires_uniquing",
+    "order_by_clauses",
+    "orm_compile_state_class",
+    "populates_existing",
+    "query_statement_and_params",
     "root_engine",
     "run_later_orm_listeners",
+    "start_listeners_at",
+    "statement_options",
+    "table_parent_entity",
     "take_unique_demand",
+    "without_lazy_load_origin",
+    "yields_per",
 ]
 
 # the identity map's class: WeakInstanceDict on SQLAlchemy 2.0, _WeakInstanceDict on 2.1
@@ -44,19 +63,35 @@ _DEFERRED_LOADER: type = next(
     getattr(_strategies, n) for n in _DEFERRED_CLASSES if hasattr(_strategies, n)
 )
 
-#: (owner, attribute) pairs this package uses, here and in the other orm modules; the compat
-#: test asserts each exists on the installed SQLAlchemy (CI runs it on the oldest supported).
+LOAD_OPTIONS_KEY: Final = "_sa_orm_load_options"
+"""The execution option under which SQLAlchemy passes a query's ORM load options."""
+
+KEYED_LOAD_OPTIONS: Final = ("_only_return_tuples", "_legacy_uniquing", "_invoke_all_eagers")
+"""Load options that change the rows of a result, hence part of its cache key."""
+
+_LOAD_OPTIONS = QueryContext.default_load_options
+
+#: (owner, attribute) pairs this package uses, all through the accessors of this module; the
+#: compat test asserts each exists on the installed SQLAlchemy (CI runs it on the oldest
+#: supported). Nothing outside this module reads or writes a private SQLAlchemy name.
 PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
-    # statements and their keys (reads.py, explain.py, results.py, engine_events.py)
+    # statements and their keys
     (Select, "_generate_cache_key"),
     (Select, "_with_options"),
     (Select, "_for_update_arg"),
     (Select, "_propagate_attrs"),
-    (Select, "_order_by_clauses"),  # shadow.py: compare rows in order or as a multiset
+    (Select, "_order_by_clauses"),  # shadow reads compare rows in order or as a multiset
     (CompileState, "_get_plugin_class_for_plugin"),
     (Query, "_statement_20"),
     (Query, "_params"),
-    (QueryContext.default_load_options, "_lazy_loaded_from"),
+    (Delete, "_extra_froms"),
+    (TableClause, "_annotations"),
+    # load options
+    (_LOAD_OPTIONS, "_lazy_loaded_from"),
+    (_LOAD_OPTIONS, "_populate_existing"),
+    (_LOAD_OPTIONS, "_yield_per"),
+    (_LOAD_OPTIONS, "_autoflush"),
+    *((_LOAD_OPTIONS, name) for name in KEYED_LOAD_OPTIONS),
     # sessions, results and loading (reads.py, results.py)
     (Session, "_autoflush"),
     (Session, "_is_clean"),
@@ -234,3 +269,102 @@ def root_engine(engine: Engine) -> Engine:
         if not isinstance(parent, Engine):
             return engine
         engine = parent
+
+
+# -- statements -----------------------------------------------------------------------------
+
+
+def has_cache_key(obj: object) -> bool:
+    """Whether *obj* is a statement SQLAlchemy can key (rather than a callable making one)."""
+    return hasattr(obj, "_generate_cache_key")
+
+
+def cache_key(statement: Any) -> Any:
+    """SQLAlchemy's in-memory ``CacheKey`` of *statement*, or None when it has none (an
+    element that is not cacheable)."""
+    return statement._generate_cache_key()
+
+
+def for_update_clause(statement: Any) -> Any:
+    """The ``FOR UPDATE`` / ``FOR SHARE`` clause of a SELECT, or None (not a locking read)."""
+    return getattr(statement, "_for_update_arg", None)
+
+
+def statement_options(statement: Any) -> tuple[Any, ...]:
+    """The options given to ``statement.options(...)`` (loader options among them)."""
+    opts: tuple[Any, ...] = getattr(statement, "_with_options", ())
+    return opts
+
+
+def order_by_clauses(statement: Any) -> tuple[Any, ...]:
+    """The ORDER BY clauses of a SELECT (empty when it has none)."""
+    clauses: tuple[Any, ...] = getattr(statement, "_order_by_clauses", ())
+    return clauses
+
+
+def orm_compile_state_class(statement: Any) -> Any:
+    """The ORM compile state class ``Session.execute`` uses for *statement*, or None for a
+    statement without ORM entities (a Core statement)."""
+    if statement._propagate_attrs.get("compile_state_plugin", None) == "orm":
+        return CompileState._get_plugin_class_for_plugin(statement, "orm")
+    return None
+
+
+def query_statement_and_params(query: Query[Any]) -> tuple[Any, dict[str, Any]]:
+    """The 2.0-style statement of a legacy ``Query`` and the parameters ``params()`` gave."""
+    return query._statement_20(), dict(query._params)
+
+
+def dml_extra_froms(statement: Any) -> tuple[Any, ...]:
+    """The extra tables of a multi-table UPDATE / DELETE (``… FROM`` / MySQL's forms)."""
+    froms: tuple[Any, ...] = getattr(statement, "_extra_froms", ()) or ()
+    return froms
+
+
+def table_parent_entity(table: Any) -> Any:
+    """The mapped entity an ORM statement's table was annotated with, or None."""
+    return getattr(table, "_annotations", {}).get("parententity")
+
+
+# -- load options ---------------------------------------------------------------------------
+
+
+def populates_existing(load_options: Any) -> bool:
+    """Whether the query was given ``populate_existing`` (as a load option)."""
+    return bool(getattr(load_options, "_populate_existing", False))
+
+
+def yields_per(load_options: Any) -> bool:
+    """Whether the query streams its rows in batches (``yield_per`` as a load option)."""
+    return bool(getattr(load_options, "_yield_per", None))
+
+
+def keyed_load_options(load_options: Any) -> list[Any]:
+    """The values of :data:`KEYED_LOAD_OPTIONS` in *load_options* (None when absent)."""
+    return [getattr(load_options, k, None) for k in KEYED_LOAD_OPTIONS]
+
+
+def without_lazy_load_origin(execution_options: dict[str, Any]) -> dict[str, Any]:
+    """*execution_options* for running a lazy load's statement on its own: its load options
+    no longer name the object it was loaded from (that object is in another session)."""
+    eo = dict(execution_options)
+    lo = eo.get(LOAD_OPTIONS_KEY)
+    if lo is not None and getattr(lo, "_lazy_loaded_from", None) is not None:
+        eo[LOAD_OPTIONS_KEY] = lo + {"_lazy_loaded_from": None}
+    return eo
+
+
+# -- sessions and listeners -----------------------------------------------------------------
+
+
+def autoflush_before_query(session: Session, load_options: Any) -> None:
+    """Flush *session*'s pending changes if the query it is about to answer would
+    autoflush (the session autoflushes, the query does not say ``autoflush=False``)."""
+    if session.autoflush and getattr(load_options, "_autoflush", True) and not session._is_clean():
+        session._autoflush()
+
+
+def start_listeners_at(ox: ORMExecuteState, index: int) -> None:
+    """Make *ox* run the ``do_orm_execute`` listeners after position *index* next (what
+    :func:`run_later_orm_listeners` runs), as if the one at *index* were running."""
+    ox._starting_event_idx = index

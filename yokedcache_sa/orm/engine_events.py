@@ -239,7 +239,7 @@ def _takes_snapshot(context: Any) -> bool:
     if compiled is None or context.isinsert or context.isupdate or context.isdelete:
         return False
     stmt = compiled.statement
-    if not isinstance(stmt, Select | CompoundSelect) or stmt._for_update_arg is not None:
+    if not isinstance(stmt, Select | CompoundSelect) or _compat.for_update_clause(stmt) is not None:
         return False
     return bool(_compiled_tables(compiled))
 

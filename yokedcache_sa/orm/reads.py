@@ -40,11 +40,11 @@ def _cacheable(ox: ORMExecuteState, st: SessionState, hint: Hint) -> bool:
         or eo.get("yield_per")
         or eo.get("stream_results")
         or eo.get("isolation_level") == "READ UNCOMMITTED"
-        or getattr(lo, "_populate_existing", False)
-        or getattr(lo, "_yield_per", None)
+        or _compat.populates_existing(lo)
+        or _compat.yields_per(lo)
     ):
         return False
-    return getattr(ox.statement, "_for_update_arg", None) is None and not st.dirty_reads
+    return _compat.for_update_clause(ox.statement) is None and not st.dirty_reads
 
 
 def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
@@ -91,17 +91,12 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
     # The uncached query would autoflush first: pending changes become writes that make
     # their tables bypass the cache for the rest of the transaction.
     # Only a session with changes: a miss runs the statement, which autoflushes again.
-    if (
-        session.autoflush
-        and getattr(ox.load_options, "_autoflush", True)
-        and not session._is_clean()
-    ):
-        session._autoflush()
+    _compat.autoflush_before_query(session, ox.load_options)
     if ALL_TAG in st.written:
         _bypass(st, "own_writes")
         return None
     statement: Any = ox.statement
-    ck = statement._generate_cache_key()
+    ck = _compat.cache_key(statement)
     if ck is None:
         _bypass(st, "not_cacheable")
         return None

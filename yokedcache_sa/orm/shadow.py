@@ -44,6 +44,7 @@ from ..logs import key_digest
 from ..observe import ShadowRead, tables_in
 from ..peek import peek_sync
 from ..tags import Snapshot
+from . import _compat
 from .results import NotCacheable, rows_to_entry
 
 __all__ = ["ShadowJob", "sample", "wait_idle"]
@@ -262,11 +263,8 @@ def submit_hit(
     versions: Snapshot,
 ) -> None:
     """Queue the shadow read of one sampled hit (the read listener calls this)."""
-    eo = dict(execution_options)
-    lo = eo.get("_sa_orm_load_options")
-    if lo is not None and getattr(lo, "_lazy_loaded_from", None) is not None:
-        eo["_sa_orm_load_options"] = lo + {"_lazy_loaded_from": None}
+    eo = _compat.without_lazy_load_origin(execution_options)
     eo["yokedcache"] = False
     params = dict(parameters) if isinstance(parameters, dict) else parameters
-    ordered = bool(getattr(statement, "_order_by_clauses", ()))
+    ordered = bool(_compat.order_by_clauses(statement))
     submit(ShadowJob(cache, engine, key, statement, params, eo, served, tags, versions, ordered))
