@@ -6,14 +6,18 @@ it; ``tests/orm/test_compat.py`` checks that every one still exists on the insta
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Final
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.base import OptionEngine
-from sqlalchemy.engine.result import FrozenResult, IteratorResult, Result
+from sqlalchemy.engine.result import FrozenResult, IteratorResult, Result, SimpleResultMetaData
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Query, Session
 from sqlalchemy.orm import identity as _identity
 from sqlalchemy.orm import strategies as _strategies
+from sqlalchemy.orm import strategy_options as _strategy_options
+from sqlalchemy.orm.base import DEFAULT_MANAGER_ATTR
 from sqlalchemy.orm.context import QueryContext
 from sqlalchemy.orm.path_registry import PathRegistry
 from sqlalchemy.orm.state import InstanceState
@@ -26,27 +30,37 @@ __all__ = [
     "KEYED_LOAD_OPTIONS",
     "LOAD_OPTIONS_KEY",
     "PRIVATE_ATTRIBUTES",
+    "add_unpresent",
     "autobegin",
     "autoflush_before_query",
     "cache_key",
+    "commit_loaded",
     "current_path",
     "current_transaction",
     "deferred_column_loaders",
+    "demand_unique",
+    "detached_metadata",
     "dml_extra_froms",
     "execute_as_planned",
     "for_update_clause",
     "has_cache_key",
     "install_deferred_column_loaders",
+    "is_mapped_instance",
     "keyed_load_options",
+    "loader_extra_criteria",
+    "mapper_path",
     "mark_requires_uniquing",
     "order_by_clauses",
     "orm_compile_state_class",
     "populates_existing",
     "query_statement_and_params",
+    "result_attributes",
     "root_engine",
     "run_later_orm_listeners",
+    "set_result_attributes",
     "start_listeners_at",
     "statement_options",
+    "supports_scalars",
     "table_parent_entity",
     "take_unique_demand",
     "without_lazy_load_origin",
@@ -70,6 +84,8 @@ KEYED_LOAD_OPTIONS: Final = ("_only_return_tuples", "_legacy_uniquing", "_invoke
 """Load options that change the rows of a result, hence part of its cache key."""
 
 _LOAD_OPTIONS = QueryContext.default_load_options
+# one element of a loader option (a path and its strategy)
+_LOAD_ELEMENT: type = _strategy_options._LoadElement
 
 #: (owner, attribute) pairs this package uses, all through the accessors of this module; the
 #: compat test asserts each exists on the installed SQLAlchemy (CI runs it on the oldest
@@ -92,12 +108,16 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (_LOAD_OPTIONS, "_yield_per"),
     (_LOAD_OPTIONS, "_autoflush"),
     *((_LOAD_OPTIONS, name) for name in KEYED_LOAD_OPTIONS),
-    # sessions, results and loading (reads.py, results.py)
+    (_LOAD_ELEMENT, "_extra_criteria"),
+    # sessions, results and loading
     (Session, "_autoflush"),
     (Session, "_is_clean"),
     (FrozenResult, "_attributes"),
     (FrozenResult, "_source_supports_scalars"),
+    (IteratorResult, "_attributes"),
+    (IteratorResult, "_source_supports_scalars"),
     (IteratorResult, "_unique_filter_state"),
+    (SimpleResultMetaData, "_create_unique_filters"),
     (Mapper, "_path_registry"),
     (_IDENTITY_MAP, "_add_unpresent"),
     (InstanceState, "_commit"),
@@ -368,3 +388,84 @@ def start_listeners_at(ox: ORMExecuteState, index: int) -> None:
     """Make *ox* run the ``do_orm_execute`` listeners after position *index* next (what
     :func:`run_later_orm_listeners` runs), as if the one at *index* were running."""
     ox._starting_event_idx = index
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+def result_attributes(result: Result[Any] | FrozenResult[Any]) -> Any:
+    """The attributes a result carries for its consumers (SQLAlchemy's ORM puts the
+    filtered entities and loader state there)."""
+    return result._attributes
+
+
+def supports_scalars(result: Result[Any] | FrozenResult[Any]) -> bool:
+    """Whether each row of *result* is one entity / value (``scalars()`` semantics)."""
+    return bool(result._source_supports_scalars)
+
+
+def set_result_attributes(result: Result[Any], attributes: Any, scalars: bool) -> None:
+    """Give a result built from cached rows what :func:`result_attributes` and
+    :func:`supports_scalars` read of the original."""
+    result._attributes = attributes
+    result._source_supports_scalars = scalars
+
+
+def _require_unique(obj: object) -> None:
+    raise InvalidRequestError(
+        "The unique() method must be invoked on this Result, "
+        "as it contains results that include joined eager loads "
+        "against collections"
+    )
+
+
+def demand_unique(result: Result[Any]) -> None:
+    """Make *result* raise SQLAlchemy's error unless ``unique()`` is called on it (the
+    demand :func:`take_unique_demand` takes off a result from the database)."""
+    result._unique_filter_state = (set(), _require_unique)
+
+
+def detached_metadata(metadata: Any, result: Any) -> Any:
+    """*metadata* without what ties it to the run that made it.
+
+    SQLAlchemy's ORM metadata makes its ``unique()`` filters with a closure over the loading
+    context, which holds the caller's Session and so the connection: the filters are made
+    once, here, and kept instead (for metadata that outlives the run).
+    """
+    make = getattr(metadata, "_create_unique_filters", None)
+    if make is None:
+        return metadata
+    filters = make(result)
+    detached = copy.copy(metadata)
+    detached._create_unique_filters = lambda _result, _f=tuple(filters): list(_f)
+    return detached
+
+
+# -- mapped objects and loading -------------------------------------------------------------
+
+
+def is_mapped_instance(value: object) -> bool:
+    """Whether *value* is an instance of a mapped class."""
+    return hasattr(type(value), DEFAULT_MANAGER_ATTR)
+
+
+def mapper_path(mapper: Mapper[Any]) -> PathRegistry:
+    """The loader path of *mapper* at the root (where a query's entities load)."""
+    return mapper._path_registry
+
+
+def loader_extra_criteria(element: Any) -> Any:
+    """The criteria a loader option element adds to its relationship (``.and_(...)``), or
+    None."""
+    return getattr(element, "_extra_criteria", None)
+
+
+def add_unpresent(identity_map: Any, state: InstanceState[Any], key: Any) -> None:
+    """Put a newly built object's *state* into a session's identity map under *key* (known
+    to be absent), as SQLAlchemy's loader does."""
+    identity_map._add_unpresent(state, key)
+
+
+def commit_loaded(state: InstanceState[Any], keys: list[str]) -> None:
+    """Mark the attributes *keys* of *state* as loaded from the database (no change)."""
+    state._commit(state.dict, keys)

@@ -4,7 +4,6 @@ caller's session (or awaited from whoever computes the key) and stored."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -118,22 +117,6 @@ def _miss(
     return stampede.run_sync(cache, key, lookup, compute, on_hit, look, io)
 
 
-def _detached_metadata(metadata: Any, result: Any) -> Any:
-    """*metadata* without what ties it to the run that made it.
-
-    The shape outlives the run in the module-level memo. SQLAlchemy's ORM metadata makes its
-    ``unique()`` filters with a closure over the loading context, which holds the caller's
-    Session and so the connection: the filters are made once, here, and kept instead.
-    """
-    make = getattr(metadata, "_create_unique_filters", None)
-    if make is None:
-        return metadata
-    filters = make(result)
-    detached = copy.copy(metadata)
-    detached._create_unique_filters = lambda _result, _f=tuple(filters): list(_f)
-    return detached
-
-
 def _run_and_store(
     ox: ORMExecuteState,
     st: SessionState,
@@ -176,7 +159,7 @@ def _run_and_store(
         require_unique = _compat.take_unique_demand(result)
         frozen = result.freeze()
     try:
-        payload, mappers = rows_to_entry(frozen.data, frozen._source_supports_scalars, before)
+        payload, mappers = rows_to_entry(frozen.data, _compat.supports_scalars(frozen), before)
     except NotCacheable as exc:
         log.debug("yokedcache: result not cacheable (%s); running it uncached", exc)
         _bypass(st, "not_cacheable", shape.tables)
@@ -192,9 +175,9 @@ def _run_and_store(
     if shape.result is None:
         shape.roots = tuple(ox.all_mappers)
         shape.result = ResultShape(
-            _detached_metadata(frozen.metadata, result),
-            frozen._attributes,
-            frozen._source_supports_scalars,
+            _compat.detached_metadata(frozen.metadata, result),
+            _compat.result_attributes(frozen),
+            _compat.supports_scalars(frozen),
             require_unique,
             reachable_mappers(shape.roots),
         )

@@ -144,7 +144,7 @@ def _rows(job: ShadowJob) -> Any:
             job.statement, job.parameters or None, execution_options=job.execution_options
         )
         frozen = result.freeze()
-        return rows_to_entry(frozen.data, frozen._source_supports_scalars)[0]
+        return rows_to_entry(frozen.data, _compat.supports_scalars(frozen))[0]
 
 
 # An engine of an async driver (asyncpg, aiosqlite …) cannot run in this thread: its pooled
@@ -171,7 +171,7 @@ def _rows_async(job: ShadowJob) -> Any:
                     job.statement, job.parameters or None, execution_options=job.execution_options
                 )
                 frozen = result.freeze()
-                return rows_to_entry(frozen.data, frozen._source_supports_scalars)[0]
+                return rows_to_entry(frozen.data, _compat.supports_scalars(frozen))[0]
         finally:
             await aengine.dispose()
 
