@@ -1,7 +1,8 @@
 """The private SQLAlchemy attributes this package relies on, in one place.
 
 Each accessor names what it needs and degrades safely when a SQLAlchemy release no longer has
-it; ``tests/orm/test_compat.py`` checks that every one still exists on the installed version.
+it; ``tests/orm/test_compat.py`` checks that every one still exists on the installed version,
+and that no other module of the package reads or writes a private name it does not define.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Final
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.base import OptionEngine
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.engine.result import FrozenResult, IteratorResult, Result, SimpleResultMetaData
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Query, Session
@@ -21,6 +23,7 @@ from sqlalchemy.orm.base import DEFAULT_MANAGER_ATTR
 from sqlalchemy.orm.context import QueryContext
 from sqlalchemy.orm.path_registry import PathRegistry
 from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.pool import Pool
 from sqlalchemy.sql.base import CompileState
 from sqlalchemy.sql.dml import Delete
 from sqlalchemy.sql.expression import TableClause
@@ -50,8 +53,10 @@ __all__ = [
     "loader_extra_criteria",
     "mapper_path",
     "mark_requires_uniquing",
+    "on_connect_isolation_level",
     "order_by_clauses",
     "orm_compile_state_class",
+    "pool_creator",
     "populates_existing",
     "query_statement_and_params",
     "result_attributes",
@@ -132,6 +137,8 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (Session, "_execute_internal"),
     (Session, "_transaction"),
     (OptionEngine, "_proxied"),
+    (Pool, "_creator"),
+    (DefaultDialect, "_on_connect_isolation_level"),
 )
 
 
@@ -469,3 +476,18 @@ def add_unpresent(identity_map: Any, state: InstanceState[Any], key: Any) -> Non
 def commit_loaded(state: InstanceState[Any], keys: list[str]) -> None:
     """Mark the attributes *keys* of *state* as loaded from the database (no change)."""
     state._commit(state.dict, keys)
+
+
+# -- engines and dialects -------------------------------------------------------------------
+
+
+def pool_creator(pool: Pool) -> Any:
+    """The function *pool* opens DBAPI connections with (``create_engine``'s own, or the
+    ``creator=`` given)."""
+    return getattr(pool, "_creator", None)
+
+
+def on_connect_isolation_level(dialect: Any) -> Any:
+    """The isolation level ``create_engine(isolation_level=...)`` sets on every new
+    connection, or None."""
+    return getattr(dialect, "_on_connect_isolation_level", None)

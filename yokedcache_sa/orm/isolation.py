@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import ORMExecuteState, Session
 
+from . import _compat
 from .state import _STATEMENT_LEVEL, SessionState
 
 _learned: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
@@ -18,7 +19,7 @@ def _isolation_of(bind: Any) -> str:
     iso = bind.get_execution_options().get("isolation_level")
     if not iso:
         dialect = bind.dialect
-        iso = getattr(dialect, "_on_connect_isolation_level", None)
+        iso = _compat.on_connect_isolation_level(dialect)
         iso = iso or getattr(dialect, "default_isolation_level", None)
     return str(iso or "").upper()
 
