@@ -377,31 +377,3 @@ def _engine_of(bind: Any) -> Engine | None:
 def is_watched(engine: Engine) -> bool:
     """Whether *engine* (or the engine it was made from) has the listeners."""
     return engine in _watched or _compat.root_engine(engine) in _watched
-
-
-# -- @cached computations: SQL of any engine ---------------------------------------------------
-
-_computations_watched = False
-
-
-def _on_engine_connect(conn: Connection) -> None:
-    if _collector.get() is not None:
-        watch_engine(conn.engine)
-
-
-def watch_computations() -> None:
-    """Watch every engine a computation (an ``@cached`` call) runs SQL on.
-
-    ``@cached`` collects the tables read by SQL of any engine, so it needs one process-wide
-    hook: an ``engine_connect`` listener on ``Engine`` that watches an engine the first time
-    a connection of it is opened inside a computation (that first connection has unknown
-    state, so that first result is not stored). Installed by the first computation, never at
-    import; outside computations it only reads a context variable.
-    """
-    global _computations_watched
-    if _computations_watched:
-        return
-    with _install_lock:
-        if not event.contains(Engine, "engine_connect", _on_engine_connect):
-            event.listen(Engine, "engine_connect", _on_engine_connect)
-        _computations_watched = True
