@@ -25,8 +25,8 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 from . import codec, stampede
 from .cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_cache
 from .errors import SerializationError
-from .orm.engine_events import watch_engine
 from .orm.session import Collector, current_collector, reading_collector, state_of
+from .orm.watch import watch_engine
 from .steps import run_steps_async, run_steps_sync
 
 __all__ = ["cached"]

@@ -17,12 +17,12 @@ from ._greenlet import await_ as _await
 from ._greenlet import in_greenlet
 from .bindstate import UNWATCHED, connection_taint, connection_variant
 from .collect import _collector
-from .engine_events import watch_engine
 from .isolation import _horizon
 from .options import Hint, hint_from
 from .serving import _bypass, _miss, _served
 from .shapes import _key, _shape_for
 from .state import SessionState, state_of
+from .watch import watch_engine
 
 log = logging.getLogger("yokedcache_sa")
 

@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from ._greenlet import call_twin
 from .bindstate import connection_taint, connection_variant
-from .engine_events import watch_engine
 from .isolation import _isolation_of, _learned, _snapshot_isolated
 from .pgwrites import _add_pg_modified
 from .state import state_of
+from .watch import watch_engine
 
 log = logging.getLogger("yokedcache_sa")
 
