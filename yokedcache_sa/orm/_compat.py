@@ -23,12 +23,12 @@ from sqlalchemy.sql.selectable import Select
 
 from . import _compat_loading
 from ._compat_loading import (
-    add_unpresent,
     commit_loaded,
     current_path,
     deferred_column_loaders,
     demand_unique,
     detached_metadata,
+    identity_adder,
     install_deferred_column_loaders,
     is_mapped_instance,
     loader_extra_criteria,
@@ -45,7 +45,6 @@ __all__ = [
     "KEYED_LOAD_OPTIONS",
     "LOAD_OPTIONS_KEY",
     "PRIVATE_ATTRIBUTES",
-    "add_unpresent",
     "autobegin",
     "autoflush_before_query",
     "cache_key",
@@ -59,6 +58,7 @@ __all__ = [
     "execute_as_planned",
     "for_update_clause",
     "has_cache_key",
+    "identity_adder",
     "install_deferred_column_loaders",
     "is_mapped_instance",
     "keyed_load_options",

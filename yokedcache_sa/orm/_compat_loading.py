@@ -8,6 +8,7 @@ Part of :mod:`._compat`, which re-exports every name here and lists these attrib
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine.result import FrozenResult, IteratorResult, Result, SimpleResultMetaData
@@ -24,12 +25,12 @@ from sqlalchemy.sql.selectable import Select
 
 __all__ = [
     "PRIVATE_ATTRIBUTES",
-    "add_unpresent",
     "commit_loaded",
     "current_path",
     "deferred_column_loaders",
     "demand_unique",
     "detached_metadata",
+    "identity_adder",
     "install_deferred_column_loaders",
     "is_mapped_instance",
     "loader_extra_criteria",
@@ -216,10 +217,12 @@ def loader_extra_criteria(element: Any) -> Any:
     return getattr(element, "_extra_criteria", None)
 
 
-def add_unpresent(identity_map: Any, state: InstanceState[Any], key: Any) -> None:
-    """Put a newly built object's *state* into a session's identity map under *key* (known
-    to be absent), as SQLAlchemy's loader does."""
-    identity_map._add_unpresent(state, key)
+def identity_adder(identity_map: Any) -> Callable[[InstanceState[Any], Any], None]:
+    """The function that puts a newly built object's state into *identity_map* under a key
+    known to be absent, as SQLAlchemy's loader does: ``add(state, key)`` (fetched once per
+    result, called per object)."""
+    add: Callable[[InstanceState[Any], Any], None] = identity_map._add_unpresent
+    return add
 
 
 def commit_loaded(state: InstanceState[Any], keys: list[str]) -> None:

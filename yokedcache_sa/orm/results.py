@@ -300,6 +300,7 @@ def rows_from_entry(
     rows, objects, kinds = payload
     mappers = shape.mappers
     imap = session.identity_map
+    add_to_identity_map = _compat.identity_adder(imap)
     built: list[Any] = [None] * len(objects)
     fresh: list[bool] = [False] * len(objects)
     for i, record in enumerate(objects):
@@ -321,7 +322,7 @@ def rows_from_entry(
                     state.expired_attributes.update(record[5])
                 if len(record) > 6:
                     _compat.install_deferred_column_loaders(state, record[6])
-            _compat.add_unpresent(imap, state, key)
+            add_to_identity_map(state, key)
             fresh[i] = True
         else:
             state = instance_state(obj)
