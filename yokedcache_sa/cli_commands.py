@@ -268,6 +268,8 @@ def _import_target(target: str) -> Any:
             obj = getattr(obj, part)
         except AttributeError:
             raise UsageError(f"{module_name!r} has no attribute {attr!r}") from None
-    if callable(obj) and not hasattr(obj, "_generate_cache_key"):
+    from .orm._compat import has_cache_key  # SQLAlchemy is imported by then
+
+    if callable(obj) and not has_cache_key(obj):
         obj = obj()
     return obj

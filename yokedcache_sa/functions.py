@@ -1,9 +1,15 @@
 """``@cached``: cache a function's result, invalidated by the tables its SQL read.
 
 Every table read by SQL that runs while the function computes — through any session or
-connection of any engine — becomes a ``table:<name>`` tag of the result, so a committed write
-to those tables (through a caching session) invalidates it even if the decorator only named
-other tags. Concurrent callers that miss the same key wait for one computation.
+connection of a watched engine — becomes a ``table:<name>`` tag of the result, so a committed
+write to those tables (through a caching session) invalidates it even if the decorator only
+named other tags. Concurrent callers that miss the same key wait for one computation.
+
+Engines are watched on first sight, as by caching sessions: before each computation, those of
+the sessions, engines, connections and session factories among the arguments and among the
+names the function's code reads (its closure, its module's globals, and attributes of modules
+it names). An engine reached otherwise (through a helper function's globals) is seen once a
+caching session or :func:`~yokedcache_sa.orm.watch_engine` has seen it.
 """
 
 from __future__ import annotations
@@ -12,14 +18,15 @@ import functools
 import hashlib
 import inspect
 import logging
-from collections.abc import Callable, Generator, Iterable
+import types
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from . import codec, stampede
 from .cache import DEFAULT_TTL, MISSING, TTL, Lookup, YokedCache, get_default_cache
 from .errors import SerializationError
-from .orm.engine_events import watch_computations, watch_engine
 from .orm.session import Collector, current_collector, reading_collector, state_of
+from .orm.watch import watch_engine
 from .steps import run_steps_async, run_steps_sync
 
 __all__ = ["cached"]
@@ -61,6 +68,54 @@ def _watch_binds_of(args: Iterable[Any]) -> None:
             a = a.bind
         if isinstance(a, Engine | Connection):
             watch_engine(a)
+
+
+def _named_by(fn: Callable[..., Any]) -> Iterator[Any]:
+    """What *fn*'s code can reach by name: its closure cells, the module globals it reads,
+    and the attributes it reads of modules among them (``db.engine``). Plain lookups only:
+    nothing is called, no attribute hook runs."""
+    f = inspect.unwrap(fn)
+    code = getattr(f, "__code__", None)
+    if code is None:
+        return
+    for cell in getattr(f, "__closure__", None) or ():
+        try:
+            yield cell.cell_contents
+        except ValueError:  # a cell not filled yet
+            continue
+    names = code.co_names  # globals and attribute names alike
+    g: dict[str, Any] = getattr(f, "__globals__", {})
+    for name in names:
+        if name in g:
+            value = g[name]
+            yield value
+            if isinstance(value, types.ModuleType):
+                attrs = vars(value)
+                yield from (attrs[n] for n in names if n in attrs)
+
+
+def _watch_binds_named_by(fn: Callable[..., Any]) -> None:
+    """Watch the engines of the engines, connections, sessions and session factories (plain,
+    async, scoped) *fn*'s code names (see :func:`_named_by`)."""
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.ext.asyncio import (
+        AsyncConnection,
+        AsyncEngine,
+        AsyncSession,
+        async_scoped_session,
+        async_sessionmaker,
+    )
+    from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+    for value in _named_by(fn):
+        if isinstance(value, scoped_session | async_scoped_session):
+            value = value.session_factory
+        if isinstance(value, sessionmaker | async_sessionmaker):
+            value = value.kw.get("bind")
+        elif isinstance(value, Session | AsyncSession):
+            value = value.bind
+        if isinstance(value, Engine | Connection | AsyncEngine | AsyncConnection):
+            watch_engine(value)
 
 
 Step = tuple[Any, ...]
@@ -149,8 +204,10 @@ class _Cached:
         self, cache: YokedCache, k: str, look: Lookup, args: Iterable[Any] = ()
     ) -> Generator[Step, Any, Any]:
         """Run the function, collecting the tables its SQL reads, and store its result."""
-        watch_computations()
-        _watch_binds_of(args)  # before the function opens connections of them
+        # before the function opens connections of them: SQL on an engine that is not
+        # watched is not seen
+        _watch_binds_of(args)
+        _watch_binds_named_by(self.fn)
         with reading_collector(strict_snapshot=True) as col:
             value = yield ("call",)
         tags = self.storable(col, look)

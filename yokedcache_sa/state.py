@@ -32,7 +32,7 @@ from .observe import (
 )
 from .pending import PendingInvalidations
 from .stats import Counters
-from .tags import Snapshot, is_fresh
+from .tags import Snapshot, is_fresh, tag_id
 
 __all__ = ["COMPUTE_LOCK_SECONDS", "CacheState", "ComputeLock", "Lookup"]
 
@@ -79,6 +79,12 @@ class Lookup(NamedTuple):
     @property
     def hit(self) -> bool:
         return self.value is not MISSING
+
+    def depends_on(self, tags: Iterable[str]) -> bool:
+        """Whether the entry carries any of *tags* (e.g. the tables the caller has written
+        and not committed: then it must not serve them, nor store what it computes)."""
+        ids = self.tags
+        return any(tag_id(t) in ids for t in tags)
 
 
 def build_backend(cfg: CacheConfig) -> Backend:

@@ -59,6 +59,11 @@ class Snapshot(NamedTuple):
     max_version: int = 0
     marked: bool = False
 
+    def same_versions(self, other: Snapshot) -> bool:
+        """Whether *other* reports the same version state of the entry's tags (same epoch,
+        same highest version): nothing was written to them in between."""
+        return self.epoch == other.epoch and self.max_version == other.max_version
+
 
 def is_fresh(entry_epoch: str, entry_seq: int, current: Snapshot, horizon: int | None) -> bool:
     """Decide whether an entry may be served.

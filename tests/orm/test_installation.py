@@ -28,6 +28,7 @@ from yokedcache_sa.orm import (
     instrument_session,
     listen_on_session,
     state_of,
+    watch,
     watch_engine,
 )
 from yokedcache_sa.orm.bindstate import TAINT_KEY, UNWATCHED, connection_taint
@@ -63,11 +64,11 @@ def test_importing_the_package_adds_no_engine_listener() -> None:
         "import yokedcache_sa, yokedcache_sa.orm, yokedcache_sa.functions\n"
         "import yokedcache_sa.integrations.fastapi\n"
         "from sqlalchemy import Engine, create_engine, event\n"
-        "from yokedcache_sa.orm import engine_events as ee\n"
+        "from yokedcache_sa.orm import engine_events as ee, watch as w\n"
         "e = create_engine('sqlite://')\n"
         "names = list(Engine.dispatch._event_names) + ['connect', 'checkout']\n"
-        "fns = [fn for _, fn in ee._ENGINE_EVENTS] + [ee._on_connect, ee._on_checkout,\n"
-        "       ee._on_checkout_sqlite, ee._on_engine_connect]\n"
+        "fns = [fn for _, fn in ee._ENGINE_EVENTS] + [w._on_connect, w._on_checkout,\n"
+        "       w._on_checkout_sqlite]\n"
         "bad = [(n, f.__name__) for n in names for f in fns\n"
         "       for t in (Engine, e) if event.contains(t, n, f)]\n"
         "assert not bad, bad\n"
@@ -81,7 +82,7 @@ def test_a_plain_engine_never_used_by_a_caching_session_has_none(tmp_path: Any) 
     with Session(engine) as s:
         s.execute(text("SELECT 1")).all()
     assert listeners_on(engine) == [] and fires(engine) == []
-    assert not engine_events.is_watched(engine)
+    assert not watch.is_watched(engine)
 
 
 def test_an_engine_used_by_a_caching_session_has_them_once(
@@ -103,10 +104,10 @@ def test_an_engine_used_by_a_caching_session_has_them_once(
 def test_a_session_sees_its_engine_at_construction(tmp_path: Any, cache: YokedCache) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'seen.db'}")
     CachingSession(engine, cache=cache).close()
-    assert engine_events.is_watched(engine)
+    assert watch.is_watched(engine)
     factory = sessionmaker(create_engine(f"sqlite:///{tmp_path / 'seen2.db'}"))
     listen_on_session(factory, cache=cache)
-    assert engine_events.is_watched(factory.kw["bind"])
+    assert watch.is_watched(factory.kw["bind"])
 
 
 def test_option_engines_share_their_parents_listeners(tmp_path: Any, cache: YokedCache) -> None:
@@ -120,7 +121,7 @@ def test_option_engines_share_their_parents_listeners(tmp_path: Any, cache: Yoke
     for option_engine in (before, after):
         assert listeners_on(option_engine) == []  # nothing of its own ...
         assert fires(option_engine) == [name for name, _ in EVENTS]  # ... it fires the parent's
-        assert engine_events.is_watched(option_engine)
+        assert watch.is_watched(option_engine)
 
 
 def test_an_option_engine_seen_first_watches_its_parent(tmp_path: Any, cache: YokedCache) -> None:
@@ -183,11 +184,24 @@ def test_connection_checked_out_before_watching_has_unknown_state(
         engine.dispose()
 
 
+def ours_on(engine: Engine) -> list[str]:
+    """Every listener of the package's modules that fires for *engine* (any event, any
+    level: on the engine, its class, its pool or dialect)."""
+    found = []
+    targets: tuple[Any, ...] = (engine.dispatch, engine.pool.dispatch, engine.dialect.dispatch)
+    for target in targets:
+        for name in target._event_names:
+            for fn in getattr(target, name):
+                for f in (fn, *_wrapped(fn)):
+                    if getattr(f, "__module__", "").startswith("yokedcache_sa"):
+                        found.append(f"{name}:{f.__name__}")
+    return found
+
+
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"], indirect=True)
 def test_cached_function_watches_an_engine_only_it_uses(env: Env, cache: YokedCache) -> None:
-    """``@cached`` collects tables read through any engine: one no caching session has seen
-    is watched at the first computation (that result, on a connection of unknown state, is
-    not stored); later results are stored under the tables read."""
+    """``@cached`` watches the engines its function names (here: in its closure) before the
+    function runs, so even its first result is stored, under the tables it read."""
     engine = create_engine(env.db.url)
     calls: list[int] = []
 
@@ -198,17 +212,74 @@ def test_cached_function_watches_an_engine_only_it_uses(env: Env, cache: YokedCa
             return list(conn.scalars(select(User.name).order_by(User.id)))
 
     try:
-        with engine.connect() as conn:  # a pooled connection from before
+        with engine.connect() as conn:  # a pooled connection from before: replaced
             conn.scalars(select(User.id)).all()
         first = names()
-        assert engine_events.is_watched(engine)
-        assert names() == first and len(calls) == 2  # the first result was not stored
-        assert names() == first and len(calls) == 2  # the second was
+        assert watch.is_watched(engine)
+        assert names() == first and len(calls) == 1  # the first result was stored
         with CachingSession(engine, cache=cache) as s:  # ... under the table it read
             s.get(User, 1).name = "renamed"
             s.commit()
-        assert names()[0] == "renamed" and len(calls) == 3
+        assert names()[0] == "renamed" and len(calls) == 2
     finally:
+        engine.dispose()
+
+
+def test_cached_computations_add_no_listener_to_other_engines(
+    tmp_path: Any, cache: YokedCache
+) -> None:
+    """No process-wide hook: an engine never used with ``@cached`` (nor a caching session)
+    has no listener of the package, however many computations ran on other engines."""
+    used = create_engine(f"sqlite:///{tmp_path / 'used.db'}")
+
+    @cached(cache=cache)
+    def one() -> int:
+        with used.connect() as conn:
+            return int(conn.execute(text("SELECT 1")).scalar_one())
+
+    assert one() == 1
+    fresh = create_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+
+    @cached(cache=cache)
+    def other(x: int) -> int:
+        return x
+
+    assert other(2) == 2
+    with fresh.connect() as conn:
+        conn.execute(text("SELECT 1")).all()
+    assert ours_on(fresh) == []
+    assert not watch.is_watched(fresh)
+    assert watch.is_watched(used)
+
+
+_FACTORY: Any = None  # a module-level session factory, as applications keep one
+
+
+def _names_through_the_module_factory() -> list[str]:
+    with _FACTORY() as s:
+        return list(s.scalars(select(User.name).order_by(User.id)))
+
+
+def test_cached_function_watches_the_engine_of_a_global_session_factory(
+    tmp_path: Any, cache: YokedCache
+) -> None:
+    global _FACTORY
+    engine = create_engine(f"sqlite:///{tmp_path / 'global.db'}")
+    Base.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add(User(id=1, name="ann"))
+        s.commit()
+    _FACTORY = sessionmaker(engine)  # plain sessions: only @cached can see the engine
+    try:
+        names = cached(cache=cache)(_names_through_the_module_factory)
+        assert names() == ["ann"]
+        assert watch.is_watched(engine)
+        with CachingSession(engine, cache=cache) as s:
+            s.get(User, 1).name = "bob"
+            s.commit()
+        assert names() == ["bob"]  # stored under table:users, invalidated by the commit
+    finally:
+        _FACTORY = None
         engine.dispose()
 
 
@@ -300,3 +371,10 @@ def test_engine_dispose_keeps_the_listeners(tmp_path: Any, cache: YokedCache) ->
     with engine.connect() as conn:
         assert connection_taint(conn) is None
     assert listeners_on(engine) == [name for name, _ in EVENTS]
+
+
+def test_the_installation_names_stay_importable_from_engine_events() -> None:
+    assert engine_events.watch_engine is watch_engine
+    assert engine_events.is_watched is watch.is_watched
+    with pytest.raises(AttributeError):
+        _ = engine_events.no_such_name

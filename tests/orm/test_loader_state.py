@@ -18,7 +18,7 @@ from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session, defer, joinedload, load_only, selectinload
 
 from tests.orm.ormkit import Address, Employee, Env, Manager, User
-from yokedcache_sa.orm import _compat
+from yokedcache_sa.orm import _compat_loading
 
 
 def _three_ways(env: Env, read: Callable[[Session], Any], check: Callable[[Any, int], Any]) -> None:
@@ -208,5 +208,5 @@ def test_selectin_post_load_with_a_joined_collection_served_from_the_cache(env: 
     assert out == (2, 1, [1, 2])
     # SQLAlchemy releases whose loaders never read QueryContext.requires_uniquing (2.0.30,
     # the floor) get no such mark: there the post load goes to the database instead
-    served = _compat._READS_REQUIRES_UNIQUING
+    served = _compat_loading._READS_REQUIRES_UNIQUING
     assert n == (1 if served else 2), env.sql.statements[-n:]

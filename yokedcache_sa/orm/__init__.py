@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from .catalog import refresh_catalog as refresh_catalog
-from .engine_events import watch_engine as watch_engine
 from .explain import Explanation as Explanation
 from .explain import aexplain as aexplain
 from .explain import explain as explain
@@ -16,6 +15,7 @@ from .session import instrument_session as instrument_session
 from .session import listen_on_session as listen_on_session
 from .session import state_of as state_of
 from .tracking import declare_dependency as declare_dependency
+from .watch import watch_engine as watch_engine
 
 __all__ = [
     "CachingQuery",

@@ -1,98 +1,135 @@
 """The private SQLAlchemy attributes this package relies on, in one place.
 
 Each accessor names what it needs and degrades safely when a SQLAlchemy release no longer has
-it; ``tests/orm/test_compat.py`` checks that every one still exists on the installed version.
+it; ``tests/orm/test_compat.py`` checks that every one still exists on the installed version,
+and that no other module of the package reads or writes a private name it does not define.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.base import OptionEngine
-from sqlalchemy.engine.result import FrozenResult, IteratorResult, Result
-from sqlalchemy.orm import Mapper, ORMExecuteState, Query, Session
-from sqlalchemy.orm import identity as _identity
-from sqlalchemy.orm import strategies as _strategies
+from sqlalchemy.engine.default import DefaultDialect
+from sqlalchemy.engine.result import Result
+from sqlalchemy.orm import ORMExecuteState, Query, Session
 from sqlalchemy.orm.context import QueryContext
-from sqlalchemy.orm.path_registry import PathRegistry
-from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.pool import Pool
 from sqlalchemy.sql.base import CompileState
+from sqlalchemy.sql.dml import Delete
+from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.sql.selectable import Select
 
+from . import _compat_loading
+from ._compat_loading import (
+    commit_loaded,
+    current_path,
+    deferred_column_loaders,
+    demand_unique,
+    detached_metadata,
+    identity_adder,
+    install_deferred_column_loaders,
+    is_mapped_instance,
+    loader_extra_criteria,
+    mapper_path,
+    mark_requires_uniquing,
+    result_attributes,
+    set_loader_state,
+    set_result_attributes,
+    supports_scalars,
+    take_unique_demand,
+)
+
 __all__ = [
+    "KEYED_LOAD_OPTIONS",
+    "LOAD_OPTIONS_KEY",
     "PRIVATE_ATTRIBUTES",
     "autobegin",
+    "autoflush_before_query",
+    "cache_key",
+    "commit_loaded",
     "current_path",
     "current_transaction",
     "deferred_column_loaders",
+    "demand_unique",
+    "detached_metadata",
+    "dml_extra_froms",
     "execute_as_planned",
+    "for_update_clause",
+    "has_cache_key",
+    "identity_adder",
     "install_deferred_column_loaders",
+    "is_mapped_instance",
+    "keyed_load_options",
+    "loader_extra_criteria",
+    "mapper_path",
     "mark_requires_uniquing",
+    "on_connect_isolation_level",
+    "order_by_clauses",
+    "orm_compile_state_class",
+    "pool_creator",
+    "populates_existing",
+    "query_statement_and_params",
+    "result_attributes",
     "root_engine",
     "run_later_orm_listeners",
+    "set_loader_state",
+    "set_result_attributes",
+    "start_listeners_at",
+    "statement_options",
+    "supports_scalars",
+    "table_parent_entity",
     "take_unique_demand",
+    "without_lazy_load_origin",
+    "yields_per",
 ]
 
-# the identity map's class: WeakInstanceDict on SQLAlchemy 2.0, _WeakInstanceDict on 2.1
-_MAP_CLASSES = ("_WeakInstanceDict", "WeakInstanceDict")  # by name: each is absent somewhere
-_IDENTITY_MAP: type = next(getattr(_identity, n) for n in _MAP_CLASSES if hasattr(_identity, n))
-# the per-object loader of a column deferred by an option: LoadDeferredColumns on SQLAlchemy
-# 2.0, _LoadDeferredColumns on 2.1
-_DEFERRED_CLASSES = ("_LoadDeferredColumns", "LoadDeferredColumns")
-_DEFERRED_LOADER: type = next(
-    getattr(_strategies, n) for n in _DEFERRED_CLASSES if hasattr(_strategies, n)
-)
 
-#: (owner, attribute) pairs this package uses, here and in the other orm modules; the compat
-#: test asserts each exists on the installed SQLAlchemy (CI runs it on the oldest supported).
+LOAD_OPTIONS_KEY: Final = "_sa_orm_load_options"
+"""The execution option under which SQLAlchemy passes a query's ORM load options."""
+
+KEYED_LOAD_OPTIONS: Final = ("_only_return_tuples", "_legacy_uniquing", "_invoke_all_eagers")
+"""Load options that change the rows of a result, hence part of its cache key."""
+
+_LOAD_OPTIONS = QueryContext.default_load_options
+
+#: (owner, attribute) pairs this package uses, all through the accessors of this module and
+#: of :mod:`._compat_loading` (whose names it re-exports); the compat test asserts each exists
+#: on the installed SQLAlchemy (CI runs it on the oldest supported). Nothing outside these two
+#: modules reads or writes a private SQLAlchemy name.
 PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
-    # statements and their keys (reads.py, explain.py, results.py, engine_events.py)
+    # statements and their keys
     (Select, "_generate_cache_key"),
     (Select, "_with_options"),
     (Select, "_for_update_arg"),
     (Select, "_propagate_attrs"),
-    (Select, "_order_by_clauses"),  # shadow.py: compare rows in order or as a multiset
+    (Select, "_order_by_clauses"),  # shadow reads compare rows in order or as a multiset
     (CompileState, "_get_plugin_class_for_plugin"),
     (Query, "_statement_20"),
     (Query, "_params"),
-    (QueryContext.default_load_options, "_lazy_loaded_from"),
-    # sessions, results and loading (reads.py, results.py)
+    (Delete, "_extra_froms"),
+    (TableClause, "_annotations"),
+    # load options
+    (_LOAD_OPTIONS, "_lazy_loaded_from"),
+    (_LOAD_OPTIONS, "_populate_existing"),
+    (_LOAD_OPTIONS, "_yield_per"),
+    (_LOAD_OPTIONS, "_autoflush"),
+    *((_LOAD_OPTIONS, name) for name in KEYED_LOAD_OPTIONS),
+    # sessions
     (Session, "_autoflush"),
     (Session, "_is_clean"),
-    (FrozenResult, "_attributes"),
-    (FrozenResult, "_source_supports_scalars"),
-    (IteratorResult, "_unique_filter_state"),
-    (Mapper, "_path_registry"),
-    (_IDENTITY_MAP, "_add_unpresent"),
-    (InstanceState, "_commit"),
     # used through the accessors below
     (ORMExecuteState, "_remaining_events"),
     (ORMExecuteState, "_starting_event_idx"),
-    (Select, "_compile_options"),
-    (InstanceState, "load_path"),
-    (InstanceState, "load_options"),
-    (InstanceState, "callables"),
     (Session, "_autobegin_t"),
     (Session, "_execute_internal"),
     (Session, "_transaction"),
     (OptionEngine, "_proxied"),
+    (Pool, "_creator"),
+    (DefaultDialect, "_on_connect_isolation_level"),
+    *_compat_loading.PRIVATE_ATTRIBUTES,  # results and loading
 )
-
-
-def current_path(statement: Any) -> PathRegistry:
-    """The loader path a statement runs under (non-root for lazy and eager loads)."""
-    opts = getattr(statement, "_compile_options", None)
-    path = getattr(opts, "_current_path", None)
-    return path if isinstance(path, PathRegistry) else PathRegistry.root
-
-
-def set_loader_state(state: InstanceState[Any], options: tuple[Any, ...], path: Any) -> None:
-    """Stamp what SQLAlchemy's loader stamps on a newly loaded object: the propagated
-    loader options of the query and the path it was loaded at (later lazy loads and
-    deferred-column loads apply those options along that path)."""
-    state.load_options = options
-    state.load_path = path
 
 
 def run_later_orm_listeners(ox: ORMExecuteState) -> tuple[bool, Result[Any] | None]:
@@ -138,66 +175,6 @@ def execute_as_planned(ox: ORMExecuteState) -> Result[Any]:
     return result
 
 
-def deferred_column_loaders(state: InstanceState[Any]) -> list[list[Any]] | None:
-    """The per-object loaders of columns a ``defer()`` / ``load_only()`` option left unloaded
-    on *state*, as ``[[key, raiseload], ...]``; None when *state* holds another kind of
-    per-object loader (a relationship loader an option installed), which cannot be rebuilt.
-    """
-    out: list[list[Any]] = []
-    dict_ = state.dict
-    for key, fn in state.callables.items():
-        if key in dict_:
-            continue
-        if type(fn) is not _DEFERRED_LOADER:
-            return None
-        loader: Any = fn
-        out.append([key, bool(loader.raiseload)])
-    return out
-
-
-def install_deferred_column_loaders(state: InstanceState[Any], loaders: list[list[Any]]) -> None:
-    """Put back on a new object the loaders :func:`deferred_column_loaders` described, so its
-    deferred columns load (or raise) on access as SQLAlchemy's loader would have set up."""
-    state.callables = {key: _DEFERRED_LOADER(key, raiseload) for key, raiseload in loaders}
-
-
-class _UniquingContext:
-    """What SQLAlchemy's selectin loader reads of an ORM result's ``context``."""
-
-    __slots__ = ()
-    requires_uniquing = True
-
-
-_UNIQUING_CONTEXT = _UniquingContext()
-
-
-_READS_REQUIRES_UNIQUING: bool = "requires_uniquing" in (
-    *getattr(QueryContext, "__slots__", ()),
-    *dir(QueryContext),
-)
-"""Whether the installed SQLAlchemy's loaders read ``QueryContext.requires_uniquing``
-(later 2.0 releases and 2.1; 2.0.30 has no such attribute and never reads it)."""
-
-
-def mark_requires_uniquing(result: Result[Any]) -> None:
-    """Mark a result built from the cache as SQLAlchemy marks one with joined eager
-    collections: its selectin loader calls ``unique()`` when ``result.context`` says
-    ``requires_uniquing`` and otherwise reads raw rows (which a demanded result refuses).
-    A no-op where SQLAlchemy has no such flag."""
-    if _READS_REQUIRES_UNIQUING:
-        result.context = _UNIQUING_CONTEXT  # type: ignore[attr-defined]
-
-
-def take_unique_demand(result: Result[Any]) -> bool:
-    """Remove the ``unique()`` demand SQLAlchemy puts on a result with joined eager loads
-    of collections (a filter that raises on the first row fetched without ``unique()``), so
-    that *result* can be frozen whole; return whether there was one."""
-    demanded = getattr(result, "_unique_filter_state", None) is not None
-    if demanded:
-        result._unique_filter_state = None
-    return demanded
-
-
 def autobegin(session: Session) -> None:
     """Begin *session*'s transaction the way its next statement would (no connection yet).
 
@@ -234,3 +211,117 @@ def root_engine(engine: Engine) -> Engine:
         if not isinstance(parent, Engine):
             return engine
         engine = parent
+
+
+# -- statements -----------------------------------------------------------------------------
+
+
+def has_cache_key(obj: object) -> bool:
+    """Whether *obj* is a statement SQLAlchemy can key (rather than a callable making one)."""
+    return hasattr(obj, "_generate_cache_key")
+
+
+def cache_key(statement: Any) -> Any:
+    """SQLAlchemy's in-memory ``CacheKey`` of *statement*, or None when it has none (an
+    element that is not cacheable)."""
+    return statement._generate_cache_key()
+
+
+def for_update_clause(statement: Any) -> Any:
+    """The ``FOR UPDATE`` / ``FOR SHARE`` clause of a SELECT, or None (not a locking read)."""
+    return getattr(statement, "_for_update_arg", None)
+
+
+def statement_options(statement: Any) -> tuple[Any, ...]:
+    """The options given to ``statement.options(...)`` (loader options among them)."""
+    opts: tuple[Any, ...] = getattr(statement, "_with_options", ())
+    return opts
+
+
+def order_by_clauses(statement: Any) -> tuple[Any, ...]:
+    """The ORDER BY clauses of a SELECT (empty when it has none)."""
+    clauses: tuple[Any, ...] = getattr(statement, "_order_by_clauses", ())
+    return clauses
+
+
+def orm_compile_state_class(statement: Any) -> Any:
+    """The ORM compile state class ``Session.execute`` uses for *statement*, or None for a
+    statement without ORM entities (a Core statement)."""
+    if statement._propagate_attrs.get("compile_state_plugin", None) == "orm":
+        return CompileState._get_plugin_class_for_plugin(statement, "orm")
+    return None
+
+
+def query_statement_and_params(query: Query[Any]) -> tuple[Any, dict[str, Any]]:
+    """The 2.0-style statement of a legacy ``Query`` and the parameters ``params()`` gave."""
+    return query._statement_20(), dict(query._params)
+
+
+def dml_extra_froms(statement: Any) -> tuple[Any, ...]:
+    """The extra tables of a multi-table UPDATE / DELETE (``… FROM`` / MySQL's forms)."""
+    froms: tuple[Any, ...] = getattr(statement, "_extra_froms", ()) or ()
+    return froms
+
+
+def table_parent_entity(table: Any) -> Any:
+    """The mapped entity an ORM statement's table was annotated with, or None."""
+    return getattr(table, "_annotations", {}).get("parententity")
+
+
+# -- load options ---------------------------------------------------------------------------
+
+
+def populates_existing(load_options: Any) -> bool:
+    """Whether the query was given ``populate_existing`` (as a load option)."""
+    return bool(getattr(load_options, "_populate_existing", False))
+
+
+def yields_per(load_options: Any) -> bool:
+    """Whether the query streams its rows in batches (``yield_per`` as a load option)."""
+    return bool(getattr(load_options, "_yield_per", None))
+
+
+def keyed_load_options(load_options: Any) -> list[Any]:
+    """The values of :data:`KEYED_LOAD_OPTIONS` in *load_options* (None when absent)."""
+    return [getattr(load_options, k, None) for k in KEYED_LOAD_OPTIONS]
+
+
+def without_lazy_load_origin(execution_options: dict[str, Any]) -> dict[str, Any]:
+    """*execution_options* for running a lazy load's statement on its own: its load options
+    no longer name the object it was loaded from (that object is in another session)."""
+    eo = dict(execution_options)
+    lo = eo.get(LOAD_OPTIONS_KEY)
+    if lo is not None and getattr(lo, "_lazy_loaded_from", None) is not None:
+        eo[LOAD_OPTIONS_KEY] = lo + {"_lazy_loaded_from": None}
+    return eo
+
+
+# -- sessions and listeners -----------------------------------------------------------------
+
+
+def autoflush_before_query(session: Session, load_options: Any) -> None:
+    """Flush *session*'s pending changes if the query it is about to answer would
+    autoflush (the session autoflushes, the query does not say ``autoflush=False``)."""
+    if session.autoflush and getattr(load_options, "_autoflush", True) and not session._is_clean():
+        session._autoflush()
+
+
+def start_listeners_at(ox: ORMExecuteState, index: int) -> None:
+    """Make *ox* run the ``do_orm_execute`` listeners after position *index* next (what
+    :func:`run_later_orm_listeners` runs), as if the one at *index* were running."""
+    ox._starting_event_idx = index
+
+
+# -- engines and dialects -------------------------------------------------------------------
+
+
+def pool_creator(pool: Pool) -> Any:
+    """The function *pool* opens DBAPI connections with (``create_engine``'s own, or the
+    ``creator=`` given)."""
+    return getattr(pool, "_creator", None)
+
+
+def on_connect_isolation_level(dialect: Any) -> Any:
+    """The isolation level ``create_engine(isolation_level=...)`` sets on every new
+    connection, or None."""
+    return getattr(dialect, "_on_connect_isolation_level", None)

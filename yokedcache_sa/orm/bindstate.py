@@ -22,6 +22,8 @@ from typing import Any, Final, Literal
 
 from sqlalchemy.engine import Connection, Engine
 
+from . import _compat
+
 __all__ = [
     "TAINT_KEY",
     "UNWATCHED",
@@ -68,7 +70,7 @@ def _local_id(obj: Any) -> str:
 
 def _creator_identity(engine: Engine) -> str:
     pool = engine.pool
-    creator: Any = getattr(pool, "_creator", None)
+    creator: Any = _compat.pool_creator(pool)
     code = getattr(creator, "__code__", None)
     if (
         code is not None

@@ -1,22 +1,21 @@
-"""Engine listeners: writes however spelled, connection state, reads inside collectors."""
+"""Engine listeners: writes however spelled, connection state, reads inside collectors.
+
+What each engine event does; :mod:`.watch` installs them per engine on first sight."""
 
 from __future__ import annotations
 
 import logging
 import re
-import threading
-import weakref
 from collections import OrderedDict
 from typing import Any, Final
 
-from sqlalchemy import event, exc
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import CompoundSelect, Select
 
 from ..tags import ALL_TAG
 from . import _compat, catalog, routines, sqltext, tracking
-from .bindstate import TAINT_KEY, WATCHED_KEY, connection_taint, state_change
+from .bindstate import TAINT_KEY, connection_taint, state_change
 from .collect import Collector, _begin_counter, _collector
 from .pgwrites import _PG_CLEAN, _pg_note_write, _pg_recheck
 from .shapes import _MAX_SHAPES, _function_kinds, _shapes_lock
@@ -226,12 +225,10 @@ def _after_cursor_execute(
     if "_yc_ran" not in cd and not _TXN_CONTROL.match(statement):
         cd["_yc_ran"] = True  # the database transaction may have its snapshot now
     st: SessionState | None = cd.get("_yc_state")
-    if st is None or conn.engine in st.snapshots or not st.isolated.get(conn.engine):
-        return
-    if conn.engine in st.locking:
+    if st is None or not st.view.awaits_snapshot(conn.engine):
         return
     if _takes_snapshot(context):
-        st.snapshots.add(conn.engine)
+        st.view.snapshot_taken(conn.engine)
 
 
 def _takes_snapshot(context: Any) -> bool:
@@ -241,7 +238,7 @@ def _takes_snapshot(context: Any) -> bool:
     if compiled is None or context.isinsert or context.isupdate or context.isdelete:
         return False
     stmt = compiled.statement
-    if not isinstance(stmt, Select | CompoundSelect) or stmt._for_update_arg is not None:
+    if not isinstance(stmt, Select | CompoundSelect) or _compat.for_update_clause(stmt) is not None:
         return False
     return bool(_compiled_tables(compiled))
 
@@ -310,10 +307,7 @@ def _on_rollback_savepoint(conn: Connection, name: str, context: Any) -> None:
     conn.__dict__.pop("_yc_failed", None)
 
 
-# -- installation: per engine, on first sight ------------------------------------------------
-
-_watched: weakref.WeakSet[Engine] = weakref.WeakSet()  # engines (and option engines) watched
-_install_lock = threading.Lock()
+# -- the listeners, as installed on each watched engine (see watch.py) ---------------------
 
 _ENGINE_EVENTS: Final = (
     ("before_cursor_execute", _before_cursor_execute),
@@ -326,84 +320,13 @@ _ENGINE_EVENTS: Final = (
 )
 
 
-def _on_connect(dbapi_connection: Any, record: Any) -> None:
-    record.info[WATCHED_KEY] = True  # every statement on it is seen from now on
+_MOVED: Final = frozenset({"watch_engine", "is_watched", "_watched"})
 
 
-def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    """A pooled connection opened before its engine was watched may have run state-changing
-    SQL nobody saw (``SET search_path``): have the pool replace it with a fresh one."""
-    if WATCHED_KEY not in record.info:
-        raise exc.DisconnectionError("yokedcache: opened before its engine was watched")
+def __getattr__(name: str) -> Any:
+    """Installation moved to :mod:`.watch`; its names stay importable from here."""
+    if name in _MOVED:
+        from . import watch
 
-
-def _on_checkout_sqlite(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    """SQLite has no state-changing statements the key must see (and replacing an
-    in-memory database's connection would lose the database): watched from now on."""
-    record.info[WATCHED_KEY] = True
-
-
-def watch_engine(bind: Any) -> None:
-    """Install the engine listeners on *bind*'s engine, once (idempotent, thread-safe).
-
-    *bind* is an Engine, an option engine, a Connection, or an asyncio engine or connection.
-    The listeners go on the root engine (an option engine fires its parent's listeners and
-    shares its pool); engines are tracked weakly. Pooled connections opened before are
-    replaced at their next checkout (see :func:`_on_checkout`); a connection checked out
-    before counts as having unknown state (:func:`~.bindstate.connection_taint`).
-    """
-    engine = bind if isinstance(bind, Engine) else _engine_of(bind)
-    if engine is None or engine in _watched:
-        return
-    root = _compat.root_engine(engine)
-    with _install_lock:
-        if root not in _watched:
-            for name, fn in (*_ENGINE_EVENTS, ("connect", _on_connect)):
-                if not event.contains(root, name, fn):
-                    event.listen(root, name, fn)
-            checkout = _on_checkout_sqlite if root.dialect.name == "sqlite" else _on_checkout
-            if not event.contains(root, "checkout", checkout):
-                event.listen(root, "checkout", checkout)
-            _watched.add(root)
-        _watched.add(engine)
-
-
-def _engine_of(bind: Any) -> Engine | None:
-    sync = getattr(bind, "sync_engine", None) or getattr(bind, "sync_connection", None)
-    if sync is not None:
-        bind = sync
-    engine = getattr(bind, "engine", None)
-    return engine if isinstance(engine, Engine) else None
-
-
-def is_watched(engine: Engine) -> bool:
-    """Whether *engine* (or the engine it was made from) has the listeners."""
-    return engine in _watched or _compat.root_engine(engine) in _watched
-
-
-# -- @cached computations: SQL of any engine ---------------------------------------------------
-
-_computations_watched = False
-
-
-def _on_engine_connect(conn: Connection) -> None:
-    if _collector.get() is not None:
-        watch_engine(conn.engine)
-
-
-def watch_computations() -> None:
-    """Watch every engine a computation (an ``@cached`` call) runs SQL on.
-
-    ``@cached`` collects the tables read by SQL of any engine, so it needs one process-wide
-    hook: an ``engine_connect`` listener on ``Engine`` that watches an engine the first time
-    a connection of it is opened inside a computation (that first connection has unknown
-    state, so that first result is not stored). Installed by the first computation, never at
-    import; outside computations it only reads a context variable.
-    """
-    global _computations_watched
-    if _computations_watched:
-        return
-    with _install_lock:
-        if not event.contains(Engine, "engine_connect", _on_engine_connect):
-            event.listen(Engine, "engine_connect", _on_engine_connect)
-        _computations_watched = True
+        return getattr(watch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import ORMExecuteState, Query, Session
 from sqlalchemy.sql import coercions, roles
-from sqlalchemy.sql.base import CompileState
 from sqlalchemy.util import immutabledict
 
 from ..cache import DEFAULT_TTL, YokedCache
@@ -106,15 +105,15 @@ def _uncacheable_reason(ox: ORMExecuteState, st: SessionState, hint: Hint) -> st
         return "a deferred-column or expired-attribute load (refreshes an object in place)"
     eo = ox.execution_options
     lo = ox.load_options
-    if eo.get("populate_existing") or getattr(lo, "_populate_existing", False):
+    if eo.get("populate_existing") or _compat.populates_existing(lo):
         return "populate_existing: the caller asks for the database's current rows"
-    if eo.get("yield_per") or getattr(lo, "_yield_per", None):
+    if eo.get("yield_per") or _compat.yields_per(lo):
         return "yield_per: a streamed result is never cached"
     if eo.get("stream_results"):
         return "stream_results: a streamed result is never cached"
     if eo.get("isolation_level") == "READ UNCOMMITTED":
         return "READ UNCOMMITTED: may read other transactions' uncommitted rows"
-    if getattr(ox.statement, "_for_update_arg", None) is not None:
+    if _compat.for_update_clause(ox.statement) is not None:
         return "SELECT … FOR UPDATE/SHARE: a locking read goes to the database"
     if st.dirty_reads:
         return "the transaction runs at READ UNCOMMITTED"
@@ -127,10 +126,8 @@ def _exec_state(
     """The ORMExecuteState ``session.execute`` would give its listeners (nothing runs)."""
     statement = coercions.expect(roles.StatementRole, statement)
     bind_arguments: dict[str, Any] = {}
-    if statement._propagate_attrs.get("compile_state_plugin", None) == "orm":
-        compile_state_cls: Any = CompileState._get_plugin_class_for_plugin(statement, "orm")
-    else:
-        compile_state_cls = None
+    compile_state_cls: Any = _compat.orm_compile_state_class(statement)
+    if compile_state_cls is None:
         bind_arguments["clause"] = statement
     # Session-level execution options exist from SQLAlchemy 2.1 on
     session_options = getattr(session, "execution_options", None)
@@ -149,7 +146,7 @@ def _exec_state(
     ox = ORMExecuteState(session, statement, params, eo, bind_arguments, compile_state_cls, events)
     ours = [i for i, fn in enumerate(events) if fn is _on_execute]
     if ours:  # user listeners after ours shape the statement before it is keyed
-        ox._starting_event_idx = ours[0]
+        _compat.start_listeners_at(ox, ours[0])
         _ran, result = _compat.run_later_orm_listeners(ox)
         if result is not None:
             raise _Answered()
@@ -163,11 +160,10 @@ class _Answered(Exception):
 def _normalize(statement_or_query: Any, params: Any) -> tuple[Any, Any, dict[str, Any], Any]:
     if isinstance(statement_or_query, Query):
         q = statement_or_query
-        stmt = q._statement_20()
-        merged = dict(q._params)
+        stmt, merged = _compat.query_statement_and_params(q)
         if params:
             merged.update(params)
-        return stmt, merged or None, {"_sa_orm_load_options": q.load_options}, q.session
+        return stmt, merged or None, {_compat.LOAD_OPTIONS_KEY: q.load_options}, q.session
     return statement_or_query, params, {}, None
 
 
@@ -222,7 +218,7 @@ def _plan(
             None,
         )
     statement: Any = ox.statement
-    ck = statement._generate_cache_key()
+    ck = _compat.cache_key(statement)
     if ck is None:
         return Explanation(False, "the statement has no SQLAlchemy cache key"), None, None
     bind = session.get_bind(**ox.bind_arguments)
@@ -266,8 +262,8 @@ def _plan(
     ttl = resolved.ttl(ttl_choice)
     tags = tag_ids({*shape.tables, *hint.tags, *st.tags})
     engine = bind.engine if isinstance(bind, Connection) else bind
-    horizon = st.horizon if engine in st.snapshots else None
-    if st.snapshot_isolated and engine not in st.snapshots:
+    horizon = st.view.horizon_of(engine)
+    if st.view.snapshot_isolated and not st.view.has_snapshot(engine):
         notes.append("the transaction's first read of this database goes to the database")
     plan = Explanation(True, "", key, shape.digest, tables, tags, ttl, notes=tuple(notes))
     return plan, resolved, horizon

@@ -1,17 +1,17 @@
-"""Snapshot isolation of a session's transactions: whether one reads one snapshot, and
-the horizon a lookup inside it must respect."""
+"""Snapshot isolation of a session's transactions: whether one reads one snapshot (the
+core's :class:`~yokedcache_sa.txview.TransactionView` derives the horizon from it)."""
 
 from __future__ import annotations
 
 import weakref
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import ORMExecuteState, Session
 
+from . import _compat
 from .state import _STATEMENT_LEVEL, SessionState
 
-_NOTHING_VALID: Final = -1  # a horizon no entry satisfies (tag versions are >= 0)
 _learned: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
 
 
@@ -19,7 +19,7 @@ def _isolation_of(bind: Any) -> str:
     iso = bind.get_execution_options().get("isolation_level")
     if not iso:
         dialect = bind.dialect
-        iso = getattr(dialect, "_on_connect_isolation_level", None)
+        iso = _compat.on_connect_isolation_level(dialect)
         iso = iso or getattr(dialect, "default_isolation_level", None)
     return str(iso or "").upper()
 
@@ -56,21 +56,17 @@ def _predicted(bind: Any) -> bool | None:
 def _horizon(
     st: SessionState, bind: Any, engine: Engine, session: Session, ox: ORMExecuteState
 ) -> int | None:
-    """The horizon a lookup must respect: None when the transaction is not
-    snapshot-isolated, and one no entry satisfies while its snapshot does not exist yet.
+    """The horizon a lookup must respect (the core's :meth:`TransactionView.lookup_horizon`),
+    once it is known whether the transaction on *engine* is snapshot-isolated.
 
-    When the isolation of a transaction on *bind* cannot be predicted, begins it (the
+    When that cannot be predicted for a transaction not begun yet, begins it (the
     after_begin listener learns it)."""
-    if engine in st.snapshots:
-        return st.horizon if st.horizon is not None else _NOTHING_VALID
-    isolated = st.isolated.get(engine)
+    isolated = st.view.isolation(engine)
     if isolated is None:
         isolated = _predicted(bind)
         if isolated is None:
             session.connection(bind_arguments=ox.bind_arguments)  # after_begin learns it
-            if engine in st.snapshots:
-                return st.horizon if st.horizon is not None else _NOTHING_VALID
-            isolated = st.isolated.get(engine, True)
-    # No hit before the database snapshot exists: it may be taken after a commit the
-    # cached data predates. The first read goes to the database and starts it.
-    return _NOTHING_VALID if isolated else None
+            isolated = st.view.isolation(engine)
+            if isolated is None:
+                isolated = True
+    return st.view.lookup_horizon(engine, isolated)

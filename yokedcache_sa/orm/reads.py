@@ -17,12 +17,12 @@ from ._greenlet import await_ as _await
 from ._greenlet import in_greenlet
 from .bindstate import UNWATCHED, connection_taint, connection_variant
 from .collect import _collector
-from .engine_events import watch_engine
 from .isolation import _horizon
 from .options import Hint, hint_from
 from .serving import _bypass, _miss, _served
 from .shapes import _key, _shape_for
 from .state import SessionState, state_of
+from .watch import watch_engine
 
 log = logging.getLogger("yokedcache_sa")
 
@@ -40,11 +40,11 @@ def _cacheable(ox: ORMExecuteState, st: SessionState, hint: Hint) -> bool:
         or eo.get("yield_per")
         or eo.get("stream_results")
         or eo.get("isolation_level") == "READ UNCOMMITTED"
-        or getattr(lo, "_populate_existing", False)
-        or getattr(lo, "_yield_per", None)
+        or _compat.populates_existing(lo)
+        or _compat.yields_per(lo)
     ):
         return False
-    return getattr(ox.statement, "_for_update_arg", None) is None and not st.dirty_reads
+    return _compat.for_update_clause(ox.statement) is None and not st.dirty_reads
 
 
 def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
@@ -91,17 +91,12 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
     # The uncached query would autoflush first: pending changes become writes that make
     # their tables bypass the cache for the rest of the transaction.
     # Only a session with changes: a miss runs the statement, which autoflushes again.
-    if (
-        session.autoflush
-        and getattr(ox.load_options, "_autoflush", True)
-        and not session._is_clean()
-    ):
-        session._autoflush()
+    _compat.autoflush_before_query(session, ox.load_options)
     if ALL_TAG in st.written:
         _bypass(st, "own_writes")
         return None
     statement: Any = ox.statement
-    ck = statement._generate_cache_key()
+    ck = _compat.cache_key(statement)
     if ck is None:
         _bypass(st, "not_cacheable")
         return None
@@ -169,7 +164,7 @@ def _shadow(
     fresh plain session would (snapshot-isolated, written, bound to a connection)."""
     if (
         horizon is not None
-        or st.snapshot_isolated
+        or st.view.snapshot_isolated
         or st.written
         or isinstance(bind, Connection)
         or look.snapshot is None

@@ -16,7 +16,6 @@ from typing import Any
 
 from sqlalchemy import inspect
 from sqlalchemy.engine.result import IteratorResult, Result, SimpleResultMetaData
-from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.base import object_mapper
@@ -53,8 +52,7 @@ class ResultShape:
 
     def build(self, rows: Sequence[Any]) -> Result[Any]:
         result: IteratorResult[Any] = IteratorResult(self.metadata, iter(rows))
-        result._attributes = self.attributes
-        result._source_supports_scalars = self.scalars_source
+        _compat.set_result_attributes(result, self.attributes, self.scalars_source)
         if self.require_unique:
             self.demand_unique(result)
         return result
@@ -63,16 +61,8 @@ class ResultShape:
     def demand_unique(result: Result[Any]) -> None:
         """Make *result* raise SQLAlchemy's error unless ``unique()`` is called on it, and
         tell SQLAlchemy's own loaders (a selectin post load served from the cache) to call it."""
-        result._unique_filter_state = (set(), _require_unique)
+        _compat.demand_unique(result)
         _compat.mark_requires_uniquing(result)
-
-
-def _require_unique(obj: object) -> None:
-    raise InvalidRequestError(
-        "The unique() method must be invoked on this Result, "
-        "as it contains results that include joined eager loads "
-        "against collections"
-    )
 
 
 def _name(mapper: Mapper[Any]) -> str:
@@ -154,8 +144,7 @@ class _Freezer:
         return idx
 
 
-def _is_entity(value: object) -> bool:
-    return hasattr(type(value), "_sa_class_manager")
+_is_entity = _compat.is_mapped_instance
 
 
 def rows_to_entry(
@@ -204,7 +193,7 @@ class LoaderContext:
 
 def loader_context(statement: Any) -> LoaderContext | None:
     """The loader context of an ORM *statement*, or None when it propagates no options."""
-    with_options = getattr(statement, "_with_options", ())
+    with_options = _compat.statement_options(statement)
     if not with_options:
         return None
     options = tuple(o for o in with_options if getattr(o, "propagate_to_loaders", 0))
@@ -214,7 +203,7 @@ def loader_context(statement: Any) -> LoaderContext | None:
     for desc in getattr(statement, "column_descriptions", ()):
         entity = desc.get("entity")
         if entity is not None and desc.get("type") is entity:
-            entities.append(inspect(entity)._path_registry)
+            entities.append(_compat.mapper_path(inspect(entity)))
         else:
             entities.append(None)
     return LoaderContext(options, _compat.current_path(statement), tuple(entities))
@@ -232,7 +221,7 @@ def per_object_strategy(statement: Any) -> str | None:
     loader on each object it builds; an object rebuilt from cached data would fall back to
     the mapping's default loader, so such statements are not cached.
     """
-    for opt in getattr(statement, "_with_options", ()):
+    for opt in _compat.statement_options(statement):
         elements = getattr(opt, "context", None)
         if elements is None:
             elements = (opt,)
@@ -242,7 +231,7 @@ def per_object_strategy(statement: Any) -> str | None:
                 return "its loader options raise or skip loads on the objects it returns"
             # with_expression() carries its expression in the same slot: only relationship
             # strategies (the "lazy" ones) filter
-            if "lazy" in strategy and getattr(el, "_extra_criteria", None):
+            if "lazy" in strategy and _compat.loader_extra_criteria(el):
                 return "its loader options filter the relationships of the objects it returns"
     return None
 
@@ -265,7 +254,9 @@ def _stamp_paths(
             if kinds[i] and v is not None and paths[v] is None:
                 entity = loader.entities[i] if i < len(loader.entities) else None
                 mapper_path = (
-                    entity if entity is not None else instance_state(built[v]).mapper._path_registry
+                    entity
+                    if entity is not None
+                    else _compat.mapper_path(instance_state(built[v]).mapper)
                 )
                 paths[v] = base + mapper_path if base.path else mapper_path
     todo = [i for i, p in enumerate(paths) if p is not None]
@@ -290,7 +281,7 @@ def _stamp_paths(
         if is_new:
             path = paths[i]
             if path is None:
-                path = instance_state(built[i]).mapper._path_registry
+                path = _compat.mapper_path(instance_state(built[i]).mapper)
             _compat.set_loader_state(instance_state(built[i]), loader.options, path)
 
 
@@ -309,6 +300,7 @@ def rows_from_entry(
     rows, objects, kinds = payload
     mappers = shape.mappers
     imap = session.identity_map
+    add_to_identity_map = _compat.identity_adder(imap)
     built: list[Any] = [None] * len(objects)
     fresh: list[bool] = [False] * len(objects)
     for i, record in enumerate(objects):
@@ -330,7 +322,7 @@ def rows_from_entry(
                     state.expired_attributes.update(record[5])
                 if len(record) > 6:
                     _compat.install_deferred_column_loaders(state, record[6])
-            imap._add_unpresent(state, key)
+            add_to_identity_map(state, key)
             fresh[i] = True
         else:
             state = instance_state(obj)
@@ -342,7 +334,7 @@ def rows_from_entry(
                 for k in todo:
                     state.dict[k] = cols[k]
                 if todo:
-                    state._commit(state.dict, todo)
+                    _compat.commit_loaded(state, todo)
         built[i] = obj
     for i, record in enumerate(objects):
         rels = record[4]

@@ -4,7 +4,6 @@ caller's session (or awaited from whoever computes the key) and stored."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -19,13 +18,12 @@ from ..errors import SerializationError
 from ..logs import key_digest
 from ..observe import Bypass, BypassReason, tables_in
 from ..stampede import sync_io
-from ..tags import Snapshot
+from ..txview import serves_nothing
 from . import _compat
 from ._greenlet import await_ as _await
 from ._greenlet import call_twin, in_greenlet
 from .bindstate import connection_variant
 from .collect import Collector, _mark_strict, reading_collector
-from .isolation import _NOTHING_VALID
 from .options import Hint
 from .results import (
     NotCacheable,
@@ -61,7 +59,7 @@ def _served(
 ) -> Result[Any] | None:
     """The result rebuilt from a fresh entry, or None when it cannot serve this session."""
     assert shape.result is not None
-    if st.written and st.written_ids().intersection(look.tags):
+    if st.written and look.depends_on(st.written):
         _bypass(st, "own_writes", look.tags)
         return None  # e.g. an eager load of a table this transaction wrote
     session = ox.session
@@ -97,7 +95,7 @@ def _miss(
         return call_twin(cache.lookup_sync, cache.lookup, key, horizon=horizon, lock=lock)
 
     def compute(look: Lookup) -> Result[Any] | None:
-        if st.written and st.written_ids().intersection(look.tags):
+        if st.written and look.depends_on(st.written):
             look = look._replace(snapshot=None)  # reads own uncommitted writes: never store
         return _run_and_store(ox, st, shape, hint, key, look, outer, variant)
 
@@ -105,34 +103,18 @@ def _miss(
         result = _served(ox, st, shape, look, outer) if shape.result is not None else None
         return result if result is not None else compute(look)
 
-    if look.snapshot is None or (st.written and st.written_ids().intersection(look.tags)):
+    if look.snapshot is None or (st.written and look.depends_on(st.written)):
         # nothing to coordinate: the cache is unavailable, or this transaction reads its own
         # writes (never stored)
         if look.lock is not None:
             call_twin(cache.unlock_sync, cache.unlock, key, look.lock.token)
         return compute(look)
-    if horizon == _NOTHING_VALID and look.lock is None:
+    if serves_nothing(horizon) and look.lock is None:
         # before its snapshot exists nobody's result can serve this transaction: waiting
         # for (or locking out) another computation of the key would gain nothing
         return compute(look)
     io = _greenlet_io if in_greenlet() else sync_io
     return stampede.run_sync(cache, key, lookup, compute, on_hit, look, io)
-
-
-def _detached_metadata(metadata: Any, result: Any) -> Any:
-    """*metadata* without what ties it to the run that made it.
-
-    The shape outlives the run in the module-level memo. SQLAlchemy's ORM metadata makes its
-    ``unique()`` filters with a closure over the loading context, which holds the caller's
-    Session and so the connection: the filters are made once, here, and kept instead.
-    """
-    make = getattr(metadata, "_create_unique_filters", None)
-    if make is None:
-        return metadata
-    filters = make(result)
-    detached = copy.copy(metadata)
-    detached._create_unique_filters = lambda _result, _f=tuple(filters): list(_f)
-    return detached
 
 
 def _run_and_store(
@@ -147,8 +129,7 @@ def _run_and_store(
 ) -> Result[Any] | None:
     session = ox.session
     snapshot = look.snapshot
-    if snapshot is not None and not st.conn_begun:
-        st.seq_before_begin = snapshot.seq
+    st.view.before_read(snapshot)  # the horizon, if this begins the database transaction
     conn = session.connection(bind_arguments=ox.bind_arguments)
     # Beginning may have shown that the connection is not the one the key describes (a
     # tainted pooled connection, connection-level options): run it, but do not store it.
@@ -178,7 +159,7 @@ def _run_and_store(
         require_unique = _compat.take_unique_demand(result)
         frozen = result.freeze()
     try:
-        payload, mappers = rows_to_entry(frozen.data, frozen._source_supports_scalars, before)
+        payload, mappers = rows_to_entry(frozen.data, _compat.supports_scalars(frozen), before)
     except NotCacheable as exc:
         log.debug("yokedcache: result not cacheable (%s); running it uncached", exc)
         _bypass(st, "not_cacheable", shape.tables)
@@ -194,9 +175,9 @@ def _run_and_store(
     if shape.result is None:
         shape.roots = tuple(ox.all_mappers)
         shape.result = ResultShape(
-            _detached_metadata(frozen.metadata, result),
-            frozen._attributes,
-            frozen._source_supports_scalars,
+            _compat.detached_metadata(frozen.metadata, result),
+            _compat.result_attributes(frozen),
+            _compat.supports_scalars(frozen),
             require_unique,
             reachable_mappers(shape.roots),
         )
@@ -212,19 +193,9 @@ def _run_and_store(
             outer.mark_unknown(col.unknown)
     tags = set(shape.tables) | col.tables | set(hint.tags) | set(st.tags)
     unknown = col.unknown if not hint.tables else None
-    if (
-        snapshot is not None
-        and not unknown
-        and not st.no_store
-        and keyed
-        and not (tags & st.written)
-    ):
-        seq = snapshot.seq
-        if st.snapshot_isolated and st.horizon is not None:
-            seq = min(seq, st.horizon)
-        elif st.snapshot_isolated:
-            seq = -1  # horizon unknown: nothing is provably fresh
-        if seq >= 0:
+    if snapshot is not None and not unknown and keyed and not (tags & st.written):
+        store_under = st.view.store_snapshot(snapshot)
+        if store_under is not None:
             ttl = hint.ttl if not isinstance(hint.ttl, type(DEFAULT_TTL)) else st.default_ttl
             cache = st.txn_cache()
             try:
@@ -234,7 +205,7 @@ def _run_and_store(
                     key,
                     payload,
                     tags=tags,
-                    snapshot=Snapshot(snapshot.epoch, seq),
+                    snapshot=store_under,
                     ttl=ttl,
                     lock=look.lock,
                 )

@@ -41,11 +41,11 @@ from ..errors import InvalidationError, UsageError
 from ..tags import table_tag
 from . import _compat
 from .collect import Collector, current_collector, reading_collector
-from .engine_events import watch_engine
 from .options import FromCache, NoCache
 from .reads import _on_execute
 from .state import STATE_KEY, SessionState, state_of
 from .transactions import _after_begin, _after_commit, _after_transaction_end, _before_commit
+from .watch import watch_engine
 
 __all__ = [
     "CachingQuery",

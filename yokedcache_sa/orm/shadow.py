@@ -44,6 +44,7 @@ from ..logs import key_digest
 from ..observe import ShadowRead, tables_in
 from ..peek import peek_sync
 from ..tags import Snapshot
+from . import _compat
 from .results import NotCacheable, rows_to_entry
 
 __all__ = ["ShadowJob", "sample", "wait_idle"]
@@ -143,7 +144,7 @@ def _rows(job: ShadowJob) -> Any:
             job.statement, job.parameters or None, execution_options=job.execution_options
         )
         frozen = result.freeze()
-        return rows_to_entry(frozen.data, frozen._source_supports_scalars)[0]
+        return rows_to_entry(frozen.data, _compat.supports_scalars(frozen))[0]
 
 
 # An engine of an async driver (asyncpg, aiosqlite …) cannot run in this thread: its pooled
@@ -170,7 +171,7 @@ def _rows_async(job: ShadowJob) -> Any:
                     job.statement, job.parameters or None, execution_options=job.execution_options
                 )
                 frozen = result.freeze()
-                return rows_to_entry(frozen.data, frozen._source_supports_scalars)[0]
+                return rows_to_entry(frozen.data, _compat.supports_scalars(frozen))[0]
         finally:
             await aengine.dispose()
 
@@ -195,13 +196,7 @@ def run(job: ShadowJob) -> str:
         return _report(job, "match")
     now = peek_sync(job.cache, job.key)
     v = now.versions
-    if not (
-        now.fresh
-        and v is not None
-        and now.tags == job.tags
-        and v.epoch == job.versions.epoch
-        and v.max_version == job.versions.max_version
-    ):
+    if not (now.fresh and v is not None and now.tags == job.tags and v.same_versions(job.versions)):
         return _report(job, "skipped")  # a write moved the versions meanwhile: no verdict
     log.warning(
         "yokedcache: shadow read mismatch key=%s tables=%s: the cache served rows the "
@@ -268,11 +263,8 @@ def submit_hit(
     versions: Snapshot,
 ) -> None:
     """Queue the shadow read of one sampled hit (the read listener calls this)."""
-    eo = dict(execution_options)
-    lo = eo.get("_sa_orm_load_options")
-    if lo is not None and getattr(lo, "_lazy_loaded_from", None) is not None:
-        eo["_sa_orm_load_options"] = lo + {"_lazy_loaded_from": None}
+    eo = _compat.without_lazy_load_origin(execution_options)
     eo["yokedcache"] = False
     params = dict(parameters) if isinstance(parameters, dict) else parameters
-    ordered = bool(getattr(statement, "_order_by_clauses", ()))
+    ordered = bool(_compat.order_by_clauses(statement))
     submit(ShadowJob(cache, engine, key, statement, params, eo, served, tags, versions, ordered))

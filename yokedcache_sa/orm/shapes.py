@@ -22,7 +22,7 @@ from sqlalchemy.sql.selectable import Select
 from .. import codec
 from ..errors import SerializationError
 from ..tags import table_tag
-from . import routines, tracking
+from . import _compat, routines, tracking
 from .bindstate import engine_identity, state_change
 from .options import Hint
 from .results import (
@@ -226,16 +226,13 @@ def _param_name(name: Any, positions: dict[Any, int]) -> Any:
     return pos if pos is not None else name
 
 
-_LOAD_OPTION_KEYS = ("_only_return_tuples", "_legacy_uniquing", "_invoke_all_eagers")
-
-
 def _key(shape: _Shape, ck: Any, ox: ORMExecuteState, tags: list[Any], context: Any) -> str | None:
     try:
         values = [bp.effective_value for bp in ck.bindparams]
         # SQLAlchemy 2.1 keeps .params() values on the statement, over the bindparams' own
         stmt_params = getattr(ck, "params", None)
         lo = ox.load_options
-        extra = [getattr(lo, k, None) for k in _LOAD_OPTION_KEYS]
+        extra = _compat.keyed_load_options(lo)
         eo = ox.execution_options
         raw = codec.pack_key(
             [

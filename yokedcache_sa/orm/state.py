@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any, Final
+from typing import Final
 
 from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection, Engine
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from ..cache import DEFAULT_TTL, TTL, YokedCache
 from ..defaults import get_session_default_cache
 from ..errors import InvalidationError
-from ..tags import tag_id
+from ..txview import TransactionView
 from . import tracking
 from ._greenlet import call_twin
 from .bindstate import UNWATCHED
@@ -73,17 +73,9 @@ class SessionState:
         self.writer: str | None = None
         self.marked: set[str] = set()
         self.written: set[str] = set()
-        self.horizon: int | None = None
-        self.seq_before_begin: int | None = None
-        self.snapshot_isolated = False
-        # per bind (engine) begun in this transaction: is it snapshot-isolated; and the binds
-        # whose database snapshot exists (a consistent read of a table has run)
-        self.isolated: dict[Any, bool] = {}
-        self.snapshots: set[Any] = set()
-        self.locking: set[Any] = set()  # binds whose every SELECT is a locking read
+        # the snapshot facts (per engine) and the horizon they give: computed by the core
+        self.view = TransactionView()
         self.dirty_reads = False
-        self.conn_begun = False
-        self.no_store = False
         self.db_commit_started = False
         self.committed = False
         self.autocommitted = False
@@ -118,10 +110,6 @@ class SessionState:
             )
 
     # writes --------------------------------------------------------------------------------
-
-    def written_ids(self) -> set[str]:
-        """The backend tag ids of the tables written in the open transaction."""
-        return {tag_id(t) for t in self.written}
 
     def note_written(self, tags: Iterable[str], autocommit: bool = False) -> None:
         """Record tables written by a statement about to run.

@@ -16,7 +16,7 @@ from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.sql.functions import FunctionElement
 
 from ..tags import ALL_TAG, table_tag
-from . import sqltext
+from . import _compat, sqltext
 from .sqltext import Name
 
 if TYPE_CHECKING:
@@ -198,14 +198,14 @@ def _dml_tables(el: UpdateBase) -> set[str]:
     table = getattr(el, "table", None)
     if isinstance(table, TableClause):
         out.add(_tag_of(table))
-    entity = getattr(table, "_annotations", {}).get("parententity")
+    entity = _compat.table_parent_entity(table)
     if entity is not None:
         for t in getattr(entity, "tables", ()):
             out.add(_tag_of(t))
     if not out and table is not None:
         out |= tables_in(table)
     # MySQL multi-table UPDATE … FROM / extra froms
-    for extra in getattr(el, "_extra_froms", ()) or ():
+    for extra in _compat.dml_extra_froms(el):
         out |= tables_in(extra)
     return out
 

@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from ._greenlet import call_twin
 from .bindstate import connection_taint, connection_variant
-from .engine_events import watch_engine
 from .isolation import _isolation_of, _learned, _snapshot_isolated
 from .pgwrites import _add_pg_modified
 from .state import state_of
+from .watch import watch_engine
 
 log = logging.getLogger("yokedcache_sa")
 
@@ -41,38 +41,28 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
         st.dirty_reads = True
     isolated = _snapshot_isolated(connection)
     engine = connection.engine
-    st.isolated[engine] = isolated
-    if iso == "SERIALIZABLE" and connection.dialect.name in ("mysql", "mariadb"):
-        # InnoDB turns every SELECT into a locking read of the latest rows: a cached read
-        # would take no lock, so none is ever served (results are still stored)
-        st.locking.add(engine)
     if connection.get_execution_options().get("isolation_level") == (
         engine.get_execution_options().get("isolation_level")
     ):
         _learned[engine] = isolated
-    if isolated:
-        st.snapshot_isolated = True
-    if st.snapshot_isolated and st.horizon is None and not st.conn_begun:
-        if connection.__dict__.get("_yc_ran"):
-            # joined a database transaction that already ran SQL: its snapshot may predate
-            # any sequence observed now, so nothing is provably of it
-            st.no_store = True
-        elif st.seq_before_begin is not None:
-            st.horizon = st.seq_before_begin
+    if st.view.begin(
+        engine,
+        isolated=isolated,
+        # joined a database transaction that already ran SQL: its snapshot may predate
+        # any sequence observed now, so nothing is provably of it
+        ran_sql=bool(connection.__dict__.get("_yc_ran")),
+        # InnoDB turns every SELECT into a locking read of the latest rows: a cached read
+        # would take no lock, so none is ever served (results are still stored)
+        locking_reads=iso == "SERIALIZABLE" and connection.dialect.name in ("mysql", "mariadb"),
+    ):
+        try:
+            cache = st.txn_cache()
+        except LookupError as exc:  # no cache to observe: this transaction reads uncached
+            log.warning("yokedcache: %s; reading uncached", exc)
+            snap = None
         else:
-            try:
-                cache = st.txn_cache()
-            except LookupError as exc:  # no cache to observe: this transaction reads uncached
-                log.warning("yokedcache: %s; reading uncached", exc)
-                snap = None
-            else:
-                snap = call_twin(cache.observe_sync, cache.observe)
-            if snap is None:
-                st.no_store = True
-            else:
-                st.horizon = snap.seq
-    st.conn_begun = True
-    st.seq_before_begin = None
+            snap = call_twin(cache.observe_sync, cache.observe)
+        st.view.observed(snap)
 
 
 def _before_commit(session: Session) -> None:

@@ -1,0 +1,79 @@
+"""Watching an engine: the engine listeners installed per root engine, on first sight.
+
+Nothing is installed at import, nor on the ``Engine`` class: a caching session, an ``@cached``
+computation or the application (:func:`watch_engine`) watches the engines it sees, tracked
+weakly. Pool listeners tell connections opened since apart from older ones.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+from sqlalchemy import event, exc
+from sqlalchemy.engine import Engine
+
+from . import _compat
+from .bindstate import WATCHED_KEY
+from .engine_events import _ENGINE_EVENTS
+
+__all__ = ["is_watched", "watch_engine"]
+
+_watched: weakref.WeakSet[Engine] = weakref.WeakSet()  # engines (and option engines) watched
+_install_lock = threading.Lock()
+
+
+def _on_connect(dbapi_connection: Any, record: Any) -> None:
+    record.info[WATCHED_KEY] = True  # every statement on it is seen from now on
+
+
+def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """A pooled connection opened before its engine was watched may have run state-changing
+    SQL nobody saw (``SET search_path``): have the pool replace it with a fresh one."""
+    if WATCHED_KEY not in record.info:
+        raise exc.DisconnectionError("yokedcache: opened before its engine was watched")
+
+
+def _on_checkout_sqlite(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """SQLite has no state-changing statements the key must see (and replacing an
+    in-memory database's connection would lose the database): watched from now on."""
+    record.info[WATCHED_KEY] = True
+
+
+def watch_engine(bind: Any) -> None:
+    """Install the engine listeners on *bind*'s engine, once (idempotent, thread-safe).
+
+    *bind* is an Engine, an option engine, a Connection, or an asyncio engine or connection.
+    The listeners go on the root engine (an option engine fires its parent's listeners and
+    shares its pool); engines are tracked weakly. Pooled connections opened before are
+    replaced at their next checkout (see :func:`_on_checkout`); a connection checked out
+    before counts as having unknown state (:func:`~.bindstate.connection_taint`).
+    """
+    engine = bind if isinstance(bind, Engine) else _engine_of(bind)
+    if engine is None or engine in _watched:
+        return
+    root = _compat.root_engine(engine)
+    with _install_lock:
+        if root not in _watched:
+            for name, fn in (*_ENGINE_EVENTS, ("connect", _on_connect)):
+                if not event.contains(root, name, fn):
+                    event.listen(root, name, fn)
+            checkout = _on_checkout_sqlite if root.dialect.name == "sqlite" else _on_checkout
+            if not event.contains(root, "checkout", checkout):
+                event.listen(root, "checkout", checkout)
+            _watched.add(root)
+        _watched.add(engine)
+
+
+def _engine_of(bind: Any) -> Engine | None:
+    sync = getattr(bind, "sync_engine", None) or getattr(bind, "sync_connection", None)
+    if sync is not None:
+        bind = sync
+    engine = getattr(bind, "engine", None)
+    return engine if isinstance(engine, Engine) else None
+
+
+def is_watched(engine: Engine) -> bool:
+    """Whether *engine* (or the engine it was made from) has the listeners."""
+    return engine in _watched or _compat.root_engine(engine) in _watched

@@ -1,0 +1,175 @@
+"""What one transaction may be served and stored under: :class:`TransactionView`.
+
+The ORM layer reports facts about a transaction ("a database transaction began on this
+bind, snapshot-isolated or not", "a statement on it took the database snapshot", "a miss
+observed this snapshot before running"); the view turns them into the two numbers the
+protocol needs (docs/consistency.md, rule 6):
+
+- the *horizon* a lookup passes to :meth:`YokedCache.lookup_sync` — ``None`` when the
+  transaction is not snapshot-isolated, :data:`NOTHING_VALID` while its snapshot does not
+  exist yet, else the write sequence observed before the snapshot began;
+- the :class:`~.tags.Snapshot` a result computed in it is stored under — capped at the
+  horizon, or none at all when nothing computed in it is provably fresh.
+
+A *bind* is whatever the caller uses to tell databases apart (the ORM passes engines); the
+view only hashes it. No I/O: where an observation of the store is needed, :meth:`begin`
+says so and :meth:`observed` takes its result.
+
+Added in 0.x.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Final
+
+from .tags import Snapshot
+
+__all__ = ["NOTHING_VALID", "TransactionView", "serves_nothing"]
+
+NOTHING_VALID: Final = -1
+"""A horizon no entry satisfies (tag versions are >= 0): nothing is served."""
+
+
+def serves_nothing(horizon: int | None) -> bool:
+    """Whether no entry can be served under *horizon* (its transaction has no snapshot yet)."""
+    return horizon == NOTHING_VALID
+
+
+class TransactionView:
+    """The snapshot facts of one transaction and the horizon derived from them.
+
+    Made fresh for every transaction (the ORM's session state makes one at each reset).
+    """
+
+    __slots__ = (
+        "_begun",
+        "_isolated",
+        "_locking",
+        "_no_store",
+        "_seq_before_begin",
+        "_snapshots",
+        "horizon",
+        "snapshot_isolated",
+    )
+
+    def __init__(self) -> None:
+        self.horizon: int | None = None
+        """The write sequence observed before the transaction's snapshot began, once known."""
+        self.snapshot_isolated = False
+        """Some database transaction of it reads one snapshot (REPEATABLE READ, SERIALIZABLE)."""
+        self._seq_before_begin: int | None = None
+        self._begun = False
+        self._no_store = False
+        # per bind begun in this transaction: is it snapshot-isolated; the binds whose
+        # database snapshot exists; the binds whose every SELECT is a locking read
+        self._isolated: dict[Hashable, bool] = {}
+        self._snapshots: set[Hashable] = set()
+        self._locking: set[Hashable] = set()
+
+    # facts reported by the caller ---------------------------------------------------------
+
+    def before_read(self, snapshot: Snapshot | None) -> None:
+        """A miss observed *snapshot* and is about to run its statement (which may begin the
+        database transaction: then this is the horizon, see :meth:`begin`)."""
+        if snapshot is not None and not self._begun:
+            self._seq_before_begin = snapshot.seq
+
+    def begin(
+        self,
+        bind: Hashable,
+        *,
+        isolated: bool,
+        ran_sql: bool = False,
+        locking_reads: bool = False,
+    ) -> bool:
+        """A database transaction began on *bind*.
+
+        Args:
+            isolated: it reads one snapshot.
+            ran_sql: it joined a database transaction that had already run SQL (its snapshot
+                may predate anything observed now: nothing computed in it is stored).
+            locking_reads: every SELECT on it is a locking read of the latest rows (InnoDB
+                under SERIALIZABLE): none takes a snapshot, so nothing is served on it.
+
+        Returns True when the horizon must come from an observation of the store made now:
+        pass its result (None when the store could not be asked) to :meth:`observed`.
+        """
+        self._isolated[bind] = isolated
+        if locking_reads:
+            self._locking.add(bind)
+        if isolated:
+            self.snapshot_isolated = True
+        if self.snapshot_isolated and self.horizon is None and not self._begun:
+            if ran_sql:
+                self._no_store = True
+            elif self._seq_before_begin is not None:
+                self.horizon = self._seq_before_begin
+            else:
+                return True
+        self._began()
+        return False
+
+    def observed(self, snapshot: Snapshot | None) -> None:
+        """The observation :meth:`begin` asked for (None: the store could not be asked)."""
+        if snapshot is None:
+            self._no_store = True
+        else:
+            self.horizon = snapshot.seq
+        self._began()
+
+    def _began(self) -> None:
+        self._begun = True
+        self._seq_before_begin = None
+
+    def awaits_snapshot(self, bind: Hashable) -> bool:
+        """Whether a plain SELECT of a table on *bind* would take the transaction's snapshot
+        now (then report it with :meth:`snapshot_taken`)."""
+        return (
+            bind not in self._snapshots
+            and self._isolated.get(bind, False)
+            and bind not in self._locking
+        )
+
+    def snapshot_taken(self, bind: Hashable) -> None:
+        """A statement on *bind* took the transaction's database snapshot."""
+        self._snapshots.add(bind)
+
+    # what the caller asks -----------------------------------------------------------------
+
+    def isolation(self, bind: Hashable) -> bool | None:
+        """Whether the transaction on *bind* is snapshot-isolated; None before it began."""
+        return self._isolated.get(bind)
+
+    def has_snapshot(self, bind: Hashable) -> bool:
+        """Whether the database snapshot on *bind* exists (a consistent read has run)."""
+        return bind in self._snapshots
+
+    def lookup_horizon(self, bind: Hashable, isolated: bool) -> int | None:
+        """The horizon a lookup on *bind* must respect, where *isolated* says whether the
+        transaction on it is (or, not begun yet, will be) snapshot-isolated.
+
+        Before the snapshot exists nothing is served: it may be taken after a commit that
+        cached data predates, so the first read goes to the database and starts it.
+        """
+        if bind in self._snapshots:
+            return self.horizon if self.horizon is not None else NOTHING_VALID
+        return NOTHING_VALID if isolated else None
+
+    def horizon_of(self, bind: Hashable) -> int | None:
+        """The horizon of the snapshot on *bind*; None while it does not exist (or is not
+        known): what :func:`~.peek.peek_sync` judges an entry by."""
+        return self.horizon if bind in self._snapshots else None
+
+    def store_snapshot(self, snapshot: Snapshot) -> Snapshot | None:
+        """The snapshot to store a result computed in this transaction under, having observed
+        *snapshot* before computing it; None when nothing computed here is provably fresh
+        (the horizon is unknown, or the transaction joined one that had already read)."""
+        if self._no_store:
+            return None
+        seq = snapshot.seq
+        if self.snapshot_isolated:
+            if self.horizon is None:
+                return None
+            seq = min(seq, self.horizon)
+        return Snapshot(snapshot.epoch, seq) if seq >= 0 else None
