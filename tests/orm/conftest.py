@@ -105,13 +105,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Under the async driver, run the (sync) test body inside the greenlet on a loop."""
-    env = pyfuncitem.funcargs.get("env")
-    if not isinstance(env, Env) or env.driver != "async":
+    """Under the async driver, run the (sync) test body inside the greenlet on a loop: the
+    driver is the ``env`` fixture's, or that of any argument with ``driver == "async"`` and a
+    ``run_async`` method (``Bank`` of test_snapshot.py)."""
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    runner = next(
+        (
+            v
+            for v in pyfuncitem.funcargs.values()
+            if getattr(v, "driver", None) == "async" and hasattr(v, "run_async")
+        ),
+        None,
+    )
+    if runner is None:
         return None
     fn = pyfuncitem.obj
     kwargs = {name: pyfuncitem.funcargs[name] for name in inspect.signature(fn).parameters}
-    asyncio.run(env.run_async(fn, kwargs))
+    asyncio.run(runner.run_async(fn, kwargs))
     return True
 
 
