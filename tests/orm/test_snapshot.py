@@ -7,6 +7,7 @@ and the cache must still serve the reads it can prove belong to that snapshot.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,29 +218,57 @@ def test_a_write_first_does_not_start_the_snapshot(bank: Bank) -> None:
 
 
 @pytest.mark.parametrize("iso", ["SERIALIZABLE"])
-def test_mariadb_serializable_reads_are_never_served(cache: YokedCache, iso: str) -> None:
+@pytest.mark.parametrize("driver", ["sync", "async"])
+@pytest.mark.parametrize("where", ["execution_options", "create_engine"])
+def test_mariadb_serializable_reads_are_never_served(
+    cache: YokedCache, iso: str, driver: str, where: str
+) -> None:
     """InnoDB's SERIALIZABLE makes every SELECT a locking read of the latest rows: a cached
     read takes no lock (another session could change the row before this one commits), so
-    every read goes to the database."""
+    every read goes to the database — whether the isolation is an execution option or the
+    engine's, on PyMySQL or aiomysql (the body then runs in the greenlet)."""
     _root.require_service("MariaDB", _root.MARIADB_URL, 3306)
     base = create_engine(_root.MARIADB_URL)
     SBase.metadata.drop_all(base)
     SBase.metadata.create_all(base)
     with base.begin() as conn:
         conn.execute(Account.__table__.insert(), [{"id": i, "balance": 100} for i in (1, 2)])
-    counter = SQLCounter(base)
-    try:
-        Reader = sessionmaker(
-            base.execution_options(isolation_level=iso), class_=CachingSession, cache=cache
-        )
-        with sessionmaker(base, class_=CachingSession, cache=cache)() as warm:
+    kw: dict[str, Any] = {"isolation_level": iso} if where == "create_engine" else {}
+    aengine = None
+    if driver == "async":
+        _root.require_service("MariaDB", _root.MARIADB_ASYNC_URL, 3306)
+        aengine = create_async_engine(_root.MARIADB_ASYNC_URL, **kw)
+        talks = aengine.sync_engine
+    else:
+        talks = create_engine(_root.MARIADB_URL, **kw)
+    counter = SQLCounter(talks)
+
+    def body() -> None:
+        plain = talks.execution_options(isolation_level="READ COMMITTED")
+        serial = talks if kw else talks.execution_options(isolation_level=iso)
+        with sessionmaker(plain, class_=CachingSession, cache=cache)() as warm:
             assert [balance(warm, 1), balance(warm, 2)] == [100, 100]
-        with Reader() as s:
+        with sessionmaker(serial, class_=CachingSession, cache=cache)() as s:
             n0 = counter.n
             assert [balance(s, 1), balance(s, 2), balance(s, 1)] == [100, 100, 100]
             assert counter.n - n0 == 3
+
+    async def run_async(engine: AsyncEngine) -> None:
+        try:
+            await greenlet_spawn(body)
+        finally:
+            await cache.disconnect()
+            await engine.dispose()
+
+    try:
+        if aengine is None:
+            body()
+        else:
+            asyncio.run(run_async(aengine))
     finally:
         counter.remove()
+        if aengine is None:
+            talks.dispose()
         SBase.metadata.drop_all(base)
         base.dispose()
 
