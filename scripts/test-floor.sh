@@ -7,7 +7,7 @@ bash scripts/bootstrap.sh
 PY=${PYTHON:-python3}
 floor=$(sed -n 's/^ *"sqlalchemy>=\([0-9.]*\)".*/\1/p' pyproject.toml | head -1)
 [ -n "$floor" ] || { echo "no sqlalchemy>= floor in pyproject.toml" >&2; exit 1; }
-if ! .venv-floor/bin/python -c "import sqlalchemy, sys; sys.exit(sqlalchemy.__version__ != '$floor')" 2>/dev/null; then
+if ! .venv-floor/bin/python -c "import sqlalchemy, sys, aiomysql; sys.exit(sqlalchemy.__version__ != '$floor')" 2>/dev/null; then
   "$PY" -m venv .venv-floor
   .venv-floor/bin/python -m pip install -q --upgrade pip
   .venv-floor/bin/python -m pip install -q -e ".[dev]" "sqlalchemy==$floor"

@@ -26,6 +26,9 @@ PG_ASYNC_URL = os.environ.get(
 MARIADB_URL = os.environ.get(
     "YOKEDCACHE_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
 )
+MARIADB_ASYNC_URL = os.environ.get(
+    "YOKEDCACHE_TEST_MARIADB_ASYNC_URL", "mysql+aiomysql://root@127.0.0.1:3306/test"
+)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # The memory backend shares its version record with every process of the host that uses the
@@ -37,7 +40,7 @@ os.environ.setdefault("YOKEDCACHE_KEY_PREFIX", "t" + uuid.uuid4().hex[:12])
 def _port_open(url: str, default_port: int) -> bool:
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url.replace("+psycopg", "").replace("+asyncpg", "").replace("+pymysql", ""))
+    parts = urlsplit(url)  # a driver suffix ("mysql+aiomysql") is a legal scheme
     try:
         with socket.create_connection(
             (parts.hostname or "127.0.0.1", parts.port or default_port), 1

@@ -3,11 +3,11 @@ with the memory and the Redis backend (the ``cache`` fixture of ``tests/conftest
 
 A module marked ``pytest.mark.drivers("sync", "async")`` also runs each test that takes
 ``env`` through both drivers: ``sync`` (pysqlite, psycopg, PyMySQL; the cache's sync calls)
-and ``async`` (aiosqlite, asyncpg; an ``AsyncSession`` over ``CachingSession``, the cache's
-async calls). The body is the same: under ``async`` it runs inside SQLAlchemy's greenlet on
+and ``async`` (aiosqlite, asyncpg, aiomysql; an ``AsyncSession`` over ``CachingSession``, the
+cache's async calls). The body is the same: under ``async`` it runs inside SQLAlchemy's greenlet on
 an event loop, as ``AsyncSession.run_sync`` runs code. A test marked
-``pytest.mark.drivers("sync")`` opts out (say why). MariaDB runs ``sync`` only: no async
-MySQL driver is in the dev dependencies. A third value, ``listen``, runs the test on the sync
+``pytest.mark.drivers("sync")`` opts out (say why). MariaDB's async driver is aiomysql
+(``YOKEDCACHE_TEST_MARIADB_ASYNC_URL``). A third value, ``listen``, runs the test on the sync
 driver with ``env.Session`` a plain ``sessionmaker`` given the cache by ``listen_on_session``
 instead of ``CachingSession`` (issue 11).
 
@@ -44,8 +44,8 @@ def db_url(name: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     raise AssertionError(name)
 
 
-ASYNC_DBS = ("sqlite", "postgresql")
-"""Databases with an async driver installed (aiosqlite, asyncpg)."""
+ASYNC_DBS = ("sqlite", "postgresql", "mariadb")
+"""Databases with an async driver installed (aiosqlite, asyncpg, aiomysql)."""
 
 
 def async_url(db: DB) -> str:
@@ -53,6 +53,9 @@ def async_url(db: DB) -> str:
         return db.url.replace("sqlite://", "sqlite+aiosqlite://", 1)
     if db.name == "postgresql":
         return str(_root.PG_ASYNC_URL)
+    if db.name == "mariadb":
+        _root.require_service("MariaDB", _root.MARIADB_ASYNC_URL, 3306)
+        return str(_root.MARIADB_ASYNC_URL)
     raise AssertionError(f"no async driver for {db.name}")
 
 
@@ -102,13 +105,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Under the async driver, run the (sync) test body inside the greenlet on a loop."""
-    env = pyfuncitem.funcargs.get("env")
-    if not isinstance(env, Env) or env.driver != "async":
+    """Under the async driver, run the (sync) test body inside the greenlet on a loop: the
+    driver is the ``env`` fixture's, or that of any argument with ``driver == "async"`` and a
+    ``run_async`` method (``Bank`` of test_snapshot.py)."""
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    runner = next(
+        (
+            v
+            for v in pyfuncitem.funcargs.values()
+            if getattr(v, "driver", None) == "async" and hasattr(v, "run_async")
+        ),
+        None,
+    )
+    if runner is None:
         return None
     fn = pyfuncitem.obj
     kwargs = {name: pyfuncitem.funcargs[name] for name in inspect.signature(fn).parameters}
-    asyncio.run(env.run_async(fn, kwargs))
+    asyncio.run(runner.run_async(fn, kwargs))
     return True
 
 
@@ -145,7 +159,10 @@ def env(db: DB, cache: YokedCache, driver: str) -> Iterator[Env]:
     reseed(db.engine)
     aengine = None
     if driver == "async":
-        aengine = create_async_engine(async_url(db))
+        # the same isolation as the sync engine of the ``db`` fixture (see the note there)
+        aengine = create_async_engine(
+            async_url(db), isolation_level="READ COMMITTED" if db.name == "mariadb" else None
+        )
         if db.name == "sqlite":
             enable_sqlite_fks(aengine.sync_engine)
     counter = SQLCounter(db.engine if aengine is None else aengine.sync_engine)

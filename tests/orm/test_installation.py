@@ -19,6 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.orm.conftest import async_url
 from tests.orm.ormkit import DB, Base, Env, User
 from yokedcache_sa import YokedCache, cached, explain
 from yokedcache_sa.errors import UsageError
@@ -159,6 +160,30 @@ def test_pooled_connection_opened_before_watching_is_replaced(db: DB) -> None:
             assert connection_taint(conn) is None
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("db", ["postgresql", "mariadb"], indirect=True)
+async def test_async_pooled_connection_opened_before_watching_is_replaced(db: DB) -> None:
+    """The same through the async driver (asyncpg, aiomysql): the checkout listener runs in
+    the greenlet, and the async pool replaces the connection too."""
+    engine = create_async_engine(async_url(db))
+    try:
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            await conn.exec_driver_sql(
+                "SET @yc_var = 1" if db.name == "mariadb" else "SET work_mem = '5MB'"
+            )
+        watch_engine(engine)
+        async with engine.connect() as conn:
+            assert (await conn.get_raw_connection()).driver_connection is not raw
+            assert conn.sync_connection is not None
+            assert connection_taint(conn.sync_connection) is None
+            await conn.exec_driver_sql(
+                "SET @yc_var = 2" if db.name == "mariadb" else "SET work_mem = '6MB'"
+            )
+            assert connection_taint(conn.sync_connection) is not None
+    finally:
+        await engine.dispose()
 
 
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)

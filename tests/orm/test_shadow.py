@@ -18,7 +18,7 @@ from yokedcache_sa import CacheConfig, YokedCache, codec
 from yokedcache_sa.metrics import prometheus
 from yokedcache_sa.orm import CachingSession, shadow
 
-pytestmark = pytest.mark.parametrize("db", ["sqlite", "postgresql"], indirect=True)
+pytestmark = pytest.mark.parametrize("db", ["sqlite", "postgresql", "mariadb"], indirect=True)
 
 
 def read(s: Any) -> Any:
@@ -229,14 +229,11 @@ def test_written_transactions_and_rate_zero_are_not_sampled(
 async def test_async_session_hit_is_shadowed(env: Env, shadowed: Any) -> None:
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-    from tests.orm.ormkit import root_conftest
+    from tests.orm.conftest import async_url
 
     cache, _, registry = shadowed
-    if env.db.name == "sqlite":
-        url = env.db.url.replace("sqlite://", "sqlite+aiosqlite://", 1)
-    else:
-        url = str(root_conftest().PG_ASYNC_URL)
-    engine = create_async_engine(url)
+    iso = "READ COMMITTED" if env.db.name == "mariadb" else None  # as the db fixture's
+    engine = create_async_engine(async_url(env.db), isolation_level=iso)
     try:
         S = async_sessionmaker(engine, sync_session_class=CachingSession, cache=cache)
         async with S() as s:

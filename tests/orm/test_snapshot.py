@@ -7,14 +7,17 @@ and the cache must still serve the reads it can prove belong to that snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import Engine, Integer, Table, create_engine, event, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.util import greenlet_spawn
 
 from tests.orm.ormkit import P, SQLCounter, root_conftest
 from yokedcache_sa import YokedCache
@@ -60,6 +63,9 @@ CASES = [
     ("postgresql", "REPEATABLE READ"),
     ("postgresql", "SERIALIZABLE"),
     ("mariadb", "REPEATABLE READ"),
+    # the same sessions over aiomysql, the body in SQLAlchemy's greenlet (Bank.run_async):
+    # the snapshot is learned and observed through the async connection and cache calls
+    ("mariadb-async", "REPEATABLE READ"),
     ("sqlite", "BEGIN"),
 ]
 
@@ -70,6 +76,18 @@ class Bank:
     writer: Engine
     cache: YokedCache
     sql: SQLCounter
+    async_engine: AsyncEngine | None = None
+    driver: str = "sync"
+
+    async def run_async(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+        """Run a (sync) test body inside SQLAlchemy's greenlet, then close what is bound to
+        the loop (the async pool, the cache's async clients); see tests/orm/conftest.py."""
+        assert self.async_engine is not None
+        try:
+            await greenlet_spawn(fn, **kwargs)
+        finally:
+            await self.cache.disconnect()
+            await self.async_engine.dispose()
 
     def selects(self) -> int:
         """How many SELECTs the database was sent so far (SQLite's BEGIN not counted)."""
@@ -119,24 +137,29 @@ def _ID(case: tuple[str, str]) -> str:
 @pytest.fixture(params=CASES, ids=_ID)
 def bank(request: pytest.FixtureRequest, cache: YokedCache, tmp_path: Path) -> Iterator[Bank]:
     name, iso = request.param
+    aengine: AsyncEngine | None = None
     if name == "sqlite":
         base = _sqlite_with_begin(tmp_path / "bank.db")
         reader = writer = base
     else:
         url = _root.PG_URL if name == "postgresql" else _root.MARIADB_URL
         _root.require_service(name, url, 5432 if name == "postgresql" else 3306)
-        base = create_engine(url)
-        reader = base.execution_options(isolation_level=iso)
-        writer = base.execution_options(isolation_level="READ COMMITTED")
+        base = talks = create_engine(url)
+        if name == "mariadb-async":
+            _root.require_service("MariaDB", _root.MARIADB_ASYNC_URL, 3306)
+            aengine = create_async_engine(_root.MARIADB_ASYNC_URL)
+            talks = aengine.sync_engine
+        reader = talks.execution_options(isolation_level=iso)
+        writer = talks.execution_options(isolation_level="READ COMMITTED")
     SBase.metadata.drop_all(base)
     SBase.metadata.create_all(base)
     with base.begin() as conn:
         conn.execute(
             Account.__table__.insert(), [{"id": 1, "balance": 100}, {"id": 2, "balance": 100}]
         )
-    counter = SQLCounter(base)
+    counter = SQLCounter(base if aengine is None else aengine.sync_engine)
     try:
-        yield Bank(reader, writer, cache, counter)
+        yield Bank(reader, writer, cache, counter, aengine, "sync" if aengine is None else "async")
     finally:
         counter.remove()
         SBase.metadata.drop_all(base)
@@ -195,29 +218,57 @@ def test_a_write_first_does_not_start_the_snapshot(bank: Bank) -> None:
 
 
 @pytest.mark.parametrize("iso", ["SERIALIZABLE"])
-def test_mariadb_serializable_reads_are_never_served(cache: YokedCache, iso: str) -> None:
+@pytest.mark.parametrize("driver", ["sync", "async"])
+@pytest.mark.parametrize("where", ["execution_options", "create_engine"])
+def test_mariadb_serializable_reads_are_never_served(
+    cache: YokedCache, iso: str, driver: str, where: str
+) -> None:
     """InnoDB's SERIALIZABLE makes every SELECT a locking read of the latest rows: a cached
     read takes no lock (another session could change the row before this one commits), so
-    every read goes to the database."""
+    every read goes to the database — whether the isolation is an execution option or the
+    engine's, on PyMySQL or aiomysql (the body then runs in the greenlet)."""
     _root.require_service("MariaDB", _root.MARIADB_URL, 3306)
     base = create_engine(_root.MARIADB_URL)
     SBase.metadata.drop_all(base)
     SBase.metadata.create_all(base)
     with base.begin() as conn:
         conn.execute(Account.__table__.insert(), [{"id": i, "balance": 100} for i in (1, 2)])
-    counter = SQLCounter(base)
-    try:
-        Reader = sessionmaker(
-            base.execution_options(isolation_level=iso), class_=CachingSession, cache=cache
-        )
-        with sessionmaker(base, class_=CachingSession, cache=cache)() as warm:
+    kw: dict[str, Any] = {"isolation_level": iso} if where == "create_engine" else {}
+    aengine = None
+    if driver == "async":
+        _root.require_service("MariaDB", _root.MARIADB_ASYNC_URL, 3306)
+        aengine = create_async_engine(_root.MARIADB_ASYNC_URL, **kw)
+        talks = aengine.sync_engine
+    else:
+        talks = create_engine(_root.MARIADB_URL, **kw)
+    counter = SQLCounter(talks)
+
+    def body() -> None:
+        plain = talks.execution_options(isolation_level="READ COMMITTED")
+        serial = talks if kw else talks.execution_options(isolation_level=iso)
+        with sessionmaker(plain, class_=CachingSession, cache=cache)() as warm:
             assert [balance(warm, 1), balance(warm, 2)] == [100, 100]
-        with Reader() as s:
+        with sessionmaker(serial, class_=CachingSession, cache=cache)() as s:
             n0 = counter.n
             assert [balance(s, 1), balance(s, 2), balance(s, 1)] == [100, 100, 100]
             assert counter.n - n0 == 3
+
+    async def run_async(engine: AsyncEngine) -> None:
+        try:
+            await greenlet_spawn(body)
+        finally:
+            await cache.disconnect()
+            await engine.dispose()
+
+    try:
+        if aengine is None:
+            body()
+        else:
+            asyncio.run(run_async(aengine))
     finally:
         counter.remove()
+        if aengine is None:
+            talks.dispose()
         SBase.metadata.drop_all(base)
         base.dispose()
 

@@ -30,8 +30,9 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.util import greenlet_spawn
 
 from tests.orm.ormkit import Env, P, User, plain, root_conftest
 from yokedcache_sa import YokedCache, cached
@@ -98,15 +99,34 @@ class Tenants:
     a: str  # schema (PostgreSQL) or database (MariaDB) of tenant A
     b: str
     engines: list[Engine] = field(default_factory=list)
+    driver: str = "sync"  # "async": engines over aiomysql, the body in the greenlet
+    async_engines: list[AsyncEngine] = field(default_factory=list)
 
     def engine(self, **kw: Any) -> Engine:
+        """A new engine on the tenants' database (under ``async``, an async engine's
+        ``sync_engine``: usable from the test body, which then runs in the greenlet)."""
         if self.name == "mariadb":
             # at MariaDB's default REPEATABLE READ each transaction's first read queries
             # (tests/orm/test_snapshot.py); these tests count hits of fresh sessions
             kw.setdefault("isolation_level", "READ COMMITTED")
+        if self.driver == "async":
+            aeng = create_async_engine(self.url, **kw)
+            self.async_engines.append(aeng)
+            return aeng.sync_engine
         eng = create_engine(self.url, **kw)
         self.engines.append(eng)
         return eng
+
+    async def run_async(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+        """Run a (sync) test body inside SQLAlchemy's greenlet, then close what is bound to
+        the loop (the async pools, the cache's async clients); see tests/orm/conftest.py."""
+        try:
+            await greenlet_spawn(fn, **kwargs)
+        finally:
+            if isinstance(kwargs.get("cache"), YokedCache):
+                await kwargs["cache"].disconnect()
+            while self.async_engines:
+                await self.async_engines.pop().dispose()
 
 
 ROWS = {"default": ["d-1", "d-2"], "a": ["a-1"], "b": ["b-1", "b-2", "b-3"]}
@@ -115,6 +135,8 @@ ROWS = {"default": ["d-1", "d-2"], "a": ["a-1"], "b": ["b-1", "b-2", "b-3"]}
 @contextmanager
 def tenant_schemas(name: str) -> Iterator[Tenants]:
     """Tenant schemas (PostgreSQL) or databases (MariaDB) A and B, plus the default one."""
+    driver = "async" if name.endswith("-async") else "sync"
+    name = name.removesuffix("-async")
     if name == "postgresql":
         _root.require_service("PostgreSQL", _root.PG_URL, 5432)
         url = str(_root.PG_URL)
@@ -123,6 +145,9 @@ def tenant_schemas(name: str) -> Iterator[Tenants]:
         url = str(_root.MARIADB_URL)
     tag = uuid.uuid4().hex[:8]
     t = Tenants(name, url, f"yc{tag}_ta", f"yc{tag}_tb")
+    if driver == "async":  # the tables are made on the sync engine, the tests read via aiomysql
+        _root.require_service("MariaDB", _root.MARIADB_ASYNC_URL, 3306)
+        t = Tenants(name, str(_root.MARIADB_ASYNC_URL), t.a, t.b, driver="async")
     admin = create_engine(url)
     create = "CREATE SCHEMA" if name == "postgresql" else "CREATE DATABASE"
     drop = "DROP SCHEMA {} CASCADE" if name == "postgresql" else "DROP DATABASE {}"
@@ -147,7 +172,8 @@ def tenant_schemas(name: str) -> Iterator[Tenants]:
         admin.dispose()
 
 
-@pytest.fixture(scope="module", params=["postgresql", "mariadb"])
+# mariadb-async: USE and SET seen (and connections tainted) through aiomysql
+@pytest.fixture(scope="module", params=["postgresql", "mariadb", "mariadb-async"])
 def tenant_db(request: pytest.FixtureRequest) -> Iterator[Tenants]:
     with tenant_schemas(request.param) as t:
         yield t
@@ -227,7 +253,8 @@ def test_same_url_different_connect_args(tenant_db: Tenants, cache: YokedCache) 
     def connect_args(schema: str) -> dict[str, Any]:
         if tenant_db.name == "postgresql":
             return {"options": f"-csearch_path={schema}"}
-        return {"database": schema}
+        # aiomysql's connect() names the database ``db`` (PyMySQL takes both spellings)
+        return {"db" if tenant_db.driver == "async" else "database": schema}
 
     eng_a = tenant_db.engine(connect_args=connect_args(tenant_db.a))
     eng_b = tenant_db.engine(connect_args=connect_args(tenant_db.b))

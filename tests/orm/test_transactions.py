@@ -1,5 +1,6 @@
 """Transactions: rollback releases, read-your-writes, savepoints, failed commits, listener
-errors, ``await session.commit()`` on a sync session, and AsyncSession (asyncpg, aiosqlite)."""
+errors, ``await session.commit()`` on a sync session, and AsyncSession (asyncpg, aiosqlite,
+aiomysql)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.pool import QueuePool
 
+from tests.orm.conftest import async_url
 from tests.orm.ormkit import (
     Env,
     OrderLine,
@@ -29,7 +31,6 @@ from tests.orm.ormkit import (
     Tag,
     User,
     enable_sqlite_fks,
-    root_conftest,
 )
 from yokedcache_sa.orm import CachingSession, instrument_session, state_of
 
@@ -424,11 +425,9 @@ class AsyncEnv:
 
 @pytest.fixture
 async def aenv(env: Env) -> AsyncIterator[AsyncEnv]:
-    if env.db.name == "sqlite":
-        url = env.db.url.replace("sqlite://", "sqlite+aiosqlite://", 1)
-    else:
-        url = str(root_conftest().PG_ASYNC_URL)
-    engine = create_async_engine(url)
+    # MariaDB at READ COMMITTED, as the sync engine of the ``db`` fixture (see there)
+    iso = "READ COMMITTED" if env.db.name == "mariadb" else None
+    engine = create_async_engine(async_url(env.db), isolation_level=iso)
     if env.db.name == "sqlite":
         enable_sqlite_fks(engine.sync_engine)
     counter = SQLCounter(engine.sync_engine)
@@ -448,7 +447,7 @@ async def _names(s: AsyncSession) -> list[str]:
     return list((await s.scalars(select(User.name).order_by(User.id))).all())
 
 
-ASYNC_DBS = pytest.mark.parametrize("db", ["sqlite", "postgresql"], indirect=True)
+ASYNC_DBS = pytest.mark.parametrize("db", ["sqlite", "postgresql", "mariadb"], indirect=True)
 
 
 @ASYNC_DBS

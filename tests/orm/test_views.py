@@ -12,7 +12,8 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, select, text, u
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 
-from tests.orm.ormkit import Address, Env, P, SQLCounter, User, root_conftest
+from tests.orm.conftest import async_url
+from tests.orm.ormkit import Address, Env, P, SQLCounter, User
 from yokedcache_sa.orm import CachingSession, catalog, refresh_catalog
 
 md = MetaData()
@@ -264,14 +265,11 @@ def test_materialized_view_changes_only_on_refresh(matview: Env, concurrently: b
     env.hit(read)
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("db", ["sqlite", "postgresql", "mariadb"], indirect=True)
 async def test_async_session_reads_the_catalog_in_its_greenlet(views: Env) -> None:
     env = views
-    if env.db.name == "sqlite":
-        url = env.db.url.replace("sqlite://", "sqlite+aiosqlite://", 1)
-    else:
-        url = str(root_conftest().PG_ASYNC_URL)
-    engine = create_async_engine(url)
+    iso = "READ COMMITTED" if env.db.name == "mariadb" else None  # as the db fixture's
+    engine = create_async_engine(async_url(env.db), isolation_level=iso)
     counter = SQLCounter(engine.sync_engine)
     Session = async_sessionmaker(engine, sync_session_class=CachingSession, cache=env.cache)
     query = select(emails).order_by(emails.c.user_id, emails.c.email)
