@@ -222,3 +222,26 @@ def test_eager_loaded_then_rolled_back(pair: Pair, cache: YokedCache) -> None:
 
     plain, cached = _both(pair, cache, program)
     assert cached == plain
+
+
+def test_snapshot_on_a_connection_given_an_isolation_level(pair: Pair, cache: YokedCache) -> None:
+    # Found by the random programs (a slot began a transaction with an isolation level; a
+    # later program's reader saw rows committed after its snapshot). SQLAlchemy's pysqlite
+    # dialect sets sqlite3's legacy transaction control back on for a connection given an
+    # isolation level (``isolation_level = ""``, kept when the pool resets it); with the
+    # SAVEPOINT recipe's own BEGIN its transactions still read one snapshot, but the cache
+    # took that connection, and then the whole engine, for statement-level isolation and
+    # served the reader a hit before its snapshot existed.
+    def program(m: Models, session: Callable[[], Session]) -> Any:
+        with session() as s:
+            s.connection(execution_options={"isolation_level": "SERIALIZABLE"})
+            s.commit()
+        with session() as writer, session() as reader:
+            ops.addresses_per_user(m, writer)  # a miss: stored (on that pooled connection)
+            ops.addresses_per_user(m, reader)  # must start the reader's snapshot
+            ops.text_insert_address(m, writer, 4, 1)
+            writer.commit()
+            return ops.addresses_per_user(m, reader)
+
+    plain, cached = _both(pair, cache, program)
+    assert cached == plain

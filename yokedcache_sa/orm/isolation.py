@@ -31,10 +31,18 @@ def _snapshot_isolated(conn: Connection) -> bool:
     if conn.dialect.name == "sqlite":
         # sqlite3's legacy transaction control runs SELECTs outside a transaction until the
         # first write, after which the write lock keeps every other writer out: no snapshot
-        # to be consistent with. (With BEGIN issued by the application it is one.)
+        # to be consistent with. With BEGIN issued by the application (SQLAlchemy's
+        # SAVEPOINT recipe emits it from the engine's ``begin`` event, so the database
+        # transaction is open when this runs) it is one: the pysqlite dialect turns legacy
+        # control back on (``isolation_level = ""``) for a connection given an isolation
+        # level, so the attribute alone does not tell.
         dbapi = conn.connection.dbapi_connection
         legacy = getattr(dbapi, "autocommit", -1) == -1  # sqlite3.LEGACY_TRANSACTION_CONTROL
-        if legacy and getattr(dbapi, "isolation_level", None) is not None:
+        if (
+            legacy
+            and getattr(dbapi, "isolation_level", None) is not None
+            and not getattr(dbapi, "in_transaction", False)
+        ):
             return False
     return True
 

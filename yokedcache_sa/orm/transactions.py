@@ -39,8 +39,11 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
     iso = _isolation_of(connection)
     if iso == "READ UNCOMMITTED":
         st.dirty_reads = True
-    isolated = _snapshot_isolated(connection)
     engine = connection.engine
+    known = st.isolated.get(engine)
+    # a SAVEPOINT runs inside the transaction whose isolation is known already (on SQLite,
+    # after a write the database transaction is open, whoever opened it)
+    isolated = known if transaction.nested and known is not None else _snapshot_isolated(connection)
     st.isolated[engine] = isolated
     if iso == "SERIALIZABLE" and connection.dialect.name in ("mysql", "mariadb"):
         # InnoDB turns every SELECT into a locking read of the latest rows: a cached read
