@@ -36,14 +36,16 @@ def _snapshot_isolated(conn: Connection) -> bool:
         # transaction is open when this runs) it is one: the pysqlite dialect turns legacy
         # control back on (``isolation_level = ""``) for a connection given an isolation
         # level, so the attribute alone does not tell.
-        dbapi = conn.connection.dbapi_connection
+        pooled = conn.connection
+        dbapi = pooled.dbapi_connection
         legacy = getattr(dbapi, "autocommit", -1) == -1  # sqlite3.LEGACY_TRANSACTION_CONTROL
-        if (
-            legacy
-            and getattr(dbapi, "isolation_level", None) is not None
-            and not getattr(dbapi, "in_transaction", False)
-        ):
-            return False
+        if legacy and getattr(dbapi, "isolation_level", None) is not None:
+            # aiosqlite's adapter has no in_transaction; the aiosqlite connection has
+            began = getattr(dbapi, "in_transaction", None)
+            if began is None:
+                began = getattr(pooled.driver_connection, "in_transaction", False)
+            if not began:
+                return False
     return True
 
 
