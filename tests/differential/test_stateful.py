@@ -566,8 +566,12 @@ class DifferentialMachine(RuleBasedStateMachine):
             # slot wait out innodb_lock_wait_timeout, on both sides alike
             level = "REPEATABLE READ"
 
+        # Whether a transaction is open is the plain side's answer for both: a session that
+        # served only hits has not begun one (docs/orm.md, "session state")
+        opened = self.sides[0].session(slot, self.start_snapshot).in_transaction()
+
         def fn(_state: _SideState, s: Session) -> Any:
-            if s.in_transaction():
+            if opened:
                 return None
             s.connection(execution_options={"isolation_level": level})
             return level
