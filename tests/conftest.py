@@ -10,6 +10,7 @@ import shutil
 import socket
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,13 @@ MARIADB_ASYNC_URL = os.environ.get(
     "YOKEDCACHE_TEST_MARIADB_ASYNC_URL", "mysql+aiomysql://root@127.0.0.1:3306/test"
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+SHARED_REDIS: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+"""Timeouts of the caches tests build on the shared Redis, which is up: the library's defaults
+(0.25 s per reply, 0.5 s to connect) are for production, where a slow cache is better skipped.
+On a loaded CI machine a process can stall past them; a read that times out is, by design, a
+miss that is not stored, and a test expecting the next read to hit then fails (issue #9).
+Tests of slow or failing stores use private servers and short timeouts of their own."""
 
 # The memory backend shares its version record with every process of the host that uses the
 # same key prefix: caches built with the default prefix get one private to this test run, so
@@ -97,7 +105,7 @@ def _own_cache(backend: str, prefix: str) -> Iterator[YokedCache]:
         c = YokedCache(CacheConfig(key_prefix=prefix))
     else:
         require_service("Redis", REDIS_URL, 6379)
-        c = YokedCache(CacheConfig(redis_url=REDIS_URL, key_prefix=prefix))
+        c = YokedCache(CacheConfig(redis_url=REDIS_URL, key_prefix=prefix, **SHARED_REDIS))
     yield c
     try:
         c.clear_sync()

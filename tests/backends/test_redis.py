@@ -222,7 +222,10 @@ def test_entry_with_stripped_tag_list_is_not_immune_to_invalidation(
 
 def test_unreachable_redis(own_redis: RedisServer) -> None:
     url = f"redis://:{PW}@127.0.0.1:{own_redis.port}/0"
-    c = YokedCache(CacheConfig(redis_url=url, key_prefix="down"))
+    # No breaker: the pending invalidation is retried in the background while the server is
+    # down, and one more failed retry during a slow start (a loaded machine) opened it, so
+    # the first store after the restart was refused (issue #9). The breaker has its own tests.
+    c = YokedCache(CacheConfig(redis_url=url, key_prefix="down", enable_circuit_breaker=False))
     try:
         with pytest.raises(BackendUnavailable) as info:
             c.connect_sync()

@@ -3,6 +3,8 @@
 ``--diff-long`` (given with a path under ``tests/differential``, where this conftest is loaded
 before options are parsed) or ``YOKEDCACHE_DIFF_LONG=1`` (anywhere) multiplies the examples
 and steps for local bug hunting; the default is sized for CI (well under a minute on 2 cores).
+``YOKEDCACHE_DIFF_EXAMPLES=N`` runs exactly N programs (with or without the long mode), to
+size a hunt to the time there is.
 """
 
 from __future__ import annotations

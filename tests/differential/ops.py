@@ -418,3 +418,55 @@ def set_item(m: Models, s: Session, iid: int, ratio: float | None, flag: bool | 
     item.data = {"ratio": ratio, "flag": flag}
     s.flush()
     return True
+
+
+# -- added for issue #9's second hunt: result APIs, locking reads, merge without load ----------
+
+
+def yield_per_partitions(m: Models, s: Session, size: int) -> Any:
+    U = m.User
+    stmt = select(U).order_by(U.id).execution_options(yield_per=size)
+    return [list(p) for p in s.scalars(stmt).partitions()]
+
+
+def stream_partitions(m: Models, s: Session, size: int) -> Any:
+    U = m.User
+    stmt = select(U.id, U.name).order_by(U.id).execution_options(stream_results=True)
+    return [list(p) for p in s.execute(stmt).partitions(size)]
+
+
+def query_yield_per(m: Models, s: Session, size: int) -> Any:
+    return list(s.query(m.User).order_by(m.User.id).yield_per(size))
+
+
+def result_shapes(m: Models, s: Session, lo: int) -> Any:
+    """columns(), tuples(), one_or_none()/first() on one result each."""
+    U = m.User
+    stmt = select(U.id, U.name, U.age).where(U.age >= lo).order_by(U.id)
+    cols = s.execute(stmt).columns(1, 0).all()
+    tuples = s.execute(stmt).tuples().all()
+    first = s.execute(stmt).first()
+    return cols, tuples, first
+
+
+def get_populate_existing(m: Models, s: Session, uid: int) -> Any:
+    return s.get(m.User, uid, populate_existing=True)
+
+
+def get_for_update(m: Models, s: Session, uid: int) -> Any:
+    """A locking read: it must go to the database (and on InnoDB it reads the newest
+    committed row, not the transaction's snapshot)."""
+    return s.get(m.User, uid, with_for_update=True, populate_existing=True)
+
+
+def select_for_update(m: Models, s: Session, lo: int) -> Any:
+    U = m.User
+    stmt = select(U).where(U.age >= lo).order_by(U.id).with_for_update()
+    return s.scalars(stmt.execution_options(populate_existing=True)).all()
+
+
+def refresh_attrs(m: Models, s: Session, uid: int, attrs: tuple[str, ...]) -> Any:
+    u = s.get(m.User, uid)
+    if u is not None:
+        s.refresh(u, list(attrs))
+    return u

@@ -11,14 +11,21 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, insert, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker, with_loader_criteria
 
 from tests.differential import ops
 from tests.differential.conftest import Pair, Side
-from tests.differential.schema import Models, reseed
+from tests.differential.schema import (
+    Models,
+    build,
+    reseed,
+    seed_rows,
+    sqlite_engine_setup,
+    unique_prefix,
+)
 from yokedcache_sa import YokedCache
 from yokedcache_sa.orm import CachingSession
 
@@ -222,3 +229,79 @@ def test_eager_loaded_then_rolled_back(pair: Pair, cache: YokedCache) -> None:
 
     plain, cached = _both(pair, cache, program)
     assert cached == plain
+
+
+def test_snapshot_on_a_connection_given_an_isolation_level(pair: Pair, cache: YokedCache) -> None:
+    # Found by the random programs (a slot began a transaction with an isolation level; a
+    # later program's reader saw rows committed after its snapshot). SQLAlchemy's pysqlite
+    # dialect sets sqlite3's legacy transaction control back on for a connection given an
+    # isolation level (``isolation_level = ""``, kept when the pool resets it); with the
+    # SAVEPOINT recipe's own BEGIN its transactions still read one snapshot, but the cache
+    # took that connection, and then the whole engine, for statement-level isolation and
+    # served the reader a hit before its snapshot existed.
+    def program(m: Models, session: Callable[[], Session]) -> Any:
+        with session() as s:
+            s.connection(execution_options={"isolation_level": "SERIALIZABLE"})
+            s.commit()
+        with session() as writer, session() as reader:
+            ops.addresses_per_user(m, writer)  # a miss: stored (on that pooled connection)
+            ops.addresses_per_user(m, reader)  # must start the reader's snapshot
+            ops.text_insert_address(m, writer, 4, 1)
+            writer.commit()
+            return ops.addresses_per_user(m, reader)
+
+    plain, cached = _both(pair, cache, program)
+    assert cached == plain
+
+
+async def test_snapshot_on_a_connection_given_an_isolation_level_aiosqlite(
+    tmp_path: Any, cache: YokedCache
+) -> None:
+    # The same on aiosqlite, whose DBAPI adapter has no ``in_transaction`` (the aiosqlite
+    # connection under it does).
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    results = []
+    for kind in ("plain", "cached"):
+        m = build(unique_prefix(kind[0]), True)
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / kind}.db")
+        sqlite_engine_setup(engine.sync_engine)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(m.metadata.create_all)
+            await _areseed(engine, m)
+            cache.clear_sync()
+            maker = (
+                async_sessionmaker(engine)
+                if kind == "plain"
+                else async_sessionmaker(engine, sync_session_class=CachingSession, cache=cache)
+            )
+            results.append(await _snapshot_program(m, maker))
+        finally:
+            await cache.disconnect()
+            await engine.dispose()
+    plain, cached = results
+    assert plain == ("list", (_row(1, 2), _row(3, 1)))  # the reader's snapshot
+    assert cached == plain
+
+
+async def _snapshot_program(m: Models, maker: Any) -> Any:
+    async with maker() as s:
+        await s.connection(execution_options={"isolation_level": "SERIALIZABLE"})
+        await s.commit()
+    async with maker() as writer, maker() as reader:
+        await writer.run_sync(lambda s: ops.addresses_per_user(m, s))  # stored
+        await reader.run_sync(lambda s: ops.addresses_per_user(m, s))  # starts its snapshot
+        await writer.run_sync(lambda s: ops.text_insert_address(m, s, 4, 1))
+        await writer.commit()
+        return await reader.run_sync(lambda s: ops.norm(ops.addresses_per_user(m, s)))
+
+
+def _row(user_id: int, n: int) -> Any:
+    return ("Row", ("user_id", "count"), (("int", user_id), ("int", n)))
+
+
+async def _areseed(engine: Any, m: Models) -> None:
+    async with engine.begin() as conn:
+        for table, rows in seed_rows(m):
+            await conn.execute(insert(table), rows)

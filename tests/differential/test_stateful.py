@@ -6,7 +6,9 @@ form of ``ops.norm``: values and their Python types, row shapes and keys, identi
 semantics, and the class of a raised exception. Up to ``SLOTS`` sessions per side are open at
 once and interleaved. Writes go to at most one open transaction per side at a time (a second
 writer would only wait on the first one's row locks), so a write step aimed at another slot
-runs in the slot that already writes.
+runs in the slot that already writes; so do locking reads (``with_for_update``), which take
+row locks too. A slot's transaction may begin at an isolation level of its own
+(``begin_isolated``), so snapshot-isolated readers interleave with another slot's commits.
 
 The caching side must also *serve hits*: the test asserts it sent fewer statements than the
 plain side and that the cache counted hits, so it cannot pass by never caching.
@@ -50,6 +52,12 @@ names = st.sampled_from(["alice", "bob", "zed"])
 endings = st.sampled_from([None, "commit", "commit", "rollback"])
 suffixes = st.sampled_from(["x", "y", "@x", "q"])
 syncs = st.sampled_from(["auto", "fetch", False])
+sizes = st.integers(1, 3)
+refreshed = st.sampled_from([("name",), ("age", "name"), ("addresses",), ("groups", "age")])
+ratios = st.none() | st.sampled_from([0.5, -1.25, 1e-3])
+flags = st.none() | st.booleans()
+# isolation levels a slot's next transaction may ask for (SQLite has no REPEATABLE READ)
+isolations = st.sampled_from(["REPEATABLE READ", "READ COMMITTED", "SERIALIZABLE"])
 
 
 def _commit(_state: Any, s: Session) -> None:
@@ -168,11 +176,15 @@ class DifferentialMachine(RuleBasedStateMachine):
         for op, args, fresh in list(self.recent):
             self.both(slot, op, *args, fresh=fresh)
 
-    def write(self, slot: int, op: ops.Op, *args: Any, end: str | None = None) -> None:
+    def writer_slot(self, slot: int) -> int:
+        """*slot*, or the slot whose transaction writes already (one writer per side)."""
         for other in range(SLOTS):
             if other != slot and self.writing[other]:
-                slot = other
-                break
+                return other
+        return slot
+
+    def write(self, slot: int, op: ops.Op, *args: Any, end: str | None = None) -> None:
+        slot = self.writer_slot(slot)
         self.writing[slot] = True
         self.both(slot, op, *args)
         if end == "commit":
@@ -362,6 +374,40 @@ class DifferentialMachine(RuleBasedStateMachine):
     def identity_map(self, slot: int) -> None:
         self.read(slot, ops.identity_map)
 
+    @rule(slot=slots, size=sizes)
+    def yield_per_partitions(self, slot: int, size: int) -> None:
+        self.read(slot, ops.yield_per_partitions, size)
+
+    @rule(slot=slots, size=sizes)
+    def stream_partitions(self, slot: int, size: int) -> None:
+        self.read(slot, ops.stream_partitions, size)
+
+    @rule(slot=slots, size=sizes)
+    def query_yield_per(self, slot: int, size: int) -> None:
+        self.read(slot, ops.query_yield_per, size)
+
+    @rule(slot=slots, lo=ages)
+    def result_shapes(self, slot: int, lo: int) -> None:
+        self.read(slot, ops.result_shapes, lo)
+
+    @rule(slot=slots, uid=user_ids)
+    def get_populate_existing(self, slot: int, uid: int) -> None:
+        self.read(slot, ops.get_populate_existing, uid)
+
+    @rule(slot=slots, uid=user_ids, attrs=refreshed)
+    def refresh_attrs(self, slot: int, uid: int, attrs: tuple[str, ...]) -> None:
+        self.read(slot, ops.refresh_attrs, uid, attrs)
+
+    # -- locking reads: they take row locks, so they run in the writing slot, as writes do ---
+
+    @rule(slot=slots, uid=user_ids)
+    def get_for_update(self, slot: int, uid: int) -> None:
+        self.write(slot, ops.get_for_update, uid)
+
+    @rule(slot=slots, lo=ages)
+    def select_for_update(self, slot: int, lo: int) -> None:
+        self.write(slot, ops.select_for_update, lo)
+
     # -- writes -------------------------------------------------------------------------------
 
     @rule(slot=slots, uid=user_ids, name=names, age=maybe_age, end=endings)
@@ -444,6 +490,34 @@ class DifferentialMachine(RuleBasedStateMachine):
     def delete_employee(self, slot: int, eid: int, end: str | None) -> None:
         self.write(slot, ops.delete_employee, eid, end=end)
 
+    @rule(slot=slots, uid=user_ids, name=names, end=endings)
+    def merge_user(self, slot: int, uid: int, name: str, end: str | None) -> None:
+        self.write(slot, ops.merge_user, uid, name, end=end)
+
+    @rule(slot=slots, iid=st.integers(1, 3), ratio=ratios, flag=flags, end=endings)
+    def set_item(
+        self, slot: int, iid: int, ratio: float | None, flag: bool | None, end: str | None
+    ) -> None:
+        self.write(slot, ops.set_item, iid, ratio, flag, end=end)
+
+    @rule(slot=slots, uid=user_ids, load=st.booleans(), end=endings)
+    def merge_detached(self, slot: int, uid: int, load: bool, end: str | None) -> None:
+        """An object read (maybe from the cache) in a session of its own, merged into the
+        slot's session with or without loading (a write when it differs)."""
+
+        def fn(state: _SideState, s: Session) -> Any:
+            with state.maker() as other:
+                u = other.get(state.side.models.User, uid)
+            return None if u is None else s.merge(u, load=load)
+
+        slot = self.writer_slot(slot)
+        self.writing[slot] = True
+        self.control(slot, f"merge_detached({uid}, load={load})", fn)
+        if end == "commit":
+            self.commit(slot)
+        elif end == "rollback":
+            self.rollback(slot)
+
     # -- transactions and session lifecycle ---------------------------------------------------
 
     @rule(slot=slots)
@@ -481,6 +555,29 @@ class DifferentialMachine(RuleBasedStateMachine):
 
         self.control(slot, "begin_nested", fn)
 
+    @rule(slot=slots, level=isolations)
+    def begin_isolated(self, slot: int, level: str) -> None:
+        """Begin the slot's next transaction at *level* (nothing if one is open): snapshot
+        isolation with interleaved commits of the other slots."""
+        if self.pair.db == "sqlite":
+            level = "SERIALIZABLE"  # SQLite's only level besides READ UNCOMMITTED
+        elif self.pair.db == "mariadb" and level == "SERIALIZABLE":
+            # every InnoDB SELECT is then a locking read: readers would only make the writing
+            # slot wait out innodb_lock_wait_timeout, on both sides alike
+            level = "REPEATABLE READ"
+
+        # Whether a transaction is open is the plain side's answer for both: a session that
+        # served only hits has not begun one (docs/orm.md, "session state")
+        opened = self.sides[0].session(slot, self.start_snapshot).in_transaction()
+
+        def fn(_state: _SideState, s: Session) -> Any:
+            if opened:
+                return None
+            s.connection(execution_options={"isolation_level": level})
+            return level
+
+        self.control(slot, f"begin {level}", fn)
+
     @rule(slot=slots, commit=st.booleans())
     def end_savepoint(self, slot: int, commit: bool) -> None:
         def fn(state: _SideState, s: Session) -> Any:
@@ -501,8 +598,10 @@ class DifferentialMachine(RuleBasedStateMachine):
 
 def _settings(long: bool) -> settings:
     factor = 10 if long else 1
+    # YOKEDCACHE_DIFF_EXAMPLES=N: exactly N programs (size a hunt to the time there is)
+    examples = int(os.environ.get("YOKEDCACHE_DIFF_EXAMPLES", "0")) or 30 * factor
     return settings(
-        max_examples=32 * factor,
+        max_examples=examples,
         stateful_step_count=30 * (2 if long else 1),
         deadline=None,
         derandomize=not long,

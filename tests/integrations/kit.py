@@ -17,11 +17,12 @@ from sqlalchemy import Boolean, Engine, Integer, MetaData, String, create_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tests.conftest import PG_ASYNC_URL, PG_URL, REDIS_URL, require_service
+from tests.conftest import PG_ASYNC_URL, PG_URL, REDIS_URL, SHARED_REDIS, require_service
 from tests.sqlcount import SQLCounter
+from tests.tablenames import random_token
 from yokedcache_sa import CacheConfig, YokedCache
 
-SUFFIX = uuid.uuid4().hex[:8]
+SUFFIX = random_token(lambda s: (f"it_users_{s}", f"it_items_{s}"), length=8)
 USERS = f"it_users_{SUFFIX}"
 ITEMS = f"it_items_{SUFFIX}"
 
@@ -67,7 +68,7 @@ STACKS = ["sqlite-memory", "postgresql-redis"]
 def new_cache(redis: bool, prefix: str | None = None) -> YokedCache:
     prefix = prefix or "it" + uuid.uuid4().hex[:12]
     if redis:
-        return YokedCache(CacheConfig(redis_url=REDIS_URL, key_prefix=prefix))
+        return YokedCache(CacheConfig(redis_url=REDIS_URL, key_prefix=prefix, **SHARED_REDIS))
     return YokedCache(CacheConfig(key_prefix=prefix))
 
 

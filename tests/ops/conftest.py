@@ -4,7 +4,6 @@ SQLite and PostgreSQL, private table names, private redis-servers where a test b
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -13,10 +12,11 @@ import pytest
 from sqlalchemy import Engine, ForeignKey, String, Table, create_engine, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tests.conftest import PG_URL, REDIS_URL, require_service
+from tests.conftest import PG_URL, REDIS_URL, SHARED_REDIS, require_service
+from tests.tablenames import random_token
 from yokedcache_sa import CacheConfig, YokedCache
 
-P = "ycops" + uuid.uuid4().hex[:6] + "_"
+P = "ycops" + random_token(lambda t: (f"ycops{t}_team", f"ycops{t}_player")) + "_"
 
 FAST: dict[str, Any] = {
     "socket_timeout": 0.1,
@@ -88,7 +88,9 @@ def stack(engine: Engine, unique_prefix: str) -> Iterator[Stack]:
         cache = YokedCache(CacheConfig(key_prefix=unique_prefix, memory_shared=False))
     else:
         require_service("Redis", REDIS_URL, 6379)
-        cache = YokedCache(CacheConfig(redis_url=REDIS_URL, key_prefix=unique_prefix))
+        cache = YokedCache(
+            CacheConfig(redis_url=REDIS_URL, key_prefix=unique_prefix, **SHARED_REDIS)
+        )
     try:
         yield Stack(engine.dialect.name, engine, cache)
     finally:

@@ -48,11 +48,41 @@ from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.util import greenlet_spawn
 
 from tests.sqlcount import Box, SQLCounter  # noqa: F401  (re-exported)
+from tests.tablenames import random_token
 from yokedcache_sa import YokedCache
 from yokedcache_sa.orm import CachingQuery, CachingSession, listen_on_session
 
+_TABLES = [
+    "addr_trg",
+    "addresses",
+    "deferred_child",
+    "employees",
+    "managers",
+    "mv_names",
+    "notes",
+    "order_lines",
+    "rt_groups",
+    "rt_members",
+    "rt_membership",
+    "snap_accounts",
+    "snap_notes",
+    "tags",
+    "tdocs",
+    "things",
+    "titems",
+    "typed",
+    "user_tags",
+    "users",
+    "v_alice",
+    "v_emails",
+    "v_late",
+    "v_noisy",
+    "v_quoted",
+]
+"""The relations the ORM suites create under :data:`P` (tables and views)."""
+_WORKER = "yc" + os.environ.get("PYTEST_XDIST_WORKER", "")
 P = os.environ.get("YC_TEST_TABLE_PREFIX") or (
-    "yc" + os.environ.get("PYTEST_XDIST_WORKER", "") + uuid.uuid4().hex[:6] + "_"
+    _WORKER + random_token(lambda t: [f"{_WORKER}{t}_{name}" for name in _TABLES]) + "_"
 )
 HERE = Path(__file__).resolve().parent
 S_co = TypeVar("S_co", bound=Session, covariant=True)
@@ -159,6 +189,9 @@ class Thing(Base):
     data: Mapped[Any] = mapped_column(JSON)
     status: Mapped[Status] = mapped_column(Enum(Status, name=P + "status"))
     note: Mapped[str | None] = mapped_column(String(30), nullable=True)
+
+
+assert {P + name for name in _TABLES} >= set(Base.metadata.tables), "list new tables in _TABLES"
 
 
 UID1 = uuid.UUID("1b4e28ba-2fa1-41d2-883f-0016d3cca427")

@@ -6,7 +6,6 @@ Table names carry a per-process random prefix so runs sharing one PostgreSQL nev
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -16,8 +15,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from tests.redis_process import RedisProcess as RedisProcess
 from tests.redis_process import free_port as free_port
 from tests.sqlcount import SQLCounter  # noqa: F401  (re-exported)
+from tests.tablenames import random_token
 
-P = "rel" + uuid.uuid4().hex[:8] + "_"
+P = "rel" + random_token(lambda t: (f"rel{t}_users", f"rel{t}_posts"), length=8) + "_"
 
 
 class Base(DeclarativeBase):

@@ -31,11 +31,21 @@ def _snapshot_isolated(conn: Connection) -> bool:
     if conn.dialect.name == "sqlite":
         # sqlite3's legacy transaction control runs SELECTs outside a transaction until the
         # first write, after which the write lock keeps every other writer out: no snapshot
-        # to be consistent with. (With BEGIN issued by the application it is one.)
-        dbapi = conn.connection.dbapi_connection
+        # to be consistent with. With BEGIN issued by the application (SQLAlchemy's
+        # SAVEPOINT recipe emits it from the engine's ``begin`` event, so the database
+        # transaction is open when this runs) it is one: the pysqlite dialect turns legacy
+        # control back on (``isolation_level = ""``) for a connection given an isolation
+        # level, so the attribute alone does not tell.
+        pooled = conn.connection
+        dbapi = pooled.dbapi_connection
         legacy = getattr(dbapi, "autocommit", -1) == -1  # sqlite3.LEGACY_TRANSACTION_CONTROL
         if legacy and getattr(dbapi, "isolation_level", None) is not None:
-            return False
+            # aiosqlite's adapter has no in_transaction; the aiosqlite connection has
+            began = getattr(dbapi, "in_transaction", None)
+            if began is None:
+                began = getattr(pooled.driver_connection, "in_transaction", False)
+            if not began:
+                return False
     return True
 
 

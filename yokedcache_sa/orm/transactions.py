@@ -39,8 +39,11 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
     iso = _isolation_of(connection)
     if iso == "READ UNCOMMITTED":
         st.dirty_reads = True
-    isolated = _snapshot_isolated(connection)
     engine = connection.engine
+    known = st.view.isolation(engine)
+    # a SAVEPOINT runs inside the transaction whose isolation is known already (on SQLite,
+    # after a write the database transaction is open, whoever opened it)
+    isolated = known if transaction.nested and known is not None else _snapshot_isolated(connection)
     if connection.get_execution_options().get("isolation_level") == (
         engine.get_execution_options().get("isolation_level")
     ):
