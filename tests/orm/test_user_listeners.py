@@ -216,6 +216,29 @@ def test_get_bind_override_sees_what_a_plain_session_passes(env: Env) -> None:
     assert seen and set(seen) <= plain, (seen, plain)
 
 
+def test_get_bind_override_is_asked_once_per_statement(env: Env) -> None:
+    """A ``get_bind`` override (a router choosing a replica) is called once per statement,
+    as by a plain Session, on a miss and on a hit: the statement runs on the bind its key
+    was made for. (A miss used to ask it three times: for the key, to begin, to run.)"""
+    calls: list[str] = []
+
+    def get_bind(self: Session, mapper: Any = None, **kw: Any) -> Any:
+        calls.append(kw["clause"].__class__.__name__)
+        return Session.get_bind(self, mapper, **kw)
+
+    Routing = type("Routing", (CachingSession,), {"get_bind": get_bind})
+    PlainRouting = type("PlainRouting", (Session,), {"get_bind": get_bind})
+    read = lambda s: s.scalars(select(User).where(User.id == 2)).all()  # noqa: E731
+    with PlainRouting(env.engine) as s:
+        read(s)
+    assert calls == ["Select"]
+    for expect in (env.queried, env.cached):
+        calls.clear()
+        with Routing(env.engine, cache=env.cache) as s:
+            assert [u.name for u in expect(lambda: read(s))] == ["bob"]
+        assert calls == ["Select"], expect.__name__
+
+
 @pytest.mark.parametrize("db", ["sqlite"], indirect=True)
 def test_post_loads_of_a_miss_reach_listeners_as_without_the_cache(env: Env) -> None:
     """A miss's selectin post load reaches the user's ``do_orm_execute`` listener with the

@@ -7,8 +7,9 @@ import weakref
 from typing import Any, Final
 
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm import Session
 
+from . import _compat
 from .state import _STATEMENT_LEVEL, SessionState
 
 _NOTHING_VALID: Final = -1  # a horizon no entry satisfies (tag versions are >= 0)
@@ -54,23 +55,25 @@ def _predicted(bind: Any) -> bool | None:
 
 
 def _horizon(
-    st: SessionState, bind: Any, engine: Engine, session: Session, ox: ORMExecuteState
-) -> int | None:
+    st: SessionState, bind: Any, engine: Engine, session: Session
+) -> tuple[int | None, Any]:
     """The horizon a lookup must respect: None when the transaction is not
     snapshot-isolated, and one no entry satisfies while its snapshot does not exist yet.
 
     When the isolation of a transaction on *bind* cannot be predicted, begins it (the
-    after_begin listener learns it)."""
+    after_begin listener learns it) and returns the connection as well (else None), which
+    the statement's execution then reuses."""
     if engine in st.snapshots:
-        return st.horizon if st.horizon is not None else _NOTHING_VALID
+        return (st.horizon if st.horizon is not None else _NOTHING_VALID), None
     isolated = st.isolated.get(engine)
+    conn = None
     if isolated is None:
         isolated = _predicted(bind)
         if isolated is None:
-            session.connection(bind_arguments=ox.bind_arguments)  # after_begin learns it
+            conn = _compat.begin_connection(session, bind)  # after_begin learns it
             if engine in st.snapshots:
-                return st.horizon if st.horizon is not None else _NOTHING_VALID
+                return (st.horizon if st.horizon is not None else _NOTHING_VALID), conn
             isolated = st.isolated.get(engine, True)
     # No hit before the database snapshot exists: it may be taken after a commit the
     # cached data predates. The first read goes to the database and starts it.
-    return _NOTHING_VALID if isolated else None
+    return (_NOTHING_VALID if isolated else None), conn

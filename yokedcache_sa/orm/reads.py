@@ -20,7 +20,7 @@ from .collect import _collector
 from .engine_events import watch_engine
 from .isolation import _horizon
 from .options import Hint, hint_from
-from .serving import _bypass, _miss, _served
+from .serving import Planned, _bypass, _miss, _served, _uncached
 from .shapes import _key, _shape_for
 from .state import SessionState, state_of
 
@@ -105,19 +105,23 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
     if ck is None:
         _bypass(st, "not_cacheable")
         return None
-    bind = session.get_bind(**ox.bind_arguments)
+    # resolved once per statement: a get_bind() override (a replica router) is asked once,
+    # as without the cache, and a miss runs where the key says (serving.bind_reused)
+    bind_args = _compat.execution_bind_arguments(ox)
+    bind = session.get_bind(**bind_args)
+    planned: Planned = (bind_args, bind, None)  # bypasses run on it too
     shape = _shape_for(statement, ck.key, bind, hint)
     if shape.digest is None:
         _bypass(st, "not_cacheable", shape.tables)
-        return None
+        return _uncached(ox, planned)
     if shape.tables & st.written:
         _bypass(st, "own_writes", shape.tables)
-        return None
+        return _uncached(ox, planned)
     if isinstance(bind, Connection):  # a session bound to a connection: not begun yet
         taint = connection_taint(bind)
         if taint is not None and (st.vary_on is None or taint == UNWATCHED):
             _bypass(st, "connection_state", shape.tables)
-            return None
+            return _uncached(ox, planned)
         variant = connection_variant(bind)
     else:
         variant = st.variants.get(bind) if st.variants else None
@@ -131,15 +135,15 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
     )
     if key is None:
         _bypass(st, "not_cacheable", shape.tables)
-        return None
+        return _uncached(ox, planned)
     try:
         cache = st._txn_cache or st.txn_cache()
     except LookupError:
         log.warning("yokedcache: no cache configured for this session; reading uncached")
-        return None
+        return _uncached(ox, planned)
     outer = _collector.get()
     engine = bind.engine if isinstance(bind, Connection) else bind
-    horizon = _horizon(st, bind, engine, session, ox)
+    horizon, begun = _horizon(st, bind, engine, session)
     if in_greenlet():
         look = _await(cache.lookup(key, horizon=horizon, lock=True))
     else:
@@ -152,7 +156,9 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
                 _shadow(ox, st, cache, engine, bind, key, look, horizon)
             return result
     watch_engine(engine)  # before the miss checks a connection out (a no-op once watched)
-    return _miss(ox, st, shape, hint, cache, key, look, horizon, outer, variant)
+    return _miss(
+        ox, st, shape, hint, cache, key, look, horizon, outer, variant, (bind_args, bind, begun)
+    )
 
 
 def _shadow(

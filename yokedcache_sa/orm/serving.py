@@ -39,6 +39,10 @@ from .results import (
 from .shapes import _Shape
 from .state import SessionState
 
+Planned = tuple[dict[str, Any], Any, Any]
+"""A statement's bind, resolved once: ``(get_bind() arguments, bind, connection begun or
+None)`` (see :func:`._compat.bind_reused`)."""
+
 log = logging.getLogger("yokedcache_sa")
 
 
@@ -50,6 +54,13 @@ def _bypass(st: SessionState, reason: BypassReason, tables: Iterable[str] = ()) 
         return
     if hooks.active:
         hooks.emit(Bypass(reason, tables_in(tables)))
+
+
+def _uncached(ox: ORMExecuteState, planned: Planned) -> Result[Any]:
+    """Run the statement as SQLAlchemy would, uncached, on the bind resolved for it."""
+    bind_args, bind, begun = planned
+    with _compat.bind_reused(ox.session, bind_args, bind, begun):
+        return _compat.execute_as_planned(ox)
 
 
 def _served(
@@ -90,6 +101,7 @@ def _miss(
     horizon: int | None,
     outer: Collector | None,
     variant: str | None,
+    planned: Planned,
 ) -> Result[Any] | None:
     """Run the statement (or wait for whoever computes *key*) and store its result."""
 
@@ -99,7 +111,7 @@ def _miss(
     def compute(look: Lookup) -> Result[Any] | None:
         if st.written and st.written_ids().intersection(look.tags):
             look = look._replace(snapshot=None)  # reads own uncommitted writes: never store
-        return _run_and_store(ox, st, shape, hint, key, look, outer, variant)
+        return _run_and_store(ox, st, shape, hint, key, look, outer, variant, planned)
 
     def on_hit(look: Lookup) -> Result[Any] | None:
         result = _served(ox, st, shape, look, outer) if shape.result is not None else None
@@ -144,15 +156,12 @@ def _run_and_store(
     look: Lookup,
     outer: Collector | None,
     variant: str | None,
+    planned: Planned,
 ) -> Result[Any] | None:
     session = ox.session
     snapshot = look.snapshot
     if snapshot is not None and not st.conn_begun:
-        st.seq_before_begin = snapshot.seq
-    conn = session.connection(bind_arguments=ox.bind_arguments)
-    # Beginning may have shown that the connection is not the one the key describes (a
-    # tainted pooled connection, connection-level options): run it, but do not store it.
-    keyed = st.tainted is None and connection_variant(conn) == variant
+        st.seq_before_begin = snapshot.seq  # the after_begin listener takes it
     # The statement runs in the caller's session, so its objects, events (load, refresh,
     # @reconstructor) and result are SQLAlchemy's own. An object that was in the identity
     # map before keeps attributes loaded earlier (and may have changes): a result holding
@@ -170,13 +179,23 @@ def _run_and_store(
         if tracer is not None
         else nullcontext()
     )
-    with span, reading_collector() as col:
+    bind_args, bind, begun = planned
+    with (
+        span,
+        reading_collector() as col,
+        _compat.bind_reused(session, bind_args, bind, begun) as on,
+    ):
         result = _compat.execute_as_planned(ox)
         # Joined eager loads of collections make SQLAlchemy demand unique() of the caller
         # (a filter that raises on the first row): the entry holds every row, the result
         # built from it makes the same demand.
         require_unique = _compat.take_unique_demand(result)
         frozen = result.freeze()
+    if st.seq_before_begin is not None and not st.conn_begun:
+        st.seq_before_begin = None  # nothing began (an answer from elsewhere): not this one's
+    # Beginning may have shown that the connection is not the one the key describes (a
+    # tainted pooled connection, connection-level options): return it, but do not store it.
+    keyed = st.tainted is None and bool(on) and connection_variant(on[0]) == variant
     try:
         payload, mappers = rows_to_entry(frozen.data, frozen._source_supports_scalars, before)
     except NotCacheable as exc:
