@@ -20,6 +20,7 @@ from sqlalchemy.orm import (
     Session,
     lazyload,
     raiseload,
+    scoped_session,
     selectinload,
     sessionmaker,
     with_loader_criteria,
@@ -27,7 +28,7 @@ from sqlalchemy.orm import (
 
 from tests.orm.ormkit import Address, Env, User
 from tests.orm.test_transactions import ASYNC_DBS, AsyncEnv, aenv  # noqa: F401  (fixture)
-from yokedcache_sa.orm import CachingSession
+from yokedcache_sa.orm import CachingSession, state_of
 
 
 def _min_age_filter(ox: ORMExecuteState) -> None:
@@ -191,6 +192,26 @@ def test_session_info_is_the_users(env: Env) -> None:
         s.info["tenant"] = "a"
         s.get(User, 1)
         assert s.info == {"tenant": "a"}
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_caching_session_adds_no_public_attribute(env: Env) -> None:
+    """CachingSession adds no public name to a Session's surface (scoped_session proxies
+    only Session's own: one it lacked broke ``scoped_session`` parity); the state is reached
+    with ``state_of()``, also through a scoped_session. ``.yokedcache`` still answers, with
+    a DeprecationWarning."""
+    added = {n for n in vars(CachingSession) if not n.startswith("_")} - set(dir(Session))
+    assert added == set()
+    scoped = scoped_session(sessionmaker(env.engine, class_=CachingSession, cache=env.cache))
+    try:
+        st = state_of(scoped)
+        assert st is not None and st is state_of(scoped())
+        with pytest.deprecated_call(match="state_of"):
+            assert scoped().yokedcache is st
+        with pytest.raises(AttributeError):
+            scoped().no_such_attribute  # noqa: B018
+    finally:
+        scoped.remove()
 
 
 @pytest.mark.parametrize("db", ["sqlite"], indirect=True)

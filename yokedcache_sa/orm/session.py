@@ -21,6 +21,7 @@ the open transaction wrote bypass the cache until the transaction ends.
 from __future__ import annotations
 
 import logging
+import warnings
 import weakref
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -151,12 +152,21 @@ class CachingSession(Session):
         """Roll back, expiring what the transaction loaded (cache hits included)."""
         _rollback(self, Session.rollback)
 
-    @property
-    def yokedcache(self) -> SessionState:
-        """This session's cache settings."""
-        st = state_of(self)
-        assert st is not None
-        return st
+    def __getattr__(self, name: str) -> Any:
+        # Called only for attributes the session lacks. The cache adds no public name to
+        # the Session surface (scoped_session proxies Session's own): its per-session state
+        # is reached with state_of(session).
+        if name == "yokedcache":
+            warnings.warn(
+                "CachingSession.yokedcache is deprecated and will be removed in 0.3: use "
+                "yokedcache_sa.orm.state_of(session)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            st = state_of(self)
+            if st is not None:
+                return st
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def _commit_and_finish(session: Session, commit: Any) -> None:
