@@ -46,7 +46,13 @@ from .engine_events import watch_engine
 from .options import FromCache, NoCache
 from .reads import _on_execute
 from .state import STATE_KEY, SessionState, state_of
-from .transactions import _after_begin, _after_commit, _after_transaction_end, _before_commit
+from .transactions import (
+    _after_begin,
+    _after_commit,
+    _after_flush_postexec,
+    _after_transaction_end,
+    _before_commit,
+)
 
 __all__ = [
     "CachingQuery",
@@ -67,6 +73,7 @@ _SESSION_EVENTS = (
     ("do_orm_execute", _on_execute),
     ("after_begin", _after_begin),
     ("before_commit", _before_commit),
+    ("after_flush_postexec", _after_flush_postexec),
     ("after_commit", _after_commit),
     ("after_transaction_end", _after_transaction_end),
 )
@@ -254,6 +261,9 @@ class _Listeners:
     def before_commit(self, session: Session) -> None:
         self.state(session)
         _before_commit(session)
+
+    def after_flush_postexec(self, session: Session, flush_context: Any) -> None:
+        _after_flush_postexec(session, flush_context)
 
     def after_commit(self, session: Session) -> None:
         _after_commit(session)

@@ -86,6 +86,7 @@ class SessionState:
         self.conn_begun = False
         self.no_store = False
         self.db_commit_started = False
+        self.committing = False  # between before_commit and the transaction's end
         self.committed = False
         self.autocommitted = False
         # PostgreSQL: per connection, the modification counters before this transaction's
