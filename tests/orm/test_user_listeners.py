@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import (
     ORMExecuteState,
     Session,
+    immediateload,
     lazyload,
     raiseload,
     scoped_session,
@@ -279,3 +280,20 @@ def test_post_loads_of_a_miss_reach_listeners_as_without_the_cache(env: Env) -> 
         answers.append(list(seen))
         seen.clear()
     assert answers[1] == answers[0] == [(True, False), (True, True)]
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("loader", [selectinload, immediateload])
+def test_top_level_yield_per_stays_out_of_post_loads(env: Env, loader: Any) -> None:
+    """``yield_per`` of the top-level query is not passed to its post loads (SQLAlchemy
+    #13301), also with a ``do_orm_execute`` listener present: the cache ran the statement
+    with the options of SQLAlchemy's pre-listener pass, in which the top-level query's
+    options are merged, and an immediate load then refused its own ``unique()``."""
+    stmt = select(User).options(loader(User.addresses)).execution_options(yield_per=5)
+    answers = []
+    for factory in (env.Plain, env.Session):
+        with factory() as s:
+            event.listen(s, "do_orm_execute", lambda ox: None)
+            users = s.scalars(stmt).all()
+            answers.append(sorted((u.name, len(u.addresses)) for u in users))
+    assert answers[1] == answers[0] and len(answers[0]) == 4

@@ -74,6 +74,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     # used through the accessors below
     (ORMExecuteState, "_remaining_events"),
     (ORMExecuteState, "_starting_event_idx"),
+    (ORMExecuteState, "_update_execution_options"),
     (Select, "_compile_options"),
     (InstanceState, "load_path"),
     (InstanceState, "load_options"),
@@ -124,12 +125,34 @@ def run_later_orm_listeners(ox: ORMExecuteState) -> tuple[bool, Result[Any] | No
     return True, None
 
 
+# read into a query's load options by SQLAlchemy's pre-listener pass (orm_pre_session_exec)
+_LOAD_OPTION_NAMES = frozenset({"populate_existing", "autoflush", "yield_per", "identity_token"})
+
+
+def _given_options(ox: ORMExecuteState) -> Any:
+    """The execution options to run *ox*'s statement with: what SQLAlchemy's second
+    ``orm_pre_session_exec`` pass would get (the options given plus the listeners' updates).
+
+    ``local_execution_options`` is the result of the first pass. For a post load (selectin,
+    subquery, immediate) that pass merges in the top-level query's options: passed on, its
+    ``yield_per`` or ``autoflush`` would become the post load's own (SQLAlchemy #13301). The
+    loaders give a post load ``sa_top_level_orm_context`` only, so such merged names are
+    dropped unless the session or a listener set them.
+    """
+    options = ox.local_execution_options
+    if "sa_top_level_orm_context" not in options or not _LOAD_OPTION_NAMES.intersection(options):
+        return options
+    own = {**ox.session.execution_options, **ox._update_execution_options}
+    return {k: v for k, v in options.items() if k not in _LOAD_OPTION_NAMES or k in own}
+
+
 def execute_as_planned(ox: ORMExecuteState) -> Result[Any]:
     """Run *ox*'s statement in its session the way SQLAlchemy would have after the
     ``do_orm_execute`` listeners (the later ones have run already).
 
     ``ORMExecuteState.invoke_statement()`` does the same but adds ``_sa_skip_events=True``
-    to the bind arguments, which a user's ``get_bind()`` override would then receive.
+    to the bind arguments, which a user's ``get_bind()`` override would then receive, and
+    passes the options of SQLAlchemy's pre-listener pass on (see :func:`_given_options`).
     """
     run = getattr(ox.session, "_execute_internal", None)
     if run is None:
@@ -137,7 +160,7 @@ def execute_as_planned(ox: ORMExecuteState) -> Result[Any]:
     result: Result[Any] = run(
         ox.statement,
         ox.parameters,
-        execution_options=ox.local_execution_options,
+        execution_options=_given_options(ox),
         bind_arguments=dict(ox.bind_arguments),
         _parent_execute_state=ox,
     )

@@ -33,7 +33,8 @@ log = logging.getLogger("yokedcache_sa")
 def _cacheable(ox: ORMExecuteState, st: SessionState, hint: Hint) -> bool:
     if not hint.enabled or not ox.is_select or ox.is_column_load:
         return False
-    eo = ox.execution_options
+    # the statement's and the call's options, with what earlier listeners updated
+    eo = {**ox.execution_options, **ox.local_execution_options}
     lo = ox.load_options
     if (
         eo.get("populate_existing")
@@ -61,8 +62,9 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
     if result is None:
         result = _serve(ox, st)
     # The later listeners have run: SQLAlchemy must not run them again, so this listener
-    # returns a result even when it does not cache (invoke_statement runs no listener).
-    return result if result is not None else ox.invoke_statement()
+    # returns a result even when it does not cache (running it as planned runs no listener;
+    # unlike invoke_statement() it passes on the options SQLAlchemy would).
+    return result if result is not None else _compat.execute_as_planned(ox)
 
 
 def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
