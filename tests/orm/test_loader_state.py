@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session, defer, joinedload, load_only, selectinload
 
@@ -210,3 +211,49 @@ def test_selectin_post_load_with_a_joined_collection_served_from_the_cache(env: 
     # the floor) get no such mark: there the post load goes to the database instead
     served = _compat._READS_REQUIRES_UNIQUING
     assert n == (1 if served else 2), env.sql.statements[-n:]
+
+
+def _nested_state(users: Any) -> list[tuple[str, list[str], bool]]:
+    return [
+        (u.name, [a.email for a in u.addresses], "user" in sa_inspect(u.addresses[0]).unloaded)
+        for u in users
+        if u.addresses
+    ]
+
+
+def test_a_post_load_that_queues_nested_post_loads_is_not_served(env: Env) -> None:
+    """A selectin post load whose objects queue a nested post load
+    (``selectinload(User.addresses).selectinload(Address.user)``) runs on the database: SQLAlchemy
+    queues the nested load while it builds the post load's objects, so served from the cache
+    the nested relationship was left to lazy-load. Another top-level query with the same post
+    load used to hit it (found by SQLAlchemy's NestedOptsUnderSelectinPolyCachedTest, which
+    saw one SELECT more than a plain Session)."""
+    chain = selectinload(User.addresses).selectinload(Address.user)
+    first = select(User).where(User.id <= 2).options(chain)
+    other = select(User).where(User.id <= 2, User.id > 0).options(chain)
+    with env.Session() as s:
+        env.queried(lambda: s.scalars(first).all())
+    answers = []
+    for factory in (env.Plain, env.Session):
+        with factory() as s:
+            answers.append(_nested_state(s.scalars(other).all()))
+    assert answers[1] == answers[0] and answers[0] and not any(u for *_, u in answers[0])
+
+
+def test_post_loads_reach_the_sessions_other_listeners_on_every_read(env: Env) -> None:
+    """With a ``do_orm_execute`` listener of the application on the session, a read whose run
+    includes post loads is not served whole from the cache: the listener sees (and may shape)
+    each post load, every time, as with a plain Session (SQLAlchemy's
+    test_user_option_propagation). The post loads themselves are cached."""
+    stmt = select(User).options(selectinload(User.addresses)).order_by(User.id)
+    seen: list[bool] = []
+    answers = []
+    for factory in (env.Plain, env.Session, env.Session):
+        with factory() as s:
+            event.listen(s, "do_orm_execute", lambda ox: seen.append(ox.is_relationship_load))
+            users = s.scalars(stmt).all()
+            answers.append(([len(u.addresses) for u in users], list(seen)))
+        seen.clear()
+    assert answers[0] == answers[1] == answers[2]
+    assert answers[0][1] == [False, True]
+    env.warm(lambda s: s.scalars(stmt).all())  # without such listeners: stored, served whole

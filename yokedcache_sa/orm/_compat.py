@@ -34,6 +34,7 @@ __all__ = [
     "execution_bind_arguments",
     "install_deferred_column_loaders",
     "mark_requires_uniquing",
+    "queued_post_loads",
     "root_engine",
     "run_later_orm_listeners",
     "take_unique_demand",
@@ -62,6 +63,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (Query, "_statement_20"),
     (Query, "_params"),
     (QueryContext.default_load_options, "_lazy_loaded_from"),
+    (QueryContext.default_load_options, "_sa_top_level_orm_context"),
     # sessions, results and loading (reads.py, results.py)
     (Session, "_autoflush"),
     (Session, "_is_clean"),
@@ -335,3 +337,18 @@ def begin_connection(session: Session, bind: Any) -> Any:
     """The session's connection for *bind* (an engine or connection ``get_bind()`` returned),
     begun as the statement's execution would begin it: without asking ``get_bind()`` again."""
     return session._connection_for_bind(bind)
+
+
+def queued_post_loads(ox: ORMExecuteState) -> dict[Any, int] | None:
+    """For a post load (selectin, subquery, immediate): the post loads its top-level query
+    has queued, by path, with the number of objects each will load; None for other reads.
+
+    SQLAlchemy's loader queues a nested post load on the top-level query while it builds the
+    objects of a post load's rows, and the top-level query runs the queue afterwards: a post
+    load whose rows queue more cannot be served from the cache (nothing would queue them).
+    """
+    top = getattr(ox.load_options, "_sa_top_level_orm_context", None)
+    paths = getattr(top, "post_load_paths", None)
+    if not isinstance(paths, dict):
+        return None
+    return {path: len(getattr(pl, "states", ())) for path, pl in paths.items()}

@@ -20,7 +20,7 @@ from .collect import _collector
 from .engine_events import watch_engine
 from .isolation import _horizon
 from .options import Hint, hint_from
-from .serving import Planned, _bypass, _miss, _served, _uncached
+from .serving import READ_LISTENERS, Planned, _bypass, _miss, _served, _uncached
 from .shapes import _key, _shape_for
 from .state import SessionState, state_of
 
@@ -52,6 +52,7 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
     st = state_of(ox.session)
     if st is None:
         return None
+    st.executions += 1
     if not st.enabled or st.tainted is not None:
         if ox.is_select:
             _bypass(st, "opt_out" if not st.enabled else "connection_state")
@@ -65,6 +66,9 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
     # returns a result even when it does not cache (running it as planned runs no listener;
     # unlike invoke_statement() it passes on the options SQLAlchemy would).
     return result if result is not None else _compat.execute_as_planned(ox)
+
+
+READ_LISTENERS.add(_on_execute)
 
 
 def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:

@@ -11,7 +11,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from sqlalchemy.engine.result import Result
-from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from .. import stampede
 from ..cache import DEFAULT_TTL, Lookup, YokedCache
@@ -46,6 +46,17 @@ None)`` (see :func:`._compat.bind_reused`)."""
 log = logging.getLogger("yokedcache_sa")
 
 
+READ_LISTENERS: set[Any] = set()
+"""The functions that are the cache's ``do_orm_execute`` listener (reads, session)."""
+
+
+def has_other_orm_listeners(session: Session) -> bool:
+    """Whether *session* has ``do_orm_execute`` listeners besides the cache's own."""
+    return any(
+        getattr(fn, "__func__", fn) not in READ_LISTENERS for fn in session.dispatch.do_orm_execute
+    )
+
+
 def _bypass(st: SessionState, reason: BypassReason, tables: Iterable[str] = ()) -> None:
     """Report a read that goes around the cache (when the cache has listeners)."""
     try:
@@ -76,6 +87,8 @@ def _served(
         _bypass(st, "own_writes", look.tags)
         return None  # e.g. an eager load of a table this transaction wrote
     session = ox.session
+    if shape.post_loads and has_other_orm_listeners(session):
+        return None  # its post loads must run, for those listeners (see _run_and_store)
     try:
         rows = rows_from_entry(look.value, shape.result, session, loader_context(ox.statement))
     except (NotCacheable, ValueError, TypeError, KeyError, IndexError) as exc:
@@ -180,6 +193,8 @@ def _run_and_store(
         else nullcontext()
     )
     bind_args, bind, begun = planned
+    started = st.executions
+    queued = _compat.queued_post_loads(ox)
     with (
         span,
         reading_collector() as col,
@@ -196,7 +211,21 @@ def _run_and_store(
     # Beginning may have shown that the connection is not the one the key describes (a
     # tainted pooled connection, connection-level options): return it, but do not store it.
     keyed = st.tainted is None and bool(on) and connection_variant(on[0]) == variant
+    if queued is not None and _compat.queued_post_loads(ox) != queued:
+        # this post load's rows queued nested post loads (selectinload(A.b).selectinload(B.c)):
+        # served from the cache they would not be queued, and would not run
+        log.debug("yokedcache: a post load that queues further post loads is not cached")
+        _bypass(st, "not_cacheable", shape.tables)
+        shape.digest = None
+        return _rebuilt(frozen, require_unique)
     try:
+        if st.executions != started:
+            # post loads (selectin, subquery, immediate) ran inside: a hit would serve what
+            # they loaded without running them, so without the session's other
+            # do_orm_execute listeners seeing them (or shaping them)
+            shape.post_loads = True
+            if has_other_orm_listeners(session):
+                raise NotStorable("post loads ran under other do_orm_execute listeners")
         payload, mappers = rows_to_entry(frozen.data, frozen._source_supports_scalars, before)
     except NotCacheable as exc:
         log.debug("yokedcache: result not cacheable (%s); running it uncached", exc)

@@ -45,6 +45,7 @@ from .collect import Collector, current_collector, reading_collector
 from .engine_events import watch_engine
 from .options import FromCache, NoCache
 from .reads import _on_execute
+from .serving import READ_LISTENERS
 from .state import STATE_KEY, SessionState, state_of
 from .transactions import (
     _after_begin,
@@ -270,6 +271,9 @@ class _Listeners:
 
     def after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
         _after_transaction_end(session, transaction)
+
+
+READ_LISTENERS.add(_Listeners.do_orm_execute)
 
 
 def listen_on_session(

@@ -54,6 +54,7 @@ class SessionState:
         self.tags = tuple(tags)
         self.enabled = enabled
         self.vary_on = vary_on
+        self.executions = 0  # ORM statements this session's read listener has seen
         self._reset()
 
     @property
