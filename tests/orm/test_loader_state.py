@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import case, event, inspect, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session, defer, joinedload, load_only, selectinload
@@ -257,3 +257,33 @@ def test_post_loads_reach_the_sessions_other_listeners_on_every_read(env: Env) -
     assert answers[0] == answers[1] == answers[2]
     assert answers[0][1] == [False, True]
     env.warm(lambda s: s.scalars(stmt).all())  # without such listeners: stored, served whole
+
+
+def test_rows_target_columns_by_the_objects_selected(env: Env) -> None:
+    """Rows of a result from the cache are found by the column objects and entities the
+    statement selected, as SQLAlchemy's are (``row._mapping[User.name]``), also when each
+    read builds its statement (and its ``case()``) anew; the stored metadata used to keep
+    the names only."""
+    users = inspect(User).persist_selectable
+
+    def read(s: Session) -> Any:
+        thing = case((User.id > 9, 1), else_=2)
+        stmt = select(User, Address.email, thing, User.name).join(Address).where(User.id == 1)
+        row = s.execute(stmt).first()
+        m = row._mapping
+        return [m[thing], m[User.name], m[users.c.name], m["name"], m[User].name, m[Address.email]]
+
+    _three_ways(env, read, lambda out, n: out)
+
+
+def test_unique_with_yield_per_is_refused_on_a_hit(env: Env) -> None:
+    """``result.unique().yield_per(n)`` raises SQLAlchemy's error on a result from the cache
+    too (the stored metadata's filters did not check)."""
+    stmt = select(User).order_by(User.id)
+    env.warm(lambda s: s.scalars(stmt).all())
+    for factory in (env.Plain, env.Session):
+        with factory() as s:
+            result = s.execute(stmt).unique().yield_per(2)
+            with pytest.raises(InvalidRequestError, match="yield_per feature in conjunction"):
+                next(result)
+            result.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.base import OptionEngine
-from sqlalchemy.engine.result import FrozenResult, IteratorResult, Result
+from sqlalchemy.engine.result import FrozenResult, IteratorResult, Result, SimpleResultMetaData
 from sqlalchemy.orm import Mapper, ORMExecuteState, Query, Session
 from sqlalchemy.orm import identity as _identity
 from sqlalchemy.orm import strategies as _strategies
@@ -27,6 +27,7 @@ __all__ = [
     "autobegin",
     "begin_connection",
     "bind_reused",
+    "copy_result_metadata",
     "current_path",
     "current_transaction",
     "deferred_column_loaders",
@@ -35,8 +36,10 @@ __all__ = [
     "install_deferred_column_loaders",
     "mark_requires_uniquing",
     "queued_post_loads",
+    "retarget_metadata",
     "root_engine",
     "run_later_orm_listeners",
+    "selected_columns",
     "take_unique_demand",
 ]
 
@@ -68,6 +71,12 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (Session, "_autoflush"),
     (Session, "_is_clean"),
     (FrozenResult, "_attributes"),
+    (SimpleResultMetaData, "_for_freeze"),
+    (SimpleResultMetaData, "_keys"),
+    (SimpleResultMetaData, "_keymap"),
+    (SimpleResultMetaData, "_ambiguous_keys"),
+    (SimpleResultMetaData, "_create_unique_filters"),
+    (Select, "_raw_columns"),
     (FrozenResult, "_source_supports_scalars"),
     (IteratorResult, "_unique_filter_state"),
     (Mapper, "_path_registry"),
@@ -352,3 +361,34 @@ def queued_post_loads(ox: ORMExecuteState) -> dict[Any, int] | None:
     if not isinstance(paths, dict):
         return None
     return {path: len(getattr(pl, "states", ())) for path, pl in paths.items()}
+
+
+def copy_result_metadata(metadata: Any) -> Any:
+    """A copy of a result's metadata that still targets columns by the objects they were
+    selected as (``row._mapping[User.name]``); ``copy.copy()`` goes through its pickle state,
+    which keeps the names only."""
+    return metadata._for_freeze()
+
+
+def selected_columns(statement: Any) -> tuple[Any, ...] | None:
+    """What a ``select()`` selects, one element per result position for ORM selects (the
+    entity or column as given); None for other statements."""
+    raw = getattr(statement, "_raw_columns", None)
+    return tuple(raw) if isinstance(raw, list) else None
+
+
+def retarget_metadata(metadata: Any, columns: tuple[Any, ...]) -> Any:
+    """*metadata* that also targets each position by *columns* (the same positions selected
+    by another statement of the same shape): SQLAlchemy adds the current statement's column
+    objects to a cached compilation's result metadata the same way."""
+    keys = metadata._keys
+    if len(keys) != len(columns):
+        return metadata
+    by_index = {rec[0]: rec[2] for rec in metadata._keymap.values() if isinstance(rec[0], int)}
+    extra = [(*(by_index.get(i) or ()), col) for i, col in enumerate(columns)]
+    return SimpleResultMetaData(
+        keys,
+        extra=extra,
+        _create_unique_filters=metadata._create_unique_filters,
+        _ambiguous_keys=metadata._ambiguous_keys,
+    )

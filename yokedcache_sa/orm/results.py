@@ -50,9 +50,17 @@ class ResultShape:
     scalars_source: bool
     require_unique: bool
     mappers: dict[str, Mapper[Any]] = field(default_factory=dict)
+    columns: tuple[Any, ...] | None = None  # what the statement that made it selected
 
-    def build(self, rows: Sequence[Any]) -> Result[Any]:
-        result: IteratorResult[Any] = IteratorResult(self.metadata, iter(rows))
+    def build(self, rows: Sequence[Any], statement: Any = None) -> Result[Any]:
+        """A result of *rows*; rows target by *statement*'s column objects too (by name and
+        by the first statement's objects otherwise)."""
+        metadata = self.metadata
+        if statement is not None and self.columns is not None:
+            columns = _compat.selected_columns(statement)
+            if columns is not None and any(a is not b for a, b in zip(columns, self.columns)):
+                metadata = _compat.retarget_metadata(metadata, columns)
+        result: IteratorResult[Any] = IteratorResult(metadata, iter(rows))
         result._attributes = self.attributes
         result._source_supports_scalars = self.scalars_source
         if self.require_unique:

@@ -4,13 +4,13 @@ caller's session (or awaited from whoever computes the key) and stored."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from collections.abc import Iterable
 from contextlib import nullcontext
 from typing import Any
 
 from sqlalchemy.engine.result import Result
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from .. import stampede
@@ -100,7 +100,7 @@ def _served(
         if st.vary_on is not None:
             # served for this session's vary_on state, which an @cached key lacks
             _mark_strict(outer, "a read keyed by the session's vary_on state")
-    return shape.result.build(rows)
+    return shape.result.build(rows, ox.statement)
 
 
 def _miss(
@@ -154,9 +154,17 @@ def _detached_metadata(metadata: Any, result: Any) -> Any:
     make = getattr(metadata, "_create_unique_filters", None)
     if make is None:
         return metadata
-    filters = make(result)
-    detached = copy.copy(metadata)
-    detached._create_unique_filters = lambda _result, _f=tuple(filters): list(_f)
+    made = tuple(make(result))
+
+    def filters(for_result: Any) -> list[Any]:
+        if for_result._yield_per:  # SQLAlchemy's ORM filters refuse it the same way
+            raise InvalidRequestError(
+                "Can't use the ORM yield_per feature in conjunction with unique()"
+            )
+        return list(made)
+
+    detached = _compat.copy_result_metadata(metadata)
+    detached._create_unique_filters = filters
     return detached
 
 
@@ -247,6 +255,7 @@ def _run_and_store(
             frozen._source_supports_scalars,
             require_unique,
             reachable_mappers(shape.roots),
+            _compat.selected_columns(ox.statement),
         )
     known = shape.result.mappers
     for name, m in mappers.items():
@@ -288,7 +297,7 @@ def _run_and_store(
                 )
             except SerializationError as exc:
                 log.debug("yokedcache: result not cacheable: %s", exc)
-    return shape.result.build(frozen.data)
+    return shape.result.build(frozen.data, ox.statement)
 
 
 def _rebuilt(frozen: Any, require_unique: bool) -> Result[Any]:
