@@ -287,3 +287,22 @@ def test_unique_with_yield_per_is_refused_on_a_hit(env: Env) -> None:
             with pytest.raises(InvalidRequestError, match="yield_per feature in conjunction"):
                 next(result)
             result.close()
+
+
+@pytest.mark.parametrize("how", ["close", "expunge_all"])
+def test_a_result_fetched_after_close_raises_as_unbuffered(env: Env, how: str) -> None:
+    """An ORM result builds its objects as it is fetched: fetching it after ``close()`` or
+    ``expunge_all()`` raises SQLAlchemy's error, on a miss and on a hit (the cache's results
+    used to be built up front and returned detached objects); ``prebuffer_rows`` keeps them."""
+    stmt = select(User).order_by(User.id)
+    for factory in (env.Plain, env.Session, env.Session):
+        s = factory()
+        result = s.execute(stmt)
+        getattr(s, how)()
+        with pytest.raises(InvalidRequestError, match="identity map is no longer valid"):
+            result.all()
+        s.close()
+    with env.Session() as s:
+        result = s.execute(stmt, execution_options={"prebuffer_rows": True})
+        getattr(s, how)()
+        assert sa_inspect(result.scalars().all()[0]).detached

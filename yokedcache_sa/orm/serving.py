@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy.engine.result import Result
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm.attributes import instance_state
 
 from .. import stampede
 from ..cache import DEFAULT_TTL, Lookup, YokedCache
@@ -90,7 +91,10 @@ def _served(
     if shape.post_loads and has_other_orm_listeners(session):
         return None  # its post loads must run, for those listeners (see _run_and_store)
     try:
-        rows = rows_from_entry(look.value, shape.result, session, loader_context(ox.statement))
+        added: set[int] = set()
+        rows = rows_from_entry(
+            look.value, shape.result, session, loader_context(ox.statement), added
+        )
     except (NotCacheable, ValueError, TypeError, KeyError, IndexError) as exc:
         log.warning("yokedcache: ignoring an unusable cached result: %s", exc)
         return None
@@ -100,7 +104,7 @@ def _served(
         if st.vary_on is not None:
             # served for this session's vary_on state, which an @cached key lacks
             _mark_strict(outer, "a read keyed by the session's vary_on state")
-    return shape.result.build(rows, ox.statement)
+    return shape.result.build(rows, ox.statement, _unbuffered(ox), lambda obj: id(obj) in added)
 
 
 def _miss(
@@ -297,7 +301,25 @@ def _run_and_store(
                 )
             except SerializationError as exc:
                 log.debug("yokedcache: result not cacheable: %s", exc)
-    return shape.result.build(frozen.data, ox.statement)
+    return shape.result.build(
+        frozen.data,
+        ox.statement,
+        _unbuffered(ox),
+        (lambda obj: instance_state(obj).key not in before) if before is not None else _all_new,
+    )
+
+
+def _unbuffered(ox: ORMExecuteState) -> Session | None:
+    """The session a result of *ox* stays tied to while it is fetched: SQLAlchemy's ORM
+    results build their objects as rows are fetched, unless ``prebuffer_rows`` is set."""
+    eo = ox.local_execution_options
+    if eo.get("prebuffer_rows") or ox.execution_options.get("prebuffer_rows"):
+        return None
+    return ox.session
+
+
+def _all_new(obj: object) -> bool:
+    return True
 
 
 def _rebuilt(frozen: Any, require_unique: bool) -> Result[Any]:
