@@ -30,3 +30,18 @@ def _assigned_in_init(owner: type, name: str) -> bool:
         return f"self.{name} =" in inspect.getsource(init)
     except (OSError, TypeError):  # compiled: no source to read
         return False
+
+
+def test_bind_reused_passes_other_get_bind_calls_on() -> None:
+    """Inside ``bind_reused``, a flush's ``get_bind(mapper)`` (positional) reaches the
+    session's own get_bind (it raised a TypeError: SQLAlchemy's test_autoflush_implicit)."""
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.orm import Session
+
+    from tests.orm.ormkit import User
+
+    engine = create_engine("sqlite://")
+    s = Session(engine)
+    with _compat.bind_reused(s, {"clause": None}, engine):
+        assert s.get_bind(inspect(User)) is engine
+    assert "get_bind" not in s.__dict__

@@ -311,15 +311,16 @@ def bind_reused(
     ran_on: list[Any] = []
     unused = [True]
 
-    def get_bind(**kw: Any) -> Any:
+    def get_bind(*args: Any, **kw: Any) -> Any:
         if (
             unused
+            and not args
             and kw.keys() == bind_arguments.keys()
             and all(kw[k] is bind_arguments[k] for k in kw)
         ):
             unused.clear()
             return bind
-        return real_get_bind(**kw)
+        return real_get_bind(*args, **kw)
 
     def connection_for_bind(engine: Any, *args: Any, **kw: Any) -> Any:
         if engine is bind and not ran_on and conn is not None and not args and not kw:
