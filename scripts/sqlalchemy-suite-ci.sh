@@ -15,4 +15,10 @@ exec .venv/bin/python scripts/sqlalchemy_suite.py --json \
   test/orm/test_subquery_relations.py \
   test/orm/inheritance/test_polymorphic_rel.py \
   test/orm/inheritance/test_relationship.py \
-  test/orm/inheritance/test_assorted_poly.py
+  test/orm/inheritance/test_assorted_poly.py \
+  test/orm/inheritance/test_poly_loading.py \
+  test/orm/test_bind.py \
+  test/orm/test_events.py \
+  test/orm/test_scoping.py \
+  test/orm/test_session.py \
+  test/orm/test_query.py

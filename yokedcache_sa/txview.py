@@ -75,6 +75,12 @@ class TransactionView:
         if snapshot is not None and not self._begun:
             self._seq_before_begin = snapshot.seq
 
+    def read_done(self) -> None:
+        """The statement announced by :meth:`before_read` has run: when it began no database
+        transaction (its answer came from elsewhere), its observation is not this one's."""
+        if not self._begun:
+            self._seq_before_begin = None
+
     def begin(
         self,
         bind: Hashable,

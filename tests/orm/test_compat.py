@@ -108,3 +108,18 @@ def test_private_sqlalchemy_names_are_used_only_through_compat() -> None:
         if name in listed or name not in ours
     ]
     assert not found, "private SQLAlchemy names used outside orm/_compat*.py:\n" + "\n".join(found)
+
+
+def test_bind_reused_passes_other_get_bind_calls_on() -> None:
+    """Inside ``bind_reused``, a flush's ``get_bind(mapper)`` (positional) reaches the
+    session's own get_bind (it raised a TypeError: SQLAlchemy's test_autoflush_implicit)."""
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.orm import Session
+
+    from tests.orm.ormkit import User
+
+    engine = create_engine("sqlite://")
+    s = Session(engine)
+    with _compat.bind_reused(s, {"clause": None}, engine):
+        assert s.get_bind(inspect(User)) is engine
+    assert "get_bind" not in s.__dict__

@@ -203,7 +203,8 @@ def test_connection_checked_out_before_watching_has_unknown_state(
             why = explain(select(User.name), session=s).reason
             assert "before yokedcache watched its engine" in why and "watch_engine" in why
             s.scalars(select(User.name)).all()
-            assert s.yokedcache.tainted == UNWATCHED
+            st = state_of(s)
+            assert st is not None and st.tainted == UNWATCHED
             s.close()
     finally:
         engine.dispose()

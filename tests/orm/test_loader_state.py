@@ -13,7 +13,8 @@ from functools import partial
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import case, event, inspect, select
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session, defer, joinedload, load_only, selectinload
 
@@ -210,3 +211,98 @@ def test_selectin_post_load_with_a_joined_collection_served_from_the_cache(env: 
     # the floor) get no such mark: there the post load goes to the database instead
     served = _compat_loading._READS_REQUIRES_UNIQUING
     assert n == (1 if served else 2), env.sql.statements[-n:]
+
+
+def _nested_state(users: Any) -> list[tuple[str, list[str], bool]]:
+    return [
+        (u.name, [a.email for a in u.addresses], "user" in sa_inspect(u.addresses[0]).unloaded)
+        for u in users
+        if u.addresses
+    ]
+
+
+def test_a_post_load_that_queues_nested_post_loads_is_not_served(env: Env) -> None:
+    """A selectin post load whose objects queue a nested post load
+    (``selectinload(User.addresses).selectinload(Address.user)``) runs on the database: SQLAlchemy
+    queues the nested load while it builds the post load's objects, so served from the cache
+    the nested relationship was left to lazy-load. Another top-level query with the same post
+    load used to hit it (found by SQLAlchemy's NestedOptsUnderSelectinPolyCachedTest, which
+    saw one SELECT more than a plain Session)."""
+    chain = selectinload(User.addresses).selectinload(Address.user)
+    first = select(User).where(User.id <= 2).options(chain)
+    other = select(User).where(User.id <= 2, User.id > 0).options(chain)
+    with env.Session() as s:
+        env.queried(lambda: s.scalars(first).all())
+    answers = []
+    for factory in (env.Plain, env.Session):
+        with factory() as s:
+            answers.append(_nested_state(s.scalars(other).all()))
+    assert answers[1] == answers[0] and answers[0] and not any(u for *_, u in answers[0])
+
+
+def test_post_loads_reach_the_sessions_other_listeners_on_every_read(env: Env) -> None:
+    """With a ``do_orm_execute`` listener of the application on the session, a read whose run
+    includes post loads is not served whole from the cache: the listener sees (and may shape)
+    each post load, every time, as with a plain Session (SQLAlchemy's
+    test_user_option_propagation). The post loads themselves are cached."""
+    stmt = select(User).options(selectinload(User.addresses)).order_by(User.id)
+    seen: list[bool] = []
+    answers = []
+    for factory in (env.Plain, env.Session, env.Session):
+        with factory() as s:
+            event.listen(s, "do_orm_execute", lambda ox: seen.append(ox.is_relationship_load))
+            users = s.scalars(stmt).all()
+            answers.append(([len(u.addresses) for u in users], list(seen)))
+        seen.clear()
+    assert answers[0] == answers[1] == answers[2]
+    assert answers[0][1] == [False, True]
+    env.warm(lambda s: s.scalars(stmt).all())  # without such listeners: stored, served whole
+
+
+def test_rows_target_columns_by_the_objects_selected(env: Env) -> None:
+    """Rows of a result from the cache are found by the column objects and entities the
+    statement selected, as SQLAlchemy's are (``row._mapping[User.name]``), also when each
+    read builds its statement (and its ``case()``) anew; the stored metadata used to keep
+    the names only."""
+    users = inspect(User).persist_selectable
+
+    def read(s: Session) -> Any:
+        thing = case((User.id > 9, 1), else_=2)
+        stmt = select(User, Address.email, thing, User.name).join(Address).where(User.id == 1)
+        row = s.execute(stmt).first()
+        m = row._mapping
+        return [m[thing], m[User.name], m[users.c.name], m["name"], m[User].name, m[Address.email]]
+
+    _three_ways(env, read, lambda out, n: out)
+
+
+def test_unique_with_yield_per_is_refused_on_a_hit(env: Env) -> None:
+    """``result.unique().yield_per(n)`` raises SQLAlchemy's error on a result from the cache
+    too (the stored metadata's filters did not check)."""
+    stmt = select(User).order_by(User.id)
+    env.warm(lambda s: s.scalars(stmt).all())
+    for factory in (env.Plain, env.Session):
+        with factory() as s:
+            result = s.execute(stmt).unique().yield_per(2)
+            with pytest.raises(InvalidRequestError, match="yield_per feature in conjunction"):
+                next(result)
+            result.close()
+
+
+@pytest.mark.parametrize("how", ["close", "expunge_all"])
+def test_a_result_fetched_after_close_raises_as_unbuffered(env: Env, how: str) -> None:
+    """An ORM result builds its objects as it is fetched: fetching it after ``close()`` or
+    ``expunge_all()`` raises SQLAlchemy's error, on a miss and on a hit (the cache's results
+    used to be built up front and returned detached objects); ``prebuffer_rows`` keeps them."""
+    stmt = select(User).order_by(User.id)
+    for factory in (env.Plain, env.Session, env.Session):
+        s = factory()
+        result = s.execute(stmt)
+        getattr(s, how)()
+        with pytest.raises(InvalidRequestError, match="identity map is no longer valid"):
+            result.all()
+        s.close()
+    with env.Session() as s:
+        result = s.execute(stmt, execution_options={"prebuffer_rows": True})
+        getattr(s, how)()
+        assert sa_inspect(result.scalars().all()[0]).detached

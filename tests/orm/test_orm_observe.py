@@ -16,7 +16,7 @@ from sqlalchemy import select
 from tests.orm.ormkit import Env, User
 from yokedcache_sa.metrics import otel as otel_metrics
 from yokedcache_sa.metrics import prometheus
-from yokedcache_sa.orm import NoCache
+from yokedcache_sa.orm import NoCache, state_of
 
 pytestmark = pytest.mark.parametrize("db", ["sqlite", "postgresql"], indirect=True)
 
@@ -79,7 +79,9 @@ def test_bypass_reasons(env: Env, registry: CollectorRegistry) -> None:
         s.scalars(select(User).where(User.id == 3)).all()
         s.rollback()
     with env.Session() as s:
-        s.yokedcache.enabled = False  # the whole session opts out
+        st = state_of(s)
+        assert st is not None
+        st.enabled = False  # the whole session opts out
         s.scalars(select(User).where(User.id == 1)).all()
     assert sample(registry, "yokedcache_bypasses_total", reason="opt_out") == 2
     assert sample(registry, "yokedcache_bypasses_total", reason="not_cacheable") >= 1

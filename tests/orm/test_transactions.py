@@ -112,6 +112,25 @@ def test_rollback_after_a_hit_expires_as_a_plain_session(env: Env, how: str) -> 
         assert env.queried(lambda: held[0].name) == "alice"
 
 
+def test_commit_events_come_in_a_plain_sessions_order(env: Env) -> None:
+    """``before_commit`` listeners run before the commit flushes pending changes, as with a
+    plain Session (the cache's own listener used to flush first, ahead of the user's), and
+    the commit still invalidates what that flush wrote."""
+    env.warm(user_names)
+    names = ("before_commit", "before_flush", "after_flush_postexec", "after_commit")
+    orders = []
+    for factory, new_name in ((env.Plain, "plain"), (env.Session, "renamed")):
+        seen: list[str] = []
+        with factory() as s:
+            for name in names:
+                event.listen(s, name, lambda *a, _n=name, _seen=seen: _seen.append(_n))
+            s.get(User, 1).name = new_name
+            s.commit()
+        orders.append(seen)
+    assert orders[1] == orders[0] == list(names)
+    assert env.fresh_read(user_names) == ["renamed", *ALL[1:]]
+
+
 def test_a_hit_on_a_session_without_autobegin_raises_as_a_plain_session(env: Env) -> None:
     eager = select(User).where(User.id == 1)
     env.warm(lambda s: s.scalars(eager).all())

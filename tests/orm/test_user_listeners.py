@@ -18,8 +18,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import (
     ORMExecuteState,
     Session,
+    immediateload,
     lazyload,
     raiseload,
+    scoped_session,
     selectinload,
     sessionmaker,
     with_loader_criteria,
@@ -27,7 +29,7 @@ from sqlalchemy.orm import (
 
 from tests.orm.ormkit import Address, Env, User
 from tests.orm.test_transactions import ASYNC_DBS, AsyncEnv, aenv  # noqa: F401  (fixture)
-from yokedcache_sa.orm import CachingSession
+from yokedcache_sa.orm import CachingSession, state_of
 
 
 def _min_age_filter(ox: ORMExecuteState) -> None:
@@ -194,6 +196,26 @@ def test_session_info_is_the_users(env: Env) -> None:
 
 
 @pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_caching_session_adds_no_public_attribute(env: Env) -> None:
+    """CachingSession adds no public name to a Session's surface (scoped_session proxies
+    only Session's own: one it lacked broke ``scoped_session`` parity); the state is reached
+    with ``state_of()``, also through a scoped_session. ``.yokedcache`` still answers, with
+    a DeprecationWarning."""
+    added = {n for n in vars(CachingSession) if not n.startswith("_")} - set(dir(Session))
+    assert added == set()
+    scoped = scoped_session(sessionmaker(env.engine, class_=CachingSession, cache=env.cache))
+    try:
+        st = state_of(scoped)
+        assert st is not None and st is state_of(scoped())
+        with pytest.deprecated_call(match="state_of"):
+            assert scoped().yokedcache is st
+        with pytest.raises(AttributeError):
+            scoped().no_such_attribute  # noqa: B018
+    finally:
+        scoped.remove()
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
 def test_get_bind_override_sees_what_a_plain_session_passes(env: Env) -> None:
     """A Session subclass overriding ``get_bind`` (the documented way to route reads) gets
     the arguments SQLAlchemy gives it, on a miss too: no private marker of the cache."""
@@ -216,6 +238,29 @@ def test_get_bind_override_sees_what_a_plain_session_passes(env: Env) -> None:
     assert seen and set(seen) <= plain, (seen, plain)
 
 
+def test_get_bind_override_is_asked_once_per_statement(env: Env) -> None:
+    """A ``get_bind`` override (a router choosing a replica) is called once per statement,
+    as by a plain Session, on a miss and on a hit: the statement runs on the bind its key
+    was made for. (A miss used to ask it three times: for the key, to begin, to run.)"""
+    calls: list[str] = []
+
+    def get_bind(self: Session, mapper: Any = None, **kw: Any) -> Any:
+        calls.append(kw["clause"].__class__.__name__)
+        return Session.get_bind(self, mapper, **kw)
+
+    Routing = type("Routing", (CachingSession,), {"get_bind": get_bind})
+    PlainRouting = type("PlainRouting", (Session,), {"get_bind": get_bind})
+    read = lambda s: s.scalars(select(User).where(User.id == 2)).all()  # noqa: E731
+    with PlainRouting(env.engine) as s:
+        read(s)
+    assert calls == ["Select"]
+    for expect in (env.queried, env.cached):
+        calls.clear()
+        with Routing(env.engine, cache=env.cache) as s:
+            assert [u.name for u in expect(lambda: read(s))] == ["bob"]
+        assert calls == ["Select"], expect.__name__
+
+
 @pytest.mark.parametrize("db", ["sqlite"], indirect=True)
 def test_post_loads_of_a_miss_reach_listeners_as_without_the_cache(env: Env) -> None:
     """A miss's selectin post load reaches the user's ``do_orm_execute`` listener with the
@@ -235,3 +280,20 @@ def test_post_loads_of_a_miss_reach_listeners_as_without_the_cache(env: Env) -> 
         answers.append(list(seen))
         seen.clear()
     assert answers[1] == answers[0] == [(True, False), (True, True)]
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("loader", [selectinload, immediateload])
+def test_top_level_yield_per_stays_out_of_post_loads(env: Env, loader: Any) -> None:
+    """``yield_per`` of the top-level query is not passed to its post loads (SQLAlchemy
+    #13301), also with a ``do_orm_execute`` listener present: the cache ran the statement
+    with the options of SQLAlchemy's pre-listener pass, in which the top-level query's
+    options are merged, and an immediate load then refused its own ``unique()``."""
+    stmt = select(User).options(loader(User.addresses)).execution_options(yield_per=5)
+    answers = []
+    for factory in (env.Plain, env.Session):
+        with factory() as s:
+            event.listen(s, "do_orm_execute", lambda ox: None)
+            users = s.scalars(stmt).all()
+            answers.append(sorted((u.name, len(u.addresses)) for u in users))
+    assert answers[1] == answers[0] and len(answers[0]) == 4

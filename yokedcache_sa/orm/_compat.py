@@ -7,12 +7,14 @@ and that no other module of the package reads or writes a private name it does n
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.base import OptionEngine
 from sqlalchemy.engine.default import DefaultDialect
-from sqlalchemy.engine.result import Result
+from sqlalchemy.engine.result import Result, SimpleResultMetaData
 from sqlalchemy.orm import ORMExecuteState, Query, Session
 from sqlalchemy.orm.context import QueryContext
 from sqlalchemy.pool import Pool
@@ -47,8 +49,11 @@ __all__ = [
     "PRIVATE_ATTRIBUTES",
     "autobegin",
     "autoflush_before_query",
+    "begin_connection",
+    "bind_reused",
     "cache_key",
     "commit_loaded",
+    "copy_result_metadata",
     "current_path",
     "current_transaction",
     "deferred_column_loaders",
@@ -56,8 +61,10 @@ __all__ = [
     "detached_metadata",
     "dml_extra_froms",
     "execute_as_planned",
+    "execution_bind_arguments",
     "for_update_clause",
     "has_cache_key",
+    "has_pending_changes",
     "identity_adder",
     "install_deferred_column_loaders",
     "is_mapped_instance",
@@ -71,9 +78,12 @@ __all__ = [
     "pool_creator",
     "populates_existing",
     "query_statement_and_params",
+    "queued_post_loads",
     "result_attributes",
+    "retarget_metadata",
     "root_engine",
     "run_later_orm_listeners",
+    "selected_columns",
     "set_loader_state",
     "set_result_attributes",
     "start_listeners_at",
@@ -122,8 +132,18 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     # used through the accessors below
     (ORMExecuteState, "_remaining_events"),
     (ORMExecuteState, "_starting_event_idx"),
+    (_LOAD_OPTIONS, "_sa_top_level_orm_context"),
+    (ORMExecuteState, "_update_execution_options"),
+    # rebuilt results' metadata (retarget_metadata, copy_result_metadata)
+    (SimpleResultMetaData, "_for_freeze"),
+    (SimpleResultMetaData, "_keys"),
+    (SimpleResultMetaData, "_keymap"),
+    (SimpleResultMetaData, "_ambiguous_keys"),
+    (SimpleResultMetaData, "_create_unique_filters"),
+    (Select, "_raw_columns"),
     (Session, "_autobegin_t"),
     (Session, "_execute_internal"),
+    (Session, "_connection_for_bind"),
     (Session, "_transaction"),
     (OptionEngine, "_proxied"),
     (Pool, "_creator"),
@@ -155,12 +175,34 @@ def run_later_orm_listeners(ox: ORMExecuteState) -> tuple[bool, Result[Any] | No
     return True, None
 
 
+# read into a query's load options by SQLAlchemy's pre-listener pass (orm_pre_session_exec)
+_LOAD_OPTION_NAMES = frozenset({"populate_existing", "autoflush", "yield_per", "identity_token"})
+
+
+def _given_options(ox: ORMExecuteState) -> Any:
+    """The execution options to run *ox*'s statement with: what SQLAlchemy's second
+    ``orm_pre_session_exec`` pass would get (the options given plus the listeners' updates).
+
+    ``local_execution_options`` is the result of the first pass. For a post load (selectin,
+    subquery, immediate) that pass merges in the top-level query's options: passed on, its
+    ``yield_per`` or ``autoflush`` would become the post load's own (SQLAlchemy #13301). The
+    loaders give a post load ``sa_top_level_orm_context`` only, so such merged names are
+    dropped unless the session or a listener set them.
+    """
+    options = ox.local_execution_options
+    if "sa_top_level_orm_context" not in options or not _LOAD_OPTION_NAMES.intersection(options):
+        return options
+    own = {**ox.session.execution_options, **ox._update_execution_options}
+    return {k: v for k, v in options.items() if k not in _LOAD_OPTION_NAMES or k in own}
+
+
 def execute_as_planned(ox: ORMExecuteState) -> Result[Any]:
     """Run *ox*'s statement in its session the way SQLAlchemy would have after the
     ``do_orm_execute`` listeners (the later ones have run already).
 
     ``ORMExecuteState.invoke_statement()`` does the same but adds ``_sa_skip_events=True``
-    to the bind arguments, which a user's ``get_bind()`` override would then receive.
+    to the bind arguments, which a user's ``get_bind()`` override would then receive, and
+    passes the options of SQLAlchemy's pre-listener pass on (see :func:`_given_options`).
     """
     run = getattr(ox.session, "_execute_internal", None)
     if run is None:
@@ -168,7 +210,7 @@ def execute_as_planned(ox: ORMExecuteState) -> Result[Any]:
     result: Result[Any] = run(
         ox.statement,
         ox.parameters,
-        execution_options=ox.local_execution_options,
+        execution_options=_given_options(ox),
         bind_arguments=dict(ox.bind_arguments),
         _parent_execute_state=ox,
     )
@@ -299,6 +341,11 @@ def without_lazy_load_origin(execution_options: dict[str, Any]) -> dict[str, Any
 # -- sessions and listeners -----------------------------------------------------------------
 
 
+def has_pending_changes(session: Session) -> bool:
+    """Whether *session* has changes a flush would send (new, dirty or deleted objects)."""
+    return not session._is_clean()
+
+
 def autoflush_before_query(session: Session, load_options: Any) -> None:
     """Flush *session*'s pending changes if the query it is about to answer would
     autoflush (the session autoflushes, the query does not say ``autoflush=False``)."""
@@ -325,3 +372,125 @@ def on_connect_isolation_level(dialect: Any) -> Any:
     """The isolation level ``create_engine(isolation_level=...)`` sets on every new
     connection, or None."""
     return getattr(dialect, "_on_connect_isolation_level", None)
+
+
+# -- binds, post loads and result metadata ---------------------------------------------
+
+
+def execution_bind_arguments(ox: ORMExecuteState) -> dict[str, Any]:
+    """The arguments SQLAlchemy passes to ``Session.get_bind()`` when it runs *ox*'s
+    statement after the ``do_orm_execute`` listeners: its second ``orm_pre_session_exec``
+    pass takes the clause and mapper from the statement the listeners left."""
+    args = dict(ox.bind_arguments)
+    if ox.is_orm_statement:
+        statement: Any = ox.statement
+        args["clause"] = statement
+        subject = statement._propagate_attrs.get("plugin_subject")
+        if subject:
+            args["mapper"] = subject.mapper
+    return args
+
+
+@contextmanager
+def bind_reused(
+    session: Session, bind_arguments: dict[str, Any], bind: Any, conn: Any = None
+) -> Iterator[list[Any]]:
+    """Run a statement whose bind the caller resolved already, without resolving it again.
+
+    Within the block, the session's first ``get_bind()`` with *bind_arguments* (the same
+    objects) returns *bind* instead of calling the session's ``get_bind`` — an override (a
+    router picking a replica) is asked once per statement, as without the cache, and the
+    statement runs where its key says. The first ``_connection_for_bind(bind)`` returns *conn*
+    when the caller began it already. Yields a list that receives the connection the
+    statement ran on.
+    """
+    d = session.__dict__
+    own_get_bind = d.get("get_bind")
+    own_conn_for = d.get("_connection_for_bind")
+    real_get_bind = session.get_bind
+    real_conn_for = session._connection_for_bind
+    ran_on: list[Any] = []
+    unused = [True]
+
+    def get_bind(*args: Any, **kw: Any) -> Any:
+        if (
+            unused
+            and not args
+            and kw.keys() == bind_arguments.keys()
+            and all(kw[k] is bind_arguments[k] for k in kw)
+        ):
+            unused.clear()
+            return bind
+        return real_get_bind(*args, **kw)
+
+    def connection_for_bind(engine: Any, *args: Any, **kw: Any) -> Any:
+        if engine is bind and not ran_on and conn is not None and not args and not kw:
+            ran_on.append(conn)
+            return conn
+        got = real_conn_for(engine, *args, **kw)
+        if engine is bind and not ran_on:
+            ran_on.append(got)
+        return got
+
+    d["get_bind"] = get_bind
+    d["_connection_for_bind"] = connection_for_bind
+    try:
+        yield ran_on
+    finally:
+        for name, own in (("get_bind", own_get_bind), ("_connection_for_bind", own_conn_for)):
+            if own is None:
+                d.pop(name, None)
+            else:
+                d[name] = own
+
+
+def begin_connection(session: Session, bind: Any) -> Any:
+    """The session's connection for *bind* (an engine or connection ``get_bind()`` returned),
+    begun as the statement's execution would begin it: without asking ``get_bind()`` again."""
+    return session._connection_for_bind(bind)
+
+
+def queued_post_loads(ox: ORMExecuteState) -> dict[Any, int] | None:
+    """For a post load (selectin, subquery, immediate): the post loads its top-level query
+    has queued, by path, with the number of objects each will load; None for other reads.
+
+    SQLAlchemy's loader queues a nested post load on the top-level query while it builds the
+    objects of a post load's rows, and the top-level query runs the queue afterwards: a post
+    load whose rows queue more cannot be served from the cache (nothing would queue them).
+    """
+    top = getattr(ox.load_options, "_sa_top_level_orm_context", None)
+    paths = getattr(top, "post_load_paths", None)
+    if not isinstance(paths, dict):
+        return None
+    return {path: len(getattr(pl, "states", ())) for path, pl in paths.items()}
+
+
+def copy_result_metadata(metadata: Any) -> Any:
+    """A copy of a result's metadata that still targets columns by the objects they were
+    selected as (``row._mapping[User.name]``); ``copy.copy()`` goes through its pickle state,
+    which keeps the names only."""
+    return metadata._for_freeze()
+
+
+def selected_columns(statement: Any) -> tuple[Any, ...] | None:
+    """What a ``select()`` selects, one element per result position for ORM selects (the
+    entity or column as given); None for other statements."""
+    raw = getattr(statement, "_raw_columns", None)
+    return tuple(raw) if isinstance(raw, list) else None
+
+
+def retarget_metadata(metadata: Any, columns: tuple[Any, ...]) -> Any:
+    """*metadata* that also targets each position by *columns* (the same positions selected
+    by another statement of the same shape): SQLAlchemy adds the current statement's column
+    objects to a cached compilation's result metadata the same way."""
+    keys = metadata._keys
+    if len(keys) != len(columns):
+        return metadata
+    by_index = {rec[0]: rec[2] for rec in metadata._keymap.values() if isinstance(rec[0], int)}
+    extra = [(*(by_index.get(i) or ()), col) for i, col in enumerate(columns)]
+    return SimpleResultMetaData(
+        keys,
+        extra=extra,
+        _create_unique_filters=metadata._create_unique_filters,
+        _ambiguous_keys=metadata._ambiguous_keys,
+    )

@@ -7,7 +7,6 @@ Part of :mod:`._compat`, which re-exports every name here and lists these attrib
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +67,8 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (IteratorResult, "_source_supports_scalars"),
     (IteratorResult, "_unique_filter_state"),
     (SimpleResultMetaData, "_create_unique_filters"),
+    (SimpleResultMetaData, "_for_freeze"),
+    (Result, "_yield_per"),
     (Mapper, "_path_registry"),
     (_IDENTITY_MAP, "_add_unpresent"),
     (InstanceState, "_commit"),
@@ -195,9 +196,19 @@ def detached_metadata(metadata: Any, result: Any) -> Any:
     make = getattr(metadata, "_create_unique_filters", None)
     if make is None:
         return metadata
-    filters = make(result)
-    detached = copy.copy(metadata)
-    detached._create_unique_filters = lambda _result, _f=tuple(filters): list(_f)
+    made = tuple(make(result))
+
+    def filters(for_result: Any) -> list[Any]:
+        if for_result._yield_per:  # SQLAlchemy's ORM filters refuse it the same way
+            raise InvalidRequestError(
+                "Can't use the ORM yield_per feature in conjunction with unique()"
+            )
+        return list(made)
+
+    # _for_freeze() keeps the column objects rows are targeted by (row._mapping[User.name]);
+    # copy.copy() goes through the pickle state, which keeps the names only
+    detached = metadata._for_freeze()
+    detached._create_unique_filters = filters
     return detached
 
 

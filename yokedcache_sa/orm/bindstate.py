@@ -105,7 +105,12 @@ def _schema_map(options: Any) -> str | None:
         return None
     if not isinstance(stm, Mapping):
         return _local_id(stm)  # not a mapping SQLAlchemy could apply: never shared
-    return repr(sorted(stm.items(), key=lambda kv: str(kv[0])))
+    items: list[tuple[Any, Any]] = list(stm.items())
+    if None in stm and "_none" in stm and stm["_none"] == stm[None]:
+        # SQLAlchemy's compiler adds "_none" (its placeholder for None) to the map it is
+        # given, in place: the same map before and after a statement ran
+        items = [(k, v) for k, v in items if k != "_none"]
+    return repr(sorted(items, key=lambda kv: str(kv[0])))
 
 
 def _private_database(engine: Engine) -> bool:

@@ -221,7 +221,7 @@ def _plan(
     ck = _compat.cache_key(statement)
     if ck is None:
         return Explanation(False, "the statement has no SQLAlchemy cache key"), None, None
-    bind = session.get_bind(**ox.bind_arguments)
+    bind = session.get_bind(**_compat.execution_bind_arguments(ox))
     shape = _shape_for(statement, ck.key, bind, hint)
     tables = tuple(sorted(shape.tables))
     if shape.digest is None:

@@ -7,7 +7,7 @@ import weakref
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm import Session
 
 from . import _compat
 from .state import _STATEMENT_LEVEL, SessionState
@@ -64,19 +64,21 @@ def _predicted(bind: Any) -> bool | None:
 
 
 def _horizon(
-    st: SessionState, bind: Any, engine: Engine, session: Session, ox: ORMExecuteState
-) -> int | None:
+    st: SessionState, bind: Any, engine: Engine, session: Session
+) -> tuple[int | None, Any]:
     """The horizon a lookup must respect (the core's :meth:`TransactionView.lookup_horizon`),
     once it is known whether the transaction on *engine* is snapshot-isolated.
 
     When that cannot be predicted for a transaction not begun yet, begins it (the
-    after_begin listener learns it)."""
+    after_begin listener learns it) and returns the connection as well (else None), which
+    the statement's execution then reuses."""
     isolated = st.view.isolation(engine)
+    conn = None
     if isolated is None:
         isolated = _predicted(bind)
         if isolated is None:
-            session.connection(bind_arguments=ox.bind_arguments)  # after_begin learns it
+            conn = _compat.begin_connection(session, bind)  # after_begin learns it
             isolated = st.view.isolation(engine)
             if isolated is None:
                 isolated = True
-    return st.view.lookup_horizon(engine, isolated)
+    return st.view.lookup_horizon(engine, isolated), conn

@@ -19,7 +19,7 @@ from .bindstate import UNWATCHED, connection_taint, connection_variant
 from .collect import _collector
 from .isolation import _horizon
 from .options import Hint, hint_from
-from .serving import _bypass, _miss, _served
+from .serving import READ_LISTENERS, Planned, _bypass, _miss, _served, _uncached
 from .shapes import _key, _shape_for
 from .state import SessionState, state_of
 from .watch import watch_engine
@@ -33,7 +33,8 @@ log = logging.getLogger("yokedcache_sa")
 def _cacheable(ox: ORMExecuteState, st: SessionState, hint: Hint) -> bool:
     if not hint.enabled or not ox.is_select or ox.is_column_load:
         return False
-    eo = ox.execution_options
+    # the statement's and the call's options, with what earlier listeners updated
+    eo = {**ox.execution_options, **ox.local_execution_options}
     lo = ox.load_options
     if (
         eo.get("populate_existing")
@@ -51,6 +52,7 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
     st = state_of(ox.session)
     if st is None:
         return None
+    st.executions += 1
     if not st.enabled or st.tainted is not None:
         if ox.is_select:
             _bypass(st, "opt_out" if not st.enabled else "connection_state")
@@ -61,8 +63,12 @@ def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
     if result is None:
         result = _serve(ox, st)
     # The later listeners have run: SQLAlchemy must not run them again, so this listener
-    # returns a result even when it does not cache (invoke_statement runs no listener).
-    return result if result is not None else ox.invoke_statement()
+    # returns a result even when it does not cache (running it as planned runs no listener;
+    # unlike invoke_statement() it passes on the options SQLAlchemy would).
+    return result if result is not None else _compat.execute_as_planned(ox)
+
+
+READ_LISTENERS.add(_on_execute)
 
 
 def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
@@ -100,19 +106,23 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
     if ck is None:
         _bypass(st, "not_cacheable")
         return None
-    bind = session.get_bind(**ox.bind_arguments)
+    # resolved once per statement: a get_bind() override (a replica router) is asked once,
+    # as without the cache, and a miss runs where the key says (serving.bind_reused)
+    bind_args = _compat.execution_bind_arguments(ox)
+    bind = session.get_bind(**bind_args)
+    planned: Planned = (bind_args, bind, None)  # bypasses run on it too
     shape = _shape_for(statement, ck.key, bind, hint)
     if shape.digest is None:
         _bypass(st, "not_cacheable", shape.tables)
-        return None
+        return _uncached(ox, planned)
     if shape.tables & st.written:
         _bypass(st, "own_writes", shape.tables)
-        return None
+        return _uncached(ox, planned)
     if isinstance(bind, Connection):  # a session bound to a connection: not begun yet
         taint = connection_taint(bind)
         if taint is not None and (st.vary_on is None or taint == UNWATCHED):
             _bypass(st, "connection_state", shape.tables)
-            return None
+            return _uncached(ox, planned)
         variant = connection_variant(bind)
     else:
         variant = st.variants.get(bind) if st.variants else None
@@ -126,15 +136,15 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
     )
     if key is None:
         _bypass(st, "not_cacheable", shape.tables)
-        return None
+        return _uncached(ox, planned)
     try:
         cache = st._txn_cache or st.txn_cache()
     except LookupError:
         log.warning("yokedcache: no cache configured for this session; reading uncached")
-        return None
+        return _uncached(ox, planned)
     outer = _collector.get()
     engine = bind.engine if isinstance(bind, Connection) else bind
-    horizon = _horizon(st, bind, engine, session, ox)
+    horizon, begun = _horizon(st, bind, engine, session)
     if in_greenlet():
         look = _await(cache.lookup(key, horizon=horizon, lock=True))
     else:
@@ -147,7 +157,9 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
                 _shadow(ox, st, cache, engine, bind, key, look, horizon)
             return result
     watch_engine(engine)  # before the miss checks a connection out (a no-op once watched)
-    return _miss(ox, st, shape, hint, cache, key, look, horizon, outer, variant)
+    return _miss(
+        ox, st, shape, hint, cache, key, look, horizon, outer, variant, (bind_args, bind, begun)
+    )
 
 
 def _shadow(

@@ -10,15 +10,16 @@ Live ORM objects are never pickled.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import inspect
 from sqlalchemy.engine.result import IteratorResult, Result, SimpleResultMetaData
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
-from sqlalchemy.orm.base import object_mapper
+from sqlalchemy.orm.base import object_mapper, state_str
 
 from . import _compat
 
@@ -49,9 +50,28 @@ class ResultShape:
     scalars_source: bool
     require_unique: bool
     mappers: dict[str, Mapper[Any]] = field(default_factory=dict)
+    columns: tuple[Any, ...] | None = None  # what the statement that made it selected
 
-    def build(self, rows: Sequence[Any]) -> Result[Any]:
-        result: IteratorResult[Any] = IteratorResult(self.metadata, iter(rows))
+    def build(
+        self,
+        rows: Sequence[Any],
+        statement: Any = None,
+        session: Session | None = None,
+        is_new: Callable[[object], bool] | None = None,
+    ) -> Result[Any]:
+        """A result of *rows*; rows target by *statement*'s column objects too (by name and
+        by the first statement's objects otherwise). With *session*, fetching a row that
+        holds an object new to its identity map (*is_new*) after the session was closed or
+        expunged raises SQLAlchemy's error, as an unbuffered ORM result does."""
+        metadata = self.metadata
+        if statement is not None and self.columns is not None:
+            columns = _compat.selected_columns(statement)
+            if columns is not None and any(a is not b for a, b in zip(columns, self.columns)):
+                metadata = _compat.retarget_metadata(metadata, columns)
+        it: Iterator[Any] = iter(rows)
+        if session is not None and is_new is not None:
+            it = _while_valid(it, session, session.identity_map, is_new, self.scalars_source)
+        result: IteratorResult[Any] = IteratorResult(metadata, it)
         _compat.set_result_attributes(result, self.attributes, self.scalars_source)
         if self.require_unique:
             self.demand_unique(result)
@@ -63,6 +83,26 @@ class ResultShape:
         tell SQLAlchemy's own loaders (a selectin post load served from the cache) to call it."""
         _compat.demand_unique(result)
         _compat.mark_requires_uniquing(result)
+
+
+def _while_valid(
+    rows: Iterator[Any],
+    session: Session,
+    imap: Any,
+    is_new: Callable[[object], bool],
+    scalars: bool,
+) -> Iterator[Any]:
+    for row in rows:
+        if session.identity_map is not imap:  # closed or expunge_all() since the read
+            for obj in (row,) if scalars else row:
+                if obj is not None and _is_entity(obj) and is_new(obj):
+                    raise InvalidRequestError(
+                        f"Object {state_str(instance_state(obj))} cannot be converted to "
+                        "'persistent' state, as this identity map is no longer valid.  Has "
+                        "the owning Session been closed?",
+                        code="lkrp",
+                    )
+        yield row
 
 
 def _name(mapper: Mapper[Any]) -> str:
@@ -286,7 +326,11 @@ def _stamp_paths(
 
 
 def rows_from_entry(
-    payload: Any, shape: ResultShape, session: Session, loader: LoaderContext | None = None
+    payload: Any,
+    shape: ResultShape,
+    session: Session,
+    loader: LoaderContext | None = None,
+    added: set[int] | None = None,
 ) -> list[Any]:
     """Rebuild rows from :func:`rows_to_entry` data, objects attached to *session*.
 
@@ -324,6 +368,8 @@ def rows_from_entry(
                     _compat.install_deferred_column_loaders(state, record[6])
             add_to_identity_map(state, key)
             fresh[i] = True
+            if added is not None:
+                added.add(id(obj))
         else:
             state = instance_state(obj)
             if object_mapper(obj) is not mapper:

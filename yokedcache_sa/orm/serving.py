@@ -10,7 +10,8 @@ from contextlib import nullcontext
 from typing import Any
 
 from sqlalchemy.engine.result import Result
-from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm.attributes import instance_state
 
 from .. import stampede
 from ..cache import DEFAULT_TTL, Lookup, YokedCache
@@ -37,7 +38,22 @@ from .results import (
 from .shapes import _Shape
 from .state import SessionState
 
+Planned = tuple[dict[str, Any], Any, Any]
+"""A statement's bind, resolved once: ``(get_bind() arguments, bind, connection begun or
+None)`` (see :func:`._compat.bind_reused`)."""
+
 log = logging.getLogger("yokedcache_sa")
+
+
+READ_LISTENERS: set[Any] = set()
+"""The functions that are the cache's ``do_orm_execute`` listener (reads, session)."""
+
+
+def has_other_orm_listeners(session: Session) -> bool:
+    """Whether *session* has ``do_orm_execute`` listeners besides the cache's own."""
+    return any(
+        getattr(fn, "__func__", fn) not in READ_LISTENERS for fn in session.dispatch.do_orm_execute
+    )
 
 
 def _bypass(st: SessionState, reason: BypassReason, tables: Iterable[str] = ()) -> None:
@@ -48,6 +64,13 @@ def _bypass(st: SessionState, reason: BypassReason, tables: Iterable[str] = ()) 
         return
     if hooks.active:
         hooks.emit(Bypass(reason, tables_in(tables)))
+
+
+def _uncached(ox: ORMExecuteState, planned: Planned) -> Result[Any]:
+    """Run the statement as SQLAlchemy would, uncached, on the bind resolved for it."""
+    bind_args, bind, begun = planned
+    with _compat.bind_reused(ox.session, bind_args, bind, begun):
+        return _compat.execute_as_planned(ox)
 
 
 def _served(
@@ -63,8 +86,13 @@ def _served(
         _bypass(st, "own_writes", look.tags)
         return None  # e.g. an eager load of a table this transaction wrote
     session = ox.session
+    if shape.post_loads and has_other_orm_listeners(session):
+        return None  # its post loads must run, for those listeners (see _run_and_store)
     try:
-        rows = rows_from_entry(look.value, shape.result, session, loader_context(ox.statement))
+        added: set[int] = set()
+        rows = rows_from_entry(
+            look.value, shape.result, session, loader_context(ox.statement), added
+        )
     except (NotCacheable, ValueError, TypeError, KeyError, IndexError) as exc:
         log.warning("yokedcache: ignoring an unusable cached result: %s", exc)
         return None
@@ -74,7 +102,7 @@ def _served(
         if st.vary_on is not None:
             # served for this session's vary_on state, which an @cached key lacks
             _mark_strict(outer, "a read keyed by the session's vary_on state")
-    return shape.result.build(rows)
+    return shape.result.build(rows, ox.statement, _unbuffered(ox), lambda obj: id(obj) in added)
 
 
 def _miss(
@@ -88,6 +116,7 @@ def _miss(
     horizon: int | None,
     outer: Collector | None,
     variant: str | None,
+    planned: Planned,
 ) -> Result[Any] | None:
     """Run the statement (or wait for whoever computes *key*) and store its result."""
 
@@ -97,7 +126,7 @@ def _miss(
     def compute(look: Lookup) -> Result[Any] | None:
         if st.written and look.depends_on(st.written):
             look = look._replace(snapshot=None)  # reads own uncommitted writes: never store
-        return _run_and_store(ox, st, shape, hint, key, look, outer, variant)
+        return _run_and_store(ox, st, shape, hint, key, look, outer, variant, planned)
 
     def on_hit(look: Lookup) -> Result[Any] | None:
         result = _served(ox, st, shape, look, outer) if shape.result is not None else None
@@ -126,14 +155,11 @@ def _run_and_store(
     look: Lookup,
     outer: Collector | None,
     variant: str | None,
+    planned: Planned,
 ) -> Result[Any] | None:
     session = ox.session
     snapshot = look.snapshot
     st.view.before_read(snapshot)  # the horizon, if this begins the database transaction
-    conn = session.connection(bind_arguments=ox.bind_arguments)
-    # Beginning may have shown that the connection is not the one the key describes (a
-    # tainted pooled connection, connection-level options): run it, but do not store it.
-    keyed = st.tainted is None and connection_variant(conn) == variant
     # The statement runs in the caller's session, so its objects, events (load, refresh,
     # @reconstructor) and result are SQLAlchemy's own. An object that was in the identity
     # map before keeps attributes loaded earlier (and may have changes): a result holding
@@ -151,14 +177,39 @@ def _run_and_store(
         if tracer is not None
         else nullcontext()
     )
-    with span, reading_collector() as col:
+    bind_args, bind, begun = planned
+    started = st.executions
+    queued = _compat.queued_post_loads(ox)
+    with (
+        span,
+        reading_collector() as col,
+        _compat.bind_reused(session, bind_args, bind, begun) as on,
+    ):
         result = _compat.execute_as_planned(ox)
         # Joined eager loads of collections make SQLAlchemy demand unique() of the caller
         # (a filter that raises on the first row): the entry holds every row, the result
         # built from it makes the same demand.
         require_unique = _compat.take_unique_demand(result)
         frozen = result.freeze()
+    st.view.read_done()  # nothing began (an answer from elsewhere): not this one's horizon
+    # Beginning may have shown that the connection is not the one the key describes (a
+    # tainted pooled connection, connection-level options): return it, but do not store it.
+    keyed = st.tainted is None and bool(on) and connection_variant(on[0]) == variant
+    if queued is not None and _compat.queued_post_loads(ox) != queued:
+        # this post load's rows queued nested post loads (selectinload(A.b).selectinload(B.c)):
+        # served from the cache they would not be queued, and would not run
+        log.debug("yokedcache: a post load that queues further post loads is not cached")
+        _bypass(st, "not_cacheable", shape.tables)
+        shape.digest = None
+        return _rebuilt(frozen, require_unique)
     try:
+        if st.executions != started:
+            # post loads (selectin, subquery, immediate) ran inside: a hit would serve what
+            # they loaded without running them, so without the session's other
+            # do_orm_execute listeners seeing them (or shaping them)
+            shape.post_loads = True
+            if has_other_orm_listeners(session):
+                raise NotStorable("post loads ran under other do_orm_execute listeners")
         payload, mappers = rows_to_entry(frozen.data, _compat.supports_scalars(frozen), before)
     except NotCacheable as exc:
         log.debug("yokedcache: result not cacheable (%s); running it uncached", exc)
@@ -180,6 +231,7 @@ def _run_and_store(
             _compat.supports_scalars(frozen),
             require_unique,
             reachable_mappers(shape.roots),
+            _compat.selected_columns(ox.statement),
         )
     known = shape.result.mappers
     for name, m in mappers.items():
@@ -211,7 +263,25 @@ def _run_and_store(
                 )
             except SerializationError as exc:
                 log.debug("yokedcache: result not cacheable: %s", exc)
-    return shape.result.build(frozen.data)
+    return shape.result.build(
+        frozen.data,
+        ox.statement,
+        _unbuffered(ox),
+        (lambda obj: instance_state(obj).key not in before) if before is not None else _all_new,
+    )
+
+
+def _unbuffered(ox: ORMExecuteState) -> Session | None:
+    """The session a result of *ox* stays tied to while it is fetched: SQLAlchemy's ORM
+    results build their objects as rows are fetched, unless ``prebuffer_rows`` is set."""
+    eo = ox.local_execution_options
+    if eo.get("prebuffer_rows") or ox.execution_options.get("prebuffer_rows"):
+        return None
+    return ox.session
+
+
+def _all_new(obj: object) -> bool:
+    return True
 
 
 def _rebuilt(frozen: Any, require_unique: bool) -> Result[Any]:

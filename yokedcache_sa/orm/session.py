@@ -21,6 +21,7 @@ the open transaction wrote bypass the cache until the transaction ends.
 from __future__ import annotations
 
 import logging
+import warnings
 import weakref
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -43,8 +44,15 @@ from . import _compat
 from .collect import Collector, current_collector, reading_collector
 from .options import FromCache, NoCache
 from .reads import _on_execute
+from .serving import READ_LISTENERS
 from .state import STATE_KEY, SessionState, state_of
-from .transactions import _after_begin, _after_commit, _after_transaction_end, _before_commit
+from .transactions import (
+    _after_begin,
+    _after_commit,
+    _after_flush_postexec,
+    _after_transaction_end,
+    _before_commit,
+)
 from .watch import watch_engine
 
 __all__ = [
@@ -66,6 +74,7 @@ _SESSION_EVENTS = (
     ("do_orm_execute", _on_execute),
     ("after_begin", _after_begin),
     ("before_commit", _before_commit),
+    ("after_flush_postexec", _after_flush_postexec),
     ("after_commit", _after_commit),
     ("after_transaction_end", _after_transaction_end),
 )
@@ -151,12 +160,21 @@ class CachingSession(Session):
         """Roll back, expiring what the transaction loaded (cache hits included)."""
         _rollback(self, Session.rollback)
 
-    @property
-    def yokedcache(self) -> SessionState:
-        """This session's cache settings."""
-        st = state_of(self)
-        assert st is not None
-        return st
+    def __getattr__(self, name: str) -> Any:
+        # Called only for attributes the session lacks. The cache adds no public name to
+        # the Session surface (scoped_session proxies Session's own): its per-session state
+        # is reached with state_of(session).
+        if name == "yokedcache":
+            warnings.warn(
+                "CachingSession.yokedcache is deprecated and will be removed in 0.3: use "
+                "yokedcache_sa.orm.state_of(session)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            st = state_of(self)
+            if st is not None:
+                return st
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def _commit_and_finish(session: Session, commit: Any) -> None:
@@ -245,11 +263,17 @@ class _Listeners:
         self.state(session)
         _before_commit(session)
 
+    def after_flush_postexec(self, session: Session, flush_context: Any) -> None:
+        _after_flush_postexec(session, flush_context)
+
     def after_commit(self, session: Session) -> None:
         _after_commit(session)
 
     def after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
         _after_transaction_end(session, transaction)
+
+
+READ_LISTENERS.add(_Listeners.do_orm_execute)
 
 
 def listen_on_session(

@@ -44,6 +44,7 @@ class _Shape:
     why_not: str = ""
     result: ResultShape | None = None
     roots: tuple[Any, ...] = ()
+    post_loads: bool = False  # a run executed other ORM statements inside (post loads)
 
 
 _shapes: OrderedDict[Any, _Shape] = OrderedDict()

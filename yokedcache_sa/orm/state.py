@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Hashable, Iterable
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, scoped_session
 
 from ..cache import DEFAULT_TTL, TTL, YokedCache
 from ..defaults import get_session_default_cache
@@ -53,6 +54,7 @@ class SessionState:
         self.tags = tuple(tags)
         self.enabled = enabled
         self.vary_on = vary_on
+        self.executions = 0  # ORM statements this session's read listener has seen
         self._reset()
 
     @property
@@ -77,6 +79,7 @@ class SessionState:
         self.view = TransactionView()
         self.dirty_reads = False
         self.db_commit_started = False
+        self.committing = False  # between before_commit and the transaction's end
         self.committed = False
         self.autocommitted = False
         # PostgreSQL: per connection, the modification counters before this transaction's
@@ -167,7 +170,24 @@ class SessionState:
             call_twin(cache.release_sync, cache.release, marked, writer)
 
 
-def state_of(session: Session) -> SessionState | None:
-    """The cache state of *session*, or None for a session that does not cache."""
+def state_of(session: Session | AsyncSession | scoped_session[Any]) -> SessionState | None:
+    """The cache state of *session*, or None for a session that does not cache.
+
+    *session* may be an ``AsyncSession`` (its sync session's state) or a ``scoped_session``
+    (its current session's). The state holds the session's settings (``enabled``,
+    ``default_ttl``, ``tags``, ``vary_on``) and its transaction's bookkeeping; it is kept
+    off the Session's own attributes and ``info``.
+
+    Example::
+
+        state_of(session).enabled = False  # this session reads around the cache
+
+    Changed in 0.2: takes an ``AsyncSession`` or ``scoped_session``; replaces the
+    deprecated ``CachingSession.yokedcache`` property.
+    """
+    if isinstance(session, scoped_session):
+        session = session()
+    if isinstance(session, AsyncSession):
+        session = session.sync_session
     st: SessionState | None = session.__dict__.get(STATE_KEY)
     return st

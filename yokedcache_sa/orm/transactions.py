@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import logging
 import weakref
+from typing import Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
+from . import _compat
 from ._greenlet import call_twin
 from .bindstate import connection_taint, connection_variant
 from .isolation import _isolation_of, _learned, _snapshot_isolated
 from .pgwrites import _add_pg_modified
-from .state import state_of
+from .state import SessionState, state_of
 from .watch import watch_engine
 
 log = logging.getLogger("yokedcache_sa")
@@ -72,11 +74,24 @@ def _before_commit(session: Session) -> None:
     st = state_of(session)
     if st is None:
         return
-    # Flush now so every table the COMMIT will include is known, then mark them all in one
-    # round trip. In strict mode an undeliverable mark raises here, before anything is
-    # committed; commit() then rolls the transaction back and re-raises.
+    # Every table the COMMIT will include is marked "being written" in one round trip before
+    # it is sent; in strict mode an undeliverable mark raises then, before anything is
+    # committed (commit() then rolls back and re-raises). The session's own flush of pending
+    # changes comes after every before_commit listener (SQLAlchemy's order, which listeners
+    # rely on), so with changes pending the marks are taken after that flush instead.
     # (A savepoint's commit marks early too; that only lengthens the lease.)
-    session.flush()
+    st.committing = True
+    if not _compat.has_pending_changes(session):
+        _mark_before_commit(st)
+
+
+def _after_flush_postexec(session: Session, flush_context: Any) -> None:
+    st = state_of(session)
+    if st is not None and st.committing:
+        _mark_before_commit(st)  # the flush commit() runs before sending COMMIT
+
+
+def _mark_before_commit(st: SessionState) -> None:
     if st.pg_base:
         _add_pg_modified(st)
     st.mark_pending()
@@ -97,6 +112,10 @@ def _after_commit(session: Session) -> None:
 
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is not None:
+        if transaction.nested:
+            st = state_of(session)
+            if st is not None:
+                st.committing = False  # a savepoint's commit (or its failure) is over
         return  # savepoints: keep the outer transaction's marks and written tables
     st = state_of(session)
     if st is None:
