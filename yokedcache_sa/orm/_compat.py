@@ -7,14 +7,12 @@ and that no other module of the package reads or writes a private name it does n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Final
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.base import OptionEngine
 from sqlalchemy.engine.default import DefaultDialect
-from sqlalchemy.engine.result import Result, SimpleResultMetaData
+from sqlalchemy.engine.result import Result
 from sqlalchemy.orm import ORMExecuteState, Query, Session
 from sqlalchemy.orm.context import QueryContext
 from sqlalchemy.pool import Pool
@@ -23,9 +21,11 @@ from sqlalchemy.sql.dml import Delete
 from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.sql.selectable import Select
 
-from . import _compat_loading
+from . import _compat_binds, _compat_loading
+from ._compat_binds import begin_connection, bind_reused, execution_bind_arguments
 from ._compat_loading import (
     commit_loaded,
+    copy_result_metadata,
     current_path,
     deferred_column_loaders,
     demand_unique,
@@ -36,7 +36,10 @@ from ._compat_loading import (
     loader_extra_criteria,
     mapper_path,
     mark_requires_uniquing,
+    queued_post_loads,
     result_attributes,
+    retarget_metadata,
+    selected_columns,
     set_loader_state,
     set_result_attributes,
     supports_scalars,
@@ -132,15 +135,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     # used through the accessors below
     (ORMExecuteState, "_remaining_events"),
     (ORMExecuteState, "_starting_event_idx"),
-    (_LOAD_OPTIONS, "_sa_top_level_orm_context"),
     (ORMExecuteState, "_update_execution_options"),
-    # rebuilt results' metadata (retarget_metadata, copy_result_metadata)
-    (SimpleResultMetaData, "_for_freeze"),
-    (SimpleResultMetaData, "_keys"),
-    (SimpleResultMetaData, "_keymap"),
-    (SimpleResultMetaData, "_ambiguous_keys"),
-    (SimpleResultMetaData, "_create_unique_filters"),
-    (Select, "_raw_columns"),
     (Session, "_autobegin_t"),
     (Session, "_execute_internal"),
     (Session, "_connection_for_bind"),
@@ -149,6 +144,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (Pool, "_creator"),
     (DefaultDialect, "_on_connect_isolation_level"),
     *_compat_loading.PRIVATE_ATTRIBUTES,  # results and loading
+    *_compat_binds.PRIVATE_ATTRIBUTES,  # a statement's bind, resolved once
 )
 
 
@@ -372,125 +368,3 @@ def on_connect_isolation_level(dialect: Any) -> Any:
     """The isolation level ``create_engine(isolation_level=...)`` sets on every new
     connection, or None."""
     return getattr(dialect, "_on_connect_isolation_level", None)
-
-
-# -- binds, post loads and result metadata ---------------------------------------------
-
-
-def execution_bind_arguments(ox: ORMExecuteState) -> dict[str, Any]:
-    """The arguments SQLAlchemy passes to ``Session.get_bind()`` when it runs *ox*'s
-    statement after the ``do_orm_execute`` listeners: its second ``orm_pre_session_exec``
-    pass takes the clause and mapper from the statement the listeners left."""
-    args = dict(ox.bind_arguments)
-    if ox.is_orm_statement:
-        statement: Any = ox.statement
-        args["clause"] = statement
-        subject = statement._propagate_attrs.get("plugin_subject")
-        if subject:
-            args["mapper"] = subject.mapper
-    return args
-
-
-@contextmanager
-def bind_reused(
-    session: Session, bind_arguments: dict[str, Any], bind: Any, conn: Any = None
-) -> Iterator[list[Any]]:
-    """Run a statement whose bind the caller resolved already, without resolving it again.
-
-    Within the block, the session's first ``get_bind()`` with *bind_arguments* (the same
-    objects) returns *bind* instead of calling the session's ``get_bind`` — an override (a
-    router picking a replica) is asked once per statement, as without the cache, and the
-    statement runs where its key says. The first ``_connection_for_bind(bind)`` returns *conn*
-    when the caller began it already. Yields a list that receives the connection the
-    statement ran on.
-    """
-    d = session.__dict__
-    own_get_bind = d.get("get_bind")
-    own_conn_for = d.get("_connection_for_bind")
-    real_get_bind = session.get_bind
-    real_conn_for = session._connection_for_bind
-    ran_on: list[Any] = []
-    unused = [True]
-
-    def get_bind(*args: Any, **kw: Any) -> Any:
-        if (
-            unused
-            and not args
-            and kw.keys() == bind_arguments.keys()
-            and all(kw[k] is bind_arguments[k] for k in kw)
-        ):
-            unused.clear()
-            return bind
-        return real_get_bind(*args, **kw)
-
-    def connection_for_bind(engine: Any, *args: Any, **kw: Any) -> Any:
-        if engine is bind and not ran_on and conn is not None and not args and not kw:
-            ran_on.append(conn)
-            return conn
-        got = real_conn_for(engine, *args, **kw)
-        if engine is bind and not ran_on:
-            ran_on.append(got)
-        return got
-
-    d["get_bind"] = get_bind
-    d["_connection_for_bind"] = connection_for_bind
-    try:
-        yield ran_on
-    finally:
-        for name, own in (("get_bind", own_get_bind), ("_connection_for_bind", own_conn_for)):
-            if own is None:
-                d.pop(name, None)
-            else:
-                d[name] = own
-
-
-def begin_connection(session: Session, bind: Any) -> Any:
-    """The session's connection for *bind* (an engine or connection ``get_bind()`` returned),
-    begun as the statement's execution would begin it: without asking ``get_bind()`` again."""
-    return session._connection_for_bind(bind)
-
-
-def queued_post_loads(ox: ORMExecuteState) -> dict[Any, int] | None:
-    """For a post load (selectin, subquery, immediate): the post loads its top-level query
-    has queued, by path, with the number of objects each will load; None for other reads.
-
-    SQLAlchemy's loader queues a nested post load on the top-level query while it builds the
-    objects of a post load's rows, and the top-level query runs the queue afterwards: a post
-    load whose rows queue more cannot be served from the cache (nothing would queue them).
-    """
-    top = getattr(ox.load_options, "_sa_top_level_orm_context", None)
-    paths = getattr(top, "post_load_paths", None)
-    if not isinstance(paths, dict):
-        return None
-    return {path: len(getattr(pl, "states", ())) for path, pl in paths.items()}
-
-
-def copy_result_metadata(metadata: Any) -> Any:
-    """A copy of a result's metadata that still targets columns by the objects they were
-    selected as (``row._mapping[User.name]``); ``copy.copy()`` goes through its pickle state,
-    which keeps the names only."""
-    return metadata._for_freeze()
-
-
-def selected_columns(statement: Any) -> tuple[Any, ...] | None:
-    """What a ``select()`` selects, one element per result position for ORM selects (the
-    entity or column as given); None for other statements."""
-    raw = getattr(statement, "_raw_columns", None)
-    return tuple(raw) if isinstance(raw, list) else None
-
-
-def retarget_metadata(metadata: Any, columns: tuple[Any, ...]) -> Any:
-    """*metadata* that also targets each position by *columns* (the same positions selected
-    by another statement of the same shape): SQLAlchemy adds the current statement's column
-    objects to a cached compilation's result metadata the same way."""
-    keys = metadata._keys
-    if len(keys) != len(columns):
-        return metadata
-    by_index = {rec[0]: rec[2] for rec in metadata._keymap.values() if isinstance(rec[0], int)}
-    extra = [(*(by_index.get(i) or ()), col) for i, col in enumerate(columns)]
-    return SimpleResultMetaData(
-        keys,
-        extra=extra,
-        _create_unique_filters=metadata._create_unique_filters,
-        _ambiguous_keys=metadata._ambiguous_keys,
-    )

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.engine.result import FrozenResult, IteratorResult, Result, SimpleResultMetaData
 from sqlalchemy.exc import InvalidRequestError
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import Mapper, ORMExecuteState
 from sqlalchemy.orm import identity as _identity
 from sqlalchemy.orm import strategies as _strategies
 from sqlalchemy.orm import strategy_options as _strategy_options
@@ -25,6 +25,7 @@ from sqlalchemy.sql.selectable import Select
 __all__ = [
     "PRIVATE_ATTRIBUTES",
     "commit_loaded",
+    "copy_result_metadata",
     "current_path",
     "deferred_column_loaders",
     "demand_unique",
@@ -35,7 +36,10 @@ __all__ = [
     "loader_extra_criteria",
     "mapper_path",
     "mark_requires_uniquing",
+    "queued_post_loads",
     "result_attributes",
+    "retarget_metadata",
+    "selected_columns",
     "set_loader_state",
     "set_result_attributes",
     "supports_scalars",
@@ -70,6 +74,11 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (SimpleResultMetaData, "_for_freeze"),
     (Result, "_yield_per"),
     (Mapper, "_path_registry"),
+    (QueryContext.default_load_options, "_sa_top_level_orm_context"),
+    (SimpleResultMetaData, "_keys"),
+    (SimpleResultMetaData, "_keymap"),
+    (SimpleResultMetaData, "_ambiguous_keys"),
+    (Select, "_raw_columns"),
     (_IDENTITY_MAP, "_add_unpresent"),
     (InstanceState, "_commit"),
     (Select, "_compile_options"),
@@ -239,3 +248,49 @@ def identity_adder(identity_map: Any) -> Callable[[InstanceState[Any], Any], Non
 def commit_loaded(state: InstanceState[Any], keys: list[str]) -> None:
     """Mark the attributes *keys* of *state* as loaded from the database (no change)."""
     state._commit(state.dict, keys)
+
+
+def queued_post_loads(ox: ORMExecuteState) -> dict[Any, int] | None:
+    """For a post load (selectin, subquery, immediate): the post loads its top-level query
+    has queued, by path, with the number of objects each will load; None for other reads.
+
+    SQLAlchemy's loader queues a nested post load on the top-level query while it builds the
+    objects of a post load's rows, and the top-level query runs the queue afterwards: a post
+    load whose rows queue more cannot be served from the cache (nothing would queue them).
+    """
+    top = getattr(ox.load_options, "_sa_top_level_orm_context", None)
+    paths = getattr(top, "post_load_paths", None)
+    if not isinstance(paths, dict):
+        return None
+    return {path: len(getattr(pl, "states", ())) for path, pl in paths.items()}
+
+
+def copy_result_metadata(metadata: Any) -> Any:
+    """A copy of a result's metadata that still targets columns by the objects they were
+    selected as (``row._mapping[User.name]``); ``copy.copy()`` goes through its pickle state,
+    which keeps the names only."""
+    return metadata._for_freeze()
+
+
+def selected_columns(statement: Any) -> tuple[Any, ...] | None:
+    """What a ``select()`` selects, one element per result position for ORM selects (the
+    entity or column as given); None for other statements."""
+    raw = getattr(statement, "_raw_columns", None)
+    return tuple(raw) if isinstance(raw, list) else None
+
+
+def retarget_metadata(metadata: Any, columns: tuple[Any, ...]) -> Any:
+    """*metadata* that also targets each position by *columns* (the same positions selected
+    by another statement of the same shape): SQLAlchemy adds the current statement's column
+    objects to a cached compilation's result metadata the same way."""
+    keys = metadata._keys
+    if len(keys) != len(columns):
+        return metadata
+    by_index = {rec[0]: rec[2] for rec in metadata._keymap.values() if isinstance(rec[0], int)}
+    extra = [(*(by_index.get(i) or ()), col) for i, col in enumerate(columns)]
+    return SimpleResultMetaData(
+        keys,
+        extra=extra,
+        _create_unique_filters=metadata._create_unique_filters,
+        _ambiguous_keys=metadata._ambiguous_keys,
+    )

@@ -1,0 +1,93 @@
+"""The private SQLAlchemy names behind resolving a statement's bind once (a ``get_bind()``
+override asked once per statement, as without the cache); part of :mod:`._compat` (which
+re-exports them and lists their attributes in its ``PRIVATE_ATTRIBUTES``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.sql.selectable import Select
+
+__all__ = ["PRIVATE_ATTRIBUTES", "begin_connection", "bind_reused", "execution_bind_arguments"]
+
+#: (owner, attribute) pairs used here (see :data:`._compat.PRIVATE_ATTRIBUTES`).
+PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
+    (Select, "_propagate_attrs"),
+    (Session, "_connection_for_bind"),
+)
+
+
+def execution_bind_arguments(ox: ORMExecuteState) -> dict[str, Any]:
+    """The arguments SQLAlchemy passes to ``Session.get_bind()`` when it runs *ox*'s
+    statement after the ``do_orm_execute`` listeners: its second ``orm_pre_session_exec``
+    pass takes the clause and mapper from the statement the listeners left."""
+    args = dict(ox.bind_arguments)
+    if ox.is_orm_statement:
+        statement: Any = ox.statement
+        args["clause"] = statement
+        subject = statement._propagate_attrs.get("plugin_subject")
+        if subject:
+            args["mapper"] = subject.mapper
+    return args
+
+
+@contextmanager
+def bind_reused(
+    session: Session, bind_arguments: dict[str, Any], bind: Any, conn: Any = None
+) -> Iterator[list[Any]]:
+    """Run a statement whose bind the caller resolved already, without resolving it again.
+
+    Within the block, the session's first ``get_bind()`` with *bind_arguments* (the same
+    objects) returns *bind* instead of calling the session's ``get_bind`` — an override (a
+    router picking a replica) is asked once per statement, as without the cache, and the
+    statement runs where its key says. The first ``_connection_for_bind(bind)`` returns *conn*
+    when the caller began it already. Yields a list that receives the connection the
+    statement ran on.
+    """
+    d = session.__dict__
+    own_get_bind = d.get("get_bind")
+    own_conn_for = d.get("_connection_for_bind")
+    real_get_bind = session.get_bind
+    real_conn_for = session._connection_for_bind
+    ran_on: list[Any] = []
+    unused = [True]
+
+    def get_bind(*args: Any, **kw: Any) -> Any:
+        if (
+            unused
+            and not args
+            and kw.keys() == bind_arguments.keys()
+            and all(kw[k] is bind_arguments[k] for k in kw)
+        ):
+            unused.clear()
+            return bind
+        return real_get_bind(*args, **kw)
+
+    def connection_for_bind(engine: Any, *args: Any, **kw: Any) -> Any:
+        if engine is bind and not ran_on and conn is not None and not args and not kw:
+            ran_on.append(conn)
+            return conn
+        got = real_conn_for(engine, *args, **kw)
+        if engine is bind and not ran_on:
+            ran_on.append(got)
+        return got
+
+    d["get_bind"] = get_bind
+    d["_connection_for_bind"] = connection_for_bind
+    try:
+        yield ran_on
+    finally:
+        for name, own in (("get_bind", own_get_bind), ("_connection_for_bind", own_conn_for)):
+            if own is None:
+                d.pop(name, None)
+            else:
+                d[name] = own
+
+
+def begin_connection(session: Session, bind: Any) -> Any:
+    """The session's connection for *bind* (an engine or connection ``get_bind()`` returned),
+    begun as the statement's execution would begin it: without asking ``get_bind()`` again."""
+    return session._connection_for_bind(bind)
