@@ -21,7 +21,6 @@ the open transaction wrote bypass the cache until the transaction ends.
 from __future__ import annotations
 
 import logging
-import warnings
 import weakref
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -159,22 +158,6 @@ class CachingSession(Session):
     def rollback(self) -> None:
         """Roll back, expiring what the transaction loaded (cache hits included)."""
         _rollback(self, Session.rollback)
-
-    def __getattr__(self, name: str) -> Any:
-        # Called only for attributes the session lacks. The cache adds no public name to
-        # the Session surface (scoped_session proxies Session's own): its per-session state
-        # is reached with state_of(session).
-        if name == "yokedcache":
-            warnings.warn(
-                "CachingSession.yokedcache is deprecated and will be removed in 0.3: use "
-                "yokedcache_sa.orm.state_of(session)",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            st = state_of(self)
-            if st is not None:
-                return st
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def _commit_and_finish(session: Session, commit: Any) -> None:
