@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 import pytest
+import sqlalchemy
 from sqlalchemy import case, event, inspect, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import InvalidRequestError
@@ -20,6 +21,8 @@ from sqlalchemy.orm import Session, defer, joinedload, load_only, selectinload
 
 from tests.orm.ormkit import Address, Employee, Env, Manager, User
 from yokedcache_sa.orm import _compat_loading
+
+SA_VERSION = tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2])
 
 
 def _three_ways(env: Env, read: Callable[[Session], Any], check: Callable[[Any, int], Any]) -> None:
@@ -276,6 +279,12 @@ def test_rows_target_columns_by_the_objects_selected(env: Env) -> None:
     _three_ways(env, read, lambda out, n: out)
 
 
+@pytest.mark.xfail(
+    SA_VERSION < (2, 1),
+    strict=True,
+    reason="SQLAlchemy 2.0's result metadata has no _create_unique_filters hook to refuse "
+    "yield_per through (2.0 refuses it in its ORM loading context, which a hit has not)",
+)
 def test_unique_with_yield_per_is_refused_on_a_hit(env: Env) -> None:
     """``result.unique().yield_per(n)`` raises SQLAlchemy's error on a result from the cache
     too (the stored metadata's filters did not check)."""
@@ -301,6 +310,7 @@ def test_a_result_fetched_after_close_raises_as_unbuffered(env: Env, how: str) -
         getattr(s, how)()
         with pytest.raises(InvalidRequestError, match="identity map is no longer valid"):
             result.all()
+        result.close()  # SQLAlchemy 2.0 leaves the cursor open (SQLite's table lock with it)
         s.close()
     with env.Session() as s:
         result = s.execute(stmt, execution_options={"prebuffer_rows": True})

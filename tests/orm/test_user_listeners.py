@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 import pytest
+import sqlalchemy
 from sqlalchemy import event, select
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -30,6 +31,8 @@ from sqlalchemy.orm import (
 from tests.orm.ormkit import Address, Env, User
 from tests.orm.test_transactions import ASYNC_DBS, AsyncEnv, aenv  # noqa: F401  (fixture)
 from yokedcache_sa.orm import CachingSession, state_of
+
+SA_VERSION = tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2])
 
 
 def _min_age_filter(ox: ORMExecuteState) -> None:
@@ -199,18 +202,17 @@ def test_session_info_is_the_users(env: Env) -> None:
 def test_caching_session_adds_no_public_attribute(env: Env) -> None:
     """CachingSession adds no public name to a Session's surface (scoped_session proxies
     only Session's own: one it lacked broke ``scoped_session`` parity); the state is reached
-    with ``state_of()``, also through a scoped_session. ``.yokedcache`` still answers, with
-    a DeprecationWarning."""
+    with ``state_of()``, also through a scoped_session. No ``__getattr__`` either: it would put
+    every attribute read of the session (SQLAlchemy's own, on every statement) through a
+    slower lookup."""
     added = {n for n in vars(CachingSession) if not n.startswith("_")} - set(dir(Session))
     assert added == set()
     scoped = scoped_session(sessionmaker(env.engine, class_=CachingSession, cache=env.cache))
     try:
         st = state_of(scoped)
         assert st is not None and st is state_of(scoped())
-        with pytest.deprecated_call(match="state_of"):
-            assert scoped().yokedcache is st
-        with pytest.raises(AttributeError):
-            scoped().no_such_attribute  # noqa: B018
+        assert not hasattr(scoped(), "yokedcache")
+        assert "__getattr__" not in vars(CachingSession)
     finally:
         scoped.remove()
 
@@ -290,10 +292,19 @@ def test_top_level_yield_per_stays_out_of_post_loads(env: Env, loader: Any) -> N
     with the options of SQLAlchemy's pre-listener pass, in which the top-level query's
     options are merged, and an immediate load then refused its own ``unique()``."""
     stmt = select(User).options(loader(User.addresses)).execution_options(yield_per=5)
-    answers = []
+    answers: list[Any] = []
     for factory in (env.Plain, env.Session):
         with factory() as s:
             event.listen(s, "do_orm_execute", lambda ox: None)
-            users = s.scalars(stmt).all()
-            answers.append(sorted((u.name, len(u.addresses)) for u in users))
-    assert answers[1] == answers[0] and len(answers[0]) == 4
+            try:
+                users = s.scalars(stmt).all()
+            except InvalidRequestError as exc:  # SQLAlchemy 2.0 (before #13301): a plain
+                answers.append(str(exc))  # Session raises too, and so must the cache
+            else:
+                answers.append(sorted((u.name, len(u.addresses)) for u in users))
+    if SA_VERSION < (2, 1) and isinstance(answers[0], str):
+        # SQLAlchemy 2.0 passes yield_per on to the post loads (#13301) and a plain Session
+        # raises; the cache runs them with their own options, as 2.1 does
+        assert isinstance(answers[1], list) and len(answers[1]) == 4
+    else:
+        assert answers[1] == answers[0] and len(answers[0]) == 4

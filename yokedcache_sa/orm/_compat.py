@@ -107,6 +107,10 @@ KEYED_LOAD_OPTIONS: Final = ("_only_return_tuples", "_legacy_uniquing", "_invoke
 
 _LOAD_OPTIONS = QueryContext.default_load_options
 
+SINCE_2_1: Final = frozenset({"_extra_froms", "_create_unique_filters", "_ambiguous_keys"})
+"""Private names of :data:`PRIVATE_ATTRIBUTES` that SQLAlchemy 2.0 lacks; their accessors
+fall back to 2.0's behaviour (the compat test checks them on 2.1 and later only)."""
+
 #: (owner, attribute) pairs this package uses, all through the accessors of this module and
 #: of :mod:`._compat_loading` (whose names it re-exports); the compat test asserts each exists
 #: on the installed SQLAlchemy (CI runs it on the oldest supported). Nothing outside these two
@@ -188,7 +192,11 @@ def _given_options(ox: ORMExecuteState) -> Any:
     options = ox.local_execution_options
     if "sa_top_level_orm_context" not in options or not _LOAD_OPTION_NAMES.intersection(options):
         return options
-    own = {**ox.session.execution_options, **ox._update_execution_options}
+    # Session.execution_options and ORMExecuteState._update_execution_options: 2.1 on
+    own = {
+        **(getattr(ox.session, "execution_options", None) or {}),
+        **(getattr(ox, "_update_execution_options", None) or {}),
+    }
     return {k: v for k, v in options.items() if k not in _LOAD_OPTION_NAMES or k in own}
 
 

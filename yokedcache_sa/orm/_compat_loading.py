@@ -288,9 +288,10 @@ def retarget_metadata(metadata: Any, columns: tuple[Any, ...]) -> Any:
         return metadata
     by_index = {rec[0]: rec[2] for rec in metadata._keymap.values() if isinstance(rec[0], int)}
     extra = [(*(by_index.get(i) or ()), col) for i, col in enumerate(columns)]
-    return SimpleResultMetaData(
-        keys,
-        extra=extra,
-        _create_unique_filters=metadata._create_unique_filters,
-        _ambiguous_keys=metadata._ambiguous_keys,
-    )
+    kw: dict[str, Any] = {}
+    if hasattr(metadata, "_create_unique_filters"):  # SQLAlchemy 2.1
+        kw["_create_unique_filters"] = metadata._create_unique_filters
+        kw["_ambiguous_keys"] = metadata._ambiguous_keys
+    elif getattr(metadata, "_unique_filters", None) is not None:  # 2.0
+        kw["_unique_filters"] = metadata._unique_filters
+    return SimpleResultMetaData(keys, extra=extra, **kw)
