@@ -293,9 +293,11 @@ def test_unique_with_yield_per_is_refused_on_a_hit(env: Env) -> None:
     for factory in (env.Plain, env.Session):
         with factory() as s:
             result = s.execute(stmt).unique().yield_per(2)
-            with pytest.raises(InvalidRequestError, match="yield_per feature in conjunction"):
-                next(result)
-            result.close()
+            try:
+                with pytest.raises(InvalidRequestError, match="yield_per feature in conjunction"):
+                    next(result)
+            finally:
+                result.close()  # also when it did not raise: an open cursor locks SQLite
 
 
 @pytest.mark.parametrize("how", ["close", "expunge_all"])
