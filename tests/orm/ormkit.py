@@ -372,11 +372,7 @@ class Env:
         """Run a test body inside SQLAlchemy's greenlet on this loop, then close what is bound
         to the loop (the async engine's pool, the cache's async clients)."""
         assert self.async_engine is not None
-        try:
-            await greenlet_spawn(fn, **kwargs)
-        finally:
-            await self.cache.disconnect()
-            await self.async_engine.dispose()
+        await run_in_greenlet(fn, kwargs, self.cache, self.async_engine)
 
     def cached(self, fn: Callable[[], Any]) -> Any:
         """Call *fn*, assert it sent no SQL (served from the cache), return its result."""
@@ -427,3 +423,15 @@ def plain(value: Any) -> Any:
         cols = {p.key: getattr(value, p.key) for p in state.mapper.column_attrs}
         return (type(value).__name__, tuple(sorted(cols.items())))
     return value
+
+
+async def run_in_greenlet(
+    fn: Callable[..., Any], kwargs: dict[str, Any], cache: Any, async_engine: Any
+) -> None:
+    """Run a (sync) test body inside SQLAlchemy's greenlet on this loop, then close what is
+    bound to the loop (the async engine's pool, the cache's async clients)."""
+    try:
+        await greenlet_spawn(fn, **kwargs)
+    finally:
+        await cache.disconnect()
+        await async_engine.dispose()

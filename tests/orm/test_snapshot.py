@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.util import greenlet_spawn
 
-from tests.orm.ormkit import P, SQLCounter, root_conftest
+from tests.orm.ormkit import P, SQLCounter, root_conftest, run_in_greenlet
 from yokedcache_sa import YokedCache
 from yokedcache_sa.orm import CachingSession
 
@@ -83,11 +83,7 @@ class Bank:
         """Run a (sync) test body inside SQLAlchemy's greenlet, then close what is bound to
         the loop (the async pool, the cache's async clients); see tests/orm/conftest.py."""
         assert self.async_engine is not None
-        try:
-            await greenlet_spawn(fn, **kwargs)
-        finally:
-            await self.cache.disconnect()
-            await self.async_engine.dispose()
+        await run_in_greenlet(fn, kwargs, self.cache, self.async_engine)
 
     def selects(self) -> int:
         """How many SELECTs the database was sent so far (SQLite's BEGIN not counted)."""
