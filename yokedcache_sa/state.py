@@ -61,6 +61,9 @@ class ComputeLock:
         self.released = False
 
 
+_tuple_new = tuple.__new__
+
+
 class Lookup(NamedTuple):
     """Outcome of :meth:`YokedCache.lookup_sync`: a value or MISSING, and what to store under.
 
@@ -240,7 +243,11 @@ class CacheState:
         if t0:
             _debug_lookup(key, value is not MISSING, header, fetched, t0)
         lock = ComputeLock(token) if token is not None and fetched.lock == 1 else None
-        return Lookup(value, fetched.snapshot, fetched.tags, lock, fetched.lock == -1)
+        # made without Lookup's Python-level __new__ (every field given)
+        look: Lookup = _tuple_new(
+            Lookup, (value, fetched.snapshot, fetched.tags, lock, fetched.lock == -1)
+        )
+        return look
 
     def read_failed(self, exc: BackendError) -> Lookup:
         """The :class:`Lookup` of a read the store failed: a miss that must not be stored."""

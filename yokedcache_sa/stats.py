@@ -39,22 +39,37 @@ class Counters:
     """The mutable counters behind :class:`CacheStats` (plain ints: a lost increment
     under a thread race only blurs a statistic)."""
 
-    __slots__ = ("errors", "hits", "invalidations", "misses", "sets", "table_hits", "table_inv")
+    __slots__ = (
+        "_hit_tables",
+        "errors",
+        "hits",
+        "invalidations",
+        "misses",
+        "sets",
+        "table_hits",
+        "table_inv",
+    )
 
     def __init__(self) -> None:
         self.hits = self.misses = self.sets = self.invalidations = self.errors = 0
         self.table_hits: Counter[str] = Counter()
         self.table_inv: Counter[str] = Counter()
+        # the table tags of the last hit's tags (an entry's header is decoded once, so a
+        # key hit again passes the same tuple)
+        self._hit_tables: tuple[object, tuple[str, ...]] = ((), ())
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]  # re-running __init__ zeroes every counter
 
     def hit(self, tags: Iterable[str]) -> None:
         self.hits += 1
+        last, tables = self._hit_tables
+        if tags is not last:
+            tables = tuple(t for t in tags if t[:6] == "table:")
+            self._hit_tables = (tags, tables)
         table_hits = self.table_hits
-        for t in tags:
-            if t[:6] == "table:":
-                table_hits[t] += 1
+        for t in tables:
+            table_hits[t] += 1
 
     def invalidated(self, ids: Iterable[str]) -> None:
         self.invalidations += 1

@@ -20,7 +20,8 @@ Added in 0.x.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
+from types import MappingProxyType
 from typing import Final
 
 from .tags import Snapshot
@@ -42,30 +43,21 @@ class TransactionView:
     Made fresh for every transaction (the ORM's session state makes one at each reset).
     """
 
-    __slots__ = (
-        "_begun",
-        "_isolated",
-        "_locking",
-        "_no_store",
-        "_seq_before_begin",
-        "_snapshots",
-        "horizon",
-        "snapshot_isolated",
-    )
-
-    def __init__(self) -> None:
-        self.horizon: int | None = None
-        """The write sequence observed before the transaction's snapshot began, once known."""
-        self.snapshot_isolated = False
-        """Some database transaction of it reads one snapshot (REPEATABLE READ, SERIALIZABLE)."""
-        self._seq_before_begin: int | None = None
-        self._begun = False
-        self._no_store = False
-        # per bind begun in this transaction: is it snapshot-isolated; the binds whose
-        # database snapshot exists; the binds whose every SELECT is a locking read
-        self._isolated: dict[Hashable, bool] = {}
-        self._snapshots: set[Hashable] = set()
-        self._locking: set[Hashable] = set()
+    # Class-level defaults: a view is made for every transaction (most of which only read
+    # from the cache), so making one sets nothing; the first fact replaces what it changes.
+    horizon: int | None = None
+    """The write sequence observed before the transaction's snapshot began, once known."""
+    snapshot_isolated: bool = False
+    """Some database transaction of it reads one snapshot (REPEATABLE READ, SERIALIZABLE)."""
+    _seq_before_begin: int | None = None
+    _begun: bool = False
+    _no_store: bool = False
+    # per bind begun in this transaction: is it snapshot-isolated; the binds whose database
+    # snapshot exists; the binds whose every SELECT is a locking read (empty and shared
+    # until a fact replaces them with the view's own)
+    _isolated: Mapping[Hashable, bool] = MappingProxyType({})
+    _snapshots: frozenset[Hashable] = frozenset()
+    _locking: frozenset[Hashable] = frozenset()
 
     # facts reported by the caller ---------------------------------------------------------
 
@@ -101,9 +93,9 @@ class TransactionView:
         Returns True when the horizon must come from an observation of the store made now:
         pass its result (None when the store could not be asked) to :meth:`observed`.
         """
-        self._isolated[bind] = isolated
+        self._isolated = {**self._isolated, bind: isolated}
         if locking_reads:
-            self._locking.add(bind)
+            self._locking = self._locking | {bind}
         if isolated:
             self.snapshot_isolated = True
         if self.snapshot_isolated and self.horizon is None and not self._begun:
@@ -139,7 +131,7 @@ class TransactionView:
 
     def snapshot_taken(self, bind: Hashable) -> None:
         """A statement on *bind* took the transaction's database snapshot."""
-        self._snapshots.add(bind)
+        self._snapshots = self._snapshots | {bind}
 
     # what the caller asks -----------------------------------------------------------------
 

@@ -77,7 +77,7 @@ def _swap_session_class() -> None:
 def _reattach_listeners() -> None:
     from sqlalchemy import event
 
-    from yokedcache_sa.orm import CachingSession, engine_events
+    from yokedcache_sa.orm import CachingSession, watch
     from yokedcache_sa.orm import session as yc_session
 
     for name, fn in yc_session._SESSION_EVENTS:
@@ -85,7 +85,7 @@ def _reattach_listeners() -> None:
             event.listen(CachingSession, name, fn)
     # engines get their listeners at a session's first sight of them; the suite may have
     # cleared engine events, so let every engine be seen afresh (installation is idempotent)
-    engine_events._watched.clear()
+    watch.forget_watched()
 
 
 @pytest.hookimpl(trylast=True)

@@ -24,6 +24,7 @@ from .versionfile import shared_dir, slot_of
 __all__ = ["MemoryBackend"]
 
 _INF = float("inf")
+_tuple_new = tuple.__new__  # a NamedTuple made from all its fields, without its __new__
 log = logging.getLogger("yokedcache_sa")
 _warned = False
 
@@ -178,7 +179,10 @@ class MemoryBackend(NonBlockingTwins):
             lock = 0
             if lock_token and (marked or epoch != cur or top > seq):
                 lock = self._take(key, lock_token, lock_ttl, now)
-            return Fetched(payload, Snapshot(cur, now_seq, top, marked), tags, lock)
+            # the hit's two tuples made without their Python-level __new__ (all fields given)
+            snap = _tuple_new(Snapshot, (cur, now_seq, top, marked))
+            fetched: Fetched = _tuple_new(Fetched, (payload, snap, tags, lock))
+            return fetched
 
     @staticmethod
     def _read(shared: SharedVersions, slots: Sequence[int]) -> tuple[str, int, int, float]:

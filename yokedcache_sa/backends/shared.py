@@ -223,15 +223,8 @@ class SharedVersions:
                 continue
             epoch = hdr[3]
             seq = hdr[4]
-            top = 0
-            mark = 0.0
-            for s in slots:
-                v = ver[s]
-                if v > top:
-                    top = v
-                m = mmax[s]
-                if m > mark:
-                    mark = m
+            top = max(map(ver.__getitem__, slots), default=0)  # versions are >= 0
+            mark = max(map(mmax.__getitem__, slots), default=0.0)  # as are mark expiries
             if hdr[2] == gen:
                 break
         else:

@@ -7,6 +7,8 @@ and that no other module of the package reads or writes a private name it does n
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from operator import attrgetter
 from typing import Any, Final
 
 from sqlalchemy.engine import Engine
@@ -22,7 +24,7 @@ from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.sql.selectable import Select
 
 from . import _compat_binds, _compat_loading
-from ._compat_binds import begin_connection, bind_reused, execution_bind_arguments
+from ._compat_binds import begin_connection, bind_reused, execution_bind_arguments, simple_bind
 from ._compat_loading import (
     commit_loaded,
     copy_result_metadata,
@@ -31,6 +33,7 @@ from ._compat_loading import (
     demand_unique,
     detached_metadata,
     identity_adder,
+    identity_class,
     install_deferred_column_loaders,
     is_mapped_instance,
     loader_extra_criteria,
@@ -65,21 +68,24 @@ __all__ = [
     "dml_extra_froms",
     "execute_as_planned",
     "execution_bind_arguments",
+    "existing_and_yield_per",
     "for_update_clause",
     "has_cache_key",
     "has_pending_changes",
     "identity_adder",
+    "identity_class",
     "install_deferred_column_loaders",
     "is_mapped_instance",
     "keyed_load_options",
+    "load_options",
     "loader_extra_criteria",
     "mapper_path",
     "mark_requires_uniquing",
+    "may_have_options",
     "on_connect_isolation_level",
     "order_by_clauses",
     "orm_compile_state_class",
     "pool_creator",
-    "populates_existing",
     "query_statement_and_params",
     "queued_post_loads",
     "result_attributes",
@@ -89,13 +95,13 @@ __all__ = [
     "selected_columns",
     "set_loader_state",
     "set_result_attributes",
+    "simple_bind",
     "start_listeners_at",
     "statement_options",
     "supports_scalars",
     "table_parent_entity",
     "take_unique_demand",
     "without_lazy_load_origin",
-    "yields_per",
 ]
 
 
@@ -119,6 +125,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     # statements and their keys
     (Select, "_generate_cache_key"),
     (Select, "_with_options"),
+    (Select, "_memoized_select_entities"),
     (Select, "_for_update_arg"),
     (Select, "_propagate_attrs"),
     (Select, "_order_by_clauses"),  # shadow reads compare rows in order or as a multiset
@@ -278,6 +285,22 @@ def for_update_clause(statement: Any) -> Any:
     return getattr(statement, "_for_update_arg", None)
 
 
+def may_have_options(statement: Any) -> bool:
+    """Whether *statement* may carry options (``ORMExecuteState.user_defined_options`` is
+    empty otherwise): options of its own, or of the entities it had before
+    ``with_only_columns()``."""
+    return bool(
+        getattr(statement, "_with_options", None)
+        or getattr(statement, "_memoized_select_entities", None)
+    )
+
+
+def load_options(ox: ORMExecuteState) -> Any:
+    """``ox.load_options`` of a SELECT (the query's load options; SQLAlchemy's defaults when
+    none were given), read without the property's checks."""
+    return ox.execution_options.get(LOAD_OPTIONS_KEY, _LOAD_OPTIONS)
+
+
 def statement_options(statement: Any) -> tuple[Any, ...]:
     """The options given to ``statement.options(...)`` (loader options among them)."""
     opts: tuple[Any, ...] = getattr(statement, "_with_options", ())
@@ -317,19 +340,13 @@ def table_parent_entity(table: Any) -> Any:
 # -- load options ---------------------------------------------------------------------------
 
 
-def populates_existing(load_options: Any) -> bool:
-    """Whether the query was given ``populate_existing`` (as a load option)."""
-    return bool(getattr(load_options, "_populate_existing", False))
+keyed_load_options: Final[Callable[[Any], tuple[Any, ...]]] = attrgetter(*KEYED_LOAD_OPTIONS)
+"""The values of :data:`KEYED_LOAD_OPTIONS` in a query's load options (a tuple)."""
 
-
-def yields_per(load_options: Any) -> bool:
-    """Whether the query streams its rows in batches (``yield_per`` as a load option)."""
-    return bool(getattr(load_options, "_yield_per", None))
-
-
-def keyed_load_options(load_options: Any) -> list[Any]:
-    """The values of :data:`KEYED_LOAD_OPTIONS` in *load_options* (None when absent)."""
-    return [getattr(load_options, k, None) for k in KEYED_LOAD_OPTIONS]
+existing_and_yield_per: Final[Callable[[Any], tuple[Any, Any]]] = attrgetter(
+    "_populate_existing", "_yield_per"
+)
+"""``(populate_existing, yield_per)`` of a query's load options, one C-level call."""
 
 
 def without_lazy_load_origin(execution_options: dict[str, Any]) -> dict[str, Any]:

@@ -11,13 +11,38 @@ from typing import Any
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql.selectable import Select
 
-__all__ = ["PRIVATE_ATTRIBUTES", "begin_connection", "bind_reused", "execution_bind_arguments"]
+__all__ = [
+    "PRIVATE_ATTRIBUTES",
+    "begin_connection",
+    "bind_reused",
+    "execution_bind_arguments",
+    "simple_bind",
+]
 
 #: (owner, attribute) pairs used here (see :data:`._compat.PRIVATE_ATTRIBUTES`).
 PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (Select, "_propagate_attrs"),
     (Session, "_connection_for_bind"),
 )
+
+
+_SESSION_GET_BIND = Session.get_bind
+_BINDS = "binds" if "binds" in Session().__dict__ else "_Session__binds"  # 2.1, or 2.0
+
+
+def simple_bind(session: Session, bind_arguments: Any) -> Any:
+    """``session.bind`` when ``Session.get_bind()`` returns it whatever it is asked: not
+    overridden (by the class or the instance), no ``binds`` map, no ``bind`` argument in
+    *bind_arguments* (what a statement runs with); else None (ask ``get_bind()``)."""
+    d = session.__dict__
+    if (
+        "get_bind" in d
+        or type(session).get_bind is not _SESSION_GET_BIND
+        or bind_arguments.get("bind") is not None
+        or d.get(_BINDS)
+    ):
+        return None
+    return session.bind
 
 
 def execution_bind_arguments(ox: ORMExecuteState) -> dict[str, Any]:
@@ -36,14 +61,16 @@ def execution_bind_arguments(ox: ORMExecuteState) -> dict[str, Any]:
 
 @contextmanager
 def bind_reused(
-    session: Session, bind_arguments: dict[str, Any], bind: Any, conn: Any = None
+    session: Session, bind_arguments: dict[str, Any] | None, bind: Any, conn: Any = None
 ) -> Iterator[list[Any]]:
     """Run a statement whose bind the caller resolved already, without resolving it again.
 
     Within the block, the session's first ``get_bind()`` with *bind_arguments* (the same
     objects) returns *bind* instead of calling the session's ``get_bind`` — an override (a
     router picking a replica) is asked once per statement, as without the cache, and the
-    statement runs where its key says. The first ``_connection_for_bind(bind)`` returns *conn*
+    statement runs where its key says (*bind_arguments* None: the bind came from
+    :func:`simple_bind`, which ``get_bind()`` returns whatever it is asked, so it is left as
+    it is). The first ``_connection_for_bind(bind)`` returns *conn*
     when the caller began it already. Yields a list that receives the connection the
     statement ran on.
     """
@@ -59,6 +86,7 @@ def bind_reused(
         if (
             unused
             and not args
+            and bind_arguments is not None
             and kw.keys() == bind_arguments.keys()
             and all(kw[k] is bind_arguments[k] for k in kw)
         ):
@@ -75,12 +103,16 @@ def bind_reused(
             ran_on.append(got)
         return got
 
-    d["get_bind"] = get_bind
+    patched: list[tuple[str, Any]] = [("_connection_for_bind", own_conn_for)]
+    if bind_arguments is not None:
+        patched.append(("get_bind", own_get_bind))
+    if bind_arguments is not None:
+        d["get_bind"] = get_bind
     d["_connection_for_bind"] = connection_for_bind
     try:
         yield ran_on
     finally:
-        for name, own in (("get_bind", own_get_bind), ("_connection_for_bind", own_conn_for)):
+        for name, own in patched:
             if own is None:
                 d.pop(name, None)
             else:

@@ -31,6 +31,7 @@ __all__ = [
     "demand_unique",
     "detached_metadata",
     "identity_adder",
+    "identity_class",
     "install_deferred_column_loaders",
     "is_mapped_instance",
     "loader_extra_criteria",
@@ -74,6 +75,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (SimpleResultMetaData, "_for_freeze"),
     (Result, "_yield_per"),
     (Mapper, "_path_registry"),
+    (Mapper, "_identity_class"),
     (QueryContext.default_load_options, "_sa_top_level_orm_context"),
     (SimpleResultMetaData, "_keys"),
     (SimpleResultMetaData, "_keymap"),
@@ -235,6 +237,14 @@ def loader_extra_criteria(element: Any) -> Any:
     """The criteria a loader option element adds to its relationship (``.and_(...)``), or
     None."""
     return getattr(element, "_extra_criteria", None)
+
+
+def identity_class(mapper: Mapper[Any]) -> type:
+    """The first element of the identity-map keys of *mapper*'s objects: what
+    ``Mapper.identity_key_from_primary_key(pk, identity_token=t)`` returns is
+    ``(identity_class(mapper), tuple(pk), t)`` (asked once per mapper and result)."""
+    cls: type = mapper._identity_class
+    return cls
 
 
 def identity_adder(identity_map: Any) -> Callable[[InstanceState[Any], Any], None]:

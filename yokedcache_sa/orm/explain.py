@@ -104,10 +104,10 @@ def _uncacheable_reason(ox: ORMExecuteState, st: SessionState, hint: Hint) -> st
     if ox.is_column_load:
         return "a deferred-column or expired-attribute load (refreshes an object in place)"
     eo = ox.execution_options
-    lo = ox.load_options
-    if eo.get("populate_existing") or _compat.populates_existing(lo):
+    populate_existing, yield_per = _compat.existing_and_yield_per(ox.load_options)
+    if eo.get("populate_existing") or populate_existing:
         return "populate_existing: the caller asks for the database's current rows"
-    if eo.get("yield_per") or _compat.yields_per(lo):
+    if eo.get("yield_per") or yield_per:
         return "yield_per: a streamed result is never cached"
     if eo.get("stream_results"):
         return "stream_results: a streamed result is never cached"
@@ -248,6 +248,7 @@ def _plan(
         shape,
         ck,
         ox,
+        ox.load_options,
         [sorted({*hint.tags, *st.tags}), sorted(hint.tables)],
         (variant, vary) if variant is not None or vary is not None else None,
     )

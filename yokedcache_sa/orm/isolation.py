@@ -3,7 +3,6 @@ core's :class:`~yokedcache_sa.txview.TransactionView` derives the horizon from i
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
@@ -12,7 +11,15 @@ from sqlalchemy.orm import Session
 from . import _compat
 from .state import _STATEMENT_LEVEL, SessionState
 
-_learned: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+_LEARNED_KEY = "_yokedcache_snapshot_isolated"
+"""In an engine's ``__dict__`` (one C-level lookup on every read, and it goes with the
+engine): whether its transactions are snapshot-isolated, as its first one showed."""
+
+
+def learn(engine: Engine, isolated: bool) -> None:
+    """Remember that transactions on *engine* (at its own isolation level) read one
+    snapshot, or not: later sessions predict it without checking a connection out."""
+    engine.__dict__[_LEARNED_KEY] = isolated
 
 
 def _isolation_of(bind: Any) -> str:
@@ -54,7 +61,7 @@ def _predicted(bind: Any) -> bool | None:
     only a connection can tell (engine never connected, SQLite's transaction control)."""
     if isinstance(bind, Connection):
         return _snapshot_isolated(bind)
-    known = _learned.get(bind)
+    known: bool | None = bind.__dict__.get(_LEARNED_KEY)
     if known is not None:
         return known
     iso = _isolation_of(bind)
@@ -72,13 +79,17 @@ def _horizon(
     When that cannot be predicted for a transaction not begun yet, begins it (the
     after_begin listener learns it) and returns the connection as well (else None), which
     the statement's execution then reuses."""
-    isolated = st.view.isolation(engine)
+    view = st.view
+    isolated = view.isolation(engine)
+    if isolated is None and bind is engine and engine.__dict__.get(_LEARNED_KEY) is False:
+        # the common case, hand-inlined: nothing begun on an engine known statement-level
+        return None, None
     conn = None
     if isolated is None:
         isolated = _predicted(bind)
         if isolated is None:
             conn = _compat.begin_connection(session, bind)  # after_begin learns it
-            isolated = st.view.isolation(engine)
+            isolated = view.isolation(engine)
             if isolated is None:
                 isolated = True
-    return st.view.lookup_horizon(engine, isolated), conn
+    return view.lookup_horizon(engine, isolated), conn

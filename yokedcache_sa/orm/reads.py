@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Final
 
 from sqlalchemy.engine import Connection, Engine
@@ -21,7 +22,7 @@ from .isolation import _horizon
 from .options import Hint, hint_from
 from .serving import READ_LISTENERS, Planned, _bypass, _miss, _served, _uncached
 from .shapes import _key, _shape_for
-from .state import SessionState, state_of
+from .state import STATE_KEY, SessionState
 from .watch import watch_engine
 
 log = logging.getLogger("yokedcache_sa")
@@ -30,26 +31,37 @@ log = logging.getLogger("yokedcache_sa")
 # -- the read listener ---------------------------------------------------------------------
 
 
-def _cacheable(ox: ORMExecuteState, st: SessionState, hint: Hint) -> bool:
+_BYPASS_OPTIONS: Final = frozenset(
+    {"populate_existing", "yield_per", "stream_results", "isolation_level"}
+)
+
+
+def _cacheable(ox: ORMExecuteState, st: SessionState, hint: Hint, lo: Any = None) -> bool:
+    """Whether *ox* may be served or stored (*lo*: its load options, when read already)."""
     if not hint.enabled or not ox.is_select or ox.is_column_load:
         return False
+    if lo is None:
+        lo = ox.load_options
     # the statement's and the call's options, with what earlier listeners updated
-    eo = {**ox.execution_options, **ox.local_execution_options}
-    lo = ox.load_options
-    if (
-        eo.get("populate_existing")
-        or eo.get("yield_per")
-        or eo.get("stream_results")
-        or eo.get("isolation_level") == "READ UNCOMMITTED"
-        or _compat.populates_existing(lo)
-        or _compat.yields_per(lo)
-    ):
+    eo: Mapping[str, Any] = ox.execution_options
+    local = ox.local_execution_options
+    if not _BYPASS_OPTIONS.isdisjoint(eo) or not _BYPASS_OPTIONS.isdisjoint(local):
+        eo = {**eo, **local}
+        if (
+            eo.get("populate_existing")
+            or eo.get("yield_per")
+            or eo.get("stream_results")
+            or eo.get("isolation_level") == "READ UNCOMMITTED"
+        ):
+            return False
+    populate_existing, yield_per = _compat.existing_and_yield_per(lo)
+    if populate_existing or yield_per:
         return False
     return _compat.for_update_clause(ox.statement) is None and not st.dirty_reads
 
 
 def _on_execute(ox: ORMExecuteState) -> Result[Any] | None:
-    st = state_of(ox.session)
+    st: SessionState | None = ox.session.__dict__.get(STATE_KEY)  # state_of(), inlined
     if st is None:
         return None
     st.executions += 1
@@ -81,8 +93,12 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
         if conn is not None and "_yc_failed" in conn.__dict__:
             _bypass(st, "failed_transaction")
             return None  # a statement failed in this transaction: let the database answer
-    hint = hint_from(ox.user_defined_options, ox.execution_options)
-    if not _cacheable(ox, st, hint):
+    statement: Any = ox.statement
+    # ORMExecuteState.user_defined_options, when the statement may have any (it builds lists)
+    user_options = ox.user_defined_options if _compat.may_have_options(statement) else ()
+    hint = hint_from(user_options, ox.execution_options)
+    lo = _compat.load_options(ox) if statement.is_select else None
+    if not _cacheable(ox, st, hint, lo):
         if ox.is_select and not ox.is_column_load:
             _bypass(st, "opt_out" if not hint.enabled else "not_cacheable")
         return None
@@ -97,19 +113,21 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
     # The uncached query would autoflush first: pending changes become writes that make
     # their tables bypass the cache for the rest of the transaction.
     # Only a session with changes: a miss runs the statement, which autoflushes again.
-    _compat.autoflush_before_query(session, ox.load_options)
+    _compat.autoflush_before_query(session, lo)
     if ALL_TAG in st.written:
         _bypass(st, "own_writes")
         return None
-    statement: Any = ox.statement
     ck = _compat.cache_key(statement)
     if ck is None:
         _bypass(st, "not_cacheable")
         return None
     # resolved once per statement: a get_bind() override (a replica router) is asked once,
     # as without the cache, and a miss runs where the key says (serving.bind_reused)
-    bind_args = _compat.execution_bind_arguments(ox)
-    bind = session.get_bind(**bind_args)
+    bind_args: dict[str, Any] | None = None
+    bind = _compat.simple_bind(session, ox.bind_arguments)
+    if bind is None:
+        bind_args = _compat.execution_bind_arguments(ox)
+        bind = session.get_bind(**bind_args)
     planned: Planned = (bind_args, bind, None)  # bypasses run on it too
     shape = _shape_for(statement, ck.key, bind, hint)
     if shape.digest is None:
@@ -118,7 +136,8 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
     if shape.tables & st.written:
         _bypass(st, "own_writes", shape.tables)
         return _uncached(ox, planned)
-    if isinstance(bind, Connection):  # a session bound to a connection: not begun yet
+    on_connection = isinstance(bind, Connection)
+    if on_connection:  # a session bound to a connection: not begun yet
         taint = connection_taint(bind)
         if taint is not None and (st.vary_on is None or taint == UNWATCHED):
             _bypass(st, "connection_state", shape.tables)
@@ -131,6 +150,7 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
         shape,
         ck,
         ox,
+        lo,
         _tag_hints(hint, st) if hint.tags or st.tags or hint.tables else _NO_TAG_HINTS,
         (variant, vary) if variant is not None or vary is not None else None,
     )
@@ -143,7 +163,7 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
         log.warning("yokedcache: no cache configured for this session; reading uncached")
         return _uncached(ox, planned)
     outer = _collector.get()
-    engine = bind.engine if isinstance(bind, Connection) else bind
+    engine = bind.engine if on_connection else bind
     horizon, begun = _horizon(st, bind, engine, session)
     if in_greenlet():
         look = _await(cache.lookup(key, horizon=horizon, lock=True))

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import is_
 from typing import Any
 
-from sqlalchemy import inspect
 from sqlalchemy.engine.result import IteratorResult, Result, SimpleResultMetaData
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Mapper, Session
@@ -22,6 +22,7 @@ from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.base import object_mapper, state_str
 
 from . import _compat
+from .loading import LoaderContext, loader_context, per_object_strategy, stamp_paths
 
 __all__ = [
     "LoaderContext",
@@ -30,7 +31,7 @@ __all__ = [
     "per_object_strategy",
     "rows_from_entry",
     "rows_to_entry",
-]
+]  # the loader context lives in .loading (re-exported here)
 
 
 class NotCacheable(Exception):
@@ -66,7 +67,7 @@ class ResultShape:
         metadata = self.metadata
         if statement is not None and self.columns is not None:
             columns = _compat.selected_columns(statement)
-            if columns is not None and any(a is not b for a, b in zip(columns, self.columns)):
+            if columns is not None and not all(map(is_, columns, self.columns)):
                 metadata = _compat.retarget_metadata(metadata, columns)
         it: Iterator[Any] = iter(rows)
         if session is not None and is_new is not None:
@@ -221,108 +222,27 @@ def rows_to_entry(
     return [rows, fz.objects, [1 if k == 1 else 0 for k in (kinds or [])]], fz.mappers
 
 
-@dataclass(frozen=True)
-class LoaderContext:
-    """What SQLAlchemy's loader stamps on the objects a query loads: the query's options
-    that propagate to later loads, and the path the query ran at (non-root for lazy loads)."""
-
-    options: tuple[Any, ...]
-    path: Any  # PathRegistry
-    entities: tuple[Any, ...]  # per row position: the entity's path registry, or None
-
-
-def loader_context(statement: Any) -> LoaderContext | None:
-    """The loader context of an ORM *statement*, or None when it propagates no options."""
-    with_options = _compat.statement_options(statement)
-    if not with_options:
-        return None
-    options = tuple(o for o in with_options if getattr(o, "propagate_to_loaders", 0))
-    if not options:
-        return None
-    entities: list[Any] = []
-    for desc in getattr(statement, "column_descriptions", ()):
-        entity = desc.get("entity")
-        if entity is not None and desc.get("type") is entity:
-            entities.append(_compat.mapper_path(inspect(entity)))
-        else:
-            entities.append(None)
-    return LoaderContext(options, _compat.current_path(statement), tuple(entities))
-
-
-_STATE_STRATEGIES = frozenset({"raise", "raise_on_sql", "noload"})
-
-
-def per_object_strategy(statement: Any) -> str | None:
-    """Why *statement*'s loader options cannot be reproduced on objects built from a cache
-    entry, or None.
-
-    ``raiseload``, ``noload``, ``defer(..., raiseload=True)`` and relationship criteria
-    (``lazyload(User.addresses.and_(...))``) make SQLAlchemy's loader install a per-object
-    loader on each object it builds; an object rebuilt from cached data would fall back to
-    the mapping's default loader, so such statements are not cached.
-    """
-    for opt in _compat.statement_options(statement):
-        elements = getattr(opt, "context", None)
-        if elements is None:
-            elements = (opt,)
-        for el in elements:
-            strategy = dict(getattr(el, "strategy", None) or ())
-            if strategy.get("lazy") in _STATE_STRATEGIES or strategy.get("raiseload"):
-                return "its loader options raise or skip loads on the objects it returns"
-            # with_expression() carries its expression in the same slot: only relationship
-            # strategies (the "lazy" ones) filter
-            if "lazy" in strategy and _compat.loader_extra_criteria(el):
-                return "its loader options filter the relationships of the objects it returns"
-    return None
-
-
-def _stamp_paths(
-    objects: list[Any],
-    rows: list[Any],
-    kinds: list[int],
-    built: list[Any],
-    fresh: list[bool],
-    scalars: bool,
-    loader: LoaderContext,
+def _set_relationships(
+    objects: list[Any], built: list[Any], states: list[Any], fresh: list[bool]
 ) -> None:
-    """Give fresh objects the load options and paths a database load would have given."""
-    paths: list[Any] = [None] * len(objects)
-    base = loader.path
-    for r in rows:
-        elems = r[:1] if scalars else r
-        for i, v in enumerate(elems):
-            if kinds[i] and v is not None and paths[v] is None:
-                entity = loader.entities[i] if i < len(loader.entities) else None
-                mapper_path = (
-                    entity
-                    if entity is not None
-                    else _compat.mapper_path(instance_state(built[v]).mapper)
-                )
-                paths[v] = base + mapper_path if base.path else mapper_path
-    todo = [i for i, p in enumerate(paths) if p is not None]
-    while todo:
-        nxt = []
-        for i in todo:
-            rels = objects[i][4]
-            if not rels:
+    """Set the loaded relationships of rebuilt objects (those of objects already in the
+    identity map only where not loaded there)."""
+    for i, record in enumerate(objects):
+        rels = record[4]
+        if not rels:
+            continue
+        obj = built[i]
+        dict_ = states[i].dict
+        for k, v in rels.items():
+            if not fresh[i] and k in dict_:
                 continue
-            mapper = instance_state(built[i]).mapper
-            for k, v in rels.items():
-                if v is None:
-                    continue
-                prop = mapper.relationships[k]
-                for j in v if isinstance(v, list) else (v,):
-                    if paths[j] is None:
-                        child = instance_state(built[j]).mapper
-                        paths[j] = paths[i][prop][prop.mapper if child.isa(prop.mapper) else child]
-                        nxt.append(j)
-        todo = nxt
-    for i, is_new in enumerate(fresh):
-        if is_new:
-            path = paths[i]
-            if path is None:
-                path = _compat.mapper_path(instance_state(built[i]).mapper)
-            _compat.set_loader_state(instance_state(built[i]), loader.options, path)
+            if v is None:
+                value: Any = None
+            elif isinstance(v, list):
+                value = [built[j] for j in v]
+            else:
+                value = built[v]
+            set_committed_value(obj, k, value)
 
 
 def rows_from_entry(
@@ -330,13 +250,15 @@ def rows_from_entry(
     shape: ResultShape,
     session: Session,
     loader: LoaderContext | None = None,
-    added: set[int] | None = None,
+    added: list[Any] | None = None,
 ) -> list[Any]:
     """Rebuild rows from :func:`rows_to_entry` data, objects attached to *session*.
 
     Objects already in the identity map are reused and only their unloaded attributes are
     filled (as a normal query does); their pending changes are never overwritten. New objects
     carry *loader*'s propagated options and paths, as SQLAlchemy's loader would stamp them.
+    *added*, when given, receives ``(built, fresh)``: the objects by entry position and which
+    of them are new to the identity map.
 
     Raises:
         NotCacheable: the payload names a class this statement cannot return.
@@ -345,31 +267,48 @@ def rows_from_entry(
     mappers = shape.mappers
     imap = session.identity_map
     add_to_identity_map = _compat.identity_adder(imap)
-    built: list[Any] = [None] * len(objects)
-    fresh: list[bool] = [False] * len(objects)
+    hash_key = session.hash_key
+    n = len(objects)
+    built: list[Any] = [None] * n
+    states: list[Any] = [None] * n
+    fresh: list[bool] = [False] * n
+    last_name: str | None = None
+    mapper: Any = None
+    manager: Any = None
+    ident: Any = None
+    any_rels = False
     for i, record in enumerate(objects):
-        name, pk, token, cols = record[0], record[1], record[2], record[3]
-        mapper = mappers.get(name)
-        if mapper is None:
-            raise NotCacheable(f"unknown class {name}")
-        key = mapper.identity_key_from_primary_key(tuple(pk), identity_token=token)
+        if len(record) == 6:  # what rows_to_entry writes unless an option deferred columns
+            name, pk, token, cols, rels, expired = record
+            loaders = None
+        else:
+            name, pk, token, cols, rels = record[0], record[1], record[2], record[3], record[4]
+            expired = record[5] if len(record) > 5 else None
+            loaders = record[6] if len(record) > 6 else None
+        if name != last_name:  # most results hold objects of one class
+            mapper = mappers.get(name)
+            if mapper is None:
+                raise NotCacheable(f"unknown class {name}")
+            manager = mapper.class_manager
+            ident = _compat.identity_class(mapper)
+            last_name = name
+        if rels:
+            any_rels = True
+        key = (ident, tuple(pk), token)  # mapper.identity_key_from_primary_key(pk, token)
         obj = imap.get(key)
         if obj is None:
-            obj = mapper.class_manager.new_instance()
+            obj = manager.new_instance()
             state = instance_state(obj)
             state.dict.update(cols)
             state.key = key
             state.identity_token = token
-            state.session_id = session.hash_key
-            if len(record) > 5:
-                if record[5]:
-                    state.expired_attributes.update(record[5])
-                if len(record) > 6:
-                    _compat.install_deferred_column_loaders(state, record[6])
+            state.session_id = hash_key
+            if expired:
+                state.expired_attributes.update(expired)
+            if loaders is not None:
+                _compat.install_deferred_column_loaders(state, loaders)
             add_to_identity_map(state, key)
             fresh[i] = True
-            if added is not None:
-                added.add(id(obj))
         else:
             state = instance_state(obj)
             if object_mapper(obj) is not mapper:
@@ -382,33 +321,23 @@ def rows_from_entry(
                 if todo:
                     _compat.commit_loaded(state, todo)
         built[i] = obj
-    for i, record in enumerate(objects):
-        rels = record[4]
-        if not rels:
-            continue
-        obj = built[i]
-        state = instance_state(obj)
-        dict_ = state.dict
-        for k, v in rels.items():
-            if not fresh[i] and k in dict_:
-                continue
-            if v is None:
-                value: Any = None
-            elif isinstance(v, list):
-                value = [built[j] for j in v]
-            else:
-                value = built[v]
-            set_committed_value(obj, k, value)
+        states[i] = state
+    if any_rels:
+        _set_relationships(objects, built, states, fresh)
     if loader is not None and any(fresh):
-        _stamp_paths(objects, rows, kinds, built, fresh, shape.scalars_source, loader)
+        stamp_paths(objects, rows, kinds, built, fresh, shape.scalars_source, loader)
     dispatch_load = session.dispatch.loaded_as_persistent
-    for i, is_new in enumerate(fresh):
-        if is_new:
-            state = instance_state(built[i])
-            if state.manager.dispatch.load:
-                state.manager.dispatch.load(state, None)
-            if dispatch_load:
-                dispatch_load(session, state)
+    # load events: only when some class of the result (or the session) has listeners
+    if dispatch_load or any(m.class_manager.dispatch.load for m in mappers.values()):
+        for i, is_new in enumerate(fresh):
+            if is_new:
+                state = states[i]
+                if state.manager.dispatch.load:
+                    state.manager.dispatch.load(state, None)
+                if dispatch_load:
+                    dispatch_load(session, state)
+    if added is not None:
+        added.append((built, fresh))
     if shape.scalars_source:
         return [built[r[0]] if kinds[0] and r[0] is not None else r[0] for r in rows]
     out = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Any
 
@@ -38,9 +38,9 @@ from .results import (
 from .shapes import _Shape
 from .state import SessionState
 
-Planned = tuple[dict[str, Any], Any, Any]
+Planned = tuple[dict[str, Any] | None, Any, Any]
 """A statement's bind, resolved once: ``(get_bind() arguments, bind, connection begun or
-None)`` (see :func:`._compat.bind_reused`)."""
+None)``; no arguments when ``get_bind()`` was not asked (see :func:`._compat.bind_reused`)."""
 
 log = logging.getLogger("yokedcache_sa")
 
@@ -89,7 +89,7 @@ def _served(
     if shape.post_loads and has_other_orm_listeners(session):
         return None  # its post loads must run, for those listeners (see _run_and_store)
     try:
-        added: set[int] = set()
+        added: list[Any] = []
         rows = rows_from_entry(
             look.value, shape.result, session, loader_context(ox.statement), added
         )
@@ -102,7 +102,7 @@ def _served(
         if st.vary_on is not None:
             # served for this session's vary_on state, which an @cached key lacks
             _mark_strict(outer, "a read keyed by the session's vary_on state")
-    return shape.result.build(rows, ox.statement, _unbuffered(ox), lambda obj: id(obj) in added)
+    return shape.result.build(rows, ox.statement, _unbuffered(ox), _built_new(added))
 
 
 def _miss(
@@ -278,6 +278,16 @@ def _unbuffered(ox: ORMExecuteState) -> Session | None:
     if eo.get("prebuffer_rows") or ox.execution_options.get("prebuffer_rows"):
         return None
     return ox.session
+
+
+def _built_new(added: list[Any]) -> Callable[[object], bool]:
+    """Whether an object is one :func:`rows_from_entry` put into the identity map (asked
+    only when the session's identity map changed while the result was fetched)."""
+
+    def is_new(obj: object) -> bool:
+        return any(o is obj and f for built, fresh in added for o, f in zip(built, fresh))
+
+    return is_new
 
 
 def _all_new(obj: object) -> bool:

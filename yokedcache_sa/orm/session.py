@@ -138,13 +138,15 @@ class CachingSession(Session):
         vary_on: Callable[[Session], Hashable] | None = None,
         **kw: Any,
     ) -> None:
-        kw.setdefault("query_cls", CachingQuery)
+        if "query_cls" not in kw:
+            kw["query_cls"] = CachingQuery
         super().__init__(bind, **kw)
-        extra = (*tags, table_tag(table_name)) if table_name else tuple(tags)
-        self.__dict__[STATE_KEY] = SessionState(
-            cache, default_ttl=default_ttl, tags=extra, vary_on=vary_on, lazy_begin=True
-        )
-        _watch_binds(bind, kw.get("binds"))
+        extra = (*tags, table_tag(table_name)) if table_name else tags
+        self.__dict__[STATE_KEY] = SessionState(cache, default_ttl, extra, vary_on, True)
+        if bind is not None:
+            watch_engine(bind)
+        if kw.get("binds"):
+            _watch_binds(None, kw["binds"])
 
     def commit(self) -> None:
         """Commit, and invalidate what the transaction wrote.

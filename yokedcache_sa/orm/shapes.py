@@ -6,14 +6,13 @@ import hashlib
 import logging
 import threading
 import types
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import MetaData
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.orm.interfaces import MapperProperty
@@ -46,19 +45,21 @@ class _Shape:
     roots: tuple[Any, ...] = ()
     post_loads: bool = False  # a run executed other ORM statements inside (post loads)
 
+    def __post_init__(self) -> None:
+        self.digest_bytes = self.digest.encode() if self.digest is not None else b""
+
 
 _shapes: OrderedDict[Any, _Shape] = OrderedDict()
 _shapes_lock = threading.Lock()
 _MAX_SHAPES = 2000
-_bind_ids: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+_BIND_ID_KEY = "_yokedcache_bind_id"  # in an engine's __dict__: its engine_identity()
 
 
 def _bind_id(bind: Any) -> str:
     engine = bind.engine if isinstance(bind, Connection) else bind
-    ident = _bind_ids.get(engine)
+    ident: str | None = engine.__dict__.get(_BIND_ID_KEY)
     if ident is None:
-        ident = engine_identity(engine)
-        _bind_ids[engine] = ident
+        ident = engine.__dict__[_BIND_ID_KEY] = engine_identity(engine)
     return ident
 
 
@@ -227,13 +228,14 @@ def _param_name(name: Any, positions: dict[Any, int]) -> Any:
     return pos if pos is not None else name
 
 
-def _key(shape: _Shape, ck: Any, ox: ORMExecuteState, tags: list[Any], context: Any) -> str | None:
+def _key(
+    shape: _Shape, ck: Any, ox: ORMExecuteState, lo: Any, tags: list[Any], context: Any
+) -> str | None:
     try:
         values = [bp.effective_value for bp in ck.bindparams]
         # SQLAlchemy 2.1 keeps .params() values on the statement, over the bindparams' own
         stmt_params = getattr(ck, "params", None)
-        lo = ox.load_options
-        extra = _compat.keyed_load_options(lo)
+        extra = list(_compat.keyed_load_options(lo))  # a list: the key packer is strict
         eo = ox.execution_options
         raw = codec.pack_key(
             [
@@ -255,4 +257,4 @@ def _key(shape: _Shape, ck: Any, ox: ORMExecuteState, tags: list[Any], context: 
         # StatementError when the statement runs
         return None
     assert shape.digest is not None
-    return "q:" + hashlib.blake2b(shape.digest.encode() + raw, digest_size=20).hexdigest()
+    return "q:" + hashlib.blake2b(shape.digest_bytes + raw, digest_size=20).hexdigest()

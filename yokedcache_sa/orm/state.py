@@ -28,6 +28,19 @@ STATE_KEY: Final = "_yokedcache_state"  # in the session's __dict__, not its .in
 _STATEMENT_LEVEL = frozenset({"READ COMMITTED", "AUTOCOMMIT"})
 _known_metadata: weakref.WeakSet[MetaData] = weakref.WeakSet()
 
+_RESET: Final[dict[str, Any]] = {
+    "_txn_cache": None,
+    "writer": None,
+    "dirty_reads": False,
+    "db_commit_started": False,
+    "committing": False,
+    "committed": False,
+    "autocommitted": False,
+    "tainted": None,
+    "unbegun": False,
+}
+"""What :meth:`SessionState._reset` sets besides fresh containers."""
+
 # -- per-session state ---------------------------------------------------------------------
 
 
@@ -39,12 +52,12 @@ class SessionState:
     def __init__(
         self,
         cache: YokedCache | None,
-        *,
         default_ttl: TTL = DEFAULT_TTL,
         tags: Iterable[str] = (),
-        enabled: bool = True,
         vary_on: Callable[[Session], Hashable] | None = None,
         lazy_begin: bool = False,
+        *,
+        enabled: bool = True,
     ) -> None:
         self._cache = cache
         # True when the session's rollback() begins the transaction hits did not begin
@@ -66,32 +79,37 @@ class SessionState:
     def txn_cache(self) -> YokedCache:
         """The cache of the open transaction: chosen once, at its first use, so that its
         marks, bump and release go to one cache even if the default changes meanwhile."""
-        if self._txn_cache is None:
-            self._txn_cache = self.cache
-        return self._txn_cache
+        c = self._txn_cache
+        if c is None:
+            c = self._cache if self._cache is not None else get_session_default_cache()
+            c = self._txn_cache = c.resolved()  # the cache property, inlined
+        return c
 
     def _reset(self) -> None:
-        self._txn_cache = None
-        self.writer: str | None = None
+        self.__dict__.update(
+            _RESET
+        )  # the settings-free fields that are not containers, in one call
         self.marked: set[str] = set()
         self.written: set[str] = set()
         # the snapshot facts (per engine) and the horizon they give: computed by the core
         self.view = TransactionView()
-        self.dirty_reads = False
-        self.db_commit_started = False
-        self.committing = False  # between before_commit and the transaction's end
-        self.committed = False
-        self.autocommitted = False
         # PostgreSQL: per connection, the modification counters before this transaction's
         # first write; before COMMIT, tables whose counters moved are added to the writes
         self.pg_base: dict[int, dict[tuple[str, str, bool], int]] = {}
         self.conns: list[weakref.ref[Connection]] = []
-        # SQL that changed connection state (SET, set_config) ran in this transaction or on
-        # its pooled connection: nothing is served or stored (unless vary_on keys that state)
-        self.tainted: str | None = None
         self.variants: dict[Engine, str] = {}  # connection-level schema_translate_map
-        # served a hit while the session had no transaction (see _rollback)
-        self.unbegun = False
+
+    # set by _reset(); annotated here for readers and type checkers
+    writer: str | None
+    dirty_reads: bool
+    db_commit_started: bool
+    committing: bool  # between before_commit and the transaction's end
+    committed: bool
+    autocommitted: bool
+    # SQL that changed connection state (SET, set_config) ran in this transaction or on its
+    # pooled connection: nothing is served or stored (unless vary_on keys that state)
+    tainted: str | None
+    unbegun: bool  # served a hit while the session had no transaction (see _rollback)
 
     def taint(self, conn: Connection, why: str) -> None:
         """Stop serving and storing: *conn* runs with state the key does not capture."""

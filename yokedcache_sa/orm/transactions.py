@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from . import _compat
 from ._greenlet import call_twin
 from .bindstate import connection_taint, connection_variant
-from .isolation import _isolation_of, _learned, _snapshot_isolated
+from .isolation import _isolation_of, _snapshot_isolated, learn
 from .pgwrites import _add_pg_modified
 from .state import SessionState, state_of
 from .watch import watch_engine
@@ -49,7 +49,7 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
     if connection.get_execution_options().get("isolation_level") == (
         engine.get_execution_options().get("isolation_level")
     ):
-        _learned[engine] = isolated
+        learn(engine, isolated)
     if st.view.begin(
         engine,
         isolated=isolated,

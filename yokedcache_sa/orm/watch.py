@@ -18,10 +18,23 @@ from . import _compat
 from .bindstate import WATCHED_KEY
 from .engine_events import _ENGINE_EVENTS
 
-__all__ = ["is_watched", "watch_engine"]
+__all__ = ["forget_watched", "is_watched", "watch_engine"]
 
 _watched: weakref.WeakSet[Engine] = weakref.WeakSet()  # engines (and option engines) watched
 _install_lock = threading.Lock()
+# in a watched engine's __dict__ (one C-level lookup for every session made on it): the
+# _generation it was watched in; forget_watched() starts a new one
+_SEEN_KEY = "_yokedcache_watched"
+_generation = object()
+
+
+def forget_watched() -> None:
+    """Forget which engines were watched: the next sight of each installs its listeners
+    again (idempotent), e.g. after a test suite removed every engine's listeners."""
+    global _generation
+    with _install_lock:
+        _watched.clear()
+        _generation = object()
 
 
 def _on_connect(dbapi_connection: Any, record: Any) -> None:
@@ -50,8 +63,14 @@ def watch_engine(bind: Any) -> None:
     replaced at their next checkout (see :func:`_on_checkout`); a connection checked out
     before counts as having unknown state (:func:`~.bindstate.connection_taint`).
     """
+    d = getattr(bind, "__dict__", None)
+    if d is not None and d.get(_SEEN_KEY) is _generation:
+        return  # seen already: the common case, first
     engine = bind if isinstance(bind, Engine) else _engine_of(bind)
-    if engine is None or engine in _watched:
+    if engine is None:
+        return
+    if engine in _watched:
+        engine.__dict__[_SEEN_KEY] = _generation
         return
     root = _compat.root_engine(engine)
     with _install_lock:
@@ -63,7 +82,9 @@ def watch_engine(bind: Any) -> None:
             if not event.contains(root, "checkout", checkout):
                 event.listen(root, "checkout", checkout)
             _watched.add(root)
+            root.__dict__[_SEEN_KEY] = _generation
         _watched.add(engine)
+        engine.__dict__[_SEEN_KEY] = _generation
 
 
 def _engine_of(bind: Any) -> Engine | None:
