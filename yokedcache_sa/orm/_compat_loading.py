@@ -20,6 +20,7 @@ from sqlalchemy.orm.base import DEFAULT_MANAGER_ATTR
 from sqlalchemy.orm.context import QueryContext
 from sqlalchemy.orm.path_registry import PathRegistry
 from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.selectable import Select
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "mark_requires_uniquing",
     "queued_post_loads",
     "result_attributes",
+    "result_mappers",
     "retarget_metadata",
     "selected_columns",
     "set_loader_state",
@@ -85,6 +87,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (InstanceState, "load_path"),
     (InstanceState, "load_options"),
     (InstanceState, "callables"),
+    (ClauseElement, "_is_star"),
 )
 
 
@@ -277,6 +280,19 @@ def selected_columns(statement: Any) -> tuple[Any, ...] | None:
     entity or column as given); None for other statements."""
     raw = getattr(statement, "_raw_columns", None)
     return tuple(raw) if isinstance(raw, list) else None
+
+
+def result_mappers(ox: ORMExecuteState) -> tuple[Mapper[Any], ...]:
+    """The mappers of the entities in *ox*'s result rows (``ORMExecuteState.all_mappers``).
+
+    ``select("*")`` (or ``literal_column("*")``, ``text("*")``) from a mapped class: the ORM
+    allows nothing next to the ``*``, so its rows hold column values only, and SQLAlchemy's
+    ``column_descriptions`` (hence ``all_mappers``) raises for it: ``*`` is told by the
+    flag SQLAlchemy's ORM compiler reads for the same decision."""
+    raw = getattr(ox.statement, "_raw_columns", None)
+    if isinstance(raw, list) and len(raw) == 1 and getattr(raw[0], "_is_star", False):
+        return ()
+    return tuple(ox.all_mappers)
 
 
 def retarget_metadata(metadata: Any, columns: tuple[Any, ...]) -> Any:

@@ -224,7 +224,7 @@ def _run_and_store(
             outer.add(col.tables)
         return _rebuilt(frozen, require_unique)
     if shape.result is None:
-        shape.roots = tuple(ox.all_mappers)
+        shape.roots = _compat.result_mappers(ox)
         shape.result = ResultShape(
             _compat.detached_metadata(frozen.metadata, result),
             _compat.result_attributes(frozen),
