@@ -24,6 +24,7 @@ from sqlalchemy.sql.selectable import Select
 from . import _compat_binds, _compat_loading
 from ._compat_binds import begin_connection, bind_reused, execution_bind_arguments
 from ._compat_loading import (
+    CORE_RESULT_CONTEXT,
     commit_loaded,
     copy_result_metadata,
     current_path,
@@ -48,6 +49,7 @@ from ._compat_loading import (
 )
 
 __all__ = [
+    "CORE_RESULT_CONTEXT",
     "KEYED_LOAD_OPTIONS",
     "LOAD_OPTIONS_KEY",
     "PRIVATE_ATTRIBUTES",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.engine.result import FrozenResult, IteratorResult, Result, SimpleResultMetaData
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Mapper, ORMExecuteState
@@ -24,6 +25,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.selectable import Select
 
 __all__ = [
+    "CORE_RESULT_CONTEXT",
     "PRIVATE_ATTRIBUTES",
     "commit_loaded",
     "copy_result_metadata",
@@ -88,6 +90,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (InstanceState, "load_options"),
     (InstanceState, "callables"),
     (ClauseElement, "_is_star"),
+    (DefaultExecutionContext, "_is_server_side"),  # what _CoreResultContext stands in for
 )
 
 
@@ -137,6 +140,21 @@ class _UniquingContext:
 
 
 _UNIQUING_CONTEXT = _UniquingContext()
+
+
+class _CoreResultContext:
+    """What SQLAlchemy's ORM loader reads of a Core result's ``context`` (the execution
+    context of a ``CursorResult``) when it builds objects from that result's rows
+    (``Query.instances()``): a result rebuilt from the cache is buffered, not server-side."""
+
+    __slots__ = ()
+    _is_server_side = False
+    requires_uniquing = False
+
+
+CORE_RESULT_CONTEXT: Any = _CoreResultContext()
+"""The ``context`` of a result rebuilt from the cache for a Core statement (a plain
+Session's is a ``CursorResult``'s execution context; an ORM result's is the ORM's own)."""
 
 
 _READS_REQUIRES_UNIQUING: bool = "requires_uniquing" in (

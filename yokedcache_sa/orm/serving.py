@@ -232,6 +232,7 @@ def _run_and_store(
             require_unique,
             reachable_mappers(shape.roots),
             _compat.selected_columns(ox.statement),
+            None if ox.is_orm_statement else _compat.CORE_RESULT_CONTEXT,
         )
     known = shape.result.mappers
     for name, m in mappers.items():
