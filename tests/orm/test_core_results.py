@@ -82,12 +82,12 @@ def test_query_instances_of_a_core_result(env: Env) -> None:
             .where(users.c.id < 4)
             .order_by(users.c.id, addresses.c.id)
         )
+        # typed Result; a plain Session returns a CursorResult, which instances() wants
+        rows: Any = s.execute(core)
         with warnings.catch_warnings():
             # Query.instances() and calling it without a context are deprecated
             warnings.simplefilter("ignore", SADeprecationWarning)
-            loaded = list(
-                s.query(User).options(contains_eager(User.addresses)).instances(s.execute(core))
-            )
+            loaded = list(s.query(User).options(contains_eager(User.addresses)).instances(rows))
         return [(u.id, u.name, [a.email for a in u.__dict__["addresses"]]) for u in loaded]
 
     answers = _three_ways(env, read)
