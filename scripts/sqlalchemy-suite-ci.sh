@@ -21,4 +21,6 @@ exec .venv/bin/python scripts/sqlalchemy_suite.py --json \
   test/orm/test_events.py \
   test/orm/test_scoping.py \
   test/orm/test_session.py \
-  test/orm/test_query.py
+  test/orm/test_query.py \
+  test/orm/test_loading.py \
+  test/orm/test_deprecations.py

@@ -26,6 +26,7 @@ from sqlalchemy.sql.selectable import Select
 from . import _compat_binds, _compat_loading
 from ._compat_binds import begin_connection, bind_reused, execution_bind_arguments, simple_bind
 from ._compat_loading import (
+    CORE_RESULT_CONTEXT,
     commit_loaded,
     copy_result_metadata,
     current_path,
@@ -41,6 +42,7 @@ from ._compat_loading import (
     mark_requires_uniquing,
     queued_post_loads,
     result_attributes,
+    result_mappers,
     retarget_metadata,
     selected_columns,
     set_loader_state,
@@ -50,6 +52,7 @@ from ._compat_loading import (
 )
 
 __all__ = [
+    "CORE_RESULT_CONTEXT",
     "KEYED_LOAD_OPTIONS",
     "LOAD_OPTIONS_KEY",
     "PRIVATE_ATTRIBUTES",
@@ -89,6 +92,7 @@ __all__ = [
     "query_statement_and_params",
     "queued_post_loads",
     "result_attributes",
+    "result_mappers",
     "retarget_metadata",
     "root_engine",
     "run_later_orm_listeners",

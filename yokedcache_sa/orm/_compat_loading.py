@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.engine.result import FrozenResult, IteratorResult, Result, SimpleResultMetaData
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Mapper, ORMExecuteState
@@ -20,9 +21,11 @@ from sqlalchemy.orm.base import DEFAULT_MANAGER_ATTR
 from sqlalchemy.orm.context import QueryContext
 from sqlalchemy.orm.path_registry import PathRegistry
 from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.selectable import Select
 
 __all__ = [
+    "CORE_RESULT_CONTEXT",
     "PRIVATE_ATTRIBUTES",
     "commit_loaded",
     "copy_result_metadata",
@@ -39,6 +42,7 @@ __all__ = [
     "mark_requires_uniquing",
     "queued_post_loads",
     "result_attributes",
+    "result_mappers",
     "retarget_metadata",
     "selected_columns",
     "set_loader_state",
@@ -87,6 +91,8 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (InstanceState, "load_path"),
     (InstanceState, "load_options"),
     (InstanceState, "callables"),
+    (ClauseElement, "_is_star"),
+    (DefaultExecutionContext, "_is_server_side"),  # what _CoreResultContext stands in for
 )
 
 
@@ -136,6 +142,21 @@ class _UniquingContext:
 
 
 _UNIQUING_CONTEXT = _UniquingContext()
+
+
+class _CoreResultContext:
+    """What SQLAlchemy's ORM loader reads of a Core result's ``context`` (the execution
+    context of a ``CursorResult``) when it builds objects from that result's rows
+    (``Query.instances()``): a result rebuilt from the cache is buffered, not server-side."""
+
+    __slots__ = ()
+    _is_server_side = False
+    requires_uniquing = False
+
+
+CORE_RESULT_CONTEXT: Any = _CoreResultContext()
+"""The ``context`` of a result rebuilt from the cache for a Core statement (a plain
+Session's is a ``CursorResult``'s execution context; an ORM result's is the ORM's own)."""
 
 
 _READS_REQUIRES_UNIQUING: bool = "requires_uniquing" in (
@@ -287,6 +308,19 @@ def selected_columns(statement: Any) -> tuple[Any, ...] | None:
     entity or column as given); None for other statements."""
     raw = getattr(statement, "_raw_columns", None)
     return tuple(raw) if isinstance(raw, list) else None
+
+
+def result_mappers(ox: ORMExecuteState) -> tuple[Mapper[Any], ...]:
+    """The mappers of the entities in *ox*'s result rows (``ORMExecuteState.all_mappers``).
+
+    ``select("*")`` (or ``literal_column("*")``, ``text("*")``) from a mapped class: the ORM
+    allows nothing next to the ``*``, so its rows hold column values only, and SQLAlchemy's
+    ``column_descriptions`` (hence ``all_mappers``) raises for it: ``*`` is told by the
+    flag SQLAlchemy's ORM compiler reads for the same decision."""
+    raw = getattr(ox.statement, "_raw_columns", None)
+    if isinstance(raw, list) and len(raw) == 1 and getattr(raw[0], "_is_star", False):
+        return ()
+    return tuple(ox.all_mappers)
 
 
 def retarget_metadata(metadata: Any, columns: tuple[Any, ...]) -> Any:

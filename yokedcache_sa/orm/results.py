@@ -52,6 +52,7 @@ class ResultShape:
     require_unique: bool
     mappers: dict[str, Mapper[Any]] = field(default_factory=dict)
     columns: tuple[Any, ...] | None = None  # what the statement that made it selected
+    context: Any = None  # for a Core statement: what its consumers read of a result's context
 
     def build(
         self,
@@ -76,6 +77,8 @@ class ResultShape:
         _compat.set_result_attributes(result, self.attributes, self.scalars_source)
         if self.require_unique:
             self.demand_unique(result)
+        elif self.context is not None:
+            result.context = self.context
         return result
 
     @staticmethod

@@ -224,7 +224,7 @@ def _run_and_store(
             outer.add(col.tables)
         return _rebuilt(frozen, require_unique)
     if shape.result is None:
-        shape.roots = tuple(ox.all_mappers)
+        shape.roots = _compat.result_mappers(ox)
         shape.result = ResultShape(
             _compat.detached_metadata(frozen.metadata, result),
             _compat.result_attributes(frozen),
@@ -232,6 +232,7 @@ def _run_and_store(
             require_unique,
             reachable_mappers(shape.roots),
             _compat.selected_columns(ox.statement),
+            None if ox.is_orm_statement else _compat.CORE_RESULT_CONTEXT,
         )
     known = shape.result.mappers
     for name, m in mappers.items():
