@@ -6,9 +6,11 @@ the same engine, none of either tree's read path).
 
 Wall mode (the default) runs **both trees in one process**: the base revision is checked out
 and its package renamed ``yokedcache_sa_base``, and every iteration calls each path once per
-tree, alternating which tree goes first. Whole processes differ in speed here by ±15 % (hash
-seeds, memory layout), which swamps a 5 % target when each tree runs in a process of its own;
-side by side in one process that factor cancels. Each of ``--rounds`` processes gives one
+tree, in an order shuffled anew each iteration (fixed seed). Whole processes differ in speed
+here by ±15 % (hash seeds, memory layout), which swamps a 5 % target when each tree runs in a
+process of its own; side by side in one process that factor cancels. Half the calls follow a
+network round trip (PostgreSQL, Redis), so hits often run on cold CPU caches, as the first
+hit of a request does. Each of ``--rounds`` processes gives one
 ratio per path (this tree's median / the base's); the median of those is reported.
 
 ``--callgrind`` counts instructions per call instead (valgrind, deterministic, slow): each
@@ -44,7 +46,7 @@ TARGET = 1.05  # issue #9: no hit path more than 5 % slower than 0.1
 
 # One child process. argv: trees (comma-separated package names), paths, n, mode (time|count).
 CHILD = r"""
-import functools, gc, importlib, json, os, statistics, sys, time, uuid
+import functools, gc, importlib, json, os, random, statistics, sys, time, uuid
 from sqlalchemy import Boolean, Integer, String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -115,15 +117,17 @@ try:
     else:
         times = {k: [] for k in fns}
         clock = time.perf_counter_ns
-        order = list(trees)
+        # every (tree, path) once per iteration, in a new order each time: no call always
+        # follows the same other one (after the PostgreSQL read a hit runs on cold caches,
+        # and a tree that always runs second finds the other's SQLAlchemy code warm)
+        rng = random.Random(1)
+        calls = list(fns.items())
         for _ in range(n):
-            order.reverse()  # alternate which tree goes first
-            for p in paths:
-                for t in order:
-                    f = fns[t, p]
-                    t0 = clock()
-                    f()
-                    times[t, p].append(clock() - t0)
+            rng.shuffle(calls)
+            for k, f in calls:
+                t0 = clock()
+                f()
+                times[k].append(clock() - t0)
         out = {t: {p: statistics.median(times[t, p]) / 1000 for p in paths} for t in trees}
 finally:
     if not counting:  # a write would wait out the patched recheck interval
