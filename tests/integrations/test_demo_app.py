@@ -7,6 +7,7 @@ prefix). The server is another process, so hits are read from its admin stats en
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -114,14 +115,27 @@ def test_demo_script(tmp_path: Path) -> None:
         "YOKEDCACHE_KEY_PREFIX": "demo" + uuid.uuid4().hex[:10],
     }
     env.pop("YOKEDCACHE_REDIS_URL", None)
-    proc = subprocess.run(
+    # its own process group: on a timeout the uvicorn it started is killed too (killing the
+    # script alone left the server running after the test)
+    proc = subprocess.Popen(
         ["bash", "scripts/demo.sh", "--rounds", "20"],
         cwd=ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
+        start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "hit rate" in proc.stdout
-    assert "stale reads          0" in proc.stdout
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"scripts/demo.sh did not finish within 120 s:\n{out}\n{err}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out + err
+    assert "hit rate" in out
+    assert "stale reads          0" in out
