@@ -135,16 +135,7 @@ def lookup_sync(cache: CacheState, key: str, horizon: int | None, lock: bool) ->
     common case is hand-inlined (the documented fast path of the hit)."""
     if loop_check.armed and _get_running_loop() is not None:
         loop_check.fire("cache read")
-    # _lookup_started(), hand-inlined
-    while cache._redirect is not None:
-        cache = cache._redirect
-    obs = _LookupObserved(cache, key) if cache._hooks.active else None
-    if cache._pending.tags or cache._breaker.failures:
-        token: str | None = _SLOW
-        t0 = 0.0
-    else:
-        token = new_token() if lock else None
-        t0 = time.perf_counter() if debug_enabled() else 0.0
+    cache, obs, token, t0 = _lookup_started(cache, key, lock)
     try:
         if token is _SLOW:
             look = drive_sync(flows.lookup, cache, key, horizon, lock)
