@@ -31,6 +31,7 @@ from tests.orm.ormkit import (
     Tag,
     User,
     enable_sqlite_fks,
+    plain,
 )
 from yokedcache_sa.orm import CachingSession, instrument_session, state_of
 
@@ -279,6 +280,55 @@ def test_savepoint_rollback_of_the_only_write(env: Env) -> None:
     assert env.truth(user_names) == ALL
     with env.Session() as s:
         assert user_names(s) == ALL
+
+
+def test_savepoint_rollback_keeps_cached_reads_of_what_only_it_wrote(env: Env) -> None:
+    """A table written only inside a rolled-back SAVEPOINT keeps its cached reads through the
+    outer COMMIT where the database undid those writes and nothing else can have moved it
+    (SQLite); on PostgreSQL its per-transaction counters still count the undone rows and on
+    MariaDB a table may not be transactional, so there it is invalidated (safe)."""
+    env.warm(user_names)
+    env.warm(tag_names)
+    with env.Session() as s:
+        begin_outer(s)
+        with s.begin_nested():
+            s.execute(update(User).where(User.id == 2).values(name="never"))
+            assert env.queried(lambda: user_names(s))[1] == "never"
+            s.get_nested_transaction().rollback()
+        # the undone write no longer bypasses this transaction's reads of users
+        assert plain(user_names(s)) == ALL
+        s.get(Tag, 1).name = "crimson"
+        s.commit()
+        assert_clean(s)
+    assert env.truth(user_names) == ALL
+    if env.db.engine.dialect.name == "sqlite":
+        assert env.hit(user_names) == ALL
+    else:
+        assert env.fresh_read(user_names) == ALL
+    assert env.fresh_read(tag_names)[0] == "crimson"
+
+
+def test_inner_savepoint_rollback_keeps_the_outer_savepoints_writes(env: Env) -> None:
+    """Nested SAVEPOINTs: rolling back the inner one forgets only what it alone wrote; what
+    the released outer one wrote is invalidated at COMMIT."""
+    env.warm(user_names)
+    env.warm(tag_names)
+    with env.Session() as s:
+        begin_outer(s)
+        with s.begin_nested():
+            s.get(User, 4).name = "davy"
+            s.flush()
+            with s.begin_nested():
+                s.execute(update(User).where(User.id == 1).values(name="never"))
+                s.execute(update(Tag).where(Tag.id == 2).values(name="never"))
+                s.get_nested_transaction().rollback()
+        s.commit()
+    assert env.truth(user_names)[:1] == ["alice"]
+    assert env.fresh_read(user_names)[3] == "davy"
+    if env.db.engine.dialect.name == "sqlite":
+        assert env.hit(tag_names) == TAGS
+    else:
+        assert env.fresh_read(tag_names) == TAGS
 
 
 def test_released_savepoint_write_invalidates_at_outer_commit(env: Env) -> None:

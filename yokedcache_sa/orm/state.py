@@ -98,6 +98,8 @@ class SessionState:
         self.pg_base: dict[int, dict[tuple[str, str, bool], int]] = {}
         self.conns: list[weakref.ref[Connection]] = []
         self.variants: dict[Engine, str] = {}  # connection-level schema_translate_map
+        # the open SAVEPOINTs' session transactions and what was written before each began
+        self.savepoints: list[tuple[Any, frozenset[str]]] = []
 
     # set by _reset(); annotated here for readers and type checkers
     writer: str | None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
@@ -108,6 +108,47 @@ def _after_commit(session: Session) -> None:
         return  # a SAVEPOINT was released: the outer transaction has not committed yet
     st.committed = True
     st.finish(committed=True)
+
+
+_UNDONE_BY_SAVEPOINTS: Final = frozenset({"sqlite", "postgresql"})
+"""Databases where ROLLBACK TO SAVEPOINT undoes every write made since the savepoint (all
+their tables are transactional; MariaDB's MyISAM and Aria tables are not)."""
+
+
+def _after_transaction_create(session: Session, transaction: SessionTransaction) -> None:
+    """A SAVEPOINT began: remember what the transaction had written before it."""
+    if not transaction.nested:
+        return
+    st = state_of(session)
+    if st is None:
+        return
+    # savepoints released or rolled back since: gone (the list holds the open ones)
+    st.savepoints = [e for e in st.savepoints if e[0].is_active]
+    st.savepoints.append((transaction, frozenset(st.written)))
+
+
+def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
+    """A SAVEPOINT was rolled back (the database undid its writes): its tables are no longer
+    written by this transaction unless written before it. PostgreSQL's per-transaction
+    counters still count the undone rows, so there the COMMIT check adds them back (safe,
+    not precise); on other databases nothing is forgotten."""
+    if not previous.nested:
+        return
+    st = state_of(session)
+    if st is None:
+        return
+    for i in range(len(st.savepoints) - 1, -1, -1):
+        if st.savepoints[i][0] is previous:
+            before = st.savepoints[i][1]
+            del st.savepoints[i:]
+            if not st.autocommitted and _all_undo_savepoints(st):
+                st.written.intersection_update(before)
+            return
+
+
+def _all_undo_savepoints(st: SessionState) -> bool:
+    conns = [c for c in (ref() for ref in st.conns) if c is not None]
+    return bool(conns) and all(c.dialect.name in _UNDONE_BY_SAVEPOINTS for c in conns)
 
 
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
