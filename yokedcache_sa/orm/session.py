@@ -1,21 +1,11 @@
 """CachingSession, CachingQuery, ``listen_on_session`` and the listeners' installation.
 
-The listeners live in one module per concept: ``reads`` (serve, or run and store),
-``transactions`` (session begin/commit), ``engine_events`` (writes and connection state),
-``pgwrites`` (PostgreSQL's modification counters), ``shapes`` (statement shapes and keys),
-``state`` (per-session state) and ``collect`` (tables read during a computation).
-
-Reads (``do_orm_execute``): a cacheable SELECT is looked up; on a miss it runs in the caller's
-session (SQLAlchemy builds the objects and fires their events), is frozen to plain data and
-stored under the snapshot observed *before* it ran — unless the result holds an object the
-session had before (its attributes may predate the rows) or one with changes. A hit thaws the
-entry into the caller's session.
-
-Writes (engine ``before_cursor_execute``): every INSERT/UPDATE/DELETE/DDL or raw SQL a session's
-connection executes records its tables (plus FK-cascade and declared dependents); just before
-the database COMMIT they are marked "being written" in one round trip; the root
-``after_commit`` bumps them; a rollback releases them. Reads of tables
-the open transaction wrote bypass the cache until the transaction ends.
+The listeners live in one module per concept (docs/architecture.md has the map): ``reads``
+serve a cacheable SELECT or run it in the caller's session and store it under the snapshot
+observed *before* it ran; ``engine_events`` record what every statement writes, marked just
+before the database COMMIT and bumped by the root ``after_commit`` (a rollback releases
+them); ``transactions`` follow the session's transactions and savepoints. Reads of tables the
+open transaction wrote bypass the cache until it ends.
 """
 
 from __future__ import annotations
