@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -405,6 +406,31 @@ class Env:
         """Run *read* in a fresh caching session; it must be served from the cache."""
         with self.Session() as s:
             return plain(self.cached(lambda: read(s)))
+
+    def three_ways(
+        self,
+        read: Read,
+        check: Callable[[Any, int], Any] = lambda out, n: out,
+        statements: int | None = None,
+    ) -> list[Any]:
+        """*read* in a plain Session, then in a caching session on a miss and on a hit (which
+        must send no SQL); *check(result, statements sent)* must give the same answer each
+        time. The plain read and the miss must send *statements* statements (at least one
+        when None). Returns the three answers."""
+        answers = []
+        for name, factory in (("plain", self.Plain), ("miss", self.Session), ("hit", self.Session)):
+            with factory() as s:
+                out, n = self.sql.run(partial(read, s))
+                if name == "hit":
+                    assert n == 0, f"expected a hit, sent {self.sql.statements[-n:]}"
+                elif statements is None:
+                    assert n >= 1, f"the {name} read sent no statement"
+                else:
+                    assert n == statements, self.sql.statements[-n:]
+                answers.append(check(out, n))
+        assert answers[1] == answers[0], answers
+        assert answers[2] == answers[0], answers
+        return answers
 
     def truth(self, read: Read) -> Any:
         """Run *read* in a plain (uncached) Session."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import pytest
@@ -25,23 +24,6 @@ from tests.orm.ormkit import Address, Env, User
 from yokedcache_sa.orm import FromCache
 
 pytestmark = pytest.mark.parametrize("db", ["sqlite"], indirect=True)
-
-
-def _three_ways(env: Env, read: Callable[[Session], Any]) -> list[Any]:
-    """*read* in a plain Session, then in a CachingSession on a miss and on a hit (which
-    must send no SQL); every answer must equal the plain one. Returns the answers."""
-    answers = []
-    for name, factory in (("plain", env.Plain), ("miss", env.Session), ("hit", env.Session)):
-        with factory() as s:
-            out, n = env.sql.run(partial(read, s))
-            if name == "hit":
-                assert n == 0, f"expected a hit, sent {env.sql.statements[-n:]}"
-            else:
-                assert n == 1, env.sql.statements[-n:]
-            answers.append(out)
-    assert answers[1] == answers[0]
-    assert answers[2] == answers[0]
-    return answers
 
 
 STARS: dict[str, Callable[[], Any]] = {
@@ -65,7 +47,7 @@ def test_select_star_through_the_orm(env: Env, star: str) -> None:
         rows = result.all()
         return keys, [tuple(r) for r in rows], [r._mapping["email"] for r in rows]
 
-    answers = _three_ways(env, read)
+    answers = env.three_ways(read, statements=1)
     keys, rows, emails = answers[0]
     assert keys == ["id", "name", "age", "id", "user_id", "email"]
     assert rows == [(1, "alice", 30, 1, 1, "a1@x"), (1, "alice", 30, 2, 1, "a2@x")]
@@ -90,5 +72,5 @@ def test_query_instances_of_a_core_result(env: Env) -> None:
             loaded = list(s.query(User).options(contains_eager(User.addresses)).instances(rows))
         return [(u.id, u.name, [a.email for a in u.__dict__["addresses"]]) for u in loaded]
 
-    answers = _three_ways(env, read)
+    answers = env.three_ways(read, statements=1)
     assert answers[0] == [(1, "alice", ["a1@x", "a2@x"]), (2, "bob", []), (3, "carol", ["c@x"])]

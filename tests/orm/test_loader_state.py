@@ -25,22 +25,6 @@ from yokedcache_sa.orm import _compat_loading
 SA_VERSION = tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2])
 
 
-def _three_ways(env: Env, read: Callable[[Session], Any], check: Callable[[Any, int], Any]) -> None:
-    """*check(result, statements sent by the read)* in a plain Session, on a miss and on a
-    hit; it must give the same answer each time (and the hit must send nothing)."""
-    answers = []
-    for name, factory in (("plain", env.Plain), ("miss", env.Session), ("hit", env.Session)):
-        with factory() as s:
-            out, n = env.sql.run(partial(read, s))
-            if name == "hit":
-                assert n == 0, f"expected a hit, sent {env.sql.statements[-n:]}"
-            else:
-                assert n >= 1
-            answers.append((name, check(out, n)))
-    assert answers[1][1] == answers[0][1], answers
-    assert answers[2][1] == answers[0][1], answers
-
-
 def _deferred_state(env: Env, obj: Any, key: str) -> tuple[bool, Any, int]:
     """(was *key* loaded, its value, statements its access sent)."""
     loaded = key in obj.__dict__
@@ -54,7 +38,7 @@ def test_defer_option_column_loads_on_access(env: Env) -> None:
     def check(user: User, _n: int) -> Any:
         return _deferred_state(env, user, "name")
 
-    _three_ways(env, read, check)
+    env.three_ways(read, check)
     with env.Session() as s:  # the answer itself, not only agreement
         assert _deferred_state(env, env.cached(lambda: read(s)), "name") == (False, "alice", 1)
 
@@ -63,7 +47,7 @@ def test_load_only_leaves_the_rest_loadable(env: Env) -> None:
     def read(s: Session) -> Any:
         return s.scalars(select(User).options(load_only(User.id)).where(User.id == 3)).one()
 
-    _three_ways(env, read, lambda u, _n: (_deferred_state(env, u, "name"), u.age))
+    env.three_ways(read, lambda u, _n: (_deferred_state(env, u, "name"), u.age))
 
 
 def test_deferred_column_of_eagerly_loaded_objects(env: Env) -> None:
@@ -78,7 +62,7 @@ def test_deferred_column_of_eagerly_loaded_objects(env: Env) -> None:
     def check(user: User, _n: int) -> Any:
         return [_deferred_state(env, a, "email") for a in user.addresses]
 
-    _three_ways(env, read, check)
+    env.three_ways(read, check)
 
 
 def test_deferred_subclass_column_of_a_polymorphic_load(env: Env) -> None:
@@ -91,7 +75,7 @@ def test_deferred_subclass_column_of_a_polymorphic_load(env: Env) -> None:
             _deferred_state(env, people[1], "budget")
         ]
 
-    _three_ways(env, read, check)
+    env.three_ways(read, check)
 
 
 def _joined_collection(s: Session) -> Any:
@@ -109,7 +93,7 @@ def test_joined_eager_collection_result_works_with_unique(env: Env) -> None:
         rows = result.unique().all()
         return [(u.id, [a.id for a in u.addresses], aid) for u, aid in rows]
 
-    _three_ways(env, _joined_collection, check)
+    env.three_ways(_joined_collection, check)
 
 
 @pytest.mark.parametrize("db", ["sqlite"], indirect=True)
@@ -119,7 +103,7 @@ def test_joined_eager_collection_result_demands_unique(env: Env) -> None:
             result.all()
         return "raised"
 
-    _three_ways(env, _joined_collection, check)
+    env.three_ways(_joined_collection, check)
 
 
 def test_load_event_fires_once_per_object(env: Env) -> None:
@@ -139,7 +123,7 @@ def test_load_event_fires_once_per_object(env: Env) -> None:
             loaded.clear()
             return out
 
-        _three_ways(env, lambda s: s.scalars(select(User).order_by(User.id)).all(), check)
+        env.three_ways(lambda s: s.scalars(select(User).order_by(User.id)).all(), check)
     finally:
         event.remove(User, "load", on_load)
 
@@ -276,7 +260,7 @@ def test_rows_target_columns_by_the_objects_selected(env: Env) -> None:
         m = row._mapping
         return [m[thing], m[User.name], m[users.c.name], m["name"], m[User].name, m[Address.email]]
 
-    _three_ways(env, read, lambda out, n: out)
+    env.three_ways(read, lambda out, n: out)
 
 
 @pytest.mark.xfail(
