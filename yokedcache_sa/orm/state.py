@@ -86,9 +86,8 @@ class SessionState:
         return c
 
     def _reset(self) -> None:
-        self.__dict__.update(
-            _RESET
-        )  # the settings-free fields that are not containers, in one call
+        # the fields that are not containers, in one call
+        self.__dict__.update(_RESET)
         self.marked: set[str] = set()
         self.written: set[str] = set()
         # the snapshot facts (per engine) and the horizon they give: computed by the core
