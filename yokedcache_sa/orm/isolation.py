@@ -82,8 +82,8 @@ def _horizon(
     view = st.view
     isolated = view.isolation(engine)
     if isolated is None and bind is engine and engine.__dict__.get(_LEARNED_KEY) is False:
-        # the common case, hand-inlined: nothing begun on an engine known statement-level
-        return None, None
+        # the common case first: nothing begun on an engine known statement-level
+        return view.lookup_horizon(engine, False), None
     conn = None
     if isolated is None:
         isolated = _predicted(bind)

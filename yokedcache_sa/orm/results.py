@@ -276,6 +276,7 @@ def rows_from_entry(
     states: list[Any] = [None] * n
     fresh: list[bool] = [False] * n
     last_name: str | None = None
+    managers: list[Any] = []  # the class managers of the objects in this entry
     mapper: Any = None
     manager: Any = None
     ident: Any = None
@@ -295,6 +296,8 @@ def rows_from_entry(
             manager = mapper.class_manager
             ident = _compat.identity_class(mapper)
             last_name = name
+            if manager not in managers:
+                managers.append(manager)
         if rels:
             any_rels = True
         key = (ident, tuple(pk), token)  # mapper.identity_key_from_primary_key(pk, token)
@@ -330,8 +333,8 @@ def rows_from_entry(
     if loader is not None and any(fresh):
         stamp_paths(objects, rows, kinds, built, fresh, shape.scalars_source, loader)
     dispatch_load = session.dispatch.loaded_as_persistent
-    # load events: only when some class of the result (or the session) has listeners
-    if dispatch_load or any(m.class_manager.dispatch.load for m in mappers.values()):
+    # load events: only when a class of these objects (or the session) has listeners
+    if dispatch_load or any(m.dispatch.load for m in managers):
         for i, is_new in enumerate(fresh):
             if is_new:
                 state = states[i]
