@@ -11,11 +11,13 @@ readers take no lock and retry when ``gen`` moved. A writer killed mid-update le
 odd: the next locked access sees it and moves to a new epoch (every entry becomes a miss),
 since the record may be half written.
 
-A file deleted or replaced while in use: each process compares the path's inode with its own
-mapping at least every ``RECHECK`` seconds of reads and on every write; the first to notice
-retires the old file (new epoch there, ``retired`` set) so every process still on it drops its
-entries and reopens. A process that creates a file waits until it is ``2 * RECHECK`` old before
-its first write completes, so no one still reads an older file when that write returns.
+A file deleted or replaced while in use: each process checks at least every ``RECHECK``
+seconds of reads, and on every write, that the path still names its mapping (on Linux it asks
+its inotify watch of the file first, :mod:`.filewatch`, and compares inodes only after an
+event); the first to notice retires the old file (new epoch there, ``retired`` set) so every
+process still on it drops its entries and reopens. A process that creates a file waits until
+it is ``2 * RECHECK`` old before its first write completes, so no one still reads an older
+file when that write returns.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from .filewatch import FileWatch, watcher
 from .versionfile import (
     H_CREATED,
     H_EPOCH,
@@ -114,10 +117,14 @@ class SharedVersions:
         self._hot = (self._map.hdr, self._map.ver, self._map.mmax)
         # (raw epoch, its text), one attribute so that threads never see a mixed pair
         self._epoch: tuple[int, str] = (0, "")
+        # (watcher, watch id) of the mapped file in this process's inotify instance, if any
+        self._watch: tuple[FileWatch, int | None] | None = None
         self._next_check = time.monotonic() + RECHECK
         self._users = 0
         self._detached = False
         _live.add(self)
+        with self._lock:
+            self._verify()
 
     # -- opening -------------------------------------------------------------------------
 
@@ -180,6 +187,7 @@ class SharedVersions:
         self._map = new
         self._hot = (new.hdr, new.ver, new.mmax)
         old.close()
+        self._unwatch()  # the next check watches the new file and compares inodes again
 
     def _current(self) -> bool:
         m = self._map
@@ -191,11 +199,30 @@ class SharedVersions:
             return False
         return (st.st_dev, st.st_ino) == m.ino and st.st_size == SIZE
 
-    def _recheck(self) -> None:
+    def _recheck(self, force: bool = False) -> None:
         with self._lock:
             self._next_check = time.monotonic() + RECHECK
-            if not self._current():
-                self._switch()
+            held = self._watch
+            quiet = held is not None and held[0] is watcher() and not held[0].changed(held[1])
+            if force or not quiet:  # else: watched, no unlink, move or replacement since
+                self._verify()
+
+    def _verify(self) -> None:
+        """Watch the path, then make sure it names our mapping (switching if not); locked."""
+        for _ in range(8):
+            self._unwatch()
+            w = watcher()
+            if w is not None:  # watch before the check: no change can fall between the two
+                self._watch = (w, w.watch(self.path))
+            if self._current():
+                return
+            self._switch()
+        self._unwatch()  # the path keeps changing: stat again at the next check
+
+    def _unwatch(self) -> None:
+        held, self._watch = self._watch, None
+        if held is not None and held[0] is watcher():
+            held[0].unwatch(held[1])
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -203,6 +230,9 @@ class SharedVersions:
         self._map = self._open()
         self._hot = (self._map.hdr, self._map.ver, self._map.mmax)
         old.close()
+        self._watch = None  # the parent's instance, which the child no longer reads
+        with self._lock:
+            self._verify()
 
     # -- reading (no lock) -----------------------------------------------------------------
 
@@ -239,7 +269,7 @@ class SharedVersions:
         known = self._epoch
         if epoch != known[0]:
             if hdr[H_RETIRED]:
-                self._recheck()
+                self._recheck(force=True)
                 if self._hot[0] is not hdr:  # reopened: read the new file
                     return self.read(slots)
             return self._epoch_str(epoch), seq, top, mark
@@ -332,6 +362,7 @@ class SharedVersions:
             if self._detached:
                 return
             self._detached = True
+            self._unwatch()
             m = self._map
             pid = os.getpid()
             others = False

@@ -1,0 +1,243 @@
+"""The inotify watch that spares the shared version record a ``stat`` per check (Linux).
+
+Real files on the record's directory, real kernel events; the record is checked against the
+file system it watches. Off Linux the watch does not exist and the record polls with ``stat``
+(the last tests run the record that way everywhere).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from yokedcache_sa.backends import filewatch, shared
+from yokedcache_sa.backends.filewatch import FileWatch, watcher
+from yokedcache_sa.backends.shared import RECHECK, SharedVersions, shared_path
+from yokedcache_sa.backends.versionfile import create
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+
+
+@pytest.fixture
+def fw() -> FileWatch:
+    w = watcher()
+    if w is None:
+        pytest.fail("no inotify instance on Linux: is fs.inotify.max_user_instances exhausted?")
+    return w
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Path:
+    p = tmp_path / "watched.ver"
+    p.write_bytes(b"\0" * 4096)
+    return p
+
+
+@linux
+def test_quiet_until_the_file_is_unlinked_then_reported_once(fw: FileWatch, target: Path) -> None:
+    wd = fw.watch(str(target))
+    assert wd is not None
+    assert not fw.changed(wd)
+    target.unlink()
+    assert fw.changed(wd)
+    assert not fw.changed(wd)  # the report is forgotten once returned
+    fw.unwatch(wd)
+
+
+@linux
+def test_writes_through_the_mapping_and_pwrite_raise_no_event(fw: FileWatch, target: Path) -> None:
+    wd = fw.watch(str(target))
+    fd = os.open(target, os.O_RDWR)
+    try:
+        m = mmap.mmap(fd, 4096)
+        for i in range(100):
+            m[i] = 7
+        m.flush()
+        m.close()
+        os.pwrite(fd, b"x", 10)
+    finally:
+        os.close(fd)
+    assert not fw.changed(wd)
+    fw.unwatch(wd)
+
+
+@linux
+@pytest.mark.parametrize("how", ["rename_over", "move_away", "chmod"])
+def test_replacement_move_and_metadata_change_are_reported(
+    fw: FileWatch, target: Path, how: str
+) -> None:
+    wd = fw.watch(str(target))
+    if how == "rename_over":
+        other = target.with_suffix(".new")
+        other.write_bytes(b"y")
+        os.replace(other, target)
+    elif how == "move_away":
+        target.rename(target.with_suffix(".away"))
+    else:
+        target.chmod(0o600)
+    assert fw.changed(wd)
+    fw.unwatch(wd)
+
+
+@linux
+def test_a_queue_overflow_reports_every_watch(fw: FileWatch, tmp_path: Path) -> None:
+    busy = [tmp_path / "busy1", tmp_path / "busy2"]
+    quiet = tmp_path / "quiet"
+    for p in (*busy, quiet):
+        p.write_bytes(b"x")
+    wds = [fw.watch(str(p)) for p in busy]
+    wq = fw.watch(str(quiet))
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if limit > 200_000:
+        pytest.fail(f"max_queued_events is {limit}: too many events to overflow in a test")
+    # each chmod queues an IN_ATTRIB (alternating files: the kernel merges a repeated event)
+    for i in range(limit + 10):
+        os.chmod(busy[i % 2], 0o600 if (i // 2) % 2 else 0o644)
+    assert fw.changed(wq), "an overflow lost events: every watched file must be checked"
+    assert all(fw.changed(wd) for wd in wds)
+    for wd in (*wds, wq):
+        fw.unwatch(wd)
+
+
+@linux
+def test_unwatchable_path_and_no_watch_mean_ask_the_file_system(
+    fw: FileWatch, tmp_path: Path
+) -> None:
+    assert fw.watch(str(tmp_path / "missing")) is None
+    assert fw.changed(None)
+
+
+def test_a_failing_inotify_init_raises_and_leaves_no_watcher(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class NoInstances:  # a libc whose per-user instance limit is reached
+        def inotify_init1(self, flags: int) -> int:
+            return -1
+
+    with pytest.raises(OSError, match="instance limit"):
+        FileWatch(NoInstances())
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    p = "fw" + uuid.uuid4().hex[:12]
+    yield p
+    try:
+        os.unlink(shared_path(p))
+    except FileNotFoundError:
+        pass
+
+
+def _count_stats(monkeypatch: pytest.MonkeyPatch, path: str) -> list[int]:
+    seen = [0]
+    real = os.stat
+
+    def counting(p: Any, *a: Any, **kw: Any) -> os.stat_result:
+        if p == path:
+            seen[0] += 1
+        return real(p, *a, **kw)
+
+    monkeypatch.setattr(shared.os, "stat", counting)
+    return seen
+
+
+def _read_for(record: SharedVersions, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        record.read((1, 2))
+
+
+@linux
+def test_reads_of_an_unchanged_file_do_not_stat_it(
+    monkeypatch: pytest.MonkeyPatch, prefix: str
+) -> None:
+    record = SharedVersions(prefix)
+    stats = _count_stats(monkeypatch, record.path)
+    _read_for(record, 8 * RECHECK)
+    assert stats[0] == 0, "the record asked the file system although its watch was quiet"
+    record._detach()
+
+
+def test_without_the_watch_reads_stat_every_recheck(
+    monkeypatch: pytest.MonkeyPatch, prefix: str
+) -> None:
+    filewatch.disable()
+    try:
+        record = SharedVersions(prefix)
+        stats = _count_stats(monkeypatch, record.path)
+        _read_for(record, 8 * RECHECK)
+        assert stats[0] >= 3
+        record._detach()
+    finally:
+        filewatch.disable(False)
+
+
+@pytest.mark.parametrize("watch", ["inotify", "stat"])
+@pytest.mark.parametrize("how", ["unlink", "rename_over", "move_away"])
+def test_a_write_to_the_file_that_replaced_ours_is_seen_by_the_next_read(
+    prefix: str, watch: str, how: str
+) -> None:
+    """Another process (a second record here) writes the file now at the path: our next read
+    after ``RECHECK`` reads that file, not the one we had mapped."""
+    if watch == "stat":
+        filewatch.disable()
+    elif not sys.platform.startswith("linux"):
+        pytest.skip("inotify is Linux's")
+    try:
+        ours = SharedVersions(prefix)
+        before = ours.read((5,))
+        if how == "unlink":
+            os.unlink(ours.path)
+        elif how == "rename_over":
+            create(ours.path, replace=True)  # what a process that found it unusable does
+        else:
+            os.rename(ours.path, ours.path + ".away")
+        theirs = SharedVersions(prefix)  # opens (or replaces) the file at the path
+        seq = theirs.end_write((5,), "w")  # waits out 2 * RECHECK on a young file
+        epoch, now_seq, top, _mark = ours.read((5,))
+        assert epoch != before[0] or now_seq >= seq, "our read came from the old file"
+        assert (epoch, now_seq, top) == theirs.read((5,))[:3]
+        theirs._detach()
+        ours._detach()
+    finally:
+        filewatch.disable(False)
+        for suffix in (".away",):
+            try:
+                os.unlink(shared_path(prefix) + suffix)
+            except FileNotFoundError:
+                pass
+
+
+@linux
+def test_a_forked_child_watches_with_its_own_instance(prefix: str) -> None:
+    record = SharedVersions(prefix)
+    parent = watcher()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own instance, and its reads must not eat the parent's events
+        try:
+            child = watcher()
+            ok = child is not None and child is not parent
+            _read_for(record, 4 * RECHECK)
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"1", "the child shared its parent's inotify queue"
+    os.close(r)
+    os.waitpid(pid, 0)
+    before = record.read((3,))
+    os.unlink(record.path)
+    theirs = SharedVersions(prefix)
+    theirs.end_write((3,), "w")
+    assert record.read((3,))[0] != before[0]  # the parent still got its event
+    theirs._detach()
+    record._detach()
