@@ -241,3 +241,35 @@ def test_a_forked_child_watches_with_its_own_instance(prefix: str) -> None:
     assert record.read((3,))[0] != before[0]  # the parent still got its event
     theirs._detach()
     record._detach()
+
+
+@linux
+def test_a_report_drained_for_another_file_keeps_the_watch_unquiet(tmp_path: Path) -> None:
+    """quiet() is the lock-free fast path: an event drained while checking file B must not
+    be lost for file A, whose record has not asked yet."""
+    import ctypes
+
+    fw = FileWatch(ctypes.CDLL(None, use_errno=True))  # its own queue: no other test's events
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    wa, wb = fw.watch(str(a)), fw.watch(str(b))
+    assert fw.quiet()
+    a.unlink()
+    assert not fw.quiet()
+    assert not fw.changed(wb)  # drains a's event
+    assert not fw.quiet(), "a's report was drained by b's check and then forgotten"
+    assert fw.changed(wa)
+    assert fw.quiet()
+    fw.close()
+
+
+@linux
+def test_a_closed_watch_is_never_quiet(target: Path) -> None:
+    import ctypes
+
+    w = FileWatch(ctypes.CDLL(None, use_errno=True))
+    w.watch(str(target))
+    assert w.quiet()
+    w.close()
+    assert not w.quiet()

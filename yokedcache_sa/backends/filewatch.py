@@ -40,9 +40,11 @@ class FileWatch:
     """One process's inotify instance and the watches of its mapped files.
 
     ``watch(path)`` returns a watch id, or ``None`` when this file cannot be watched (the
-    caller then checks with ``stat``). ``changed(wd)`` drains the queue and says whether the
-    file behind *wd* may have been unlinked, moved or replaced since it was watched (or last
-    reported); ``True`` also for ``None`` and after an overflow.
+    caller then checks with ``stat``). ``quiet()`` is the lock-free common case: no event is
+    queued and none drained is still unreported, so no watched file changed. Otherwise
+    ``changed(wd)`` drains the queue and says whether the file behind *wd* may have been
+    unlinked, moved or replaced since it was watched (or last reported); ``True`` also for
+    ``None`` and after an overflow.
     """
 
     def __init__(self, libc: Any) -> None:
@@ -51,11 +53,16 @@ class FileWatch:
         self._fd = int(libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
         if self._fd < 0:
             raise OSError("inotify_init1 failed (the per-user instance limit?)")
-        self._poll = select.poll()
-        self._poll.register(self._fd, select.POLLIN)
+        self._epoll = select.epoll()  # unlike poll objects, safe to poll from any thread
+        self._epoll.register(self._fd, select.EPOLLIN)
+        self._queued = self._epoll.poll
+        # True from before a drain until every drained report was returned (and for ever once
+        # closed): quiet() reads it after polling, so a drain by another thread is never missed
+        self._pending = False
         self._dirty: set[int] = set()
         self._overflowed: set[int] = set()
         self._watched: set[int] = set()
+        self._closed = False
 
     def watch(self, path: str) -> int | None:
         """Watch the file *path* names now; ``None`` if the kernel refuses."""
@@ -79,20 +86,26 @@ class FileWatch:
             self._dirty.discard(wd)
             self._overflowed.discard(wd)
 
+    def quiet(self) -> bool:
+        """Whether no watched file can have changed since each was last reported (no lock)."""
+        return not self._queued(0) and not self._pending
+
     def changed(self, wd: int | None) -> bool:
         """Whether the file behind *wd* may have changed; forgets the report it returns."""
         if wd is None:
             return True
         with self._lock:
-            if self._poll.poll(0):
+            if self._queued(0):
                 self._drain()
-            if wd in self._dirty or wd in self._overflowed:
-                self._dirty.discard(wd)
-                self._overflowed.discard(wd)
-                return True
-            return False
+            hit = wd in self._dirty or wd in self._overflowed
+            self._dirty.discard(wd)
+            self._overflowed.discard(wd)
+            if not self._closed:
+                self._pending = bool(self._dirty or self._overflowed)
+            return hit
 
     def _drain(self) -> None:
+        self._pending = True  # before the queue empties: see quiet()
         while True:
             try:
                 data = os.read(self._fd, 65536)
@@ -108,10 +121,17 @@ class FileWatch:
                     self._dirty.add(wd)
 
     def close(self) -> None:
-        """Close the instance (its watches go with it)."""
+        """Close the instance (its watches go with it); it reports every file as changed."""
         with self._lock:
+            self._closed = self._pending = True
+            self._epoll.close()
+            self._queued = _closed_queue
             os.close(self._fd)
             self._watched.clear()
+
+
+def _closed_queue(timeout: float | None = None, maxevents: int = -1) -> list[tuple[int, int]]:
+    return [(-1, 0)]
 
 
 _state: dict[str, Any] = {"watch": None, "tried": False, "disabled": False}
@@ -159,8 +179,9 @@ def _after_fork() -> None:
     _state["watch"] = None
     _state["tried"] = False
     if old is not None:
+        old._lock = threading.Lock()  # another thread may have held it at the fork
         try:
-            os.close(old._fd)
+            old.close()  # closes the child's descriptors; the parent's queue stays its own
         except OSError:
             pass
 

@@ -200,6 +200,10 @@ class SharedVersions:
         return (st.st_dev, st.st_ino) == m.ino and st.st_size == SIZE
 
     def _recheck(self, force: bool = False) -> None:
+        held = self._watch
+        if not force and held is not None and held[0].quiet():
+            self._next_check = time.monotonic() + RECHECK  # nothing queued, nothing to check
+            return
         with self._lock:
             self._next_check = time.monotonic() + RECHECK
             held = self._watch
@@ -242,30 +246,25 @@ class SharedVersions:
             known = self._epoch = (raw, f"{raw:016x}")
         return known[1]
 
-    def read(self, slots: Sequence[int]) -> tuple[str, int, int, float]:
+    def read(self, slots: Sequence[int], _tries: int = _SPINS) -> tuple[str, int, int, float]:
         """Return ``(epoch, seq, max version of slots, latest mark expiry of slots)``."""
         if time.monotonic() >= self._next_check:
             self._recheck()
         hdr, ver, mmax = self._hot
-        for _ in range(_SPINS):
-            gen = hdr[2]
-            if gen & 1:
-                continue
-            epoch = hdr[3]
-            seq = hdr[4]
-            top = 0
-            mark = 0.0
-            for s in slots:  # plain indexing: map(ver.__getitem__, ...) is 10x slower
-                v = ver[s]
-                if v > top:
-                    top = v
-                m = mmax[s]
-                if m > mark:
-                    mark = m
-            if hdr[2] == gen:
-                break
-        else:
-            return self._read_locked(slots)
+        gen = hdr[2]
+        epoch = hdr[3]
+        seq = hdr[4]
+        top = 0
+        mark = 0.0
+        for s in slots:  # plain indexing: map(ver.__getitem__, ...) is 10x slower
+            v = ver[s]
+            if v > top:
+                top = v
+            m = mmax[s]
+            if m > mark:
+                mark = m
+        if gen & 1 or hdr[2] != gen:  # a write ran meanwhile: read again, then under the lock
+            return self.read(slots, _tries - 1) if _tries > 1 else self._read_locked(slots)
         known = self._epoch
         if epoch != known[0]:
             if hdr[H_RETIRED]:
