@@ -41,13 +41,19 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 HIT_PATHS = ("memory_pk", "memory_list20", "redis_pk", "redis_list20")
+# issue #11: no benchmark slower than 0.1 by more than 5 % (bench_orm's writes, bench_core's
+# key/value API); not in the default run, which is #9's hit paths
+WRITE_PATHS = ("memory_write", "redis_write", "memory_dml", "redis_dml")
+CORE_PATHS = ("core_memory_get", "core_redis_get", "core_redis_set")
+TARGETED = (*HIT_PATHS, *WRITE_PATHS, *CORE_PATHS)
 PATHS = (*HIT_PATHS, "plain_pg_pk")
-TARGET = 1.05  # issue #9: no hit path more than 5 % slower than 0.1
+ALL_PATHS = (*PATHS, *WRITE_PATHS, *CORE_PATHS)
+TARGET = 1.05  # issues #9 and #11: no path more than 5 % slower than 0.1
 
 # One child process. argv: trees (comma-separated package names), paths, n, mode (time|count).
 CHILD = r"""
 import functools, gc, importlib, json, os, random, statistics, sys, time, uuid
-from sqlalchemy import Boolean, Integer, String, create_engine
+from sqlalchemy import Boolean, Integer, String, create_engine, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 trees, paths = sys.argv[1].split(","), sys.argv[2].split(",")
@@ -71,12 +77,18 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(100))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
+class Written(Base):  # the write paths' table: their commits must not invalidate the hits
+    __tablename__ = f"bench_regress_w_{suffix}"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
 setup = create_engine(os.environ["PG_URL"])
 Base.metadata.create_all(setup)
 caches = []
 try:
     with Session(setup) as s:
         s.add_all(User(id=i, name=f"user{i}", email=f"u{i}@example.com") for i in range(1, 201))
+        s.add_all(Written(id=i, name=f"row{i}") for i in range(1, 201))
         s.commit()
     factories = {}
     for t, pkg in pkgs.items():
@@ -88,12 +100,41 @@ try:
             factories[t, backend] = sessionmaker(engine, class_=pkg.CachingSession, cache=cache)
         factories[t, "plain"] = sessionmaker(engine)
 
+    value_1k = {"id": 12345, "name": "Ada", "bio": "x" * 900, "scores": [1, 2, 3, 4, 5]}
+    counter = [0]
+
     def make(t, path):
         backend, _, what = path.partition("_")
+        if backend == "core":
+            cache = caches[2 * trees.index(t) + (what.startswith("redis"))]
+            key = f"core-{t}-{what}"
+            cache.set_sync(key, value_1k, ttl=3600)
+            if what.endswith("get"):
+                def f():
+                    return cache.get_sync(key)
+            else:
+                def f():
+                    return cache.set_sync(key, value_1k, ttl=3600)
+            return f
         if backend == "plain":
             what = what.split("_", 1)[1]
         factory = factories[t, backend]
-        if what == "pk":
+        row = 101 + 30 * trees.index(t) + paths.index(path)  # a row per (tree, path)
+        if what == "write":
+            def f():
+                counter[0] += 1
+                with factory() as db:
+                    u = db.get(Written, row)
+                    u.name = f"w{counter[0]}"
+                    db.commit()
+        elif what == "dml":
+            def f():
+                counter[0] += 1
+                with factory() as db:
+                    stmt = update(Written).where(Written.id == row)
+                    db.execute(stmt.values(name=f"d{counter[0]}"))
+                    db.commit()
+        elif what == "pk":
             def f():
                 with factory() as db:
                     return db.query(User).filter(User.id == 42).first()
@@ -229,13 +270,19 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--callgrind", action="store_true", help="count instructions (valgrind)")
-    ap.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of paths")
+    ap.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help=f"comma-separated paths, or 'all' (default: the hit paths); of {', '.join(ALL_PATHS)}",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    paths = [p for p in args.paths.split(",") if p]
-    unknown = sorted(set(paths) - set(PATHS))
+    paths = list(ALL_PATHS) if args.paths == "all" else [p for p in args.paths.split(",") if p]
+    unknown = sorted(set(paths) - set(ALL_PATHS))
     if unknown:
-        ap.error(f"unknown paths {unknown}; choose from {', '.join(PATHS)}")
+        ap.error(f"unknown paths {unknown}; choose from {', '.join(ALL_PATHS)}")
+    if args.callgrind and set(paths) & set(WRITE_PATHS):
+        ap.error("--callgrind holds off the version record's recheck, which writes wait out")
     head_rev = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
         capture_output=True,
@@ -269,8 +316,8 @@ def main() -> int:
     print(f"{'path':16} {'head/base':>10} {'target':>8}  ok")
     for p in paths:
         v = result["ratio"][p]
-        target = "" if p not in HIT_PATHS else f"<= {TARGET}"
-        ok = "" if p not in HIT_PATHS else ("yes" if v <= TARGET else "NO")
+        target = "" if p not in TARGETED else f"<= {TARGET}"
+        ok = "" if p not in TARGETED else ("yes" if v <= TARGET else "NO")
         print(f"{p:16} {v:10.3f} {target:>8}  {ok}")
     print("(plain_pg_pk: a plain Session on each tree's engine; none of the read path runs)")
     if args.json:

@@ -166,6 +166,21 @@ def test_reads_of_an_unchanged_file_do_not_stat_it(
     record._detach()
 
 
+@linux
+def test_writes_to_an_unchanged_file_do_not_stat_it(
+    monkeypatch: pytest.MonkeyPatch, prefix: str
+) -> None:
+    record = SharedVersions(prefix)
+    record.end_write((1,), "w")  # the first write waits until the new file is 2 * RECHECK old
+    stats = _count_stats(monkeypatch, record.path)
+    for i in range(20):
+        record.begin_write((1, 2), f"w{i}", 30.0, False)
+        record.end_write((1, 2), f"w{i}")
+    assert stats[0] == 0, "a write asked the file system although the watch was quiet"
+    assert record.read((1, 2))[2] == record.read(())[1]  # the writes landed in the file
+    record._detach()
+
+
 def test_without_the_watch_reads_stat_every_recheck(
     monkeypatch: pytest.MonkeyPatch, prefix: str
 ) -> None:

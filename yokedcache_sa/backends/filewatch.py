@@ -85,6 +85,8 @@ class FileWatch:
                 self._libc.inotify_rm_watch(self._fd, wd)
             self._dirty.discard(wd)
             self._overflowed.discard(wd)
+            if not self._closed:
+                self._pending = bool(self._dirty or self._overflowed)
 
     def quiet(self) -> bool:
         """Whether no watched file can have changed since each was last reported (no lock)."""

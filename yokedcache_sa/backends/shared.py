@@ -11,13 +11,11 @@ readers take no lock and retry when ``gen`` moved. A writer killed mid-update le
 odd: the next locked access sees it and moves to a new epoch (every entry becomes a miss),
 since the record may be half written.
 
-A file deleted or replaced while in use: each process checks at least every ``RECHECK``
-seconds of reads, and on every write, that the path still names its mapping (on Linux it asks
-its inotify watch of the file first, :mod:`.filewatch`, and compares inodes only after an
-event); the first to notice retires the old file (new epoch there, ``retired`` set) so every
-process still on it drops its entries and reopens. A process that creates a file waits until
-it is ``2 * RECHECK`` old before its first write completes, so no one still reads an older
-file when that write returns.
+A file deleted or replaced while in use: every ``RECHECK`` seconds of reads, and on every
+write, each process checks that the path still names its mapping (an inotify watch on Linux,
+:mod:`.filewatch`, else ``stat``); the first to notice retires the old file (new epoch,
+``retired`` set), so every process on it drops its entries and reopens. A file's creator
+waits until it is ``2 * RECHECK`` old before its first write completes.
 """
 
 from __future__ import annotations
@@ -206,10 +204,15 @@ class SharedVersions:
             return
         with self._lock:
             self._next_check = time.monotonic() + RECHECK
-            held = self._watch
-            quiet = held is not None and held[0] is watcher() and not held[0].changed(held[1])
-            if force or not quiet:  # else: watched, no unlink, move or replacement since
+            if force or self._may_have_moved():
                 self._verify()
+
+    def _may_have_moved(self) -> bool:
+        """Whether the path may no longer name our mapping: an event on it, or no watch."""
+        held = self._watch
+        if held is None or held[0] is not watcher():
+            return True
+        return not held[0].quiet() and held[0].changed(held[1])
 
     def _verify(self) -> None:
         """Watch the path, then make sure it names our mapping (switching if not); locked."""
@@ -289,7 +292,9 @@ class SharedVersions:
     @contextmanager
     def _writing(self, bump_gen: bool = True) -> Iterator[MappedFile]:
         with self._lock:
-            if not self._current():
+            if self._may_have_moved():
+                self._verify()  # compare inodes, switch if they differ
+            elif self._map.hdr[H_RETIRED]:
                 self._switch()
             self._next_check = time.monotonic() + RECHECK
             m = self._map

@@ -29,6 +29,7 @@ import mmap
 import os
 import tempfile
 import time
+from bisect import bisect_right
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -89,6 +90,7 @@ def slot_of(tag: str) -> int:
     return int.from_bytes(digest, "little") % SLOTS
 
 
+@lru_cache(maxsize=256)  # begin_write and end_write of one transaction ask for the same
 def writer_hash(writer: str) -> int:
     """The writer part of *writer*'s mark records (its low slot bits are zero)."""
     digest = hashlib.blake2b(writer.encode("utf-8", "surrogatepass"), digest_size=8).digest()
@@ -206,10 +208,12 @@ class MappedFile:
         home = _home(slot)
         keys = self.mkey[home : home + WINDOW].tolist()
         exps = self.mexp[home : home + WINDOW].tolist()
-        for j, k in enumerate(keys):
-            if k and exps[j] <= now:  # a dead writer's record
-                self._free(home + j, k)
-                keys[j] = 0
+        # free records have expiry 0.0: a loop only when some live record has expired
+        if bisect_right(sorted(exps), now) != keys.count(0):
+            for j, k in enumerate(keys):
+                if k and exps[j] <= now:  # a dead writer's record
+                    self._free(home + j, k)
+                    keys[j] = 0
         if 0 in keys:
             i = home + keys.index(0)
         else:
@@ -238,11 +242,13 @@ class MappedFile:
         tag = slot + 1
         home = _home(slot)
         lo, hi = (0, MARKS) if self.far[slot] else (home, home + WINDOW)
-        exps = self.mexp[lo:hi].tolist()
+        keys = self.mkey[lo:hi].tolist()
         top = 0.0
-        for j, k in enumerate(self.mkey[lo:hi].tolist()):
-            if k & _SLOT_MASK == tag and exps[j] > now and exps[j] > top:
-                top = exps[j]
+        if keys.count(0) != len(keys):  # else no record at all: nothing to look through
+            exps = self.mexp[lo:hi].tolist()
+            for j, k in enumerate(keys):
+                if k & _SLOT_MASK == tag and exps[j] > now and exps[j] > top:
+                    top = exps[j]
         over = self.oflow[slot]
         if over > now and over > top:
             top = over
