@@ -273,3 +273,93 @@ def test_a_closed_watch_is_never_quiet(target: Path) -> None:
     assert w.quiet()
     w.close()
     assert not w.quiet()
+
+
+@linux
+def test_a_closed_instance_reports_changed_and_never_reads_a_reused_descriptor(
+    tmp_path: Path,
+) -> None:
+    """After close() the old descriptor number goes to the next instance: changed() on the
+    closed one must say "changed" without reading it, or it eats the new instance's events."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    old = FileWatch(libc)
+    wa = old.watch(str(a))
+    fd = old._fd
+    old.close()
+    new = FileWatch(libc)
+    try:
+        if new._fd != fd:
+            pytest.skip("the kernel gave the new instance another descriptor")
+        wb = new.watch(str(b))
+        b.unlink()
+        assert old.changed(wa), "a closed instance must report every file as changed"
+        assert old.watch(str(a)) is None, "a closed instance must not watch (in another's queue)"
+        assert new.changed(wb), "the closed instance read the new instance's event"
+    finally:
+        new.close()
+
+
+@linux
+def test_two_records_of_one_file_in_a_process_each_see_its_replacement(prefix: str) -> None:
+    """inotify gives one watch id per file and instance: a second record of the same file must
+    neither lose the first one's reports nor remove its watch."""
+    first = SharedVersions(prefix)
+    second = SharedVersions(prefix)
+    first.read((5,))
+    os.chmod(first.path, 0o600)  # an event: the first record re-watches the file
+    time.sleep(RECHECK)
+    first.read((5,))
+    before = second.read((5,))
+    os.rename(first.path, first.path + ".away")
+    try:
+        theirs = SharedVersions(prefix)
+        seq = theirs.end_write((5,), "w")
+        epoch, now_seq, _top, _mark = second.read((5,))
+        assert epoch != before[0] or now_seq >= seq, "the second record read the moved file"
+        theirs._detach()
+    finally:
+        os.unlink(first.path + ".away")
+    first._detach()
+    second._detach()
+
+
+@linux
+def test_quiet_never_raises_while_another_thread_closes_the_instance() -> None:
+    """quiet() runs lock-free on the hit path: a close() (disable(), the fork handler) racing
+    with it must make it say "not quiet", never raise."""
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    current = [FileWatch(libc)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            try:
+                current[0].quiet()
+            except BaseException as exc:  # the failure under test
+                errors.append(exc)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end and not errors:
+            old, current[0] = current[0], FileWatch(libc)
+            old.close()
+    finally:
+        stop.set()
+        spinner.join()
+        sys.setswitchinterval(interval)
+        current[0].close()
+    assert not errors, f"quiet() raised {errors[0]!r}"
