@@ -304,6 +304,69 @@ def test_a_closed_instance_reports_changed_and_never_reads_a_reused_descriptor(
         new.close()
 
 
+def _in_a_child(body: Any) -> str:
+    """Run *body* in a forked child; return what it reported (its exception, if any)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            try:
+                out = str(body())
+            except BaseException:  # reported to the parent
+                import traceback
+
+                out = "error: " + traceback.format_exc()
+            os.write(w, out.encode()[:4000])
+        finally:
+            os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 4096):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode()
+
+
+@linux
+def test_a_file_the_kernel_refuses_to_watch_is_checked_with_stat(prefix: str) -> None:
+    """With the per-user watch limit reached (a real limit: 0 watches in a user namespace),
+    inotify_add_watch fails; the record must poll with stat, not trust a quiet instance."""
+
+    def body() -> str:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        ids = {"uid": os.getuid(), "gid": os.getgid()}  # unmapped after the unshare
+        if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
+            return "skip: no user namespaces"
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        for kind, own in ids.items():
+            with open(f"/proc/self/{kind}_map", "w") as f:
+                f.write(f"{own} {own} 1")
+        with open("/proc/sys/user/max_inotify_watches", "w") as f:
+            f.write("0")
+        filewatch.disable(False)  # a new instance, counted in this namespace
+        ours = SharedVersions(prefix)
+        if watcher() is None:
+            return "skip: no instance"
+        before = ours.read((5,))
+        os.unlink(ours.path)
+        theirs = SharedVersions(prefix)
+        seq = theirs.end_write((5,), "w")
+        epoch, now_seq, _top, _mark = ours.read((5,))
+        theirs._detach()
+        ours._detach()
+        return "ok" if epoch != before[0] or now_seq >= seq else "stale"
+
+    out = _in_a_child(body)
+    if out.startswith("skip"):
+        pytest.skip(out)
+    assert out == "ok", out
+
+
 @linux
 def test_two_records_of_one_file_in_a_process_each_see_its_replacement(prefix: str) -> None:
     """inotify gives one watch id per file and instance: a second record of the same file must

@@ -118,7 +118,7 @@ class SharedVersions:
         # (raw epoch, its text), one attribute so that threads never see a mixed pair
         self._epoch: tuple[int, str] = (0, "")
         # (watcher, watch id) of the mapped file in this process's inotify instance, if any
-        self._watch: tuple[FileWatch, int | None] | None = None
+        self._watch: tuple[FileWatch, int] | None = None
         self._next_check = time.monotonic() + RECHECK
         self._users = 0
         self._detached = False
@@ -216,8 +216,9 @@ class SharedVersions:
         for _ in range(8):
             self._unwatch()
             w = watcher()
-            if w is not None:  # watch before the check: no change can fall between the two
-                self._watch = (w, w.watch(self.path))
+            wid = w.watch(self.path) if w is not None else None
+            if w is not None and wid is not None:  # watch before the check: no change can
+                self._watch = (w, wid)  # fall between the two; unwatched: stat every check
             if self._current():
                 return
             self._switch()
