@@ -392,6 +392,46 @@ def test_two_records_of_one_file_in_a_process_each_see_its_replacement(prefix: s
 
 
 @linux
+def test_a_read_while_another_thread_switches_waits_for_the_switch(prefix: str) -> None:
+    """One thread takes the event and is still switching (blocked on the old file's flock,
+    held by a slow writer of another process); another thread's read must not take the
+    lock-free path to the old file, which a write to the new one has already passed (once the
+    record of another prefix has drained what is left in the queue)."""
+    import fcntl
+    import threading
+
+    ours = SharedVersions(prefix)
+    other = SharedVersions(prefix + "o")
+    before = ours.read((5,))
+    held = os.open(ours.path, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # the slow writer's lock on the old file
+    release = threading.Timer(0.2, fcntl.flock, (held, fcntl.LOCK_UN))
+    try:
+        create(ours.path, replace=True)  # the switching thread watches the new file
+        time.sleep(RECHECK)
+        switching = threading.Thread(target=ours.read, args=((5,),))
+        switching.start()
+        end = time.monotonic() + 2
+        while not ours._lock.locked() and time.monotonic() < end:
+            time.sleep(0.001)
+        time.sleep(2 * RECHECK)  # our next read is due to check (RECHECK after the other's)
+        theirs = SharedVersions(prefix)
+        seq = theirs.end_write((5,), "w")
+        other.read((5,))
+        release.start()
+        epoch, now_seq, _top, _mark = ours.read((5,))
+        switching.join()
+        assert epoch != before[0] or now_seq >= seq, "read the old file during the switch"
+        theirs._detach()
+    finally:
+        release.cancel()
+        fcntl.flock(held, fcntl.LOCK_UN)
+        os.close(held)
+    ours._detach()
+    other._detach()
+
+
+@linux
 def test_quiet_never_raises_while_another_thread_closes_the_instance() -> None:
     """quiet() runs lock-free on the hit path: a close() (disable(), the fork handler) racing
     with it must make it say "not quiet", never raise."""

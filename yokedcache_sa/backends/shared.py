@@ -201,7 +201,9 @@ class SharedVersions:
 
     def _recheck(self, force: bool = False) -> None:
         held = self._watch
-        if not force and held is not None and held[0].quiet():
+        # quiet, then not locked: a thread that took this record's report holds the lock
+        # until it has switched, and this read must wait for that as it did for the stat
+        if not force and held is not None and held[0].quiet() and not self._lock.locked():
             self._next_check = time.monotonic() + RECHECK  # nothing queued, nothing to check
             return
         with self._lock:
