@@ -466,3 +466,73 @@ def test_quiet_never_raises_while_another_thread_closes_the_instance() -> None:
         sys.setswitchinterval(interval)
         current[0].close()
     assert not errors, f"quiet() raised {errors[0]!r}"
+
+
+@linux
+def test_no_descriptor_left_when_the_epoll_cannot_be_made() -> None:
+    """With one descriptor left, inotify_init1 gets it and epoll() fails: the instance's
+    descriptor must be closed again, not leaked (a real RLIMIT_NOFILE, in a child)."""
+
+    def body() -> str:
+        import ctypes
+        import resource
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        probe = os.open("/dev/null", os.O_RDONLY)  # the lowest free descriptor
+        os.close(probe)
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (probe + 1, hard))  # room for one more
+        try:
+            FileWatch(libc)
+        except OSError:
+            pass
+        else:
+            return "skip: the epoll was made"
+        try:
+            os.fstat(probe)
+        except OSError:
+            return "ok"
+        return f"leaked descriptor {probe}"
+
+    out = _in_a_child(body)
+    if out.startswith("skip"):
+        pytest.skip(out)
+    assert out == "ok", out
+
+
+@linux
+def test_with_no_inotify_instance_left_the_record_polls_with_stat(prefix: str) -> None:
+    """The per-user instance limit reached for real (0 in a user namespace): no watcher, and
+    a record still sees its file replaced within RECHECK."""
+
+    def body() -> str:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        ids = {"uid": os.getuid(), "gid": os.getgid()}
+        if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
+            return "skip: no user namespaces"
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        for kind, own in ids.items():
+            with open(f"/proc/self/{kind}_map", "w") as f:
+                f.write(f"{own} {own} 1")
+        with open("/proc/sys/user/max_inotify_instances", "w") as f:
+            f.write("0")
+        filewatch.disable(False)
+        ours = SharedVersions(prefix)
+        if watcher() is not None:
+            return "an instance beyond the limit"
+        before = ours.read((5,))
+        create(ours.path, replace=True)
+        theirs = SharedVersions(prefix)
+        seq = theirs.end_write((5,), "w")
+        epoch, now_seq, _top, _mark = ours.read((5,))
+        theirs._detach()
+        ours._detach()
+        return "ok" if epoch != before[0] or now_seq >= seq else "stale"
+
+    out = _in_a_child(body)
+    if out.startswith("skip"):
+        pytest.skip(out)
+    assert out == "ok", out
