@@ -536,3 +536,37 @@ def test_with_no_inotify_instance_left_the_record_polls_with_stat(prefix: str) -
     if out.startswith("skip"):
         pytest.skip(out)
     assert out == "ok", out
+
+
+@linux
+@pytest.mark.parametrize("watch", ["inotify", "stat"])
+@pytest.mark.parametrize("how", ["rename", "rename_target"])
+def test_a_record_sees_its_directory_moved_away(tmp_path: Path, watch: str, how: str) -> None:
+    """The stat poll follows the path, so it sees a directory of it renamed (also the one a
+    symbolic link of the path resolves to); the watch must see that too, not only the file.
+    (A symbolic link renamed over with one to elsewhere raises no event on this kernel.)"""
+    filewatch.disable(watch == "stat")
+    try:
+        real = tmp_path / "real"
+        real.mkdir()
+        d = tmp_path / "versions"
+        if how == "rename":
+            d.mkdir()
+        else:
+            d.symlink_to(real)
+        ours = SharedVersions("dm", str(d))
+        before = ours.read((5,))
+        if how == "rename":
+            d.rename(tmp_path / "versions.old")
+            d.mkdir()
+        else:
+            real.rename(tmp_path / "real.old")
+            real.mkdir()
+        theirs = SharedVersions("dm", str(d))
+        seq = theirs.end_write((5,), "w")
+        epoch, now_seq, _top, _mark = ours.read((5,))
+        assert epoch != before[0] or now_seq >= seq, "read the file of the moved directory"
+        theirs._detach()
+        ours._detach()
+    finally:
+        filewatch.disable(False)

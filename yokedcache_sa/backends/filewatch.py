@@ -30,6 +30,7 @@ __all__ = ["FileWatch", "disable", "watcher"]
 _IN_ATTRIB = 0x004
 _IN_MOVE_SELF = 0x800
 _IN_DELETE_SELF = 0x400
+_IN_DONT_FOLLOW = 0x01000000
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
 _MASK = _IN_ATTRIB | _IN_MOVE_SELF | _IN_DELETE_SELF
@@ -71,22 +72,26 @@ class FileWatch:
         self._pending = False
         self._dirty: set[int] = set()  # watch ids with a report not yet returned
         self._ids: dict[int, set[int]] = {}  # kernel watch descriptor -> the watch ids on it
-        self._wd: dict[int, int] = {}  # watch id -> its kernel watch descriptor
+        self._wd: dict[int, list[int]] = {}  # watch id -> its kernel watch descriptors
         self._last_id = 0
         self._closed = False
 
     def watch(self, path: str) -> int | None:
-        """Watch the file *path* names now; ``None`` if the kernel refuses (or closed)."""
+        """Watch the file *path* names now, and its directories (a rename of one changes what
+        the path names as a rename of the file would); ``None`` if the kernel refuses one."""
         with self._lock:
             if self._closed:  # the descriptor number may be another instance's by now
                 return None
-            wd = int(self._libc.inotify_add_watch(self._fd, os.fsencode(path), _MASK))
-            if wd < 0:
-                return None
             self._last_id += 1
             wid = self._last_id
-            self._ids.setdefault(wd, set()).add(wid)
-            self._wd[wid] = wd
+            self._wd[wid] = []
+            for name, flags in _components(path):
+                wd = int(self._libc.inotify_add_watch(self._fd, os.fsencode(name), flags))
+                if wd < 0:
+                    self._forget(wid)
+                    return None
+                self._ids.setdefault(wd, set()).add(wid)
+                self._wd[wid].append(wd)
             return wid
 
     def unwatch(self, wid: int | None) -> None:
@@ -94,16 +99,19 @@ class FileWatch:
         if wid is None:
             return
         with self._lock:
-            self._dirty.discard(wid)
-            wd = self._wd.pop(wid, None)
-            ids = self._ids.get(wd, set()) if wd is not None else set()
-            ids.discard(wid)
-            if wd is not None and not ids:
-                del self._ids[wd]
-                if not self._closed:
-                    self._libc.inotify_rm_watch(self._fd, wd)
+            self._forget(wid)
             if not self._closed:
                 self._pending = bool(self._dirty)
+
+    def _forget(self, wid: int) -> None:
+        self._dirty.discard(wid)
+        for wd in self._wd.pop(wid, ()):
+            ids = self._ids.get(wd, set())
+            ids.discard(wid)
+            if not ids:
+                self._ids.pop(wd, None)
+                if not self._closed:
+                    self._libc.inotify_rm_watch(self._fd, wd)
 
     def quiet(self) -> bool:
         """Whether no watched file can have changed since each was last reported (no lock)."""
@@ -154,6 +162,19 @@ class FileWatch:
             os.close(self._fd)
             self._ids.clear()
             self._wd.clear()
+
+
+def _components(path: str) -> list[tuple[str, int]]:
+    """What to watch for *path*: the file, then every directory above it, as written
+    (symbolic links themselves, not followed) and as resolved."""
+    path = os.path.abspath(path)
+    out = {path: _MASK}
+    for top, flags in ((path, _MASK | _IN_DONT_FOLLOW), (os.path.realpath(path), _MASK)):
+        parent = os.path.dirname(top)
+        while parent not in out:
+            out[parent] = flags
+            parent = os.path.dirname(parent)
+    return list(out.items())
 
 
 def _closed_queue(timeout: float | None = None, maxevents: int = -1) -> list[tuple[int, int]]:
