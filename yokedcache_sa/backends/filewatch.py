@@ -90,8 +90,9 @@ class FileWatch:
                 if wd < 0:
                     self._forget(wid)
                     return None
-                self._ids.setdefault(wd, set()).add(wid)
-                self._wd[wid].append(wd)
+                if wd not in self._wd[wid]:  # two names of one inode: one descriptor
+                    self._ids.setdefault(wd, set()).add(wid)
+                    self._wd[wid].append(wd)
             return wid
 
     def unwatch(self, wid: int | None) -> None:
