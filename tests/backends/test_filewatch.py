@@ -288,3 +288,326 @@ def test_a_closed_watch_is_never_quiet(target: Path) -> None:
     assert w.quiet()
     w.close()
     assert not w.quiet()
+
+
+@linux
+def test_a_closed_instance_reports_changed_and_never_reads_a_reused_descriptor(
+    tmp_path: Path,
+) -> None:
+    """After close() the old descriptor number goes to the next instance: changed() on the
+    closed one must say "changed" without reading it, or it eats the new instance's events."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    old = FileWatch(libc)
+    wa = old.watch(str(a))
+    fd = old._fd
+    old.close()
+    new = FileWatch(libc)
+    try:
+        if new._fd != fd:
+            pytest.skip("the kernel gave the new instance another descriptor")
+        wb = new.watch(str(b))
+        b.unlink()
+        assert old.changed(wa), "a closed instance must report every file as changed"
+        assert old.watch(str(a)) is None, "a closed instance must not watch (in another's queue)"
+        assert new.changed(wb), "the closed instance read the new instance's event"
+    finally:
+        new.close()
+
+
+def _in_a_child(body: Any) -> str:
+    """Run *body* in a forked child; return what it reported (its exception, if any)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            try:
+                out = str(body())
+            except BaseException:  # reported to the parent
+                import traceback
+
+                out = "error: " + traceback.format_exc()
+            os.write(w, out.encode()[:4000])
+        finally:
+            os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 4096):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode()
+
+
+@linux
+def test_a_file_the_kernel_refuses_to_watch_is_checked_with_stat(prefix: str) -> None:
+    """With the per-user watch limit reached (a real limit: 0 watches in a user namespace),
+    inotify_add_watch fails; the record must poll with stat, not trust a quiet instance."""
+
+    def body() -> str:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        ids = {"uid": os.getuid(), "gid": os.getgid()}  # unmapped after the unshare
+        if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
+            return "skip: no user namespaces"
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        for kind, own in ids.items():
+            with open(f"/proc/self/{kind}_map", "w") as f:
+                f.write(f"{own} {own} 1")
+        with open("/proc/sys/user/max_inotify_watches", "w") as f:
+            f.write("0")
+        filewatch.disable(False)  # a new instance, counted in this namespace
+        ours = SharedVersions(prefix)
+        if watcher() is None:
+            return "skip: no instance"
+        before = ours.read((5,))
+        os.unlink(ours.path)
+        theirs = SharedVersions(prefix)
+        seq = theirs.end_write((5,), "w")
+        epoch, now_seq, _top, _mark = ours.read((5,))
+        theirs._detach()
+        ours._detach()
+        return "ok" if epoch != before[0] or now_seq >= seq else "stale"
+
+    out = _in_a_child(body)
+    if out.startswith("skip"):
+        pytest.skip(out)
+    assert out == "ok", out
+
+
+@linux
+def test_two_records_of_one_file_in_a_process_each_see_its_replacement(prefix: str) -> None:
+    """inotify gives one watch id per file and instance: a second record of the same file must
+    neither lose the first one's reports nor remove its watch."""
+    first = SharedVersions(prefix)
+    second = SharedVersions(prefix)
+    first.read((5,))
+    os.chmod(first.path, 0o600)  # an event: the first record re-watches the file
+    time.sleep(RECHECK)
+    first.read((5,))
+    before = second.read((5,))
+    os.rename(first.path, first.path + ".away")
+    try:
+        theirs = SharedVersions(prefix)
+        seq = theirs.end_write((5,), "w")
+        epoch, now_seq, _top, _mark = second.read((5,))
+        assert epoch != before[0] or now_seq >= seq, "the second record read the moved file"
+        theirs._detach()
+    finally:
+        os.unlink(first.path + ".away")
+    first._detach()
+    second._detach()
+
+
+@linux
+def test_a_read_while_another_thread_switches_waits_for_the_switch(prefix: str) -> None:
+    """One thread takes the event and is still switching (blocked on the old file's flock,
+    held by a slow writer of another process); another thread's read must not take the
+    lock-free path to the old file, which a write to the new one has already passed (once the
+    record of another prefix has drained what is left in the queue)."""
+    import fcntl
+    import threading
+
+    ours = SharedVersions(prefix)
+    other = SharedVersions(prefix + "o")
+    before = ours.read((5,))
+    held = os.open(ours.path, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # the slow writer's lock on the old file
+    release = threading.Timer(0.2, fcntl.flock, (held, fcntl.LOCK_UN))
+    try:
+        create(ours.path, replace=True)  # the switching thread watches the new file
+        time.sleep(RECHECK)
+        switching = threading.Thread(target=ours.read, args=((5,),))
+        switching.start()
+        end = time.monotonic() + 2
+        while not ours._lock.locked() and time.monotonic() < end:
+            time.sleep(0.001)
+        time.sleep(2 * RECHECK)  # our next read is due to check (RECHECK after the other's)
+        theirs = SharedVersions(prefix)
+        seq = theirs.end_write((5,), "w")
+        other.read((5,))
+        release.start()
+        epoch, now_seq, _top, _mark = ours.read((5,))
+        switching.join()
+        assert epoch != before[0] or now_seq >= seq, "read the old file during the switch"
+        theirs._detach()
+    finally:
+        release.cancel()
+        fcntl.flock(held, fcntl.LOCK_UN)
+        os.close(held)
+    ours._detach()
+    other._detach()
+
+
+@linux
+def test_quiet_never_raises_while_another_thread_closes_the_instance() -> None:
+    """quiet() runs lock-free on the hit path: a close() (disable(), the fork handler) racing
+    with it must make it say "not quiet", never raise."""
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    current = [FileWatch(libc)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            try:
+                current[0].quiet()
+            except BaseException as exc:  # the failure under test
+                errors.append(exc)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end and not errors:
+            old, current[0] = current[0], FileWatch(libc)
+            old.close()
+    finally:
+        stop.set()
+        spinner.join()
+        sys.setswitchinterval(interval)
+        current[0].close()
+    assert not errors, f"quiet() raised {errors[0]!r}"
+
+
+@linux
+def test_no_descriptor_left_when_the_epoll_cannot_be_made() -> None:
+    """With one descriptor left, inotify_init1 gets it and epoll() fails: the instance's
+    descriptor must be closed again, not leaked (a real RLIMIT_NOFILE, in a child)."""
+
+    def body() -> str:
+        import ctypes
+        import resource
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        probe = os.open("/dev/null", os.O_RDONLY)  # the lowest free descriptor
+        os.close(probe)
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (probe + 1, hard))  # room for one more
+        try:
+            FileWatch(libc)
+        except OSError:
+            pass
+        else:
+            return "skip: the epoll was made"
+        try:
+            os.fstat(probe)
+        except OSError:
+            return "ok"
+        return f"leaked descriptor {probe}"
+
+    out = _in_a_child(body)
+    if out.startswith("skip"):
+        pytest.skip(out)
+    assert out == "ok", out
+
+
+@linux
+def test_with_no_inotify_instance_left_the_record_polls_with_stat(prefix: str) -> None:
+    """The per-user instance limit reached for real (0 in a user namespace): no watcher, and
+    a record still sees its file replaced within RECHECK."""
+
+    def body() -> str:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        ids = {"uid": os.getuid(), "gid": os.getgid()}
+        if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
+            return "skip: no user namespaces"
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        for kind, own in ids.items():
+            with open(f"/proc/self/{kind}_map", "w") as f:
+                f.write(f"{own} {own} 1")
+        with open("/proc/sys/user/max_inotify_instances", "w") as f:
+            f.write("0")
+        filewatch.disable(False)
+        ours = SharedVersions(prefix)
+        if watcher() is not None:
+            return "an instance beyond the limit"
+        before = ours.read((5,))
+        create(ours.path, replace=True)
+        theirs = SharedVersions(prefix)
+        seq = theirs.end_write((5,), "w")
+        epoch, now_seq, _top, _mark = ours.read((5,))
+        theirs._detach()
+        ours._detach()
+        return "ok" if epoch != before[0] or now_seq >= seq else "stale"
+
+    out = _in_a_child(body)
+    if out.startswith("skip"):
+        pytest.skip(out)
+    assert out == "ok", out
+
+
+@linux
+@pytest.mark.parametrize("watch", ["inotify", "stat"])
+@pytest.mark.parametrize("how", ["rename", "rename_target"])
+def test_a_record_sees_its_directory_moved_away(tmp_path: Path, watch: str, how: str) -> None:
+    """The stat poll follows the path, so it sees a directory of it renamed (also the one a
+    symbolic link of the path resolves to); the watch must see that too, not only the file.
+    (A symbolic link renamed over with one to elsewhere raises no event on this kernel.)"""
+    filewatch.disable(watch == "stat")
+    try:
+        real = tmp_path / "real"
+        real.mkdir()
+        d = tmp_path / "versions"
+        if how == "rename":
+            d.mkdir()
+        else:
+            d.symlink_to(real)
+        ours = SharedVersions("dm", str(d))
+        before = ours.read((5,))
+        if how == "rename":
+            d.rename(tmp_path / "versions.old")
+            d.mkdir()
+        else:
+            real.rename(tmp_path / "real.old")
+            real.mkdir()
+        theirs = SharedVersions("dm", str(d))
+        seq = theirs.end_write((5,), "w")
+        epoch, now_seq, _top, _mark = ours.read((5,))
+        assert epoch != before[0] or now_seq >= seq, "read the file of the moved directory"
+        theirs._detach()
+        ours._detach()
+    finally:
+        filewatch.disable(False)
+
+
+@pytest.mark.parametrize("watch", ["inotify", "stat"])
+def test_a_symbolic_link_renamed_over_is_seen(tmp_path: Path, watch: str) -> None:
+    """A path through a symbolic link is not watched (renaming another link over it raises
+    no event on the old one): the record stats it, and sees the link now names elsewhere."""
+    filewatch.disable(watch == "stat")
+    try:
+        one, two = tmp_path / "one", tmp_path / "two"
+        one.mkdir()
+        two.mkdir()
+        d = tmp_path / "versions"
+        d.symlink_to(one)
+        ours = SharedVersions("sl", str(d))
+        assert ours._watch is None
+        before = ours.read((5,))
+        (tmp_path / "next").symlink_to(two)
+        os.replace(tmp_path / "next", d)
+        theirs = SharedVersions("sl", str(d))
+        seq = theirs.end_write((5,), "w")
+        epoch, now_seq, _top, _mark = ours.read((5,))
+        assert epoch != before[0] or now_seq >= seq, "read the file the old link named"
+        theirs._detach()
+        ours._detach()
+    finally:
+        filewatch.disable(False)

@@ -42,68 +42,99 @@ class FileWatch:
     ``watch(path)`` returns a watch id, or ``None`` when this file cannot be watched (the
     caller then checks with ``stat``). ``quiet()`` is the lock-free common case: no event is
     queued and none drained is still unreported, so no watched file changed. Otherwise
-    ``changed(wd)`` drains the queue and says whether the file behind *wd* may have been
+    ``changed(wid)`` drains the queue and says whether the file behind *wid* may have been
     unlinked, moved or replaced since it was watched (or last reported); ``True`` also for
-    ``None`` and after an overflow.
+    ``None``, for an id this instance does not hold (or no longer: closed) and after an
+    overflow.
+
+    The kernel gives one watch descriptor per file and instance: two ``watch`` calls on one
+    file (two records of it in a process) get the same descriptor. Each call gets its own
+    watch id instead, with its own reports, and the descriptor is removed with its last id.
     """
 
     def __init__(self, libc: Any) -> None:
         self._libc = libc
         self._lock = threading.Lock()
-        self._fd = int(libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
-        if self._fd < 0:
+        fd = int(libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
+        if fd < 0:
             raise OSError("inotify_init1 failed (the per-user instance limit?)")
-        self._epoll = select.epoll()  # unlike poll objects, safe to poll from any thread
-        self._epoll.register(self._fd, select.EPOLLIN)
+        try:
+            self._epoll = select.epoll()  # unlike poll objects, safe to poll from any thread
+            self._epoll.register(fd, select.EPOLLIN)
+        except BaseException:
+            os.close(fd)  # no epoll descriptor left: no instance either
+            raise
+        self._fd = fd
         self._queued = self._epoll.poll
         # True from before a drain until every drained report was returned (and for ever once
         # closed): quiet() reads it after polling, so a drain by another thread is never missed
         self._pending = False
-        self._dirty: set[int] = set()
-        self._overflowed: set[int] = set()
-        self._watched: set[int] = set()
+        self._dirty: set[int] = set()  # watch ids with a report not yet returned
+        self._ids: dict[int, set[int]] = {}  # kernel watch descriptor -> the watch ids on it
+        self._wd: dict[int, list[int]] = {}  # watch id -> its kernel watch descriptors
+        self._last_id = 0
         self._closed = False
 
     def watch(self, path: str) -> int | None:
-        """Watch the file *path* names now; ``None`` if the kernel refuses."""
+        """Watch the file *path* names now, and its directories (a rename of one changes what
+        the path names as a rename of the file would); ``None`` if the kernel refuses one."""
+        path = os.path.abspath(path)
+        if os.path.realpath(path) != path:
+            return None  # a symbolic link replaced by a rename raises no event: stat instead
         with self._lock:
-            wd = int(self._libc.inotify_add_watch(self._fd, os.fsencode(path), _MASK))
-            if wd < 0:
+            if self._closed:  # the descriptor number may be another instance's by now
                 return None
-            self._dirty.discard(wd)
-            self._overflowed.discard(wd)
-            self._watched.add(wd)
-            return wd
+            self._last_id += 1
+            wid = self._last_id
+            self._wd[wid] = []
+            for name, flags in _components(path):
+                wd = int(self._libc.inotify_add_watch(self._fd, os.fsencode(name), flags))
+                if wd < 0:
+                    self._forget(wid)
+                    return None
+                if wd not in self._wd[wid]:  # two names of one inode: one descriptor
+                    self._ids.setdefault(wd, set()).add(wid)
+                    self._wd[wid].append(wd)
+            return wid
 
-    def unwatch(self, wd: int | None) -> None:
-        """Stop watching *wd* (a file already gone is no error)."""
-        if wd is None:
+    def unwatch(self, wid: int | None) -> None:
+        """Stop watching *wid* (a file already gone is no error)."""
+        if wid is None:
             return
         with self._lock:
-            if wd in self._watched:
-                self._watched.discard(wd)
-                self._libc.inotify_rm_watch(self._fd, wd)
-            self._dirty.discard(wd)
-            self._overflowed.discard(wd)
+            self._forget(wid)
             if not self._closed:
-                self._pending = bool(self._dirty or self._overflowed)
+                self._pending = bool(self._dirty)
+
+    def _forget(self, wid: int) -> None:
+        self._dirty.discard(wid)
+        for wd in self._wd.pop(wid, ()):
+            ids = self._ids.get(wd, set())
+            ids.discard(wid)
+            if not ids:
+                self._ids.pop(wd, None)
+                if not self._closed:
+                    self._libc.inotify_rm_watch(self._fd, wd)
 
     def quiet(self) -> bool:
         """Whether no watched file can have changed since each was last reported (no lock)."""
-        return not self._queued(0) and not self._pending
+        try:
+            return not self._queued(0) and not self._pending
+        except (OSError, ValueError):  # closed by another thread meanwhile
+            return False
 
-    def changed(self, wd: int | None) -> bool:
-        """Whether the file behind *wd* may have changed; forgets the report it returns."""
-        if wd is None:
+    def changed(self, wid: int | None) -> bool:
+        """Whether the file behind *wid* may have changed; forgets the report it returns."""
+        if wid is None:
             return True
         with self._lock:
+            if self._closed:  # never read the descriptor: its number may be reused
+                return True
             if self._queued(0):
                 self._drain()
-            hit = wd in self._dirty or wd in self._overflowed
-            self._dirty.discard(wd)
-            self._overflowed.discard(wd)
-            if not self._closed:
-                self._pending = bool(self._dirty or self._overflowed)
+            hit = wid in self._dirty or wid not in self._wd
+            self._dirty.discard(wid)
+            self._pending = bool(self._dirty)
             return hit
 
     def _drain(self) -> None:
@@ -118,18 +149,33 @@ class FileWatch:
                 wd, _mask, _cookie, length = _EVENT.unpack_from(data, at)
                 at += _EVENT.size + length
                 if wd == -1:  # IN_Q_OVERFLOW: events were lost, any watch may have fired
-                    self._overflowed |= self._watched
-                elif wd in self._watched:
-                    self._dirty.add(wd)
+                    self._dirty.update(self._wd)
+                else:
+                    self._dirty.update(self._ids.get(wd, ()))
 
     def close(self) -> None:
         """Close the instance (its watches go with it); it reports every file as changed."""
         with self._lock:
+            if self._closed:
+                return
+            # never quiet from here on, before a lock-free quiet() can meet a closed epoll
             self._closed = self._pending = True
-            self._epoll.close()
             self._queued = _closed_queue
+            self._epoll.close()
             os.close(self._fd)
-            self._watched.clear()
+            self._ids.clear()
+            self._wd.clear()
+
+
+def _components(path: str) -> list[tuple[str, int]]:
+    """What to watch for *path* (absolute, no symbolic link): the file and every directory
+    above it."""
+    out = [(path, _MASK)]
+    parent = os.path.dirname(path)
+    while parent != out[-1][0]:
+        out.append((parent, _MASK))
+        parent = os.path.dirname(parent)
+    return out
 
 
 def _closed_queue(timeout: float | None = None, maxevents: int = -1) -> list[tuple[int, int]]:

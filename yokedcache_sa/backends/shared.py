@@ -116,7 +116,7 @@ class SharedVersions:
         # (raw epoch, its text), one attribute so that threads never see a mixed pair
         self._epoch: tuple[int, str] = (0, "")
         # (watcher, watch id) of the mapped file in this process's inotify instance, if any
-        self._watch: tuple[FileWatch, int | None] | None = None
+        self._watch: tuple[FileWatch, int] | None = None
         self._next_check = time.monotonic() + RECHECK
         self._users = 0
         self._detached = False
@@ -198,14 +198,15 @@ class SharedVersions:
         return (st.st_dev, st.st_ino) == m.ino and st.st_size == SIZE
 
     def _recheck(self, force: bool = False) -> None:
-        held = self._watch
-        if not force and held is not None and held[0].quiet():
-            self._next_check = time.monotonic() + RECHECK  # nothing queued, nothing to check
+        held = self._watch  # quiet and not locked (a thread switching holds the lock): done
+        if not force and held is not None and held[0].quiet() and not self._lock.locked():
+            self._next_check = time.monotonic() + RECHECK
             return
         with self._lock:
-            self._next_check = time.monotonic() + RECHECK
             if force or self._may_have_moved():
                 self._verify()
+            # after the check: a thread reading meanwhile must not skip it and read the old file
+            self._next_check = time.monotonic() + RECHECK
 
     def _may_have_moved(self) -> bool:
         """Whether the path may no longer name our mapping: an event on it, or no watch."""
@@ -219,8 +220,8 @@ class SharedVersions:
         for _ in range(8):
             self._unwatch()
             w = watcher()
-            if w is not None:  # watch before the check: no change can fall between the two
-                self._watch = (w, w.watch(self.path))
+            wid = w.watch(self.path) if w is not None else None  # before the check, so that
+            self._watch = None if w is None or wid is None else (w, wid)  # no change slips by
             if self._current():
                 return
             self._switch()
