@@ -12,13 +12,13 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from yokedcache_sa.backends import filewatch, shared
+from yokedcache_sa.backends import filewatch
 from yokedcache_sa.backends.filewatch import FileWatch, watcher
 from yokedcache_sa.backends.shared import RECHECK, SharedVersions, shared_path
 from yokedcache_sa.backends.versionfile import create
@@ -145,7 +145,7 @@ def _count_stats(monkeypatch: pytest.MonkeyPatch, path: str) -> list[int]:
             seen[0] += 1
         return real(p, *a, **kw)
 
-    monkeypatch.setattr(shared.os, "stat", counting)
+    monkeypatch.setattr(os, "stat", counting)  # the module shared.py calls it through
     return seen
 
 
@@ -345,9 +345,13 @@ def _in_a_child(body: Any) -> str:
 
 
 @linux
-def test_a_file_the_kernel_refuses_to_watch_is_checked_with_stat(prefix: str) -> None:
-    """With the per-user watch limit reached (a real limit: 0 watches in a user namespace),
-    inotify_add_watch fails; the record must poll with stat, not trust a quiet instance."""
+@pytest.mark.parametrize("limit", ["max_inotify_watches", "max_inotify_instances"])
+def test_with_the_kernel_refusing_a_watch_or_an_instance_the_record_polls_with_stat(
+    prefix: str, limit: str
+) -> None:
+    """A per-user limit reached for real (0 in a user namespace): inotify_add_watch or
+    inotify_init1 fails, and the record must poll with stat (not trust a quiet instance):
+    it sees its file unlinked, or replaced, within RECHECK."""
 
     def body() -> str:
         import ctypes
@@ -361,14 +365,22 @@ def test_a_file_the_kernel_refuses_to_watch_is_checked_with_stat(prefix: str) ->
         for kind, own in ids.items():
             with open(f"/proc/self/{kind}_map", "w") as f:
                 f.write(f"{own} {own} 1")
-        with open("/proc/sys/user/max_inotify_watches", "w") as f:
+        with open(f"/proc/sys/user/{limit}", "w") as f:
             f.write("0")
         filewatch.disable(False)  # a new instance, counted in this namespace
         ours = SharedVersions(prefix)
-        if watcher() is None:
-            return "skip: no instance"
+        if limit == "max_inotify_watches":
+            if watcher() is None:
+                return "skip: no instance"
+            if ours._watch is not None:
+                return "a watch beyond the limit"
+        elif watcher() is not None:
+            return "an instance beyond the limit"
         before = ours.read((5,))
-        os.unlink(ours.path)
+        if limit == "max_inotify_watches":
+            os.unlink(ours.path)
+        else:
+            create(ours.path, replace=True)
         theirs = SharedVersions(prefix)
         seq = theirs.end_write((5,), "w")
         epoch, now_seq, _top, _mark = ours.read((5,))
@@ -515,42 +527,19 @@ def test_no_descriptor_left_when_the_epoll_cannot_be_made() -> None:
     assert out == "ok", out
 
 
-@linux
-def test_with_no_inotify_instance_left_the_record_polls_with_stat(prefix: str) -> None:
-    """The per-user instance limit reached for real (0 in a user namespace): no watcher, and
-    a record still sees its file replaced within RECHECK."""
-
-    def body() -> str:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        ids = {"uid": os.getuid(), "gid": os.getgid()}
-        if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
-            return "skip: no user namespaces"
-        with open("/proc/self/setgroups", "w") as f:
-            f.write("deny")
-        for kind, own in ids.items():
-            with open(f"/proc/self/{kind}_map", "w") as f:
-                f.write(f"{own} {own} 1")
-        with open("/proc/sys/user/max_inotify_instances", "w") as f:
-            f.write("0")
-        filewatch.disable(False)
-        ours = SharedVersions(prefix)
-        if watcher() is not None:
-            return "an instance beyond the limit"
-        before = ours.read((5,))
-        create(ours.path, replace=True)
-        theirs = SharedVersions(prefix)
-        seq = theirs.end_write((5,), "w")
-        epoch, now_seq, _top, _mark = ours.read((5,))
-        theirs._detach()
-        ours._detach()
-        return "ok" if epoch != before[0] or now_seq >= seq else "stale"
-
-    out = _in_a_child(body)
-    if out.startswith("skip"):
-        pytest.skip(out)
-    assert out == "ok", out
+def _reads_the_new_file(
+    ours: SharedVersions, change: Callable[[], None], prefix: str, directory: str
+) -> bool:
+    """Change what *ours*' path names, write through a record opened after that, and say
+    whether *ours*' next read (after the creator's 2 * RECHECK wait) sees the write."""
+    before = ours.read((5,))
+    change()
+    theirs = SharedVersions(prefix, directory)
+    seq = theirs.end_write((5,), "w")
+    epoch, now_seq, _top, _mark = ours.read((5,))
+    theirs._detach()
+    ours._detach()
+    return epoch != before[0] or now_seq >= seq
 
 
 @linux
@@ -570,19 +559,13 @@ def test_a_record_sees_its_directory_moved_away(tmp_path: Path, watch: str, how:
         else:
             d.symlink_to(real)
         ours = SharedVersions("dm", str(d))
-        before = ours.read((5,))
-        if how == "rename":
-            d.rename(tmp_path / "versions.old")
-            d.mkdir()
-        else:
-            real.rename(tmp_path / "real.old")
-            real.mkdir()
-        theirs = SharedVersions("dm", str(d))
-        seq = theirs.end_write((5,), "w")
-        epoch, now_seq, _top, _mark = ours.read((5,))
-        assert epoch != before[0] or now_seq >= seq, "read the file of the moved directory"
-        theirs._detach()
-        ours._detach()
+
+        def move() -> None:
+            moved = d if how == "rename" else real
+            moved.rename(moved.with_suffix(".old"))
+            moved.mkdir()
+
+        assert _reads_the_new_file(ours, move, "dm", str(d)), "read the moved directory's file"
     finally:
         filewatch.disable(False)
 
@@ -600,14 +583,11 @@ def test_a_symbolic_link_renamed_over_is_seen(tmp_path: Path, watch: str) -> Non
         d.symlink_to(one)
         ours = SharedVersions("sl", str(d))
         assert ours._watch is None
-        before = ours.read((5,))
-        (tmp_path / "next").symlink_to(two)
-        os.replace(tmp_path / "next", d)
-        theirs = SharedVersions("sl", str(d))
-        seq = theirs.end_write((5,), "w")
-        epoch, now_seq, _top, _mark = ours.read((5,))
-        assert epoch != before[0] or now_seq >= seq, "read the file the old link named"
-        theirs._detach()
-        ours._detach()
+
+        def relink() -> None:
+            (tmp_path / "next").symlink_to(two)
+            os.replace(tmp_path / "next", d)
+
+        assert _reads_the_new_file(ours, relink, "sl", str(d)), "read the old link's file"
     finally:
         filewatch.disable(False)
