@@ -255,8 +255,15 @@ def test_unreachable_redis(own_redis: RedisServer) -> None:
         assert c.set_sync("k2", 2, tags=["u"]) is True
         assert c.flush_pending_sync() == 0
         assert c.get_stats_sync().invalidations == 1
-        assert c.set_sync("k", 1, tags=["t"]) is True
-        assert c.get_sync("k") == 1
+        # A background retry in flight during the flush delivers "t" a second time, and its
+        # bump may land after the next store (more invalidation, never less: a miss, once).
+        for _ in range(100):
+            assert c.set_sync("k", 1, tags=["t"]) is True
+            if c.get_sync("k") == 1:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("an entry stored after the recovery was never served")
         assert c.health_sync() is True
         assert c.connect_sync() is c
     finally:
