@@ -174,10 +174,7 @@ class MemoryBackend(NonBlockingTwins):
                 cur, now_seq = self._epoch, self._seq
                 top, marked = self._state(tags, now)
             else:
-                try:
-                    cur, now_seq, top, mark = shared.read(slots)
-                except OSError as exc:
-                    raise _unavailable(exc) from exc
+                cur, now_seq, top, mark = self._read(shared, slots)
                 marked = mark > 0.0 and mark > time.time()
             lock = 0
             if lock_token and (marked or epoch != cur or top > seq):
