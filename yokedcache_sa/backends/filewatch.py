@@ -4,16 +4,16 @@ The shared version record (:mod:`.shared`) must notice within ``RECHECK`` second
 path no longer names the file it maps. Asking the file system (``os.stat``) every ``RECHECK``
 costs a syscall that builds a ``stat_result`` and, on a hit path that runs on cold CPU
 caches, about 5 % of a memory-backend hit. On Linux the kernel can tell instead: one inotify
-instance per process watches each mapped file for a change of its link count (``IN_ATTRIB``:
-unlinked, or replaced by a rename over it), for a move (``IN_MOVE_SELF``) and for its end
-(``IN_DELETE_SELF``, ``IN_IGNORED``). The kernel queues those events inside the syscall that
-caused them, so a non-blocking ``poll`` of the instance every ``RECHECK`` keeps the same
-guarantee as the ``stat`` did, at a third of its cost. Writes through the mapping raise no
-event. Any event, and a queue overflow, sends the record back to its ``stat`` check: an
-event can cost a check, never a missed change.
+instance per process watches each mapped file and every directory above it for a change of
+link count (``IN_ATTRIB``: unlinked, or replaced by a rename over it), a move
+(``IN_MOVE_SELF``) and an end (``IN_DELETE_SELF``; ``IN_IGNORED`` comes unasked). The kernel
+queues those events inside the syscall that caused them, so a non-blocking ``epoll_wait``
+of the instance every ``RECHECK`` keeps the same guarantee as the ``stat`` did. Writes
+through the mapping raise no event. Any event, and a queue overflow, sends the record back
+to its ``stat`` check: an event can cost a check, never a missed change.
 
-Elsewhere (no inotify, the per-user instance limit reached, ``ctypes`` unavailable) every
-call here says "ask the file system", and the record polls with ``stat`` as before.
+Elsewhere (no inotify, a per-user instance or watch limit reached, ``ctypes`` unavailable,
+a path through a symbolic link) there is no watch, and the record polls with ``stat``.
 """
 
 from __future__ import annotations
@@ -158,9 +158,8 @@ class FileWatch:
         with self._lock:
             if self._closed:
                 return
-            # never quiet from here on, before a lock-free quiet() can meet a closed epoll
+            # never quiet from here on (a quiet() that meets the closed epoll says so too)
             self._closed = self._pending = True
-            self._queued = _closed_queue
             self._epoll.close()
             os.close(self._fd)
             self._ids.clear()
@@ -176,10 +175,6 @@ def _components(path: str) -> list[tuple[str, int]]:
         out.append((parent, _MASK))
         parent = os.path.dirname(parent)
     return out
-
-
-def _closed_queue(timeout: float | None = None, maxevents: int = -1) -> list[tuple[int, int]]:
-    return [(-1, 0)]
 
 
 _state: dict[str, Any] = {"watch": None, "tried": False, "disabled": False}
