@@ -60,6 +60,21 @@ trees, paths = sys.argv[1].split(","), sys.argv[2].split(",")
 n, counting = int(sys.argv[3]), sys.argv[4] == "count"
 suffix = os.environ.get("BENCH_SUFFIX") or uuid.uuid4().hex[:6]
 pkgs = {t: importlib.import_module(t) for t in trees}
+# 0.1 listens on the Engine class at import: on this tree's engine too, where it finds this
+# tree's per-connection state under the same attribute names and works on it (marks, notes),
+# a cost no process running one tree pays. Confine each tree's class-wide engine listeners to
+# its own engine.
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+own_listeners = {}
+for t in trees:
+    sess = importlib.import_module(t + ".orm.session")
+    if hasattr(sess, "_install_engine_listeners"):
+        names = ("before_cursor_execute", "begin", "commit", "rollback")
+        fns = (sess._before_cursor_execute, sess._on_begin, sess._on_commit, sess._on_rollback)
+        own_listeners[t] = [(e, fn) for e, fn in zip(names, fns) if event.contains(Engine, e, fn)]
+        for e, fn in own_listeners[t]:
+            event.remove(Engine, e, fn)
 if counting:
     for t in trees:  # valgrind runs ~50x slower: keep the version record's recheck timer quiet
         try:
@@ -93,6 +108,8 @@ try:
     factories = {}
     for t, pkg in pkgs.items():
         engine = create_engine(os.environ["PG_URL"], pool_size=5)  # one engine per tree
+        for e, fn in own_listeners.get(t, ()):
+            event.listen(engine, e, fn)
         for backend in ("memory", "redis"):
             url = {"redis_url": os.environ["REDIS_URL"]} if backend == "redis" else {}
             cache = pkg.YokedCache(pkg.CacheConfig(key_prefix=f"br{suffix}{t[-4:]}", **url))
