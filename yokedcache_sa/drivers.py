@@ -88,10 +88,17 @@ def drive_sync(
             except (BackendError, OSError) as exc:
                 op, op_args = flow.throw(_op_failed(cache, op, exc, obs, t0))
                 continue
-            _op_done(op, breaker, obs, t0)
+            # the op answered: time it (when timed); a counted success closes the breaker
+            if t0 and obs is not None:
+                obs.timed(op, t0, True)
+            if op.counted and breaker.failures:
+                breaker.success()
             op, op_args = flow.send(result)
     except StopIteration as stop:
-        return _finished(obs, cast(T, stop.value))  # the flow's return value is T
+        value: T = stop.value  # the flow's return value
+        if obs is not None:
+            obs.end(value, None)
+        return value
     except BaseException as exc:
         _aborted(obs, exc)
         raise
@@ -119,10 +126,17 @@ async def drive_async(
             except (BackendError, OSError) as exc:
                 op, op_args = flow.throw(_op_failed(cache, op, exc, obs, t0))
                 continue
-            _op_done(op, breaker, obs, t0)
+            # the op answered: time it (when timed); a counted success closes the breaker
+            if t0 and obs is not None:
+                obs.timed(op, t0, True)
+            if op.counted and breaker.failures:
+                breaker.success()
             op, op_args = flow.send(result)
     except StopIteration as stop:
-        return _finished(obs, cast(T, stop.value))  # the flow's return value is T
+        value: T = stop.value  # the flow's return value
+        if obs is not None:
+            obs.end(value, None)
+        return value
     except BaseException as exc:
         _aborted(obs, exc)
         raise
@@ -214,21 +228,6 @@ def _op_failed(
     if t0 and obs is not None:
         obs.timed(op, t0, False)
     return _failed(cache, op, exc)
-
-
-def _op_done(op: Op, breaker: Any, obs: _FlowObserved | None, t0: float) -> None:
-    """After a backend op answered: time it (when timed); a counted success closes the
-    breaker."""
-    if t0 and obs is not None:
-        obs.timed(op, t0, True)
-    if op.counted and breaker.failures:
-        breaker.success()
-
-
-def _finished(obs: _FlowObserved | None, result: T) -> T:
-    if obs is not None:
-        obs.end(result, None)
-    return result
 
 
 def _aborted(obs: _FlowObserved | None, exc: BaseException) -> None:

@@ -152,7 +152,7 @@ def clear(c: CacheState) -> Flow[None]:
 
 def begin_write(c: CacheState, tags: Iterable[str], writer: str) -> Flow[None]:
     """Mark *tags* as being written; on failure they become pending (or, strict: raise)."""
-    ids = tuple(tag_id(t) for t in tags)
+    ids = tuple(map(tag_id, tags))
     cfg = c.config
     try:
         yield BEGIN_WRITE, (ids, writer, cfg.write_lease, cfg.strict_invalidation)
@@ -173,7 +173,7 @@ def begin_write(c: CacheState, tags: Iterable[str], writer: str) -> Flow[None]:
 def end_write(c: CacheState, tags: Iterable[str], writer: str) -> Flow[None]:
     """Give *tags* new versions and drop *writer*'s marks; raise InvalidationError (and
     keep them pending) when not delivered."""
-    ids = tuple(tag_id(t) for t in tags)
+    ids = tuple(map(tag_id, tags))
     if not ids:
         return
     try:
@@ -195,7 +195,7 @@ def end_write(c: CacheState, tags: Iterable[str], writer: str) -> Flow[None]:
 
 def release(c: CacheState, tags: Iterable[str], writer: str) -> Flow[None]:
     """Drop *writer*'s marks without new versions; never raises."""
-    ids = tuple(tag_id(t) for t in tags)
+    ids = tuple(map(tag_id, tags))
     if not ids:
         return
     try:

@@ -43,7 +43,7 @@ def tag_id(tag: str) -> str:
 
 def tag_ids(tags: Iterable[str]) -> tuple[str, ...]:
     """Return the sorted, de-duplicated ids of *tags*, always including :data:`ALL_TAG`."""
-    return tuple(sorted({ALL_TAG, *(tag_id(t) for t in tags)}))
+    return tuple(sorted({ALL_TAG, *map(tag_id, tags)}))
 
 
 class Snapshot(NamedTuple):

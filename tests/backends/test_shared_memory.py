@@ -368,3 +368,43 @@ def test_files_left_by_dead_processes_are_swept(tmp_path: Any) -> None:
     finally:
         alive.kill()
         alive.join(10)
+
+
+def test_a_change_that_raises_leaves_the_record_unlocked_and_readable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write whose change fails (here: marking raises) releases the thread lock and the
+    file lock and closes its seqlock generation: later reads and writes go on, in this
+    process and in others."""
+    import fcntl
+
+    from yokedcache_sa.backends import versionfile
+
+    prefix = "t" + uuid.uuid4().hex[:12]
+    record = attach(prefix)
+    try:
+        record.end_write((3,), "warm")  # past the new file's first-write wait
+        real_mark = versionfile.MappedFile.mark
+
+        def failing_mark(self: Any, *args: Any) -> None:
+            raise RuntimeError("mark failed")
+
+        monkeypatch.setattr(versionfile.MappedFile, "mark", failing_mark)
+        with pytest.raises(RuntimeError, match="mark failed"):
+            record.begin_write((3,), "w1", 30.0, False)
+        assert not record._lock.locked()
+        assert record._map.hdr[versionfile.H_GEN] % 2 == 0  # no read waits for it
+        fd = os.open(shared_path(prefix), os.O_RDWR)
+        try:  # another process could take the file lock
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        monkeypatch.setattr(versionfile.MappedFile, "mark", real_mark)
+        before = record.read((3,))[2]
+        record.begin_write((3,), "w2", 30.0, False)
+        assert record.read((3,))[3] > time.time()
+        assert record.end_write((3,), "w2") > before
+        assert record.read((3,))[3] == 0.0
+    finally:
+        record.close()

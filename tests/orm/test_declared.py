@@ -55,3 +55,22 @@ def test_declared_dependency_by_names_still_works() -> None:
         assert "table:dep_names_fed" in closure
     finally:
         tracking._UNATTACHED.info["yokedcache_dependents"].pop("table:dep_names_base")
+
+
+def test_metadata_set_holds_its_members_weakly() -> None:
+    """The write path's registry of MetaData (what it asks at every statement) lists the
+    live members once each and keeps none alive."""
+    import gc
+
+    kept, dropped = MetaData(), MetaData()
+    known = tracking.MetadataSet([kept])
+    known.add(dropped)
+    known.add(kept)  # again: still one entry
+    assert sorted(map(id, known.members())) == sorted([id(kept), id(dropped)])
+    assert dropped in known and len(known) == 2
+    del dropped
+    gc.collect()
+    assert known.members() == [kept] and list(known) == [kept]
+    later = MetaData()
+    known.add(later)  # a new member: the dead ones are gone from the list too
+    assert len(known._refs) == 2 and set(map(id, known)) == {id(kept), id(later)}

@@ -34,7 +34,7 @@ def _new_epoch() -> str:
 
 
 def _slots(tags: Sequence[str]) -> tuple[int, ...]:
-    return tuple(sorted({slot_of(t) for t in tags}))
+    return tuple(sorted(set(map(slot_of, tags))))
 
 
 def _open_shared(prefix: str, directory: str | None) -> SharedVersions | None:

@@ -292,7 +292,18 @@ class SharedVersions:
 
     @contextmanager
     def _writing(self, bump_gen: bool = True) -> Iterator[MappedFile]:
-        with self._lock:
+        """The mapping, locked (thread lock and ``flock``) and, with *bump_gen*, inside the
+        seqlock's odd generation; the hot writers call :meth:`_enter` and :meth:`_leave`."""
+        m = self._enter(bump_gen)
+        try:
+            yield m
+        finally:
+            self._leave(m, bump_gen)
+
+    def _enter(self, bump_gen: bool) -> MappedFile:
+        """Lock the record for a change (see :meth:`_writing`); pair with :meth:`_leave`."""
+        self._lock.acquire()
+        try:
             if self._may_have_moved():
                 self._verify()  # compare inodes, switch if they differ
             elif self._map.hdr[H_RETIRED]:
@@ -303,40 +314,55 @@ class SharedVersions:
             if young > 0 and bump_gen:
                 time.sleep(young / 1e9)
             fcntl.flock(m.fd, fcntl.LOCK_EX)
-            try:
-                hdr = m.hdr
-                if hdr[H_GEN] & 1:
-                    # A writer died inside its update: the record may be half written.
-                    hdr[H_EPOCH] = new_epoch()
-                    hdr[H_GEN] += 1
-                if not bump_gen:
-                    yield m
-                    return
+        except BaseException:
+            self._lock.release()
+            raise
+        try:
+            hdr = m.hdr
+            if hdr[H_GEN] & 1:
+                # A writer died inside its update: the record may be half written.
+                hdr[H_EPOCH] = new_epoch()
                 hdr[H_GEN] += 1
-                try:
-                    yield m
-                finally:
-                    hdr[H_GEN] += 1
-            finally:
+            if bump_gen:
+                hdr[H_GEN] += 1
+        except BaseException:
+            self._leave(m, False)
+            raise
+        return m
+
+    def _leave(self, m: MappedFile, bump_gen: bool) -> None:
+        """End what :meth:`_enter` began (also after the change raised)."""
+        try:
+            if bump_gen:
+                m.hdr[H_GEN] += 1
+        finally:
+            try:
                 fcntl.flock(m.fd, fcntl.LOCK_UN)
+            finally:
+                self._lock.release()
 
     def begin_write(self, slots: Sequence[int], writer: str, lease: float, bump: bool) -> None:
         """Mark *slots* as written by *writer* until ``now + lease`` (and bump them)."""
         w = writer_hash(writer)
-        with self._writing() as m:
+        m = self._enter(True)
+        try:
             now = time.time()
-            exp = now + lease
             if bump:
                 m.bump(slots)
-            m.mark(slots, w, exp, now)
+            m.mark(slots, w, now + lease, now)
+        finally:
+            self._leave(m, True)
 
     def end_write(self, slots: Sequence[int], writer: str) -> int:
         """Give *slots* one new version and drop *writer*'s marks on them; return the seq."""
         w = writer_hash(writer)
-        with self._writing() as m:
+        m = self._enter(True)
+        try:
             seq = m.bump(slots)
             m.release(slots, w, time.time())
-            return seq
+        finally:
+            self._leave(m, True)
+        return seq
 
     def release(self, slots: Sequence[int], writer: str) -> None:
         """Drop *writer*'s marks on *slots* without new versions."""

@@ -101,6 +101,10 @@ def _home(slot: int) -> int:
     return slot * (MARKS - WINDOW) // SLOTS
 
 
+_HOMES = [_home(s) for s in range(SLOTS)]
+"""``_home`` of every slot: an index instead of a call on the write path."""
+
+
 def new_epoch() -> int:
     """A random odd epoch (never 0, the epoch of a zeroed file)."""
     return int.from_bytes(os.urandom(8), "little") | 1
@@ -187,13 +191,13 @@ class MappedFile:
         self.mkey[i] = 0
         self.mexp[i] = 0.0
         slot = (key & _SLOT_MASK) - 1
-        home = _home(slot)
+        home = _HOMES[slot]
         if not home <= i < home + WINDOW:
             self.far[slot] -= 1
 
     def _find(self, slot: int, key: int) -> int:
         """Index of the record *key* of *slot*, or -1."""
-        home = _home(slot)
+        home = _HOMES[slot]
         window = self.mkey[home : home + WINDOW].tolist()
         if key in window:
             return home + window.index(key)
@@ -205,7 +209,7 @@ class MappedFile:
 
     def _place(self, slot: int, key: int, now: float) -> int:
         """Index of a free record for *slot* (freeing expired ones), or -1 if none."""
-        home = _home(slot)
+        home = _HOMES[slot]
         keys = self.mkey[home : home + WINDOW].tolist()
         exps = self.mexp[home : home + WINDOW].tolist()
         # free records have expiry 0.0: a loop only when some live record has expired
@@ -240,7 +244,7 @@ class MappedFile:
     def _summarize(self, slot: int, now: float) -> None:
         """Set the slot's ``markmax`` to the latest live expiry among its records."""
         tag = slot + 1
-        home = _home(slot)
+        home = _HOMES[slot]
         lo, hi = (0, MARKS) if self.far[slot] else (home, home + WINDOW)
         keys = self.mkey[lo:hi].tolist()
         top = 0.0

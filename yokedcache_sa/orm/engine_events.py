@@ -138,7 +138,7 @@ def _before_cursor_execute(
             written = frozenset({ALL_TAG})
         else:
             written = tracking.with_aliases(
-                written, conn.dialect.default_schema_name, list(_known_metadata)
+                written, conn.dialect.default_schema_name, _known_metadata.members()
             )
         autocommit = _autocommits(conn)
         if pg and not autocommit and ALL_TAG not in written:

@@ -97,7 +97,7 @@ def _note_counted(st: SessionState, conn: Connection, flush: bool = False) -> No
     """Add the tables whose counters moved to the transaction's writes."""
     tags = _pg_changed(st, conn, flush=flush)
     if tags:
-        st.note_written(tracking.with_aliases(tags, None, list(_known_metadata)))
+        st.note_written(tracking.with_aliases(tags, None, _known_metadata.members()))
 
 
 def _pg_recheck(conn: Connection) -> None:

@@ -8,7 +8,6 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Final
 
-from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, scoped_session
@@ -26,7 +25,7 @@ log = logging.getLogger("yokedcache_sa")
 
 STATE_KEY: Final = "_yokedcache_state"  # in the session's __dict__, not its .info
 _STATEMENT_LEVEL = frozenset({"READ COMMITTED", "AUTOCOMMIT"})
-_known_metadata: weakref.WeakSet[MetaData] = weakref.WeakSet()
+_known_metadata = tracking.MetadataSet()  # every MetaData whose tables a cached read saw
 
 _RESET: Final[dict[str, Any]] = {
     "_txn_cache": None,
@@ -141,7 +140,7 @@ class SessionState:
         bump), so they are taken in one round trip just before it — or right away when the
         connection autocommits each statement.
         """
-        tags = tracking.cascade_closure(tags, list(_known_metadata))
+        tags = tracking.cascade_closure(tags, _known_metadata.members())
         self.written.update(tags)
         if autocommit:
             self.autocommitted = True  # the database commits it as it runs
@@ -149,7 +148,7 @@ class SessionState:
 
     def mark_pending(self) -> None:
         """Take the marks on written tables not marked yet (before COMMIT)."""
-        new = [t for t in self.written if t not in self.marked]
+        new = self.written - self.marked
         if not new:
             return
         if self.writer is None:

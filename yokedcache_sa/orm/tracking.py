@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy.sql.elements import ClauseElement
 
 __all__ = [
+    "MetadataSet",
     "Rendered",
     "StatementFacts",
     "cascade_closure",
@@ -289,6 +291,38 @@ def _known_tags(metadata: MetaData) -> frozenset[str]:
     return tags
 
 
+class MetadataSet:
+    """MetaData objects held weakly; :meth:`members` is one cheap call (the write path asks
+    for them at every statement, where iterating a ``WeakSet`` costs five calls)."""
+
+    __slots__ = ("_lock", "_refs", "_set")
+
+    def __init__(self, items: Iterable[MetaData] = ()) -> None:
+        self._lock = threading.Lock()
+        self._set: weakref.WeakSet[MetaData] = weakref.WeakSet(items)
+        self._refs: tuple[weakref.ref[MetaData], ...] = tuple(map(weakref.ref, self._set))
+
+    def add(self, md: MetaData) -> None:
+        if md in self._set:
+            return
+        with self._lock:
+            self._set.add(md)
+            self._refs = tuple(map(weakref.ref, self._set))  # the dead ones dropped too
+
+    def members(self) -> list[MetaData]:
+        """The live members, in no particular order."""
+        return [m for r in self._refs if (m := r()) is not None]
+
+    def __contains__(self, md: object) -> bool:
+        return md in self._set
+
+    def __iter__(self) -> Iterator[MetaData]:
+        return iter(self.members())
+
+    def __len__(self) -> int:
+        return len(self.members())
+
+
 # -- FK cascades and declared dependencies ------------------------------------------------
 
 _cascade_cache: weakref.WeakKeyDictionary[MetaData, tuple[int, dict[str, set[str]]]] = (
@@ -300,7 +334,7 @@ DEPENDENTS_KEY: Final = "yokedcache_dependents"  # in MetaData.info: base tag ->
 _UNATTACHED: Final = MetaData(info={DEPENDENTS_KEY: {}})
 # which MetaData hold declarations (an index, weakly: the declarations are their info's),
 # so that a process that writes before it has read a table of them still applies them
-_declaring: weakref.WeakSet[MetaData] = weakref.WeakSet([_UNATTACHED])
+_declaring = MetadataSet([_UNATTACHED])
 
 
 def declare_dependency(
@@ -336,7 +370,7 @@ def dependencies(metadatas: Iterable[MetaData] = ()) -> dict[str, frozenset[str]
     """The declared dependencies of *metadatas* and the unattached ones, base table tag ->
     dependent table tags."""
     out: dict[str, set[str]] = {}
-    for md in {*_declaring, *metadatas}:
+    for md in {*_declaring.members(), *metadatas}:
         for base, deps in md.info.get(DEPENDENTS_KEY, {}).items():
             out.setdefault(base, set()).update(deps)
     return {k: frozenset(v) for k, v in out.items()}
@@ -366,7 +400,9 @@ def cascade_closure(tags: Iterable[str], metadatas: Iterable[MetaData]) -> froze
     metadatas = list(metadatas)
     maps = [_fk_map(m) for m in metadatas]
     maps.extend(
-        m.info[DEPENDENTS_KEY] for m in {*_declaring, *metadatas} if DEPENDENTS_KEY in m.info
+        m.info[DEPENDENTS_KEY]
+        for m in {*_declaring.members(), *metadatas}
+        if DEPENDENTS_KEY in m.info
     )
     out = set(tags)
     todo = list(out)
