@@ -7,6 +7,7 @@ and that no other module of the package reads or writes a private name it does n
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, Final
@@ -91,6 +92,7 @@ __all__ = [
     "pool_creator",
     "query_statement_and_params",
     "queued_post_loads",
+    "recycle_connections",
     "result_attributes",
     "result_mappers",
     "retarget_metadata",
@@ -157,6 +159,7 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (Session, "_transaction"),
     (OptionEngine, "_proxied"),
     (Pool, "_creator"),
+    (Pool, "_invalidate_time"),
     (DefaultDialect, "_on_connect_isolation_level"),
     *_compat_loading.PRIVATE_ATTRIBUTES,  # results and loading
     *_compat_binds.PRIVATE_ATTRIBUTES,  # a statement's bind, resolved once
@@ -391,6 +394,12 @@ def pool_creator(pool: Pool) -> Any:
     """The function *pool* opens DBAPI connections with (``create_engine``'s own, or the
     ``creator=`` given)."""
     return getattr(pool, "_creator", None)
+
+
+def recycle_connections(pool: Pool) -> None:
+    """Have *pool* replace every connection it opened so far at its next checkout (what
+    SQLAlchemy itself does after a disconnect), with no listener on each checkout."""
+    pool._invalidate_time = time.time()
 
 
 def on_connect_isolation_level(dialect: Any) -> Any:

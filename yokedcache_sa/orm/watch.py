@@ -2,7 +2,8 @@
 
 Nothing is installed at import, nor on the ``Engine`` class: a caching session, an ``@cached``
 computation or the application (:func:`watch_engine`) watches the engines it sees, tracked
-weakly. Pool listeners tell connections opened since apart from older ones.
+weakly. A pool listener tells connections opened since apart from older ones, which the pool
+replaces at their next checkout.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import threading
 import weakref
 from typing import Any
 
-from sqlalchemy import event, exc
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from . import _compat
@@ -41,13 +42,6 @@ def _on_connect(dbapi_connection: Any, record: Any) -> None:
     record.info[WATCHED_KEY] = True  # every statement on it is seen from now on
 
 
-def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    """A pooled connection opened before its engine was watched may have run state-changing
-    SQL nobody saw (``SET search_path``): have the pool replace it with a fresh one."""
-    if WATCHED_KEY not in record.info:
-        raise exc.DisconnectionError("yokedcache: opened before its engine was watched")
-
-
 def _on_checkout_sqlite(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     """SQLite has no state-changing statements the key must see (and replacing an
     in-memory database's connection would lose the database): watched from now on."""
@@ -59,9 +53,10 @@ def watch_engine(bind: Any) -> None:
 
     *bind* is an Engine, an option engine, a Connection, or an asyncio engine or connection.
     The listeners go on the root engine (an option engine fires its parent's listeners and
-    shares its pool); engines are tracked weakly. Pooled connections opened before are
-    replaced at their next checkout (see :func:`_on_checkout`); a connection checked out
-    before counts as having unknown state (:func:`~.bindstate.connection_taint`).
+    shares its pool); engines are tracked weakly. The pool replaces the connections it
+    opened before at their next checkout (SQLite's are kept and marked watched instead, see
+    :func:`_on_checkout_sqlite`); a connection checked out before counts as having unknown
+    state (:func:`~.bindstate.connection_taint`).
     """
     d = getattr(bind, "__dict__", None)
     if d is not None and d.get(_SEEN_KEY) is _generation:
@@ -78,9 +73,13 @@ def watch_engine(bind: Any) -> None:
             for name, fn in (*_ENGINE_EVENTS, ("connect", _on_connect)):
                 if not event.contains(root, name, fn):
                     event.listen(root, name, fn)
-            checkout = _on_checkout_sqlite if root.dialect.name == "sqlite" else _on_checkout
-            if not event.contains(root, "checkout", checkout):
-                event.listen(root, "checkout", checkout)
+            if root.dialect.name == "sqlite":
+                if not event.contains(root, "checkout", _on_checkout_sqlite):
+                    event.listen(root, "checkout", _on_checkout_sqlite)
+            else:
+                # a pooled connection opened before may have run state-changing SQL nobody
+                # saw (SET search_path): the pool replaces each at its next checkout
+                _compat.recycle_connections(root.pool)
             _watched.add(root)
             root.__dict__[_SEEN_KEY] = _generation
         _watched.add(engine)
