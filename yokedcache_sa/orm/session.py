@@ -40,7 +40,6 @@ from .transactions import (
     _after_commit,
     _after_flush_postexec,
     _after_soft_rollback,
-    _after_transaction_create,
     _after_transaction_end,
     _before_commit,
 )
@@ -68,7 +67,6 @@ _SESSION_EVENTS = (
     ("after_flush_postexec", _after_flush_postexec),
     ("after_commit", _after_commit),
     ("after_transaction_end", _after_transaction_end),
-    ("after_transaction_create", _after_transaction_create),
     ("after_soft_rollback", _after_soft_rollback),
 )
 
@@ -250,9 +248,6 @@ class _Listeners:
 
     def after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
         _after_transaction_end(session, transaction)
-
-    def after_transaction_create(self, session: Session, transaction: SessionTransaction) -> None:
-        _after_transaction_create(session, transaction)
 
     def after_soft_rollback(self, session: Session, previous: SessionTransaction) -> None:
         _after_soft_rollback(session, previous)

@@ -29,6 +29,8 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
     if st is None:
         return
     watch_engine(connection.engine)  # normally watched already: at the session's first sight
+    if transaction.nested:
+        _savepoint_began(st, transaction)
     connection.__dict__["_yc_state"] = st
     st.conns.append(weakref.ref(connection))
     why = connection.__dict__.get("_yc_tainted") or connection_taint(connection)
@@ -115,16 +117,14 @@ _UNDONE_BY_SAVEPOINTS: Final = frozenset({"sqlite", "postgresql"})
 their tables are transactional; MariaDB's MyISAM and Aria tables are not)."""
 
 
-def _after_transaction_create(session: Session, transaction: SessionTransaction) -> None:
-    """A SAVEPOINT began: remember what the transaction had written before it."""
-    if not transaction.nested:
-        return
-    st = state_of(session)
-    if st is None:
-        return
+def _savepoint_began(st: SessionState, transaction: SessionTransaction) -> None:
+    """A SAVEPOINT began on a connection (SQLAlchemy emits it before the first statement in
+    it, after the flush ``begin_nested()`` runs): remember what the transaction had written
+    before it, once (a savepoint spanning several connections begins on each)."""
     # savepoints released or rolled back since: gone (the list holds the open ones)
     st.savepoints = [e for e in st.savepoints if e[0].is_active]
-    st.savepoints.append((transaction, frozenset(st.written)))
+    if not any(e[0] is transaction for e in st.savepoints):
+        st.savepoints.append((transaction, frozenset(st.written)))
 
 
 def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
