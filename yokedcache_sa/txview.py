@@ -130,8 +130,14 @@ class TransactionView:
         )
 
     def snapshot_taken(self, bind: Hashable) -> None:
-        """A statement on *bind* took the transaction's database snapshot."""
+        """A statement on *bind* took (or is about to take) the transaction's database
+        snapshot."""
         self._snapshots = self._snapshots | {bind}
+
+    def snapshot_untaken(self, bind: Hashable) -> None:
+        """The statement reported by :meth:`snapshot_taken` failed: the snapshot on *bind*
+        may not exist (nothing is served there until another read takes it)."""
+        self._snapshots = self._snapshots - {bind}
 
     # what the caller asks -----------------------------------------------------------------
 

@@ -14,14 +14,26 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from sqlalchemy import Engine, Integer, Table, create_engine, event, func, select, update
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.util import greenlet_spawn
 
 from tests.orm.ormkit import P, SQLCounter, root_conftest, run_in_greenlet
 from yokedcache_sa import YokedCache
-from yokedcache_sa.orm import CachingSession
+from yokedcache_sa.orm import CachingSession, NoCache
 
 _root = root_conftest()
 
@@ -209,6 +221,28 @@ def test_a_write_first_does_not_start_the_snapshot(bank: Bank) -> None:
         s.flush()
         first = balance(s, 1)
         bank.transfer(50)
+        second = balance(s, 2)
+        assert first + second == 200, f"read across two snapshots: {first}, {second}"
+
+
+@pytest.mark.parametrize("bank", [c for c in CASES if c[0] != "sqlite"], indirect=True, ids=_ID)
+def test_a_first_read_that_fails_does_not_count_as_the_snapshot(bank: Bank) -> None:
+    """The read that would take the snapshot fails (its table does not exist) inside a
+    savepoint that is rolled back: on InnoDB no snapshot exists yet, so a hit served then
+    would precede the one the next database read takes."""
+    bank.warm()
+    missing = Table(P + "snap_missing", MetaData(), Column("id", Integer, primary_key=True))
+    with bank.reader() as s:
+        sp = s.begin_nested()
+        with pytest.raises(DBAPIError):
+            s.execute(select(missing.c.id)).all()
+        sp.rollback()
+        first = balance(s, 1)
+        bank.transfer(50)
+        uncached = s.scalars(
+            select(Account.balance).where(Account.id == 1).options(NoCache())
+        ).one()
+        assert uncached == first, f"the cache served {first}, the database's snapshot {uncached}"
         second = balance(s, 2)
         assert first + second == 200, f"read across two snapshots: {first}, {second}"
 

@@ -351,6 +351,45 @@ def test_autocommit_write_to_a_table_with_a_trigger(env: Env, pg_side_effects: N
 
 
 @PG
+def test_cached_computation_reading_a_trigger_write_is_not_stored(
+    env: Env, pg_side_effects: None
+) -> None:
+    """A write whose trigger changes another table, then, in the same transaction, an
+    ``@cached`` computation reading that table through the session's connection: it saw
+    uncommitted rows, so it is not stored (the trigger's table counts as written before the
+    computation's statement runs)."""
+    from yokedcache_sa import cached
+
+    calls: list[int] = []
+
+    @cached(cache=env.cache)
+    def tags_now(s: Session) -> list[str]:
+        calls.append(1)
+        return list(s.connection().scalars(select(Tag.name).order_by(Tag.id)))
+
+    with env.Session() as s:
+        s.execute(text(f"UPDATE {A} SET email = 'coll@x' WHERE id = 1"))
+        assert tags_now(s) == ["red!", "blue"]
+        s.rollback()
+    with env.Session() as s:
+        assert tags_now(s) == ["red", "blue"] == env.truth(tag_names)
+    assert len(calls) == 2, "a result of uncommitted trigger writes was stored"
+
+
+@PG
+def test_connection_level_commit_counts_trigger_writes(env: Env, pg_side_effects: None) -> None:
+    """A caching session bound to a connection whose owner commits the connection itself
+    (not the session): the trigger's table is invalidated too."""
+    env.warm(tag_names)
+    with env.engine.connect() as conn:
+        s = CachingSession(bind=conn, cache=env.cache)
+        s.execute(text(f"UPDATE {A} SET email = 'conn@x' WHERE id = 1"))
+        conn.commit()
+        s.close()
+    assert env.fresh_read(tag_names) == env.truth(tag_names) == ["red!", "blue"]
+
+
+@PG
 def test_async_session_sees_trigger_writes(env: Env, pg_side_effects: None) -> None:
     import asyncio
 

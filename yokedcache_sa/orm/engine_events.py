@@ -17,7 +17,7 @@ from ..tags import ALL_TAG
 from . import _compat, catalog, routines, sqltext, tracking
 from .bindstate import TAINT_KEY, connection_taint, state_change
 from .collect import Collector, _begin_counter, _collector
-from .pgwrites import _PG_CLEAN, _pg_note_write, _pg_recheck
+from .pgwrites import _PG_CLEAN, RECHECK_KEY, _pg_note_write, settle
 from .shapes import _MAX_SHAPES, _function_kinds, _shapes_lock
 from .state import _STATEMENT_LEVEL, SessionState, _known_metadata
 
@@ -88,6 +88,12 @@ def _before_cursor_execute(
     executemany: bool,
 ) -> None:
     cd = conn.__dict__
+    if RECHECK_KEY in cd:
+        settle(conn)  # what the last statement's triggers wrote, before this one runs
+    if "_yc_ran" not in cd and not _TXN_CONTROL.match(statement):
+        # the database transaction may have its snapshot once this runs (set before it runs:
+        # a statement that fails only makes a session joining later store nothing)
+        cd["_yc_ran"] = True
     st: SessionState | None = cd.get("_yc_state")
     col = _collector.get()
     is_dml = bool(
@@ -109,6 +115,10 @@ def _before_cursor_execute(
         if pg and _may_write(conn, context, statement):
             conn.connection.info.pop(_PG_CLEAN, None)  # its counters are not flushed now
         return
+    if st is not None and st.view.awaits_snapshot(conn.engine) and _takes_snapshot(context):
+        # reported before it runs; _on_error takes it back if this statement fails
+        st.view.snapshot_taken(conn.engine)
+        cd[_SNAPSHOT_BY] = (context, st.view, conn.engine)
     is_ddl = bool(context is not None and getattr(context, "isddl", False))
     written: frozenset[str] | None = frozenset()
     uncacheable = False
@@ -211,26 +221,6 @@ def _state_change_of(conn: Connection, statement: str, compiled: Any) -> Any:
 _TXN_CONTROL: Final = re.compile(r"\s*(BEGIN|SET|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
 
 
-def _after_cursor_execute(
-    conn: Connection,
-    cursor: Any,
-    statement: str,
-    parameters: Any,
-    context: Any,
-    executemany: bool,
-) -> None:
-    cd = conn.__dict__
-    if "_yc_pg_recheck" in cd:
-        _pg_recheck(conn)
-    if "_yc_ran" not in cd and not _TXN_CONTROL.match(statement):
-        cd["_yc_ran"] = True  # the database transaction may have its snapshot now
-    st: SessionState | None = cd.get("_yc_state")
-    if st is None or not st.view.awaits_snapshot(conn.engine):
-        return
-    if _takes_snapshot(context):
-        st.view.snapshot_taken(conn.engine)
-
-
 def _takes_snapshot(context: Any) -> bool:
     """Whether a statement that ran began the transaction's snapshot: a non-locking SELECT of
     a table does on every database (on InnoDB, nothing else does)."""
@@ -243,11 +233,19 @@ def _takes_snapshot(context: Any) -> bool:
     return bool(_compiled_tables(compiled))
 
 
+_SNAPSHOT_BY: Final = "_yc_snapshot_by"
+"""In a connection's ``__dict__``: the execution context of the statement reported as taking
+its transaction's snapshot, with the view and engine it was reported to."""
+
+_TXN_KEYS: Final = ("_yc_dirty", "_yc_ran", "_yc_failed", RECHECK_KEY, _SNAPSHOT_BY)
+"""What a connection's ``__dict__`` holds about its open database transaction."""
+
+
 def _on_begin(conn: Connection) -> None:
-    conn.__dict__["_yc_begun_at"] = next(_begin_counter)
-    conn.__dict__.pop("_yc_dirty", None)
-    conn.__dict__.pop("_yc_ran", None)
-    conn.__dict__.pop("_yc_failed", None)
+    cd = conn.__dict__
+    cd["_yc_begun_at"] = next(_begin_counter)
+    for key in _TXN_KEYS:
+        cd.pop(key, None)
 
 
 def _may_write(conn: Connection, context: Any, statement: str) -> bool:
@@ -270,11 +268,13 @@ def _autocommits(conn: Connection) -> bool:
 
 def _on_commit(conn: Connection) -> None:
     catalog.settle(conn)
-    conn.__dict__.pop("_yc_dirty", None)
-    conn.__dict__.pop("_yc_tainted", None)
-    conn.__dict__.pop("_yc_ran", None)
-    conn.__dict__.pop("_yc_failed", None)
-    st: SessionState | None = conn.__dict__.get("_yc_state")
+    cd = conn.__dict__
+    if RECHECK_KEY in cd:
+        settle(conn)  # a commit that bypasses the session: its trigger writes are marked too
+    cd.pop("_yc_tainted", None)
+    for key in _TXN_KEYS:
+        cd.pop(key, None)
+    st: SessionState | None = cd.get("_yc_state")
     if st is not None:
         # Normally before_commit took the marks; this covers commits that bypass the
         # session (connection-level). It must not raise: an exception here would leave the
@@ -288,10 +288,10 @@ def _on_commit(conn: Connection) -> None:
 
 def _on_rollback(conn: Connection) -> None:
     catalog.settle(conn)
-    conn.__dict__.pop("_yc_dirty", None)
-    conn.__dict__.pop("_yc_tainted", None)
-    conn.__dict__.pop("_yc_ran", None)
-    conn.__dict__.pop("_yc_failed", None)
+    cd = conn.__dict__
+    cd.pop("_yc_tainted", None)
+    for key in _TXN_KEYS:
+        cd.pop(key, None)
 
 
 def _on_error(context: Any) -> None:
@@ -300,7 +300,13 @@ def _on_error(context: Any) -> None:
     connection until the transaction or the savepoint is rolled back."""
     conn = getattr(context, "connection", None)
     if conn is not None:
-        conn.__dict__["_yc_failed"] = True
+        cd = conn.__dict__
+        cd["_yc_failed"] = True
+        by = cd.get(_SNAPSHOT_BY)
+        if by is not None and by[0] is getattr(context, "execution_context", None):
+            # the statement reported as taking the snapshot did not run: maybe none exists
+            del cd[_SNAPSHOT_BY]
+            by[1].snapshot_untaken(by[2])
 
 
 def _on_rollback_savepoint(conn: Connection, name: str, context: Any) -> None:
@@ -311,7 +317,6 @@ def _on_rollback_savepoint(conn: Connection, name: str, context: Any) -> None:
 
 _ENGINE_EVENTS: Final = (
     ("before_cursor_execute", _before_cursor_execute),
-    ("after_cursor_execute", _after_cursor_execute),
     ("begin", _on_begin),
     ("commit", _on_commit),
     ("rollback", _on_rollback),

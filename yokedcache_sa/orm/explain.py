@@ -23,6 +23,7 @@ from ..tags import ALL_TAG, tag_ids
 from . import _compat
 from .bindstate import UNWATCHED, connection_taint, connection_variant
 from .options import Hint, hint_from
+from .pgwrites import RECHECK_KEY, settle
 from .reads import _cacheable, _on_execute
 from .shapes import _key, _shape_for
 from .state import SessionState, state_of
@@ -198,6 +199,8 @@ def _plan(
         conn = ref()
         if conn is not None and "_yc_failed" in conn.__dict__:
             return Explanation(False, "a statement failed in this transaction"), None, None
+        if conn is not None and RECHECK_KEY in conn.__dict__:
+            settle(conn)  # as the read would: a write's trigger writes count as own writes
     try:
         ox = _exec_state(session, stmt, params, eo)
     except _Answered:

@@ -45,9 +45,10 @@ def _pg_counts(conn: Connection, flush: bool = False) -> dict[tuple[str, str, bo
 def _pg_note_write(st: SessionState, conn: Connection, written: Iterable[str]) -> None:
     """Before a write on a PostgreSQL connection to a table with triggers, rules or
     cascading foreign keys: at the transaction's first such write, record the counters it
-    starts from (nothing to ask when the last check left them flushed), and recheck right
-    after the statement, so the transaction's own reads see what they changed too. Writes
-    to other tables change only the tables their SQL names, which are tracked already."""
+    starts from (nothing to ask when the last check left them flushed), and have them
+    counted again once the statement ran (:func:`settle`, before the transaction's writes
+    are next read), so that its own reads see what they changed too. Writes to other
+    tables change only the tables their SQL names, which are tracked already."""
     if not routines.pg_side_effects(conn.engine, conn.connection.dbapi_connection, written):
         # the SQL names every table this statement changes: nothing to count (and no cost
         # on the commit path), but the connection's counters are no longer flushed
@@ -56,7 +57,7 @@ def _pg_note_write(st: SessionState, conn: Connection, written: Iterable[str]) -
     if id(conn) not in st.pg_base:
         clean = conn.connection.info.pop(_PG_CLEAN, False)
         st.pg_base[id(conn)] = {} if clean else _pg_counts(conn)
-    conn.__dict__["_yc_pg_recheck"] = st
+    conn.__dict__[RECHECK_KEY] = st  # counted before the transaction's writes are next read
 
 
 def _pg_changed(st: SessionState, conn: Connection, flush: bool = False) -> set[str]:
@@ -82,6 +83,7 @@ def _add_pg_modified(st: SessionState) -> None:
         conn = ref()
         if conn is None or id(conn) not in st.pg_base or conn.closed:
             continue
+        conn.__dict__.pop(RECHECK_KEY, None)  # counted here, whatever it waited for
         if "_yc_failed" in conn.__dict__:
             continue  # aborted: PostgreSQL turns the COMMIT into a ROLLBACK, nothing to count
         if not conn.in_transaction():
@@ -100,8 +102,19 @@ def _note_counted(st: SessionState, conn: Connection, flush: bool = False) -> No
         st.note_written(tracking.with_aliases(tags, None, _known_metadata.members()))
 
 
-def _pg_recheck(conn: Connection) -> None:
-    """After a write to a table with triggers or cascades: count what it changed."""
-    st: SessionState | None = conn.__dict__.pop("_yc_pg_recheck", None)
+RECHECK_KEY = "_yc_pg_recheck"
+"""In a connection's ``__dict__``: the session state whose write to a table with triggers or
+cascades has run on it, and whose counters are not counted yet (:func:`settle`)."""
+
+
+def settle(conn: Connection) -> None:
+    """Count what a write to a table with triggers or cascades changed, if one ran on *conn*
+    since: called before anything reads the transaction's writes (the next statement on
+    *conn*, a cache hit, a connection-level COMMIT). Not while a failed statement holds the
+    transaction aborted (the write's count waits for ROLLBACK TO SAVEPOINT)."""
+    d = conn.__dict__
+    if "_yc_failed" in d:
+        return
+    st: SessionState | None = d.pop(RECHECK_KEY, None)
     if st is not None:
         _note_counted(st, conn)

@@ -20,6 +20,7 @@ from .bindstate import UNWATCHED, connection_taint, connection_variant
 from .collect import _collector
 from .isolation import _horizon
 from .options import Hint, hint_from
+from .pgwrites import RECHECK_KEY, settle
 from .serving import READ_LISTENERS, Planned, _bypass, _miss, _served, _uncached
 from .shapes import _key, _shape_for
 from .state import STATE_KEY, SessionState
@@ -90,9 +91,14 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
         return None  # e.g. after a failed flush: SQLAlchemy raises PendingRollbackError
     for ref in st.conns:
         conn = ref()
-        if conn is not None and "_yc_failed" in conn.__dict__:
+        if conn is None:
+            continue
+        d = conn.__dict__
+        if "_yc_failed" in d:
             _bypass(st, "failed_transaction")
             return None  # a statement failed in this transaction: let the database answer
+        if RECHECK_KEY in d:
+            settle(conn)  # what a write's triggers changed: own writes, not served
     statement: Any = ox.statement
     # ORMExecuteState.user_defined_options, when the statement may have any (it builds lists)
     user_options = ox.user_defined_options if _compat.may_have_options(statement) else ()
