@@ -408,3 +408,37 @@ def test_a_change_that_raises_leaves_the_record_unlocked_and_readable(
         assert record.read((3,))[3] == 0.0
     finally:
         record.close()
+
+
+@pytest.mark.parametrize("watch", ["inotify", "stat"])
+def test_a_shared_record_that_cannot_be_reopened_makes_reads_unavailable(
+    watch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file was deleted and a new one cannot be made (/dev/shm full): the backend's reads
+    raise BackendUnavailable saying what to do, and the cache answers them as misses."""
+    from yokedcache_sa.backends import shared
+    from yokedcache_sa.errors import BackendUnavailable
+
+    filewatch.disable(watch == "stat")
+    prefix = "t" + uuid.uuid4().hex[:12]
+    cache = _cache(prefix)
+    try:
+        assert cache.set_sync("k", 1, tags=["row:0"])
+        assert cache.get_sync("k") == 1
+        backend = cache.backend
+        assert isinstance(backend, MemoryBackend) and backend._shared is not None
+
+        def full(self: Any) -> Any:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(shared.SharedVersions, "_open", full)
+        os.unlink(shared_path(prefix))
+        backend._shared._next_check = 0.0  # the next read checks the path now
+        with pytest.raises(BackendUnavailable, match="shared version file failed"):
+            backend.fetch("any-key")
+        assert cache.get_sync("k") is None  # a sick cache is a miss, not an error
+        assert cache.get_stats_sync().errors >= 1
+    finally:
+        monkeypatch.undo()
+        cache.disconnect_sync()
+        filewatch.disable(False)

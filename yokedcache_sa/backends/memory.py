@@ -157,32 +157,35 @@ class MemoryBackend(NonBlockingTwins):
     def fetch(self, key: str, lock_token: str | None = None, lock_ttl: float = 0.0) -> Fetched:
         now = self._clock()
         shared = self._shared
-        with self._lock:
-            item = self._entries.get(key)
-            if item is not None and item[2] <= now:
-                self._drop(key)
-                item = None
-            if item is None:
-                lock = self._take(key, lock_token, lock_ttl, now) if lock_token else 0
+        try:  # only the shared record's read raises OSError here (mapped like _read's)
+            with self._lock:
+                item = self._entries.get(key)
+                if item is not None and item[2] <= now:
+                    self._drop(key)
+                    item = None
+                if item is None:
+                    lock = self._take(key, lock_token, lock_ttl, now) if lock_token else 0
+                    if shared is None:
+                        return Fetched(None, Snapshot(self._epoch, self._seq), (), lock)
+                    cur, seq, _top, _mark = shared.read(())
+                    return Fetched(None, Snapshot(cur, seq), (), lock)
+                tags, payload, _expires, epoch, seq, slots = item
+                self._entries.move_to_end(key)
                 if shared is None:
-                    return Fetched(None, Snapshot(self._epoch, self._seq), (), lock)
-                cur, seq, _top, _mark = self._read(shared, ())
-                return Fetched(None, Snapshot(cur, seq), (), lock)
-            tags, payload, _expires, epoch, seq, slots = item
-            self._entries.move_to_end(key)
-            if shared is None:
-                cur, now_seq = self._epoch, self._seq
-                top, marked = self._state(tags, now)
-            else:
-                cur, now_seq, top, mark = self._read(shared, slots)
-                marked = mark > 0.0 and mark > time.time()
-            lock = 0
-            if lock_token and (marked or epoch != cur or top > seq):
-                lock = self._take(key, lock_token, lock_ttl, now)
-            # the hit's two tuples made without their Python-level __new__ (all fields given)
-            snap = _tuple_new(Snapshot, (cur, now_seq, top, marked))
-            fetched: Fetched = _tuple_new(Fetched, (payload, snap, tags, lock))
-            return fetched
+                    cur, now_seq = self._epoch, self._seq
+                    top, marked = self._state(tags, now)
+                else:
+                    cur, now_seq, top, mark = shared.read(slots)
+                    marked = mark > 0.0 and mark > time.time()
+                lock = 0
+                if lock_token and (marked or epoch != cur or top > seq):
+                    lock = self._take(key, lock_token, lock_ttl, now)
+                # the hit's two tuples made without their Python-level __new__ (all fields)
+                snap = _tuple_new(Snapshot, (cur, now_seq, top, marked))
+                fetched: Fetched = _tuple_new(Fetched, (payload, snap, tags, lock))
+                return fetched
+        except OSError as exc:
+            raise _unavailable(exc) from exc
 
     @staticmethod
     def _read(shared: SharedVersions, slots: Sequence[int]) -> tuple[str, int, int, float]:
