@@ -2,7 +2,8 @@
 
 Times a one-row UPDATE transaction through a CachingSession (memory cache, PostgreSQL on
 loopback), round-robin between: the check on (as shipped), the check off (patched out),
-and a table with a trigger (the check then also runs right after the UPDATE), and the check without
+and a table with a trigger (its counters are counted again before the transaction's writes
+are next read; here the commit-time check does it), and the check without
 forcing the statistics flush (so every transaction asks for a baseline). Also times the
 commit-time check itself. Medians in microseconds.
 
