@@ -305,3 +305,26 @@ async def _areseed(engine: Any, m: Models) -> None:
     async with engine.begin() as conn:
         for table, rows in seed_rows(m):
             await conn.execute(insert(table), rows)
+
+
+def test_failed_flush_in_a_savepoint_after_cached_aggregates(pair: Pair, cache: YokedCache) -> None:
+    # Shrunk by the differential tester (postgresql-memory, long mode): a savepoint, an
+    # aggregate read many times (served from the cache), then a flush that violates the
+    # primary key. The plain side raises the IntegrityError; the cached side must too, not
+    # an error from a statement of its own sent into the aborted transaction.
+    def program(m: Models, session: Callable[[], Session]) -> Any:
+        with session() as s:
+            for _ in range(7):
+                ops.aggregates(m, s)
+            s.begin_nested()
+            for _ in range(15):
+                ops.aggregates(m, s)
+            try:
+                ops.add_manager(m, s, 1, 0)  # employee 1 exists
+            except Exception as exc:
+                return ("raised", type(exc).__name__)
+            return "no error"
+
+    plain, cached = _both(pair, cache, program)
+    assert "IntegrityError" in repr(plain)
+    assert cached == plain

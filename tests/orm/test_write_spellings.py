@@ -390,6 +390,32 @@ def test_connection_level_commit_counts_trigger_writes(env: Env, pg_side_effects
 
 
 @PG
+def test_connection_level_commit_whose_trigger_count_fails_invalidates_everything(
+    env: Env, pg_side_effects: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If counting what the triggers wrote fails at a connection-level COMMIT, the commit
+    still goes through and everything is invalidated (what the triggers wrote is unknown)."""
+    from yokedcache_sa.orm import pgwrites
+
+    env.warm(tag_names)
+    env.warm(user_names)
+    with env.engine.connect() as conn:
+        s = CachingSession(bind=conn, cache=env.cache)
+        s.execute(text(f"UPDATE {A} SET email = 'fail@x' WHERE id = 1"))
+        real = pgwrites._pg_counts
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("counting failed")
+
+        monkeypatch.setattr(pgwrites, "_pg_counts", failing)
+        conn.commit()
+        monkeypatch.setattr(pgwrites, "_pg_counts", real)
+        s.close()
+    assert env.fresh_read(tag_names) == env.truth(tag_names) == ["red!", "blue"]
+    assert env.fresh_read(user_names) == env.truth(user_names)  # unrelated: invalidated too
+
+
+@PG
 def test_async_session_sees_trigger_writes(env: Env, pg_side_effects: None) -> None:
     import asyncio
 

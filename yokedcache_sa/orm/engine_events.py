@@ -88,9 +88,11 @@ def _before_cursor_execute(
     executemany: bool,
 ) -> None:
     cd = conn.__dict__
-    if RECHECK_KEY in cd:
-        settle(conn)  # what the last statement's triggers wrote, before this one runs
-    if "_yc_ran" not in cd and not _TXN_CONTROL.match(statement):
+    if (RECHECK_KEY in cd or "_yc_ran" not in cd) and not _TXN_CONTROL.match(statement):
+        # not before SAVEPOINT / ROLLBACK TO (its rollback_savepoint event has cleared
+        # _yc_failed, but the transaction is still aborted until it runs)
+        if RECHECK_KEY in cd:
+            settle(conn)  # what the last write's triggers changed, before this one runs
         # the database transaction may have its snapshot once this runs (set before it runs:
         # a statement that fails only makes a session joining later store nothing)
         cd["_yc_ran"] = True
@@ -218,7 +220,7 @@ def _state_change_of(conn: Connection, statement: str, compiled: Any) -> Any:
     return state_change(statement, conn.dialect.name == "postgresql")
 
 
-_TXN_CONTROL: Final = re.compile(r"\s*(BEGIN|SET|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
+_TXN_CONTROL: Final = re.compile(r"\s*(BEGIN|SET|SAVEPOINT|RELEASE|ROLLBACK)\b", re.IGNORECASE)
 
 
 def _takes_snapshot(context: Any) -> bool:
@@ -269,12 +271,17 @@ def _autocommits(conn: Connection) -> bool:
 def _on_commit(conn: Connection) -> None:
     catalog.settle(conn)
     cd = conn.__dict__
-    if RECHECK_KEY in cd:
-        settle(conn)  # a commit that bypasses the session: its trigger writes are marked too
+    st: SessionState | None = cd.get("_yc_state")
+    if RECHECK_KEY in cd:  # a commit that bypasses the session: its trigger writes count too
+        try:
+            settle(conn)
+        except Exception as exc:  # what the triggers wrote is unknown: invalidate everything
+            log.error("yokedcache: could not count what triggers wrote before COMMIT: %s", exc)
+            if st is not None:
+                st.note_written(frozenset({ALL_TAG}))
     cd.pop("_yc_tainted", None)
     for key in _TXN_KEYS:
         cd.pop(key, None)
-    st: SessionState | None = cd.get("_yc_state")
     if st is not None:
         # Normally before_commit took the marks; this covers commits that bypass the
         # session (connection-level). It must not raise: an exception here would leave the
