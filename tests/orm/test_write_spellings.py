@@ -416,6 +416,28 @@ def test_connection_level_commit_whose_trigger_count_fails_invalidates_everythin
 
 
 @PG
+def test_explain_after_a_trigger_write_asks_nothing_and_says_so(
+    env: Env, pg_side_effects: None
+) -> None:
+    """explain() runs no SQL: after a write to a table with triggers it says the read will
+    ask what the write changed (and leaves that to the read, which then bypasses)."""
+    from yokedcache_sa import explain
+    from yokedcache_sa.orm.pgwrites import RECHECK_KEY
+
+    env.warm(tag_names)
+    with env.Session() as s:
+        s.execute(text(f"UPDATE {A} SET email = 'explain@x' WHERE id = 1"))
+        conn = s.connection()
+        assert RECHECK_KEY in conn.__dict__
+        e = explain(select(Tag.name).order_by(Tag.id), session=s)
+        assert any("triggers or cascades" in n for n in e.notes), e.notes
+        assert RECHECK_KEY in conn.__dict__  # nothing was asked
+        assert tag_names(s) == ["red!", "blue"]  # the read asked, and bypassed
+        assert RECHECK_KEY not in conn.__dict__
+        s.rollback()
+
+
+@PG
 def test_async_session_sees_trigger_writes(env: Env, pg_side_effects: None) -> None:
     import asyncio
 

@@ -23,7 +23,7 @@ from ..tags import ALL_TAG, tag_ids
 from . import _compat
 from .bindstate import UNWATCHED, connection_taint, connection_variant
 from .options import Hint, hint_from
-from .pgwrites import RECHECK_KEY, settle
+from .pgwrites import RECHECK_KEY
 from .reads import _cacheable, _on_execute
 from .shapes import _key, _shape_for
 from .state import SessionState, state_of
@@ -199,8 +199,6 @@ def _plan(
         conn = ref()
         if conn is not None and "_yc_failed" in conn.__dict__:
             return Explanation(False, "a statement failed in this transaction"), None, None
-        if conn is not None and RECHECK_KEY in conn.__dict__:
-            settle(conn)  # as the read would: a write's trigger writes count as own writes
     try:
         ox = _exec_state(session, stmt, params, eo)
     except _Answered:
@@ -209,6 +207,11 @@ def _plan(
     if not _cacheable(ox, st, hint):
         return Explanation(False, _uncacheable_reason(ox, st, hint)), None, None
     notes: list[str] = []
+    if any((c := ref()) is not None and RECHECK_KEY in c.__dict__ for ref in st.conns):
+        notes.append(
+            "a write to a table with triggers or cascades ran: the read first asks PostgreSQL "
+            "what it changed, and a table it changed bypasses the cache"
+        )
     if session.autoflush and (session.new or session.dirty or session.deleted):
         notes.append(
             "pending changes are flushed before the read: their tables then bypass the "
