@@ -438,6 +438,24 @@ def test_explain_after_a_trigger_write_asks_nothing_and_says_so(
 
 
 @PG
+def test_trigger_write_before_a_savepoint_rolled_back_stays_written(
+    env: Env, pg_side_effects: None
+) -> None:
+    """A trigger write, then a savepoint rolled back: what the trigger changed was written
+    before the savepoint, so the transaction's reads of it still bypass the cache."""
+    env.warm(tag_names)
+    with env.Session() as s:
+        s.execute(text(f"UPDATE {A} SET email = 'sp@x' WHERE id = 1"))  # tags via trigger
+        sp = s.begin_nested()
+        s.add(Employee(id=900, name="in savepoint", type="employee"))
+        s.flush()  # the savepoint begins with this flush (to a table without side effects)
+        sp.rollback()
+        assert tag_names(s) == ["red!", "blue"]  # the transaction's own state, not the cache
+        s.rollback()
+    assert env.hit(tag_names) == env.truth(tag_names) == ["red", "blue"]
+
+
+@PG
 def test_async_session_sees_trigger_writes(env: Env, pg_side_effects: None) -> None:
     import asyncio
 

@@ -14,7 +14,7 @@ from . import _compat
 from ._greenlet import call_twin
 from .bindstate import connection_taint, connection_variant
 from .isolation import _isolation_of, _snapshot_isolated, learn
-from .pgwrites import _add_pg_modified
+from .pgwrites import RECHECK_KEY, _add_pg_modified, settle
 from .state import SessionState, state_of
 from .watch import watch_engine
 
@@ -123,8 +123,13 @@ def _savepoint_began(st: SessionState, transaction: SessionTransaction) -> None:
     before it, once (a savepoint spanning several connections begins on each)."""
     # savepoints released or rolled back since: gone (the list holds the open ones)
     st.savepoints = [e for e in st.savepoints if e[0].is_active]
-    if not any(e[0] is transaction for e in st.savepoints):
-        st.savepoints.append((transaction, frozenset(st.written)))
+    if any(e[0] is transaction for e in st.savepoints):
+        return
+    for ref in st.conns:  # what earlier writes' triggers changed was written before it
+        conn = ref()
+        if conn is not None and RECHECK_KEY in conn.__dict__:
+            settle(conn)
+    st.savepoints.append((transaction, frozenset(st.written)))
 
 
 def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
