@@ -9,7 +9,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, create_engine, insert, 
 
 from tests.orm.ormkit import SQLCounter
 from yokedcache_sa import YokedCache, declare_dependency
-from yokedcache_sa.orm import CachingSession, tracking
+from yokedcache_sa.orm import CachingSession, dependents
 
 
 def _two_tables() -> tuple[MetaData, Table, Table]:
@@ -29,8 +29,8 @@ def test_declared_dependency_is_kept_on_the_metadata(
     else:
         declare_dependency("dep_fed", ["dep_base"], metadata=md)
     assert md.info["yokedcache_dependents"] == {"table:dep_base": {"table:dep_fed"}}
-    assert "table:dep_base" not in tracking._UNATTACHED.info["yokedcache_dependents"]
-    assert tracking.dependencies([md]) == {"table:dep_base": frozenset({"table:dep_fed"})}
+    assert "table:dep_base" not in dependents._UNATTACHED.info["yokedcache_dependents"]
+    assert dependents.dependencies([md]) == {"table:dep_base": frozenset({"table:dep_fed"})}
 
     engine = create_engine(f"sqlite:///{tmp_path / 'deps.db'}")
     md.create_all(engine)
@@ -51,10 +51,10 @@ def test_declared_dependency_by_names_still_works() -> None:
     md, _, _ = _two_tables()
     declare_dependency("dep_names_fed", ["dep_names_base"])
     try:
-        closure = tracking.cascade_closure({"table:dep_names_base"}, [md])
+        closure = dependents.cascade_closure({"table:dep_names_base"}, [md])
         assert "table:dep_names_fed" in closure
     finally:
-        tracking._UNATTACHED.info["yokedcache_dependents"].pop("table:dep_names_base")
+        dependents._UNATTACHED.info["yokedcache_dependents"].pop("table:dep_names_base")
 
 
 def test_metadata_set_holds_its_members_weakly() -> None:
@@ -63,7 +63,7 @@ def test_metadata_set_holds_its_members_weakly() -> None:
     import gc
 
     kept, dropped = MetaData(), MetaData()
-    known = tracking.MetadataSet([kept])
+    known = dependents.MetadataSet([kept])
     known.add(dropped)
     known.add(kept)  # again: still one entry
     assert sorted(map(id, known.members())) == sorted([id(kept), id(dropped)])

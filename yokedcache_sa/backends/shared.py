@@ -34,21 +34,14 @@ from .versionfile import (
     H_CREATED,
     H_EPOCH,
     H_GEN,
-    H_LAYOUT,
-    H_MAGIC,
-    H_PIDS,
     H_RETIRED,
     H_SEQ,
-    LAYOUT,
-    MAGIC,
-    PIDS,
     SIZE,
     SLOTS,
     WINDOW,
     MappedFile,
-    alive,
-    create,
     new_epoch,
+    open_file,
     shared_dir,
     shared_path,
     slot_of,
@@ -127,39 +120,16 @@ class SharedVersions:
     # -- opening -------------------------------------------------------------------------
 
     def _open(self) -> MappedFile:
-        for _ in range(8):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except FileNotFoundError:
-                create(self.path, replace=False)
-                continue
-            st = os.fstat(fd)
-            if hasattr(os, "getuid") and st.st_uid != os.getuid():
-                os.close(fd)
-                raise PermissionError(f"{self.path} belongs to uid {st.st_uid}, not to us")
-            if st.st_size != SIZE:
-                os.close(fd)
-                create(self.path, replace=True)  # truncated, or another layout: a new epoch
-                continue
-            m = MappedFile(fd, (st.st_dev, st.st_ino))
-            hdr = m.hdr
-            if hdr[H_MAGIC] != MAGIC or hdr[H_LAYOUT] != LAYOUT or hdr[H_RETIRED]:
-                m.close()
-                create(self.path, replace=True)
-                continue
-            self._attach(m)
-            return m
-        raise OSError(f"could not open a stable version file at {self.path}")
+        m = open_file(self.path)
+        self._attach(m)
+        return m
 
     def _attach(self, m: MappedFile) -> None:
         self._detached = False
         pid = os.getpid()
         fcntl.flock(m.fd, fcntl.LOCK_EX)
         try:
-            hdr = m.hdr
-            pids = [hdr[H_PIDS + i] for i in range(PIDS)]
-            if pid not in pids and 0 in pids:
-                hdr[H_PIDS + pids.index(0)] = pid
+            m.join(pid)
         finally:
             fcntl.flock(m.fd, fcntl.LOCK_UN)
 
@@ -395,20 +365,9 @@ class SharedVersions:
             self._detached = True
             self._unwatch()
             m = self._map
-            pid = os.getpid()
-            others = False
             fcntl.flock(m.fd, fcntl.LOCK_EX)
             try:
-                hdr = m.hdr
-                for i in range(H_PIDS, H_PIDS + PIDS):
-                    p = hdr[i]
-                    if p == pid:
-                        hdr[i] = 0
-                    elif p and alive(p):
-                        others = True
-                    elif p:
-                        hdr[i] = 0
-                if not others and self._current():
+                if not m.leave(os.getpid()) and self._current():
                     # Deleting a file in use is safe (see the module docstring), only slower.
                     try:
                         os.unlink(self.path)

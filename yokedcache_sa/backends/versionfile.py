@@ -54,6 +54,7 @@ __all__ = [
     "alive",
     "create",
     "new_epoch",
+    "open_file",
     "shared_dir",
     "shared_path",
     "slot_of",
@@ -149,6 +150,26 @@ class MappedFile:
             os.close(self.fd)
         except OSError:
             pass
+
+    # -- attached processes (the caller holds the ``flock``) ---------------------------------
+
+    def join(self, pid: int) -> None:
+        """Record *pid* among the processes using the file (while a place is free)."""
+        pids = self.hdr[H_PIDS : H_PIDS + PIDS].tolist()
+        if pid not in pids and 0 in pids:
+            self.hdr[H_PIDS + pids.index(0)] = pid
+
+    def leave(self, pid: int) -> bool:
+        """Drop *pid* and dead processes from the file; return whether another lives on it."""
+        hdr = self.hdr
+        others = False
+        for i in range(H_PIDS, H_PIDS + PIDS):
+            p = hdr[i]
+            if p and p != pid and alive(p):
+                others = True
+            elif p:
+                hdr[i] = 0
+        return others
 
     # -- versions and mark records (the caller holds the lock) -----------------------------
 
@@ -288,6 +309,38 @@ def create(path: str, replace: bool) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+def open_file(path: str) -> MappedFile:
+    """Map the version file at *path*, creating it, or replacing one that is truncated, of
+    another layout or retired.
+
+    Raises:
+        OSError: the file cannot be created or opened, or keeps changing under us.
+        PermissionError: the file belongs to another user.
+    """
+    for _ in range(8):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            create(path, replace=False)
+            continue
+        st = os.fstat(fd)
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            os.close(fd)
+            raise PermissionError(f"{path} belongs to uid {st.st_uid}, not to us")
+        if st.st_size != SIZE:
+            os.close(fd)
+            create(path, replace=True)  # truncated, or another layout: a new epoch
+            continue
+        m = MappedFile(fd, (st.st_dev, st.st_ino))
+        hdr = m.hdr
+        if hdr[H_MAGIC] != MAGIC or hdr[H_LAYOUT] != LAYOUT or hdr[H_RETIRED]:
+            m.close()
+            create(path, replace=True)
+            continue
+        return m
+    raise OSError(f"could not open a stable version file at {path}")
 
 
 _swept: set[str] = set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .catalog import refresh_catalog as refresh_catalog
+from .dependents import declare_dependency as declare_dependency
 from .explain import Explanation as Explanation
 from .explain import aexplain as aexplain
 from .explain import explain as explain
@@ -14,7 +15,6 @@ from .session import CachingSession as CachingSession
 from .session import instrument_session as instrument_session
 from .session import listen_on_session as listen_on_session
 from .session import state_of as state_of
-from .tracking import declare_dependency as declare_dependency
 from .watch import watch_engine as watch_engine
 
 __all__ = [

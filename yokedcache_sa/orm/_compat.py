@@ -7,25 +7,29 @@ and that no other module of the package reads or writes a private name it does n
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, Final
 
-from sqlalchemy.engine import Engine
-from sqlalchemy.engine.base import OptionEngine
-from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.engine.result import Result
 from sqlalchemy.orm import ORMExecuteState, Query, Session
 from sqlalchemy.orm.context import QueryContext
-from sqlalchemy.pool import Pool
 from sqlalchemy.sql.base import CompileState
 from sqlalchemy.sql.dml import Delete
 from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.sql.selectable import Select
 
 from . import _compat_binds, _compat_loading
-from ._compat_binds import begin_connection, bind_reused, execution_bind_arguments, simple_bind
+from ._compat_binds import (
+    begin_connection,
+    bind_reused,
+    execution_bind_arguments,
+    on_connect_isolation_level,
+    pool_creator,
+    recycle_connections,
+    root_engine,
+    simple_bind,
+)
 from ._compat_loading import (
     CORE_RESULT_CONTEXT,
     commit_loaded,
@@ -157,12 +161,8 @@ PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (Session, "_execute_internal"),
     (Session, "_connection_for_bind"),
     (Session, "_transaction"),
-    (OptionEngine, "_proxied"),
-    (Pool, "_creator"),
-    (Pool, "_invalidate_time"),
-    (DefaultDialect, "_on_connect_isolation_level"),
     *_compat_loading.PRIVATE_ATTRIBUTES,  # results and loading
-    *_compat_binds.PRIVATE_ATTRIBUTES,  # a statement's bind, resolved once
+    *_compat_binds.PRIVATE_ATTRIBUTES,  # binds: engines, pools, a statement's bind
 )
 
 
@@ -258,19 +258,6 @@ def current_transaction(session: Session) -> Any:
     if "_transaction" in session.__dict__:
         return session.__dict__["_transaction"]
     return session.get_nested_transaction() or session.get_transaction()
-
-
-def root_engine(engine: Engine) -> Engine:
-    """The engine *engine* was made from by ``execution_options()`` (itself if none).
-
-    An option engine shares its parent's pool and fires the parent's listeners, also those
-    added later; listeners added to the option engine itself fire only for it.
-    """
-    while True:
-        parent = getattr(engine, "_proxied", None)
-        if not isinstance(parent, Engine):
-            return engine
-        engine = parent
 
 
 # -- statements -----------------------------------------------------------------------------
@@ -385,24 +372,3 @@ def start_listeners_at(ox: ORMExecuteState, index: int) -> None:
     """Make *ox* run the ``do_orm_execute`` listeners after position *index* next (what
     :func:`run_later_orm_listeners` runs), as if the one at *index* were running."""
     ox._starting_event_idx = index
-
-
-# -- engines and dialects -------------------------------------------------------------------
-
-
-def pool_creator(pool: Pool) -> Any:
-    """The function *pool* opens DBAPI connections with (``create_engine``'s own, or the
-    ``creator=`` given)."""
-    return getattr(pool, "_creator", None)
-
-
-def recycle_connections(pool: Pool) -> None:
-    """Have *pool* replace every connection it opened so far at its next checkout (what
-    SQLAlchemy itself does after a disconnect), with no listener on each checkout."""
-    pool._invalidate_time = time.time()
-
-
-def on_connect_isolation_level(dialect: Any) -> Any:
-    """The isolation level ``create_engine(isolation_level=...)`` sets on every new
-    connection, or None."""
-    return getattr(dialect, "_on_connect_isolation_level", None)

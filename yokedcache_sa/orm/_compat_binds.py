@@ -1,14 +1,20 @@
-"""The private SQLAlchemy names behind resolving a statement's bind once (a ``get_bind()``
-override asked once per statement, as without the cache); part of :mod:`._compat` (which
-re-exports them and lists their attributes in its ``PRIVATE_ATTRIBUTES``)."""
+"""The private SQLAlchemy names behind binds: engines, pools and dialects, and resolving a
+statement's bind once (a ``get_bind()`` override asked once per statement, as without the
+cache); part of :mod:`._compat` (which re-exports them and lists their attributes in its
+``PRIVATE_ATTRIBUTES``)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy.engine import Engine
+from sqlalchemy.engine.base import OptionEngine
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.pool import Pool
 from sqlalchemy.sql.selectable import Select
 
 __all__ = [
@@ -16,6 +22,10 @@ __all__ = [
     "begin_connection",
     "bind_reused",
     "execution_bind_arguments",
+    "on_connect_isolation_level",
+    "pool_creator",
+    "recycle_connections",
+    "root_engine",
     "simple_bind",
 ]
 
@@ -23,6 +33,10 @@ __all__ = [
 PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (Select, "_propagate_attrs"),
     (Session, "_connection_for_bind"),
+    (OptionEngine, "_proxied"),
+    (Pool, "_creator"),
+    (Pool, "_invalidate_time"),
+    (DefaultDialect, "_on_connect_isolation_level"),
 )
 
 
@@ -123,3 +137,37 @@ def begin_connection(session: Session, bind: Any) -> Any:
     """The session's connection for *bind* (an engine or connection ``get_bind()`` returned),
     begun as the statement's execution would begin it: without asking ``get_bind()`` again."""
     return session._connection_for_bind(bind)
+
+
+def root_engine(engine: Engine) -> Engine:
+    """The engine *engine* was made from by ``execution_options()`` (itself if none).
+
+    An option engine shares its parent's pool and fires the parent's listeners, also those
+    added later; listeners added to the option engine itself fire only for it.
+    """
+    while True:
+        parent = getattr(engine, "_proxied", None)
+        if not isinstance(parent, Engine):
+            return engine
+        engine = parent
+
+
+# -- pools and dialects -------------------------------------------------------------------
+
+
+def pool_creator(pool: Pool) -> Any:
+    """The function *pool* opens DBAPI connections with (``create_engine``'s own, or the
+    ``creator=`` given)."""
+    return getattr(pool, "_creator", None)
+
+
+def recycle_connections(pool: Pool) -> None:
+    """Have *pool* replace every connection it opened so far at its next checkout (what
+    SQLAlchemy itself does after a disconnect), with no listener on each checkout."""
+    pool._invalidate_time = time.time()
+
+
+def on_connect_isolation_level(dialect: Any) -> Any:
+    """The isolation level ``create_engine(isolation_level=...)`` sets on every new
+    connection, or None."""
+    return getattr(dialect, "_on_connect_isolation_level", None)

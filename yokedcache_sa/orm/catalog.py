@@ -2,7 +2,7 @@
 
 A read of a view is tagged with the view and, transitively, every table (and view) its
 definition reads, so a write to a base table through any path invalidates it with no
-:func:`~yokedcache_sa.orm.tracking.declare_dependency`. A materialized view is a table here:
+:func:`~yokedcache_sa.orm.dependents.declare_dependency`. A materialized view is a table here:
 its content changes only when it is refreshed, which is a write of it.
 
 What the catalog says is read once per engine, on the connection of the first read that

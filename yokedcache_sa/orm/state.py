@@ -16,7 +16,7 @@ from ..cache import DEFAULT_TTL, TTL, YokedCache
 from ..defaults import get_session_default_cache
 from ..errors import InvalidationError
 from ..txview import TransactionView
-from . import tracking
+from . import dependents
 from ._greenlet import call_twin
 from .bindstate import UNWATCHED
 
@@ -25,7 +25,7 @@ log = logging.getLogger("yokedcache_sa")
 
 STATE_KEY: Final = "_yokedcache_state"  # in the session's __dict__, not its .info
 _STATEMENT_LEVEL = frozenset({"READ COMMITTED", "AUTOCOMMIT"})
-_known_metadata = tracking.MetadataSet()  # every MetaData whose tables a cached read saw
+_known_metadata = dependents.MetadataSet()  # every MetaData whose tables a cached read saw
 
 _RESET: Final[dict[str, Any]] = {
     "_txn_cache": None,
@@ -140,7 +140,7 @@ class SessionState:
         bump), so they are taken in one round trip just before it — or right away when the
         connection autocommits each statement.
         """
-        tags = tracking.cascade_closure(tags, _known_metadata.members())
+        tags = dependents.cascade_closure(tags, _known_metadata.members())
         self.written.update(tags)
         if autocommit:
             self.autocommitted = True  # the database commits it as it runs
