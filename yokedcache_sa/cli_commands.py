@@ -268,8 +268,9 @@ def _import_target(target: str) -> Any:
             obj = getattr(obj, part)
         except AttributeError:
             raise UsageError(f"{module_name!r} has no attribute {attr!r}") from None
-    from .orm._compat import has_cache_key  # SQLAlchemy is imported by then
+    from sqlalchemy.orm import Query
+    from sqlalchemy.sql import ClauseElement
 
-    if callable(obj) and not has_cache_key(obj):
+    if callable(obj) and not isinstance(obj, (ClauseElement, Query)):  # a factory of one
         obj = obj()
     return obj
