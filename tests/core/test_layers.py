@@ -3,7 +3,8 @@ integrations, and no module reaches into another layer's private names (#11).
 
 Read from the source with ``ast`` (nothing is imported): a module-level import of a higher
 layer fails, and so does any import, module-level or inside a function, of a private module
-or name (``_x``) of another layer. The few imports of a higher layer made inside a function,
+or name (``_x``) of another layer, or a read of ``module._x`` through a module of another
+layer imported by name. The few imports of a higher layer made inside a function,
 where a façade hands a call to the layer that implements it, are listed below with why.
 """
 
@@ -124,6 +125,30 @@ def _imports(module: str, path: Path) -> list[tuple[str, str, bool]]:
     return found
 
 
+def _private_attributes(module: str, path: Path) -> list[str]:
+    """``alias._name`` reads of modules of another layer bound by ``from ... import alias``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".") if package else []
+            base = base[: len(base) - node.level + 1]
+            target = ".".join([*base, *([node.module] if node.module else [])])
+            for alias in node.names:
+                sub = f"{target}.{alias.name}".lstrip(".")
+                if sub in MODULES and _layer(sub) != _layer(module):
+                    aliases[alias.asname or alias.name] = sub
+    return [
+        f"{aliases[node.value.id]}.{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in aliases
+        and _is_private(node.attr)
+    ]
+
+
 def test_every_module_has_a_layer() -> None:
     assert len(MODULES) > 50
     for module in MODULES:
@@ -142,6 +167,7 @@ def test_imports_point_down_and_leave_other_layers_private_names_alone(module: s
             wrong.append(f"{module} imports the private {target}:{name or '*'} of layer {there}")
         if there > here and (top_level or (module, target) not in LAZY_UPWARD):
             wrong.append(f"{module} (layer {here}) imports {target} (layer {there})")
+    wrong += [f"{module} reads {name}" for name in _private_attributes(module, MODULES[module])]
     assert not wrong, "\n".join(wrong)
 
 
@@ -155,6 +181,9 @@ def test_the_checker_sees_a_wrong_import(tmp_path: Path) -> None:
     assert ("backends.memory", "_unavailable", True) in found
     assert _layer("orm.session") > _layer("flows")
     assert _is_private("_unavailable")
+    reads = tmp_path / "drivers.py"
+    reads.write_text("from .backends import memory\nmemory._unavailable(None)\n")
+    assert _private_attributes("drivers", reads) == ["backends.memory._unavailable"]
     lazy = tmp_path / "cache.py"
     lazy.write_text("def f():\n    from .orm.explain import explain\n")
     assert _imports("cache", lazy) == [("orm.explain", "explain", False)]
