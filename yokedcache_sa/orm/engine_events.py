@@ -316,6 +316,32 @@ def _on_error(context: Any) -> None:
             by[1].snapshot_untaken(by[2])
 
 
+_NO_ROWS_NO_VIEW: Final = frozenset({"mysql", "mariadb"})
+"""Dialects whose snapshot begins at the first read of rows (InnoDB): a SELECT the optimizer
+answers without reading any (an impossible WHERE such as an empty ``in_()``, ``LIMIT 0``)
+creates no read view."""
+
+
+def _after_cursor_execute(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    """A statement reported as taking the snapshot returned no rows: on InnoDB it may have
+    read none, then no read view exists; take the report back (the next read goes to the
+    database and takes it, as a plain session's would)."""
+    cd = conn.__dict__
+    by = cd.get(_SNAPSHOT_BY)
+    if by is None or by[0] is not context or conn.dialect.name not in _NO_ROWS_NO_VIEW:
+        return
+    if getattr(cursor, "rowcount", -1) == 0:
+        del cd[_SNAPSHOT_BY]
+        by[1].snapshot_untaken(by[2])
+
+
 def _on_rollback_savepoint(conn: Connection, name: str, context: Any) -> None:
     conn.__dict__.pop("_yc_failed", None)
 
@@ -324,6 +350,7 @@ def _on_rollback_savepoint(conn: Connection, name: str, context: Any) -> None:
 
 _ENGINE_EVENTS: Final = (
     ("before_cursor_execute", _before_cursor_execute),
+    ("after_cursor_execute", _after_cursor_execute),
     ("begin", _on_begin),
     ("commit", _on_commit),
     ("rollback", _on_rollback),
