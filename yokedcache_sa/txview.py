@@ -58,6 +58,7 @@ class TransactionView:
     _isolated: Mapping[Hashable, bool] = MappingProxyType({})
     _snapshots: frozenset[Hashable] = frozenset()
     _locking: frozenset[Hashable] = frozenset()
+    _joined: frozenset[Hashable] = frozenset()  # joined a snapshot older than the horizon
 
     # facts reported by the caller ---------------------------------------------------------
 
@@ -93,11 +94,17 @@ class TransactionView:
         Returns True when the horizon must come from an observation of the store made now:
         pass its result (None when the store could not be asked) to :meth:`observed`.
         """
+        joined = ran_sql and self._begun and bind not in self._isolated
         self._isolated = {**self._isolated, bind: isolated}
         if locking_reads:
             self._locking = self._locking | {bind}
         if isolated:
             self.snapshot_isolated = True
+            if joined:
+                # its snapshot may predate the horizon another bind observed: nothing is
+                # provably of it
+                self._joined = self._joined | {bind}
+                self._no_store = True
         if self.snapshot_isolated and self.horizon is None and not self._begun:
             if ran_sql:
                 self._no_store = True
@@ -157,12 +164,16 @@ class TransactionView:
         cached data predates, so the first read goes to the database and starts it.
         """
         if bind in self._snapshots:
+            if bind in self._joined:
+                return NOTHING_VALID
             return self.horizon if self.horizon is not None else NOTHING_VALID
         return NOTHING_VALID if isolated else None
 
     def horizon_of(self, bind: Hashable) -> int | None:
         """The horizon of the snapshot on *bind*; None while it does not exist (or is not
         known): what :func:`~.peek.peek_sync` judges an entry by."""
+        if bind in self._joined and bind in self._snapshots:
+            return NOTHING_VALID
         return self.horizon if bind in self._snapshots else None
 
     def store_snapshot(self, snapshot: Snapshot) -> Snapshot | None:

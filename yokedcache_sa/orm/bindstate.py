@@ -29,6 +29,7 @@ __all__ = [
     "UNWATCHED",
     "WATCHED_KEY",
     "StateChange",
+    "changes_isolation",
     "connection_taint",
     "connection_variant",
     "engine_identity",
@@ -173,6 +174,19 @@ _ARG = r"(?:[^(),']|'[^']*'|\([^()]*\))*"
 _SET_CONFIG_LOCAL = re.compile(
     r"\bset_config\s*\(" + _ARG + "," + _ARG + r",\s*true\s*\)", re.IGNORECASE
 )
+
+
+_ISOLATION_SQL = re.compile(
+    r"\bISOLATION\s+LEVEL\b|tx_isolation|transaction_isolation|\bCHARACTERISTICS\b",
+    re.IGNORECASE,
+)
+
+
+def changes_isolation(sql: str) -> bool:
+    """Whether state-changing *sql* (``SET TRANSACTION ISOLATION LEVEL ...``, ``SET SESSION
+    CHARACTERISTICS ...``, ``SET tx_isolation``) may change the transaction's isolation: not
+    state a ``vary_on`` key can capture, since it changes which snapshot reads see."""
+    return _ISOLATION_SQL.search(sql) is not None
 
 
 def state_change(sql: str, postgresql: bool = True) -> StateChange | None:

@@ -88,6 +88,12 @@ def _before_cursor_execute(
     executemany: bool,
 ) -> None:
     cd = conn.__dict__
+    if "_yc_ran" in cd and _ends_transaction(conn, statement, context):
+        st0: SessionState | None = cd.get("_yc_state")
+        if st0 is not None:
+            # the next statement begins another database transaction, with a snapshot of
+            # its own: the session's horizon and snapshot facts are not of it
+            st0.taint(conn, f"{statement.strip()[:60]!r} sent inside the transaction", force=True)
     if (RECHECK_KEY in cd or "_yc_ran" not in cd) and not _TXN_CONTROL.match(statement):
         # not before SAVEPOINT / ROLLBACK TO (its rollback_savepoint event has cleared
         # _yc_failed, but the transaction is still aborted until it runs)
@@ -220,6 +226,27 @@ def _state_change_of(conn: Connection, statement: str, compiled: Any) -> Any:
     return state_change(statement, conn.dialect.name == "postgresql")
 
 
+_ENDS_TXN: Final = re.compile(
+    r"(?:^|;)\s*(?:COMMIT|END|BEGIN|START\s+TRANSACTION|ROLLBACK(?!\s+(?:WORK\s+|TRANSACTION\s+)?TO\b))\b",
+    re.IGNORECASE,
+)
+"""SQL that ends the open database transaction (sent as text, not by SQLAlchemy)."""
+_ENDS_TXN_MYSQL: Final = re.compile(
+    r"(?:^|;)\s*(?:(?:UN)?LOCK\s+TABLES?|FLUSH|(?:ANALYZE|OPTIMIZE|REPAIR|CHECK)\s+TABLE)\b",
+    re.IGNORECASE,
+)
+"""Statements that commit implicitly on MariaDB/MySQL (besides DDL, counted as writes)."""
+
+
+def _ends_transaction(conn: Connection, statement: str, context: Any) -> bool:
+    compiled = getattr(context, "compiled", None)
+    if compiled is not None and not isinstance(getattr(compiled, "statement", None), TextClause):
+        return False
+    if _ENDS_TXN.search(statement):
+        return True
+    return conn.dialect.name in _NO_ROWS_NO_VIEW and _ENDS_TXN_MYSQL.search(statement) is not None
+
+
 _TXN_CONTROL: Final = re.compile(r"\s*(BEGIN|SET|SAVEPOINT|RELEASE|ROLLBACK)\b", re.IGNORECASE)
 
 
@@ -316,6 +343,32 @@ def _on_error(context: Any) -> None:
             by[1].snapshot_untaken(by[2])
 
 
+_NO_ROWS_NO_VIEW: Final = frozenset({"mysql", "mariadb"})
+"""Dialects whose snapshot begins at the first read of rows (InnoDB): a SELECT the optimizer
+answers without reading any (an impossible WHERE such as an empty ``in_()``, ``LIMIT 0``)
+creates no read view."""
+
+
+def _after_cursor_execute(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    """A statement reported as taking the snapshot returned no rows: on InnoDB it may have
+    read none, then no read view exists; take the report back (the next read goes to the
+    database and takes it, as a plain session's would)."""
+    cd = conn.__dict__
+    by = cd.get(_SNAPSHOT_BY)
+    if by is None or by[0] is not context or conn.dialect.name not in _NO_ROWS_NO_VIEW:
+        return
+    if getattr(cursor, "rowcount", -1) == 0:
+        del cd[_SNAPSHOT_BY]
+        by[1].snapshot_untaken(by[2])
+
+
 def _on_rollback_savepoint(conn: Connection, name: str, context: Any) -> None:
     conn.__dict__.pop("_yc_failed", None)
 
@@ -324,6 +377,7 @@ def _on_rollback_savepoint(conn: Connection, name: str, context: Any) -> None:
 
 _ENGINE_EVENTS: Final = (
     ("before_cursor_execute", _before_cursor_execute),
+    ("after_cursor_execute", _after_cursor_execute),
     ("begin", _on_begin),
     ("commit", _on_commit),
     ("rollback", _on_rollback),

@@ -16,19 +16,55 @@ _LEARNED_KEY = "_yokedcache_snapshot_isolated"
 engine): whether its transactions are snapshot-isolated, as its first one showed."""
 
 
+_MIXED_KEY = "_yokedcache_isolation_varies"
+"""In a dialect's ``__dict__``: a DBAPI connection reported another isolation level than
+the dialect's default (an application ``connect`` listener set it; SQLAlchemy resets a
+connection to the default after an ``isolation_level`` option): the pool's connections may
+differ, so nothing is predicted for an engine that leaves the level to the connection."""
+
+
 def learn(engine: Engine, isolated: bool) -> None:
     """Remember that transactions on *engine* (at its own isolation level) read one
     snapshot, or not: later sessions predict it without checking a connection out."""
+    if _MIXED_KEY in engine.dialect.__dict__ and not _configured_isolation(engine):
+        engine.__dict__.pop(_LEARNED_KEY, None)
+        return
     engine.__dict__[_LEARNED_KEY] = isolated
 
 
-def _isolation_of(bind: Any) -> str:
+_ACTUAL_KEY = "yokedcache_isolation"
+"""In a pooled connection's ``info``: the isolation level its DBAPI connection reported."""
+
+
+def _configured_isolation(bind: Any) -> str:
+    """The isolation level SQLAlchemy sets on *bind* (execution option, or
+    ``create_engine(isolation_level=...)``); empty when it leaves the connection's own."""
     iso = bind.get_execution_options().get("isolation_level")
-    if not iso:
-        dialect = bind.dialect
-        iso = _compat.on_connect_isolation_level(dialect)
-        iso = iso or getattr(dialect, "default_isolation_level", None)
-    return str(iso or "").upper()
+    return str(iso or _compat.on_connect_isolation_level(bind.dialect) or "").upper()
+
+
+def _isolation_of(bind: Any) -> str:
+    iso = _configured_isolation(bind)
+    if iso:
+        return iso
+    if isinstance(bind, Connection) and bind.dialect.name != "sqlite":
+        # SQLAlchemy read the dialect's default from the first connection before the
+        # application's own ``connect`` listeners ran (one may SET the session's isolation):
+        # what the DBAPI connection reports is the truth, asked once per DBAPI connection
+        info = bind.connection.info
+        actual = info.get(_ACTUAL_KEY)
+        dbapi = bind.connection.dbapi_connection
+        if actual is None and dbapi is not None:
+            try:
+                actual = bind.dialect.get_isolation_level(dbapi)
+            except Exception:  # not known: REPEATABLE READ is the safe guess
+                return "REPEATABLE READ"
+            info[_ACTUAL_KEY] = actual
+            default = getattr(bind.dialect, "default_isolation_level", None)
+            if str(actual).upper() != str(default or "").upper():
+                bind.dialect.__dict__[_MIXED_KEY] = True
+        return str(actual or "REPEATABLE READ").upper()
+    return str(getattr(bind.dialect, "default_isolation_level", None) or "").upper()
 
 
 def _snapshot_isolated(conn: Connection) -> bool:
@@ -61,12 +97,12 @@ def _predicted(bind: Any) -> bool | None:
     only a connection can tell (engine never connected, SQLite's transaction control)."""
     if isinstance(bind, Connection):
         return _snapshot_isolated(bind)
+    iso = _configured_isolation(bind)
     known: bool | None = bind.__dict__.get(_LEARNED_KEY)
-    if known is not None:
+    if known is not None and (iso or _MIXED_KEY not in bind.dialect.__dict__):
         return known
-    iso = _isolation_of(bind)
     if not iso or bind.dialect.name == "sqlite":
-        return None
+        return None  # the connection's own level: only one begun can tell
     return iso not in _STATEMENT_LEVEL
 
 
@@ -81,7 +117,12 @@ def _horizon(
     the statement's execution then reuses."""
     view = st.view
     isolated = view.isolation(engine)
-    if isolated is None and bind is engine and engine.__dict__.get(_LEARNED_KEY) is False:
+    if (
+        isolated is None
+        and bind is engine
+        and engine.__dict__.get(_LEARNED_KEY) is False
+        and _MIXED_KEY not in engine.dialect.__dict__
+    ):
         # the common case first: nothing begun on an engine known statement-level
         return view.lookup_horizon(engine, False), None
     conn = None

@@ -18,7 +18,7 @@ from ..errors import InvalidationError
 from ..txview import TransactionView
 from . import dependents
 from ._greenlet import call_twin
-from .bindstate import UNWATCHED
+from .bindstate import UNWATCHED, changes_isolation
 
 log = logging.getLogger("yokedcache_sa")
 
@@ -111,11 +111,14 @@ class SessionState:
     tainted: str | None
     unbegun: bool  # served a hit while the session had no transaction (see _rollback)
 
-    def taint(self, conn: Connection, why: str) -> None:
-        """Stop serving and storing: *conn* runs with state the key does not capture."""
+    def taint(self, conn: Connection, why: str, *, force: bool = False) -> None:
+        """Stop serving and storing: *conn* runs with state the key does not capture (with
+        *force*, or for an isolation change, also under ``vary_on``: the transaction's
+        snapshot is not what the cache knows of)."""
         if self.tainted is not None:
             return
-        if self.vary_on is not None and why != UNWATCHED:
+        keyed = self.vary_on is not None and why != UNWATCHED
+        if keyed and not force and not changes_isolation(why):
             return  # the application keys that state itself
         self.tainted = why
         info = conn.info
