@@ -68,7 +68,7 @@ def test_importing_the_package_adds_no_engine_listener() -> None:
         "from yokedcache_sa.orm import engine_events as ee, watch as w\n"
         "e = create_engine('sqlite://')\n"
         "names = list(Engine.dispatch._event_names) + ['connect', 'checkout']\n"
-        "fns = [fn for _, fn in ee._ENGINE_EVENTS] + [w._on_connect,\n"
+        "fns = [fn for _, fn in (*ee._ENGINE_EVENTS, *ee._INNODB_EVENTS)] + [w._on_connect,\n"
         "       w._on_checkout_sqlite]\n"
         "bad = [(n, f.__name__) for n in names for f in fns\n"
         "       for t in (Engine, e) if event.contains(t, n, f)]\n"

@@ -4,6 +4,8 @@ nothing computed after it may be served on it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -22,8 +24,12 @@ def test_a_second_bind_that_already_read_is_never_served(bank: Bank) -> None:
             assert conn.scalar(select(func.sum(Account.balance))) == 200  # the snapshot
             bank.transfer(50)
             bank.warm_after_transfer()
-            kw = {"cache": bank.cache} if cls is CachingSession else {}
-            s = cls(binds={Account: conn, Note: other}, **kw)
+            binds: dict[Any, Any] = {Account: conn, Note: other}
+            s = (
+                CachingSession(binds=binds, cache=bank.cache)
+                if cls is CachingSession
+                else Session(binds=binds)
+            )
             s.scalars(select(Note)).all()  # the first bind: begins, observes a horizon
             answers.append([balance(s, 1), balance(s, 2)])
             s.close()

@@ -92,3 +92,48 @@ def test_isolation_set_by_a_connect_listener_is_the_transactions(
             assert counter.n - n0 == 1, "reads of the snapshot must be served"
     finally:
         counter.remove()
+
+
+def test_a_connection_reset_after_an_isolation_option_is_asked_again(cache: YokedCache) -> None:
+    """A connection the listener made REPEATABLE READ, then used with an ``isolation_level``
+    option, comes back at the dialect's default (READ COMMITTED): what it reported first is
+    no longer its level, and a READ COMMITTED reader must see the transfer."""
+    _root.require_service("postgresql", _root.PG_URL, 5432)
+    engine = create_engine(_root.PG_URL, pool_size=1, max_overflow=0)  # one DBAPI connection
+
+    @event.listens_for(engine, "connect")
+    def _repeatable_read(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cur.close()
+        dbapi_conn.commit()
+
+    SBase.metadata.drop_all(engine)
+    SBase.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(Account.__table__.insert(), [{"id": i, "balance": 100} for i in (1, 2)])
+    caching = sessionmaker(engine, class_=CachingSession, cache=cache)
+    try:
+        with caching() as s:  # the connection reports REPEATABLE READ
+            assert balance(s, 1) == 100
+        with Session(engine) as optioned:
+            optioned.connection(execution_options={"isolation_level": "READ COMMITTED"})
+            assert balance(optioned, 2) == 100
+        # back in the pool at the dialect's default level
+        with Session(engine) as plain:
+            a = balance(plain, 1)
+            _transfer(engine, cache, 50)
+            expected = [a, balance(plain, 1)]
+        assert expected == [100, 50], "the connection did not come back READ COMMITTED"
+        _transfer(engine, cache, -50)
+        for _ in range(2):
+            with caching() as s:
+                assert balance(s, 1) == 100
+        with caching() as s:
+            a = balance(s, 1)
+            _transfer(engine, cache, 50)
+            got = [a, balance(s, 1)]
+        assert got == expected, f"plain Session read {expected}, CachingSession {got}"
+    finally:
+        SBase.metadata.drop_all(engine)
+        engine.dispose()

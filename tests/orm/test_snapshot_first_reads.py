@@ -36,10 +36,10 @@ _ROW_BUT_NO_VIEW = pytest.mark.xfail(
 )
 
 
-def _steps(b: Bank, s: Session, first: Callable[[Session], Any]) -> list[int]:
+def _steps(bank: Bank, s: Session, first: Callable[[Session], Any]) -> list[int]:
     first(s)
     a = balance(s, 1)
-    b.transfer(50)
+    bank.transfer(50)
     b = balance(s, 2)
     return [a, b]
 

@@ -362,7 +362,7 @@ def _after_cursor_execute(
     database and takes it, as a plain session's would)."""
     cd = conn.__dict__
     by = cd.get(_SNAPSHOT_BY)
-    if by is None or by[0] is not context or conn.dialect.name not in _NO_ROWS_NO_VIEW:
+    if by is None or by[0] is not context:
         return
     if getattr(cursor, "rowcount", -1) == 0:
         del cd[_SNAPSHOT_BY]
@@ -377,13 +377,16 @@ def _on_rollback_savepoint(conn: Connection, name: str, context: Any) -> None:
 
 _ENGINE_EVENTS: Final = (
     ("before_cursor_execute", _before_cursor_execute),
-    ("after_cursor_execute", _after_cursor_execute),
     ("begin", _on_begin),
     ("commit", _on_commit),
     ("rollback", _on_rollback),
     ("rollback_savepoint", _on_rollback_savepoint),
     ("handle_error", _on_error),
 )
+
+_INNODB_EVENTS: Final = (("after_cursor_execute", _after_cursor_execute),)
+"""Listeners only engines of :data:`_NO_ROWS_NO_VIEW` dialects get (one listener fewer on
+every statement elsewhere)."""
 
 
 _MOVED: Final = frozenset({"watch_engine", "is_watched", "_watched"})
