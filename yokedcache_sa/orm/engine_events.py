@@ -304,16 +304,39 @@ def _on_rollback(conn: Connection) -> None:
 def _on_error(context: Any) -> None:
     """A statement failed: the database may have aborted the transaction (PostgreSQL refuses
     every later statement until ROLLBACK), so nothing is served from the cache on this
-    connection until the transaction or the savepoint is rolled back."""
+    connection until the transaction or the savepoint is rolled back (unless it cannot have
+    aborted it: :func:`_may_abort`)."""
     conn = getattr(context, "connection", None)
     if conn is not None:
         cd = conn.__dict__
-        cd["_yc_failed"] = True
+        if _may_abort(conn, context):
+            cd["_yc_failed"] = True
         by = cd.get(_SNAPSHOT_BY)
         if by is not None and by[0] is getattr(context, "execution_context", None):
             # the statement reported as taking the snapshot did not run: maybe none exists
             del cd[_SNAPSHOT_BY]
             by[1].snapshot_untaken(by[2])
+
+
+_PQ_INERROR: Final = 3
+"""libpq's PQTRANS_INERROR: the transaction is aborted (psycopg and psycopg2 report it)."""
+
+
+def _may_abort(conn: Connection, context: Any) -> bool:
+    """Whether a failed statement may have left the database transaction aborted: not when
+    it failed before it was sent (building it: a bind processor raised), nor, on PostgreSQL
+    through a driver that reports libpq's transaction status, when that status is not
+    aborted (psycopg refusing a parameter it cannot adapt). Such a transaction goes on, and
+    its COMMIT commits what its triggers wrote, which must be counted then."""
+    if context.statement is not None and context.execution_context is None:
+        return False  # never sent (a failed COMMIT or ROLLBACK has no statement)
+    if conn.dialect.name != "postgresql" or context.is_disconnect:
+        return True
+    try:
+        status = conn.connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr]
+    except Exception:  # asyncpg, a closed connection: assume the worst
+        return True
+    return int(status) == _PQ_INERROR
 
 
 def _on_rollback_savepoint(conn: Connection, name: str, context: Any) -> None:

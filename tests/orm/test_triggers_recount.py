@@ -1,0 +1,132 @@
+"""PostgreSQL trigger writes counted late (the deferred recount): adversarial scenarios.
+
+Each test compares a caching session with what a plain session sees, with the statement
+counter proving the reads were cached before the write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import String, TypeDecorator, bindparam, select, text
+from sqlalchemy.orm import Session
+
+from tests.orm.ormkit import Address, Env, P, Tag
+
+A, T = Address.__tablename__, Tag.__tablename__
+PG = pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+
+
+def tag_names(s: Session) -> Any:
+    return s.scalars(select(Tag.name).order_by(Tag.id)).all()
+
+
+def _trigger(env: Env, body: str, when: str = "AFTER UPDATE", each: str = "ROW") -> Iterator[None]:
+    fn, trg = P + "rc_fn", P + "rc_trg"
+    with env.engine.begin() as c:
+        c.exec_driver_sql(
+            f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"{body}; RETURN NULL; END $$"
+        )
+        c.exec_driver_sql(
+            f"CREATE TRIGGER {trg} {when} ON {A} FOR EACH {each} EXECUTE FUNCTION {fn}()"
+        )
+    try:
+        yield
+    finally:
+        with env.engine.begin() as c:
+            c.exec_driver_sql(f"DROP TRIGGER {trg} ON {A}")
+            c.exec_driver_sql(f"DROP FUNCTION {fn}()")
+
+
+@pytest.fixture
+def bang(env: Env) -> Iterator[None]:
+    """addresses UPDATE -> tags UPDATE (a row trigger the metadata does not show)."""
+    yield from _trigger(env, f"UPDATE {T} SET name = name || '!' WHERE id = 1")
+
+
+class Refuses(TypeDecorator[str]):
+    """A bind type that refuses some values before anything is sent (client-side)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value == "bad":
+            raise ValueError("refused")
+        return value
+
+
+@PG
+def test_client_side_error_after_a_trigger_write_does_not_lose_it(env: Env, bang: None) -> None:
+    """A statement that fails before reaching the database (its bind processor raises) does
+    not abort the PostgreSQL transaction: the commit goes through, trigger writes included,
+    and what the trigger changed must be invalidated."""
+    env.warm(tag_names)
+    with env.Session() as s:
+        s.execute(text(f"UPDATE {A} SET email = 'cs@x' WHERE id = 1"))
+        with pytest.raises(Exception, match="refused"):
+            s.connection().execute(select(bindparam("v", "bad", type_=Refuses())))
+        s.commit()
+    assert env.truth(tag_names) == ["red!", "blue"]
+    assert env.fresh_read(tag_names) == ["red!", "blue"]
+
+
+@PG
+def test_cached_computation_after_a_client_side_error_reads_uncommitted_trigger_rows(
+    env: Env, bang: None
+) -> None:
+    """After a trigger write and a statement refused client-side (the transaction goes on),
+    an ``@cached`` computation reading the trigger's table sees uncommitted rows: it must not
+    be stored for others."""
+    from yokedcache_sa import cached
+
+    calls: list[int] = []
+
+    @cached(cache=env.cache)
+    def tags_now(s: Session) -> list[str]:
+        calls.append(1)
+        return list(s.connection().scalars(select(Tag.name).order_by(Tag.id)))
+
+    with env.Session() as s:
+        s.execute(text(f"UPDATE {A} SET email = 'cs2@x' WHERE id = 1"))
+        with pytest.raises(Exception, match="refused"):
+            s.connection().execute(select(bindparam("v", "bad", type_=Refuses())))
+        assert tags_now(s) == ["red!", "blue"]
+        s.rollback()
+    with env.Session() as s:
+        assert tags_now(s) == ["red", "blue"] == env.truth(tag_names)
+    assert len(calls) == 2, "a result of uncommitted trigger writes was stored"
+
+
+@PG
+def test_trigger_write_after_a_parameter_the_driver_cannot_adapt(env: Env, bang: None) -> None:
+    """psycopg refuses a parameter it cannot adapt before sending anything: the transaction
+    goes on, and a trigger write after that commits with it."""
+    env.warm(tag_names)
+    with env.Session() as s:
+        with pytest.raises(Exception, match="adapt"):
+            s.connection().execute(text("SELECT :v"), {"v": object()})
+        s.execute(text(f"UPDATE {A} SET email = 'ad@x' WHERE id = 1"))
+        s.commit()
+    assert env.truth(tag_names) == ["red!", "blue"]
+    assert env.fresh_read(tag_names) == ["red!", "blue"]
+
+
+@PG
+def test_a_failed_statement_still_stops_serving_until_rollback(env: Env, bang: None) -> None:
+    """A statement PostgreSQL refused aborts the transaction: reads then raise as in a plain
+    session, not served from the cache."""
+    from sqlalchemy.exc import DBAPIError
+
+    env.warm(tag_names)
+    for factory in (env.Plain, env.Session):
+        with factory() as s:
+            with pytest.raises(DBAPIError):
+                s.connection().execute(text("SELECT 1/0"))
+            with pytest.raises(DBAPIError, match="aborted"):
+                tag_names(s)
+            s.rollback()
+            assert tag_names(s) == ["red", "blue"]
