@@ -130,3 +130,22 @@ def test_a_failed_statement_still_stops_serving_until_rollback(env: Env, bang: N
                 tag_names(s)
             s.rollback()
             assert tag_names(s) == ["red", "blue"]
+
+
+@pytest.fixture
+def truncating(env: Env) -> Iterator[None]:
+    """addresses UPDATE -> TRUNCATE tags (a statement-level trigger)."""
+    yield from _trigger(env, f"TRUNCATE {T} CASCADE", each="STATEMENT")
+
+
+@PG
+def test_trigger_that_truncates_a_table(env: Env, truncating: None) -> None:
+    """TRUNCATE zeroes a table's transaction counters: inside a trigger the SQL text does
+    not name it, so its counters are all that tell."""
+    env.warm(tag_names)
+    with env.Session() as s:
+        s.execute(text(f"UPDATE {A} SET email = 'tr@x' WHERE id = 1"))
+        assert env.queried(lambda: tag_names(s)) == []
+        s.commit()
+    assert env.truth(tag_names) == []
+    assert env.fresh_read(tag_names) == []

@@ -15,14 +15,20 @@ log = logging.getLogger("yokedcache_sa")
 
 
 _PG_COUNTS = (
-    "SELECT n.nspname, c.relname, n.nspname = current_schema(), s.n "
+    "SELECT n.nspname, c.relname, n.nspname = current_schema(), "
+    "CASE WHEN pg_catalog.age(c.xmin) <= 0 THEN -1 ELSE s.n END "
     "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     "CROSS JOIN LATERAL (SELECT pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid) "
     "+ pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) "
     "+ pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid) AS n) s "
     "WHERE c.relkind IN ('r', 'm') AND n.nspname <> 'pg_catalog' "
-    "AND n.nspname <> 'information_schema' AND s.n > 0"
+    "AND n.nspname <> 'information_schema' AND (s.n > 0 OR pg_catalog.age(c.xmin) <= 0)"
 )
+# TRUNCATE (a trigger's, a function's: no SQL text names it) zeroes a table's counters of the
+# transaction; it rewrites the table's pg_class row, though, whose xmin is then this
+# transaction's (or one of its subtransactions'): newer than the transaction's stable xid,
+# so age() <= 0. Such a table counts -1, always changed (also a table another transaction
+# altered and committed meanwhile: invalidated needlessly, never missed)
 # PostgreSQL >= 15 reports a backend's not-yet-flushed counts of earlier transactions in
 # pg_stat_xact_*; forcing the flush when this transaction ends lets the next one on the
 # same connection skip its baseline query
@@ -65,7 +71,7 @@ def _pg_changed(st: SessionState, conn: Connection, flush: bool = False) -> set[
     base = st.pg_base.get(id(conn), {})
     tags: set[str] = set()
     for (schema, table, default), n in _pg_counts(conn, flush=flush).items():
-        if n != base.get((schema, table, default), 0):
+        if n < 0 or n != base.get((schema, table, default), 0):
             tags.add(table_tag(table, schema))
             if default:
                 tags.add(table_tag(table))
@@ -74,8 +80,8 @@ def _pg_changed(st: SessionState, conn: Connection, flush: bool = False) -> set[
 
 def _add_pg_modified(st: SessionState) -> None:
     """Add the tables PostgreSQL counted as modified by the open transaction: trigger and
-    function writes and FK actions the metadata does not show (TRUNCATE is not counted:
-    it is tracked from the SQL text)."""
+    function writes and FK actions the metadata does not show (a TRUNCATE by the SQL text
+    is tracked from it; one by a trigger or function rewrites the table's catalog row)."""
     if ALL_TAG in st.written:
         st.pg_base = {}
         return
