@@ -149,3 +149,50 @@ def test_trigger_that_truncates_a_table(env: Env, truncating: None) -> None:
         s.commit()
     assert env.truth(tag_names) == []
     assert env.fresh_read(tag_names) == []
+
+
+@pytest.fixture
+def tag_view(env: Env) -> Iterator[str]:
+    """An automatically updatable view of tags (no trigger, no rule of its own)."""
+    v = P + "rc_tagview"
+    with env.engine.begin() as c:
+        c.exec_driver_sql(f"CREATE VIEW {v} AS SELECT id, name FROM {T}")
+    try:
+        yield v
+    finally:
+        with env.engine.begin() as c:
+            c.exec_driver_sql(f"DROP VIEW {v}")
+
+
+@pytest.mark.parametrize("db", ["postgresql", "mariadb"], indirect=True)
+@pytest.mark.parametrize("how", ["session", "connection"])
+def test_write_through_an_updatable_view(env: Env, tag_view: str, how: str) -> None:
+    """UPDATE of an automatically updatable view writes its base table."""
+    env.warm(tag_names)
+    with env.Session() as s:
+        sql = text(f"UPDATE {tag_view} SET name = 'viewed' WHERE id = 1")
+        if how == "session":
+            s.execute(sql)
+        else:
+            s.connection().execute(sql)
+        assert env.queried(lambda: tag_names(s)) == ["viewed", "blue"]
+        s.commit()
+    assert env.truth(tag_names) == ["viewed", "blue"]
+    assert env.fresh_read(tag_names) == ["viewed", "blue"]
+
+
+@PG
+def test_write_through_a_view_whose_base_table_has_a_trigger(env: Env, bang: None) -> None:
+    v = P + "rc_addrview"
+    with env.engine.begin() as c:
+        c.exec_driver_sql(f"CREATE VIEW {v} AS SELECT id, email FROM {A}")
+    try:
+        env.warm(tag_names)
+        with env.Session() as s:
+            s.execute(text(f"UPDATE {v} SET email = 'v@x' WHERE id = 1"))
+            assert env.queried(lambda: tag_names(s)) == ["red!", "blue"]
+            s.commit()
+        assert env.fresh_read(tag_names) == env.truth(tag_names) == ["red!", "blue"]
+    finally:
+        with env.engine.begin() as c:
+            c.exec_driver_sql(f"DROP VIEW {v}")

@@ -152,6 +152,13 @@ def _before_cursor_execute(
             written = tracking.with_aliases(
                 written, conn.dialect.default_schema_name, _known_metadata.members()
             )
+            # a write to an updatable view writes the tables it reads (catalog: memoised)
+            viewed = catalog.read_tags(conn, written)
+            if viewed is None:
+                _warn_unknown("it writes a view whose tables cannot be known", statement)
+                written = frozenset({ALL_TAG})
+            else:
+                written = viewed
         autocommit = _autocommits(conn)
         if pg and not autocommit and ALL_TAG not in written:
             _pg_note_write(st, conn, written)
