@@ -202,21 +202,13 @@ def test_write_through_a_view_whose_base_table_has_a_trigger(env: Env, bang: Non
             c.exec_driver_sql(f"DROP VIEW {v}")
 
 
-_EARLY_BUMP = pytest.mark.xfail(
-    strict=True,
-    reason="session.commit() in a joined external transaction bumps the written tags and "
-    "ends the session's marks before the connection's owner sends COMMIT: a read in between "
-    "stores the old rows, which are served after that COMMIT (nothing bumps again then)",
-)
-
-
 @pytest.mark.parametrize(
     "mode",
     [
         "control_fully",  # session.commit() commits the connection's transaction
-        pytest.param("conditional_savepoint", marks=_EARLY_BUMP),
-        pytest.param("create_savepoint", marks=_EARLY_BUMP),
-        pytest.param("rollback_only", marks=_EARLY_BUMP),
+        "conditional_savepoint",
+        "create_savepoint",
+        "rollback_only",
     ],
 )
 @PG
@@ -226,7 +218,8 @@ def test_session_joined_to_an_external_transaction_committed_later(
 ) -> None:
     """The "join a session into an external transaction" recipe: session.commit() does not
     commit the connection's transaction; its owner commits it later. What another session
-    caches in between is of the old rows, and must not outlive that COMMIT."""
+    caches in between is of the old rows, and must not outlive that COMMIT: the session's
+    marks stay held until the connection's transaction ends."""
     from sqlalchemy import update
 
     from yokedcache_sa.orm import CachingSession, watch_engine
@@ -245,7 +238,40 @@ def test_session_joined_to_an_external_transaction_committed_later(
             read(other)  # may store the old rows: they are still the committed ones
         if trans.is_active:
             trans.commit()
-    after = env.truth(read)
-    assert after != before
-    with env.Session() as s2:
-        assert read(s2) == after
+        after = env.truth(read)
+        assert after != before
+        with env.Session() as s2:
+            assert read(s2) == after
+        conn.execute(text("SELECT 1"))  # the connection's next transaction: marks released
+    with env.Session() as s3:
+        assert read(s3) == after  # stored again once the marks are released
+    assert env.hit(read) == after
+
+
+@PG
+def test_second_session_joined_to_the_same_external_transaction_stores_nothing(
+    env: Env, bang: None
+) -> None:
+    """A first joined session commits (the connection's transaction goes on); a second one
+    joined to it reads the trigger's uncommitted rows: they must not be stored, since the
+    owner rolls the transaction back."""
+    from sqlalchemy import update
+
+    from yokedcache_sa.orm import CachingSession, watch_engine
+
+    watch_engine(env.engine)
+    before = env.warm(tag_names)
+    with env.engine.connect() as conn:
+        trans = conn.begin()
+        s = CachingSession(bind=conn, cache=env.cache, join_transaction_mode="create_savepoint")
+        s.execute(update(Address).where(Address.id == 1).values(email="ext2@x"))
+        s.commit()
+        s.close()
+        s2 = CachingSession(bind=conn, cache=env.cache, join_transaction_mode="create_savepoint")
+        assert env.queried(lambda: tag_names(s2)) == ["red!", "blue"]
+        s2.close()
+        trans.rollback()
+    assert env.truth(tag_names) == before
+    with env.Session() as s3:
+        assert tag_names(s3) == before
+    assert env.hit(tag_names) == before

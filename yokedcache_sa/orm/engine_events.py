@@ -19,7 +19,7 @@ from .bindstate import TAINT_KEY, connection_taint, state_change
 from .collect import Collector, _begin_counter, _collector
 from .pgwrites import _PG_CLEAN, RECHECK_KEY, _pg_note_write, settle
 from .shapes import _MAX_SHAPES, _function_kinds, _shapes_lock
-from .state import _STATEMENT_LEVEL, SessionState, _known_metadata
+from .state import _STATEMENT_LEVEL, SessionState, _known_metadata, end_held
 
 log = logging.getLogger("yokedcache_sa")
 
@@ -251,6 +251,7 @@ _TXN_KEYS: Final = ("_yc_dirty", "_yc_ran", "_yc_failed", RECHECK_KEY, _SNAPSHOT
 
 
 def _on_begin(conn: Connection) -> None:
+    end_held(conn)  # the transaction a session's commit left open has ended
     cd = conn.__dict__
     cd["_yc_begun_at"] = next(_begin_counter)
     for key in _TXN_KEYS:
@@ -301,6 +302,7 @@ def _on_commit(conn: Connection) -> None:
 
 
 def _on_rollback(conn: Connection) -> None:
+    end_held(conn)
     catalog.settle(conn)
     cd = conn.__dict__
     cd.pop("_yc_tainted", None)

@@ -15,7 +15,7 @@ from ._greenlet import call_twin
 from .bindstate import connection_taint, connection_variant
 from .isolation import _isolation_of, _snapshot_isolated, learn
 from .pgwrites import RECHECK_KEY, _add_pg_modified, settle
-from .state import SessionState, state_of
+from .state import SessionState, hold_open, state_of
 from .watch import watch_engine
 
 log = logging.getLogger("yokedcache_sa")
@@ -109,6 +109,7 @@ def _after_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a SAVEPOINT was released: the outer transaction has not committed yet
     st.committed = True
+    hold_open(st)  # a joined external transaction: COMMIT comes later
     st.finish(committed=True)
 
 
