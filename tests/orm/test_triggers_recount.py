@@ -275,3 +275,34 @@ def test_second_session_joined_to_the_same_external_transaction_stores_nothing(
     with env.Session() as s3:
         assert tag_names(s3) == before
     assert env.hit(tag_names) == before
+
+
+@PG
+def test_asyncpg_trigger_write_after_a_parameter_the_driver_refuses(env: Env, bang: None) -> None:
+    """asyncpg encodes parameters client-side: a refused one leaves the transaction going
+    on, and a trigger write after it commits with it."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from yokedcache_sa.orm import CachingSession
+
+    env.warm(tag_names)
+    url = env.engine.url.set(drivername="postgresql+asyncpg")
+
+    async def main() -> None:
+        engine = create_async_engine(url)
+        try:
+            S = async_sessionmaker(engine, sync_session_class=CachingSession, cache=env.cache)
+            async with S() as s:
+                conn = await s.connection()
+                with pytest.raises(Exception, match="invalid input"):
+                    await conn.execute(text("SELECT CAST(:v AS integer)"), {"v": "x"})
+                await s.execute(text(f"UPDATE {A} SET email = 'apg@x' WHERE id = 1"))
+                await s.commit()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    assert env.truth(tag_names) == ["red!", "blue"]
+    assert env.fresh_read(tag_names) == ["red!", "blue"]

@@ -17,7 +17,7 @@ from ..tags import ALL_TAG
 from . import _compat, catalog, routines, sqltext, tracking
 from .bindstate import TAINT_KEY, connection_taint, state_change
 from .collect import Collector, _begin_counter, _collector
-from .pgwrites import _PG_CLEAN, RECHECK_KEY, _pg_note_write, settle
+from .pgwrites import _PG_CLEAN, RECHECK_KEY, _pg_note_write, pq_aborted, settle
 from .shapes import _MAX_SHAPES, _function_kinds, _shapes_lock
 from .state import _STATEMENT_LEVEL, SessionState, _known_metadata, end_held
 
@@ -327,10 +327,6 @@ def _on_error(context: Any) -> None:
             by[1].snapshot_untaken(by[2])
 
 
-_PQ_INERROR: Final = 3
-"""libpq's PQTRANS_INERROR: the transaction is aborted (psycopg and psycopg2 report it)."""
-
-
 def _may_abort(conn: Connection, context: Any) -> bool:
     """Whether a failed statement may have left the database transaction aborted: not when
     it failed before it was sent (building it: a bind processor raised), nor, on PostgreSQL
@@ -341,11 +337,7 @@ def _may_abort(conn: Connection, context: Any) -> bool:
         return False  # never sent (a failed COMMIT or ROLLBACK has no statement)
     if conn.dialect.name != "postgresql" or context.is_disconnect:
         return True
-    try:
-        status = conn.connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr]
-    except Exception:  # asyncpg, a closed connection: assume the worst
-        return True
-    return int(status) == _PQ_INERROR
+    return pq_aborted(conn) is not False
 
 
 def _on_rollback_savepoint(conn: Connection, name: str, context: Any) -> None:

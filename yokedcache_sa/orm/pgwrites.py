@@ -90,7 +90,7 @@ def _add_pg_modified(st: SessionState) -> None:
         if conn is None or id(conn) not in st.pg_base or conn.closed:
             continue
         conn.__dict__.pop(RECHECK_KEY, None)  # counted here, whatever it waited for
-        if "_yc_failed" in conn.__dict__:
+        if "_yc_failed" in conn.__dict__ and not _count_failed(st, conn):
             continue  # aborted: PostgreSQL turns the COMMIT into a ROLLBACK, nothing to count
         if not conn.in_transaction():
             continue
@@ -113,6 +113,34 @@ RECHECK_KEY = "_yc_pg_recheck"
 cascades has run on it, and whose counters are not counted yet (:func:`settle`)."""
 
 
+_PQ_INERROR = 3
+"""libpq's PQTRANS_INERROR: the transaction is aborted (psycopg and psycopg2 report it)."""
+
+
+def pq_aborted(conn: Connection) -> bool | None:
+    """Whether *conn*'s PostgreSQL transaction is aborted, as the driver knows without a
+    round trip (psycopg, psycopg2); None when it cannot tell (asyncpg)."""
+    try:
+        status = conn.connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr]
+    except Exception:
+        return None
+    return int(status) == _PQ_INERROR
+
+
+def _count_failed(st: SessionState, conn: Connection) -> bool:
+    """After a failed statement on a driver that cannot tell whether it aborted the
+    transaction (asyncpg refuses some parameters client-side): count, and say whether the
+    transaction answered (then it is not aborted)."""
+    if pq_aborted(conn) is not None:
+        return False  # the driver knows: aborted (else the failure would not be marked)
+    try:
+        _note_counted(st, conn)
+    except Exception:
+        return False  # aborted: a COMMIT rolls back, a ROLLBACK TO SAVEPOINT comes first
+    conn.__dict__.pop("_yc_failed", None)
+    return True
+
+
 def settle(conn: Connection) -> None:
     """Count what a write to a table with triggers or cascades changed, if one ran on *conn*
     since: called before anything reads the transaction's writes (the next statement on
@@ -120,7 +148,10 @@ def settle(conn: Connection) -> None:
     transaction aborted (the write's count waits for ROLLBACK TO SAVEPOINT)."""
     d = conn.__dict__
     if "_yc_failed" in d:
+        st = d.get(RECHECK_KEY)
+        if st is not None and _count_failed(st, conn):
+            del d[RECHECK_KEY]
         return
-    st: SessionState | None = d.pop(RECHECK_KEY, None)
+    st = d.pop(RECHECK_KEY, None)
     if st is not None:
         _note_counted(st, conn)
