@@ -306,3 +306,136 @@ def test_asyncpg_trigger_write_after_a_parameter_the_driver_refuses(env: Env, ba
     asyncio.run(main())
     assert env.truth(tag_names) == ["red!", "blue"]
     assert env.fresh_read(tag_names) == ["red!", "blue"]
+
+
+@pytest.fixture
+def other_schema(env: Env) -> Iterator[Any]:
+    """addresses UPDATE -> INSERT into a table of another schema (mapped with schema=)."""
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    schema = P + "rc_s2"
+    with env.engine.begin() as c:
+        c.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        c.exec_driver_sql(f"CREATE TABLE {schema}.audit (id serial PRIMARY KEY, n int)")
+    audit = Table(
+        "audit",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("n", Integer),
+        schema=schema,
+    )
+    gen = _trigger(env, f"INSERT INTO {schema}.audit (n) VALUES (NEW.id)")
+    next(gen)
+    try:
+        yield audit
+    finally:
+        next(gen, None)
+        with env.engine.begin() as c:
+            c.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+@PG
+def test_trigger_writes_a_table_of_another_schema(env: Env, other_schema: Any) -> None:
+    def audit_ns(s: Session) -> Any:
+        return s.scalars(select(other_schema.c.n).order_by(other_schema.c.id)).all()
+
+    env.warm(audit_ns)
+    with env.Session() as s:
+        s.execute(text(f"UPDATE {A} SET email = 'sch@x' WHERE id = 1"))
+        assert env.queried(lambda: audit_ns(s)) == [1]
+        s.commit()
+    assert env.fresh_read(audit_ns) == env.truth(audit_ns) == [1]
+
+
+def tag_query(s: Session) -> Any:
+    return [n for (n,) in s.query(Tag.name).order_by(Tag.id).all()]
+
+
+def tag_get(s: Session) -> Any:
+    t = s.get(Tag, 1)
+    return t.name if t is not None else None
+
+
+@PG
+@pytest.mark.parametrize("read", [tag_names, tag_query, tag_get], ids=["select", "query", "get"])
+@pytest.mark.parametrize("how", ["text", "orm", "core", "connection"])
+def test_trigger_write_then_read_by_every_api(env: Env, bang: None, read: Any, how: str) -> None:
+    """Every read spelling after a trigger write, in the transaction and after it."""
+    from sqlalchemy import update
+
+    was = env.warm(read)
+    with env.Session() as s:
+        if how == "text":
+            s.execute(text(f"UPDATE {A} SET email = 'api@x' WHERE id = 1"))
+        elif how == "orm":
+            s.get_one(Address, 1).email = "api@x"
+        elif how == "core":
+            s.execute(update(Address).where(Address.id == 1).values(email="api@x"))
+        else:
+            s.connection().execute(text(f"UPDATE {A} SET email = 'api@x' WHERE id = 1"))
+        inside = env.queried(lambda: read(s))
+        assert inside != was
+        s.commit()
+    assert env.fresh_read(read) == env.truth(read) == inside
+
+
+@PG
+def test_trigger_write_in_a_released_savepoint(env: Env, bang: None) -> None:
+    env.warm(tag_names)
+    with env.Session() as s:
+        with s.begin_nested():
+            s.execute(text(f"UPDATE {A} SET email = 'rel@x' WHERE id = 1"))
+        assert env.queried(lambda: tag_names(s)) == ["red!", "blue"]
+        s.commit()
+    assert env.fresh_read(tag_names) == env.truth(tag_names) == ["red!", "blue"]
+
+
+@PG
+def test_trigger_write_then_integrity_error_then_rollback(env: Env, bang: None) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    was = env.warm(tag_names)
+    with env.Session() as s:
+        s.get_one(Address, 1).email = "ie@x"
+        s.flush()
+        s.add(Tag(id=1, name="dup"))
+        with pytest.raises(IntegrityError):
+            s.flush()
+        s.rollback()
+        assert tag_names(s) == was == env.truth(tag_names)
+    assert env.hit(tag_names) == was
+
+
+@PG
+def test_trigger_write_with_expire_on_commit_off_and_two_sessions(env: Env, bang: None) -> None:
+    """A second session on the engine reads while the first has an uncommitted trigger
+    write, and again after its commit."""
+    was = env.warm(tag_names)
+    S = env.factory()
+    with S(expire_on_commit=False) as a, S() as b:
+        a.execute(text(f"UPDATE {A} SET email = 'two@x' WHERE id = 1"))
+        assert env.queried(lambda: tag_names(a)) == ["red!", "blue"]
+        assert tag_names(b) == was
+        b.rollback()
+        a.commit()
+        assert env.queried(lambda: tag_names(b)) == ["red!", "blue"] == env.truth(tag_names)
+
+
+@PG
+def test_function_that_writes_called_in_a_select(env: Env) -> None:
+    fn = P + "rc_writer"
+    with env.engine.begin() as c:
+        c.exec_driver_sql(
+            f"CREATE FUNCTION {fn}() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+            f"UPDATE {T} SET name = name || '?' WHERE id = 2; RETURN 1; END $$"
+        )
+    try:
+        env.warm(tag_names)
+        with env.Session() as s:
+            assert s.scalar(select(getattr(__import__("sqlalchemy").func, fn)())) == 1
+            assert env.queried(lambda: tag_names(s)) == ["red", "blue?"]
+            s.commit()
+        assert env.fresh_read(tag_names) == env.truth(tag_names) == ["red", "blue?"]
+    finally:
+        with env.engine.begin() as c:
+            c.exec_driver_sql(f"DROP FUNCTION {fn}()")
