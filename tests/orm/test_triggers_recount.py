@@ -439,3 +439,70 @@ def test_function_that_writes_called_in_a_select(env: Env) -> None:
     finally:
         with env.engine.begin() as c:
             c.exec_driver_sql(f"DROP FUNCTION {fn}()")
+
+
+@pytest.fixture
+def late_trigger(env: Env) -> Iterator[Any]:
+    """A trigger (addresses -> tags) created by another connection of the engine, in a
+    transaction committed while a caching session's write waits for its lock: the write
+    looked the table up before the trigger was visible. Yields the write's thread result."""
+    import threading
+    import time
+
+    fn, trg = P + "rc_late_fn", P + "rc_late_trg"
+    env.warm(tag_names)
+    ddl = env.engine.connect()
+    errors: list[BaseException] = []
+    try:
+        ddl.exec_driver_sql(
+            f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"UPDATE {T} SET name = name || '+' WHERE id = 1; RETURN NULL; END $$"
+        )
+        ddl.exec_driver_sql(
+            f"CREATE TRIGGER {trg} AFTER UPDATE ON {A} FOR EACH ROW EXECUTE FUNCTION {fn}()"
+        )
+
+        def write() -> None:
+            try:
+                with env.Session() as s:
+                    s.execute(text(f"UPDATE {A} SET email = 'late@x' WHERE id = 1"))
+                    s.commit()
+            except BaseException as exc:  # pragma: no cover - reported by the tests
+                errors.append(exc)
+
+        t = threading.Thread(target=write)
+        t.start()
+        time.sleep(0.5)  # the write has looked the table up and waits for the DDL's lock
+        ddl.commit()
+        t.join(30)
+        assert not errors
+        assert env.truth(tag_names) == ["red+", "blue"]
+        yield errors
+    finally:
+        ddl.rollback()
+        with env.engine.begin() as c:
+            c.exec_driver_sql(f"DROP TRIGGER IF EXISTS {trg} ON {A}")
+            c.exec_driver_sql(f"DROP FUNCTION IF EXISTS {fn}()")
+        ddl.close()
+
+
+@PG
+def test_write_waiting_for_a_trigger_being_created(env: Env, late_trigger: Any) -> None:
+    """The write looked its table up (no trigger) before the DDL's COMMIT made the trigger
+    visible, then ran with it: what the trigger wrote was never counted, so its commit
+    invalidates everything."""
+    assert env.fresh_read(tag_names) == ["red+", "blue"]
+
+
+@PG
+def test_write_after_a_trigger_created_in_a_transaction_of_the_engine(
+    env: Env, late_trigger: Any
+) -> None:
+    """The lookup made while the trigger's DDL was uncommitted must not outlive it: the
+    next write to the table counts what the trigger changes."""
+    env.cache.invalidate_tables_sync([T])  # the write above is another test's business
+    env.warm(tag_names)
+    with env.Session() as s:
+        s.execute(text(f"UPDATE {A} SET email = 'later@x' WHERE id = 1"))
+        s.commit()
+    assert env.fresh_read(tag_names) == env.truth(tag_names) == ["red++", "blue"]

@@ -59,6 +59,8 @@ def _pg_note_write(st: SessionState, conn: Connection, written: Iterable[str]) -
         # the SQL names every table this statement changes: nothing to count (and no cost
         # on the commit path), but the connection's counters are no longer flushed
         conn.connection.info.pop(_PG_CLEAN, None)
+        if id(conn) not in st.pg_looked:
+            st.pg_looked[id(conn)] = routines.side_generation(conn.engine)
         return
     if id(conn) not in st.pg_base:
         clean = conn.connection.info.pop(_PG_CLEAN, False)
@@ -155,3 +157,26 @@ def settle(conn: Connection) -> None:
     st = d.pop(RECHECK_KEY, None)
     if st is not None:
         _note_counted(st, conn)
+
+
+def recheck_looked(st: SessionState) -> None:
+    """Before COMMIT: if the engine ran DDL since a write of this transaction was looked up
+    as changing only the tables it names (a trigger created in a transaction that committed
+    while the write waited for its lock), ask again; a table with triggers now may have
+    fired them uncounted, so everything is invalidated."""
+    looked, st.pg_looked = st.pg_looked, {}
+    if ALL_TAG in st.written:
+        return
+    for ref in st.conns:
+        conn = ref()
+        if conn is None or id(conn) not in looked or conn.closed or "_yc_failed" in conn.__dict__:
+            continue
+        if routines.side_generation(conn.engine) is looked[id(conn)]:
+            continue
+        if routines.pg_side_effects(conn.engine, conn.connection.dbapi_connection, st.written):
+            log.warning(
+                "yokedcache: a table this transaction wrote got triggers or cascades while "
+                "it ran; invalidating the whole cache at commit"
+            )
+            st.note_written(frozenset({ALL_TAG}))
+            return

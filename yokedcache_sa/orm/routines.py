@@ -279,6 +279,12 @@ def pg_side_effects(engine: Any, dbapi_conn: Any, tags: Iterable[str]) -> bool:
     return bool(hit)
 
 
+def side_generation(engine: Any) -> object | None:
+    """What :func:`pg_side_effects` knows of *engine*: another object once it was forgotten
+    (DDL), None before the first lookup."""
+    return _side_cache.get(engine)
+
+
 def forget_catalog(engine: Any) -> None:
     """Drop what is cached about *engine*'s functions and triggers (after DDL)."""
     if engine is None:

@@ -94,6 +94,9 @@ class SessionState:
         # PostgreSQL: per connection, the modification counters before this transaction's
         # first write; before COMMIT, tables whose counters moved are added to the writes
         self.pg_base: dict[int, dict[tuple[str, str, bool], int]] = {}
+        # PostgreSQL: per connection, what was known of triggers when a write of this
+        # transaction was looked up as without any (see pgwrites.recheck_looked)
+        self.pg_looked: dict[int, object] = {}
         self.conns: list[weakref.ref[Connection]] = []
         self.variants: dict[Engine, str] = {}  # connection-level schema_translate_map
         # the open SAVEPOINTs' session transactions and what was written before each began

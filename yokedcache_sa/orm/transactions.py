@@ -14,7 +14,7 @@ from . import _compat
 from ._greenlet import call_twin
 from .bindstate import connection_taint, connection_variant
 from .isolation import _isolation_of, _snapshot_isolated, learn
-from .pgwrites import RECHECK_KEY, _add_pg_modified, settle
+from .pgwrites import RECHECK_KEY, _add_pg_modified, recheck_looked, settle
 from .state import SessionState, hold_open, state_of
 from .watch import watch_engine
 
@@ -96,6 +96,8 @@ def _after_flush_postexec(session: Session, flush_context: Any) -> None:
 def _mark_before_commit(st: SessionState) -> None:
     if st.pg_base:
         _add_pg_modified(st)
+    if st.pg_looked:
+        recheck_looked(st)
     st.mark_pending()
 
 
