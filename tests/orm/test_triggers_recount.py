@@ -506,3 +506,38 @@ def test_write_after_a_trigger_created_in_a_transaction_of_the_engine(
         s.execute(text(f"UPDATE {A} SET email = 'later@x' WHERE id = 1"))
         s.commit()
     assert env.fresh_read(tag_names) == env.truth(tag_names) == ["red++", "blue"]
+
+
+@PG
+def test_explain_with_a_pending_change_to_a_trigger_table_runs_no_sql(env: Env, bang: None) -> None:
+    """explain() must not autoflush a pending change (nor count what its trigger would do)."""
+    from yokedcache_sa import explain
+
+    env.warm(tag_names)
+    with env.Session() as s:
+        s.get_one(Address, 1).email = "pending@x"
+        env.cached(lambda: explain(select(Tag.name).order_by(Tag.id), session=s))
+        assert env.queried(lambda: tag_names(s)) == ["red!", "blue"]
+        s.rollback()
+
+
+@pytest.fixture
+def on_insert(env: Env) -> Iterator[None]:
+    """addresses INSERT -> tags UPDATE (a statement-level trigger)."""
+    yield from _trigger(
+        env,
+        f"UPDATE {T} SET name = name || '#' WHERE id = 2",
+        when="AFTER INSERT",
+        each="STATEMENT",
+    )
+
+
+@PG
+def test_orm_insert_of_many_rows_fires_a_statement_trigger(env: Env, on_insert: None) -> None:
+    was = env.warm(tag_names)
+    with env.Session() as s:
+        s.add_all([Address(id=100 + i, user_id=1, email=f"m{i}@x") for i in range(5)])
+        inside = env.queried(lambda: tag_names(s))
+        assert inside != was and inside[1].startswith("blue#")
+        s.commit()
+    assert env.fresh_read(tag_names) == env.truth(tag_names) == inside
