@@ -541,3 +541,40 @@ def test_orm_insert_of_many_rows_fires_a_statement_trigger(env: Env, on_insert: 
         assert inside != was and inside[1].startswith("blue#")
         s.commit()
     assert env.fresh_read(tag_names) == env.truth(tag_names) == inside
+
+
+@pytest.fixture
+def partitioned(env: Env) -> Iterator[Any]:
+    """addresses UPDATE -> INSERT into a partitioned table (its rows live in a partition)."""
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    name = P + "rc_parts"
+    with env.engine.begin() as c:
+        c.exec_driver_sql(f"CREATE TABLE {name} (id int, n int) PARTITION BY RANGE (id)")
+        c.exec_driver_sql(
+            f"CREATE TABLE {name}_1 PARTITION OF {name} FOR VALUES FROM (0) TO (1000)"
+        )
+    parts = Table(name, MetaData(), Column("id", Integer, primary_key=True), Column("n", Integer))
+    gen = _trigger(env, f"INSERT INTO {name} VALUES (NEW.id, 7)")
+    next(gen)
+    try:
+        yield parts
+    finally:
+        next(gen, None)
+        with env.engine.begin() as c:
+            c.exec_driver_sql(f"DROP TABLE {name}")
+
+
+@PG
+def test_trigger_writes_a_partitioned_table(env: Env, partitioned: Any) -> None:
+    """The counters move on the partition; reads name the partitioned table."""
+
+    def part_ns(s: Session) -> Any:
+        return s.scalars(select(partitioned.c.n).order_by(partitioned.c.id)).all()
+
+    env.warm(part_ns)
+    with env.Session() as s:
+        s.execute(text(f"UPDATE {A} SET email = 'part@x' WHERE id = 1"))
+        assert env.queried(lambda: part_ns(s)) == [7]
+        s.commit()
+    assert env.fresh_read(part_ns) == env.truth(part_ns) == [7]

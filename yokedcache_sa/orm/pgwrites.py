@@ -37,11 +37,41 @@ _PG_COUNTS_FLUSH = _PG_COUNTS.replace(
 )
 _PG_CLEAN = "_yc_pg_clean"
 
+_PARTS = (
+    "WITH t AS ({counts}) SELECT nspname, relname, d, n FROM t UNION ALL "
+    "SELECT an.nspname, a.relname, an.nspname = current_schema(), "
+    "CASE WHEN bool_or(t.n < 0) THEN -1 ELSE sum(t.n)::bigint END "
+    "FROM t CROSS JOIN LATERAL pg_catalog.pg_partition_ancestors(t.oid) pa "
+    "JOIN pg_catalog.pg_class a ON a.oid = pa.relid AND a.oid <> t.oid "
+    "JOIN pg_catalog.pg_namespace an ON an.oid = a.relnamespace "
+    "WHERE t.part GROUP BY an.nspname, a.relname"
+)
+# PostgreSQL >= 12: a partition's counts also count for every partitioned table above it
+# (reads name those; a trigger's INSERT into one lands in a partition)
+
+
+def _with_partitions(counts: str) -> str:
+    inner = counts.replace(
+        "SELECT n.nspname, c.relname, n.nspname = current_schema(), ",
+        "SELECT c.oid, c.relispartition AS part, n.nspname, c.relname, "
+        "n.nspname = current_schema() AS d, ",
+        1,
+    ).replace(" ELSE s.n END ", " ELSE s.n END AS n ", 1)
+    return _PARTS.format(counts=inner)
+
+
+_PG_COUNTS_PARTS = _with_partitions(_PG_COUNTS)
+_PG_COUNTS_PARTS_FLUSH = _with_partitions(_PG_COUNTS_FLUSH)
+
 
 def _pg_counts(conn: Connection, flush: bool = False) -> dict[tuple[str, str, bool], int]:
     cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    if (conn.dialect.server_version_info or (0,)) >= (12,):
+        sql = _PG_COUNTS_PARTS_FLUSH if flush else _PG_COUNTS_PARTS
+    else:
+        sql = _PG_COUNTS_FLUSH if flush else _PG_COUNTS
     try:
-        cur.execute(_PG_COUNTS_FLUSH if flush else _PG_COUNTS)
+        cur.execute(sql)
         rows = cur.fetchall()
     finally:
         cur.close()
