@@ -578,3 +578,32 @@ def test_trigger_writes_a_partitioned_table(env: Env, partitioned: Any) -> None:
         assert env.queried(lambda: part_ns(s)) == [7]
         s.commit()
     assert env.fresh_read(part_ns) == env.truth(part_ns) == [7]
+
+
+@PG
+@pytest.mark.parametrize("target", ["partition", "parent"])
+def test_write_to_a_partition_or_its_parent(env: Env, partitioned: Any, target: str) -> None:
+    """A write naming the partition changes what reads of the partitioned table return, and
+    one naming the partitioned table changes the partition's rows."""
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    part = Table(
+        partitioned.name + "_1",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("n", Integer),
+    )
+    with env.engine.begin() as c:
+        c.exec_driver_sql(f"INSERT INTO {partitioned.name} VALUES (5, 1)")
+    read_from = partitioned if target == "partition" else part
+
+    def ns(s: Session) -> Any:
+        return s.scalars(select(read_from.c.n).order_by(read_from.c.id)).all()
+
+    env.warm(ns)
+    written = part.name if target == "partition" else partitioned.name
+    with env.Session() as s:
+        s.execute(text(f"UPDATE {written} SET n = 2 WHERE id = 5"))
+        assert env.queried(lambda: ns(s)) == [2]
+        s.commit()
+    assert env.fresh_read(ns) == env.truth(ns) == [2]
