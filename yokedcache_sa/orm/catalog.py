@@ -84,9 +84,11 @@ def forget(conn: Any) -> None:
 
 
 def settle(conn: Any) -> None:
-    """*conn*'s transaction ended: forget the catalog if it ran DDL."""
+    """*conn*'s transaction ended: forget the catalog if it ran DDL (and what is known of
+    the engine's functions and triggers: a write looked up meanwhile saw none it created)."""
     if conn.__dict__.pop(_DDL_KEY, None):
         refresh_catalog(conn.engine)
+        routines.forget_catalog(conn.engine)
 
 
 def read_tags(conn: Any, tags: frozenset[str]) -> frozenset[str] | None:

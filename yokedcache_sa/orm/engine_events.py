@@ -17,9 +17,9 @@ from ..tags import ALL_TAG
 from . import _compat, catalog, routines, sqltext, tracking
 from .bindstate import TAINT_KEY, connection_taint, state_change
 from .collect import Collector, _begin_counter, _collector
-from .pgwrites import _PG_CLEAN, RECHECK_KEY, _pg_note_write, settle
+from .pgwrites import _PG_CLEAN, RECHECK_KEY, _pg_note_write, pq_aborted, settle
 from .shapes import _MAX_SHAPES, _function_kinds, _shapes_lock
-from .state import _STATEMENT_LEVEL, SessionState, _known_metadata
+from .state import _STATEMENT_LEVEL, SessionState, _known_metadata, end_held
 
 log = logging.getLogger("yokedcache_sa")
 
@@ -158,6 +158,13 @@ def _before_cursor_execute(
             written = tracking.with_aliases(
                 written, conn.dialect.default_schema_name, _known_metadata.members()
             )
+            # a write to an updatable view writes the tables it reads (catalog: memoised)
+            viewed = catalog.read_tags(conn, written)
+            if viewed is None:
+                _warn_unknown("it writes a view whose tables cannot be known", statement)
+                written = frozenset({ALL_TAG})
+            else:
+                written = viewed
         autocommit = _autocommits(conn)
         if pg and not autocommit and ALL_TAG not in written:
             _pg_note_write(st, conn, written)
@@ -271,6 +278,7 @@ _TXN_KEYS: Final = ("_yc_dirty", "_yc_ran", "_yc_failed", RECHECK_KEY, _SNAPSHOT
 
 
 def _on_begin(conn: Connection) -> None:
+    end_held(conn)  # the transaction a session's commit left open has ended
     cd = conn.__dict__
     cd["_yc_begun_at"] = next(_begin_counter)
     for key in _TXN_KEYS:
@@ -321,6 +329,7 @@ def _on_commit(conn: Connection) -> None:
 
 
 def _on_rollback(conn: Connection) -> None:
+    end_held(conn)
     catalog.settle(conn)
     cd = conn.__dict__
     cd.pop("_yc_tainted", None)
@@ -331,11 +340,13 @@ def _on_rollback(conn: Connection) -> None:
 def _on_error(context: Any) -> None:
     """A statement failed: the database may have aborted the transaction (PostgreSQL refuses
     every later statement until ROLLBACK), so nothing is served from the cache on this
-    connection until the transaction or the savepoint is rolled back."""
+    connection until the transaction or the savepoint is rolled back (unless it cannot have
+    aborted it: :func:`_may_abort`)."""
     conn = getattr(context, "connection", None)
     if conn is not None:
         cd = conn.__dict__
-        cd["_yc_failed"] = True
+        if _may_abort(conn, context):
+            cd["_yc_failed"] = True
         by = cd.get(_SNAPSHOT_BY)
         if by is not None and by[0] is getattr(context, "execution_context", None):
             # the statement reported as taking the snapshot did not run: maybe none exists
@@ -367,6 +378,19 @@ def _after_cursor_execute(
     if getattr(cursor, "rowcount", -1) == 0:
         del cd[_SNAPSHOT_BY]
         by[1].snapshot_untaken(by[2])
+
+
+def _may_abort(conn: Connection, context: Any) -> bool:
+    """Whether a failed statement may have left the database transaction aborted: not when
+    it failed before it was sent (building it: a bind processor raised), nor, on PostgreSQL
+    through a driver that reports libpq's transaction status, when that status is not
+    aborted (psycopg refusing a parameter it cannot adapt). Such a transaction goes on, and
+    its COMMIT commits what its triggers wrote, which must be counted then."""
+    if context.statement is not None and context.execution_context is None:
+        return False  # never sent (a failed COMMIT or ROLLBACK has no statement)
+    if conn.dialect.name != "postgresql" or context.is_disconnect:
+        return True
+    return pq_aborted(conn) is not False
 
 
 def _on_rollback_savepoint(conn: Connection, name: str, context: Any) -> None:

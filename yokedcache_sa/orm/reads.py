@@ -97,8 +97,6 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
         if "_yc_failed" in d:
             _bypass(st, "failed_transaction")
             return None  # a statement failed in this transaction: let the database answer
-        if RECHECK_KEY in d:
-            settle(conn)  # what a write's triggers changed: own writes, not served
     statement: Any = ox.statement
     # ORMExecuteState.user_defined_options, when the statement may have any (it builds lists)
     user_options = ox.user_defined_options if _compat.may_have_options(statement) else ()
@@ -120,6 +118,10 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
     # their tables bypass the cache for the rest of the transaction.
     # Only a session with changes: a miss runs the statement, which autoflushes again.
     _compat.autoflush_before_query(session, lo)
+    for ref in st.conns:  # after the autoflush, whose writes may have triggers too
+        conn = ref()
+        if conn is not None and RECHECK_KEY in conn.__dict__:
+            settle(conn)  # what a write's triggers changed: own writes, not served
     if ALL_TAG in st.written:
         _bypass(st, "own_writes")
         return None

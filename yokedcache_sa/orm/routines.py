@@ -254,6 +254,13 @@ _SIDE_EFFECTS = (
     "AND k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') "
     "OR k.confupdtype IN ('c', 'n', 'd'))))"
 )
+# PostgreSQL >= 10: a partition's rows are its partitioned table's, and the reverse (the
+# recount reports both: pgwrites)
+_SIDE_EFFECTS_PARTS = _SIDE_EFFECTS.replace(
+    "c.relname IN ({names}) AND (",
+    "c.relname IN ({names}) AND (c.relispartition OR c.relkind = 'p' OR ",
+    1,
+)
 
 
 def pg_side_effects(engine: Any, dbapi_conn: Any, tags: Iterable[str]) -> bool:
@@ -269,7 +276,9 @@ def pg_side_effects(engine: Any, dbapi_conn: Any, tags: Iterable[str]) -> bool:
         return False
     cur = dbapi_conn.cursor()
     try:
-        cur.execute(_SIDE_EFFECTS.format(names=", ".join(_quote(n) for n in todo)))
+        parts = (getattr(engine.dialect, "server_version_info", None) or (0,)) >= (10,)
+        sql = _SIDE_EFFECTS_PARTS if parts else _SIDE_EFFECTS
+        cur.execute(sql.format(names=", ".join(_quote(n) for n in todo)))
         hit = {row[0] for row in cur.fetchall()}
     finally:
         cur.close()
@@ -277,6 +286,12 @@ def pg_side_effects(engine: Any, dbapi_conn: Any, tags: Iterable[str]) -> bool:
         for n in todo:
             known[n] = n in hit
     return bool(hit)
+
+
+def side_generation(engine: Any) -> object | None:
+    """What :func:`pg_side_effects` knows of *engine*: another object once it was forgotten
+    (DDL), None before the first lookup."""
+    return _side_cache.get(engine)
 
 
 def forget_catalog(engine: Any) -> None:

@@ -14,8 +14,8 @@ from . import _compat
 from ._greenlet import call_twin
 from .bindstate import connection_taint, connection_variant
 from .isolation import _isolation_of, _snapshot_isolated, learn
-from .pgwrites import RECHECK_KEY, _add_pg_modified, settle
-from .state import SessionState, state_of
+from .pgwrites import RECHECK_KEY, _add_pg_modified, recheck_looked, settle
+from .state import SessionState, hold_open, state_of
 from .watch import watch_engine
 
 log = logging.getLogger("yokedcache_sa")
@@ -96,6 +96,8 @@ def _after_flush_postexec(session: Session, flush_context: Any) -> None:
 def _mark_before_commit(st: SessionState) -> None:
     if st.pg_base:
         _add_pg_modified(st)
+    if st.pg_looked:
+        recheck_looked(st)
     st.mark_pending()
 
 
@@ -109,6 +111,7 @@ def _after_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a SAVEPOINT was released: the outer transaction has not committed yet
     st.committed = True
+    hold_open(st)  # a joined external transaction: COMMIT comes later
     st.finish(committed=True)
 
 
