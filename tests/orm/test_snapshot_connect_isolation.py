@@ -25,10 +25,11 @@ from yokedcache_sa.orm import CachingSession
 _root = root_conftest()
 
 
-@pytest.fixture
-def rr_engine() -> Iterator[Engine]:
+def _repeatable_read_bank(**engine_kw: Any) -> Engine:
+    """A PostgreSQL engine whose ``connect`` listener makes every connection REPEATABLE
+    READ, with two accounts of 100."""
     _root.require_service("postgresql", _root.PG_URL, 5432)
-    engine = create_engine(_root.PG_URL)
+    engine = create_engine(_root.PG_URL, **engine_kw)
 
     @event.listens_for(engine, "connect")
     def _repeatable_read(dbapi_conn: Any, _record: Any) -> None:
@@ -41,6 +42,12 @@ def rr_engine() -> Iterator[Engine]:
     SBase.metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(Account.__table__.insert(), [{"id": i, "balance": 100} for i in (1, 2)])
+    return engine
+
+
+@pytest.fixture
+def rr_engine() -> Iterator[Engine]:
+    engine = _repeatable_read_bank()
     try:
         yield engine
     finally:
@@ -98,20 +105,7 @@ def test_a_connection_reset_after_an_isolation_option_is_asked_again(cache: Yoke
     """A connection the listener made REPEATABLE READ, then used with an ``isolation_level``
     option, comes back at the dialect's default (READ COMMITTED): what it reported first is
     no longer its level, and a READ COMMITTED reader must see the transfer."""
-    _root.require_service("postgresql", _root.PG_URL, 5432)
-    engine = create_engine(_root.PG_URL, pool_size=1, max_overflow=0)  # one DBAPI connection
-
-    @event.listens_for(engine, "connect")
-    def _repeatable_read(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        cur.close()
-        dbapi_conn.commit()
-
-    SBase.metadata.drop_all(engine)
-    SBase.metadata.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(Account.__table__.insert(), [{"id": i, "balance": 100} for i in (1, 2)])
+    engine = _repeatable_read_bank(pool_size=1, max_overflow=0)  # one DBAPI connection
     caching = sessionmaker(engine, class_=CachingSession, cache=cache)
     try:
         with caching() as s:  # the connection reports REPEATABLE READ

@@ -5,7 +5,6 @@ What each engine event does; :mod:`.watch` installs them per engine on first sig
 from __future__ import annotations
 
 import logging
-import re
 from collections import OrderedDict
 from typing import Any, Final
 
@@ -17,9 +16,10 @@ from ..tags import ALL_TAG
 from . import _compat, catalog, routines, sqltext, tracking
 from .bindstate import TAINT_KEY, connection_taint, state_change
 from .collect import Collector, _begin_counter, _collector
-from .pgwrites import _PG_CLEAN, RECHECK_KEY, _pg_note_write, pq_aborted, settle
+from .pgwrites import _PG_CLEAN, RECHECK_KEY, _pg_note_write, settle
 from .shapes import _MAX_SHAPES, _function_kinds, _shapes_lock
 from .state import _STATEMENT_LEVEL, SessionState, _known_metadata, end_held
+from .txnsql import TXN_CONTROL, ends_transaction, may_abort
 
 log = logging.getLogger("yokedcache_sa")
 
@@ -88,13 +88,13 @@ def _before_cursor_execute(
     executemany: bool,
 ) -> None:
     cd = conn.__dict__
-    if "_yc_ran" in cd and _ends_transaction(conn, statement, context):
+    if "_yc_ran" in cd and ends_transaction(conn, statement, context):
         st0: SessionState | None = cd.get("_yc_state")
         if st0 is not None:
             # the next statement begins another database transaction, with a snapshot of
             # its own: the session's horizon and snapshot facts are not of it
             st0.taint(conn, f"{statement.strip()[:60]!r} sent inside the transaction", force=True)
-    if (RECHECK_KEY in cd or "_yc_ran" not in cd) and not _TXN_CONTROL.match(statement):
+    if (RECHECK_KEY in cd or "_yc_ran" not in cd) and not TXN_CONTROL.match(statement):
         # not before SAVEPOINT / ROLLBACK TO (its rollback_savepoint event has cleared
         # _yc_failed, but the transaction is still aborted until it runs)
         if RECHECK_KEY in cd:
@@ -233,30 +233,6 @@ def _state_change_of(conn: Connection, statement: str, compiled: Any) -> Any:
     return state_change(statement, conn.dialect.name == "postgresql")
 
 
-_ENDS_TXN: Final = re.compile(
-    r"(?:^|;)\s*(?:COMMIT|END|BEGIN|START\s+TRANSACTION|ROLLBACK(?!\s+(?:WORK\s+|TRANSACTION\s+)?TO\b))\b",
-    re.IGNORECASE,
-)
-"""SQL that ends the open database transaction (sent as text, not by SQLAlchemy)."""
-_ENDS_TXN_MYSQL: Final = re.compile(
-    r"(?:^|;)\s*(?:(?:UN)?LOCK\s+TABLES?|FLUSH|(?:ANALYZE|OPTIMIZE|REPAIR|CHECK)\s+TABLE)\b",
-    re.IGNORECASE,
-)
-"""Statements that commit implicitly on MariaDB/MySQL (besides DDL, counted as writes)."""
-
-
-def _ends_transaction(conn: Connection, statement: str, context: Any) -> bool:
-    compiled = getattr(context, "compiled", None)
-    if compiled is not None and not isinstance(getattr(compiled, "statement", None), TextClause):
-        return False
-    if _ENDS_TXN.search(statement):
-        return True
-    return conn.dialect.name in _NO_ROWS_NO_VIEW and _ENDS_TXN_MYSQL.search(statement) is not None
-
-
-_TXN_CONTROL: Final = re.compile(r"\s*(BEGIN|SET|SAVEPOINT|RELEASE|ROLLBACK)\b", re.IGNORECASE)
-
-
 def _takes_snapshot(context: Any) -> bool:
     """Whether a statement that ran began the transaction's snapshot: a non-locking SELECT of
     a table does on every database (on InnoDB, nothing else does)."""
@@ -341,23 +317,17 @@ def _on_error(context: Any) -> None:
     """A statement failed: the database may have aborted the transaction (PostgreSQL refuses
     every later statement until ROLLBACK), so nothing is served from the cache on this
     connection until the transaction or the savepoint is rolled back (unless it cannot have
-    aborted it: :func:`_may_abort`)."""
+    aborted it: :func:`may_abort`)."""
     conn = getattr(context, "connection", None)
     if conn is not None:
         cd = conn.__dict__
-        if _may_abort(conn, context):
+        if may_abort(conn, context):
             cd["_yc_failed"] = True
         by = cd.get(_SNAPSHOT_BY)
         if by is not None and by[0] is getattr(context, "execution_context", None):
             # the statement reported as taking the snapshot did not run: maybe none exists
             del cd[_SNAPSHOT_BY]
             by[1].snapshot_untaken(by[2])
-
-
-_NO_ROWS_NO_VIEW: Final = frozenset({"mysql", "mariadb"})
-"""Dialects whose snapshot begins at the first read of rows (InnoDB): a SELECT the optimizer
-answers without reading any (an impossible WHERE such as an empty ``in_()``, ``LIMIT 0``)
-creates no read view."""
 
 
 def _after_cursor_execute(
@@ -380,19 +350,6 @@ def _after_cursor_execute(
         by[1].snapshot_untaken(by[2])
 
 
-def _may_abort(conn: Connection, context: Any) -> bool:
-    """Whether a failed statement may have left the database transaction aborted: not when
-    it failed before it was sent (building it: a bind processor raised), nor, on PostgreSQL
-    through a driver that reports libpq's transaction status, when that status is not
-    aborted (psycopg refusing a parameter it cannot adapt). Such a transaction goes on, and
-    its COMMIT commits what its triggers wrote, which must be counted then."""
-    if context.statement is not None and context.execution_context is None:
-        return False  # never sent (a failed COMMIT or ROLLBACK has no statement)
-    if conn.dialect.name != "postgresql" or context.is_disconnect:
-        return True
-    return pq_aborted(conn) is not False
-
-
 def _on_rollback_savepoint(conn: Connection, name: str, context: Any) -> None:
     conn.__dict__.pop("_yc_failed", None)
 
@@ -409,7 +366,7 @@ _ENGINE_EVENTS: Final = (
 )
 
 _INNODB_EVENTS: Final = (("after_cursor_execute", _after_cursor_execute),)
-"""Listeners only engines of :data:`_NO_ROWS_NO_VIEW` dialects get (one listener fewer on
+"""Listeners only engines of :data:`NO_ROWS_NO_VIEW` dialects get (one listener fewer on
 every statement elsewhere)."""
 
 

@@ -17,7 +17,8 @@ from sqlalchemy.engine import Engine
 
 from . import _compat
 from .bindstate import WATCHED_KEY
-from .engine_events import _ENGINE_EVENTS, _INNODB_EVENTS, _NO_ROWS_NO_VIEW
+from .engine_events import _ENGINE_EVENTS, _INNODB_EVENTS
+from .txnsql import NO_ROWS_NO_VIEW
 
 __all__ = ["forget_watched", "is_watched", "watch_engine"]
 
@@ -70,7 +71,7 @@ def watch_engine(bind: Any) -> None:
     root = _compat.root_engine(engine)
     with _install_lock:
         if root not in _watched:
-            innodb = _INNODB_EVENTS if root.dialect.name in _NO_ROWS_NO_VIEW else ()
+            innodb = _INNODB_EVENTS if root.dialect.name in NO_ROWS_NO_VIEW else ()
             for name, fn in (*_ENGINE_EVENTS, *innodb, ("connect", _on_connect)):
                 if not event.contains(root, name, fn):
                     event.listen(root, name, fn)
