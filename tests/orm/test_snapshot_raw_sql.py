@@ -134,3 +134,27 @@ def test_connection_options_after_a_hit(pg: Engine, cache: YokedCache) -> None:
     with caching() as s:
         got = steps(s)
         assert got == expected, f"plain Session read {expected}, CachingSession {got}"
+
+
+@pytest.mark.parametrize("sql", ["COMMIT", "COMMIT; BEGIN"])
+@pytest.mark.parametrize(
+    "bank", [c for c in CASES if c[0] in ("postgresql", "mariadb")], indirect=True, ids=_ID
+)
+def test_writes_committed_by_text_stay_written_when_the_session_rolls_back(
+    bank: Bank, sql: str
+) -> None:
+    """A ``COMMIT`` sent as text commits what the session wrote before it: a rollback of the
+    session afterwards undoes nothing of it, and other sessions must read the new rows."""
+    if sql != "COMMIT" and bank.engine.dialect.name != "postgresql":
+        pytest.skip("one statement per execute on pymysql")
+    bank.warm()
+    with bank.reader() as s:
+        s.execute(update(Account).where(Account.id == 1).values(balance=Account.balance - 30))
+        s.execute(text(sql))
+        s.rollback()
+    with sessionmaker(bank.engine)() as plain:
+        expected = [balance(plain, 1), balance(plain, 2)]
+    assert expected == [70, 100]
+    with bank.reader() as s:
+        got = [balance(s, 1), balance(s, 2)]
+    assert got == expected, f"plain Session read {expected}, CachingSession {got}"
