@@ -290,6 +290,39 @@ def test_lock_free_reads_never_see_a_half_written_update() -> None:
         record.close()
 
 
+def test_a_repeated_read_sees_every_kind_of_change_made_through_another_mapping() -> None:
+    # A read of the same slots at the same generation is answered from memory: every change
+    # (marks, bumps, releases, a new epoch) must move the generation, or readers of another
+    # mapping would keep serving what the change made stale.
+    from yokedcache_sa.backends.shared import SharedVersions
+
+    prefix = "t" + uuid.uuid4().hex[:12]
+    reader = attach(prefix)
+    other = SharedVersions(prefix)  # a second mapping of the file, as another process has
+    slots = (3, 17)
+    try:
+        time.sleep(0.02)  # the file's first write waits until it is 2 * RECHECK old
+        epoch, seq, top, mark = reader.read(slots)
+        assert reader.read(slots) == (epoch, seq, top, mark)
+        other.begin_write(slots, "w1", 30.0, bump=False)
+        marked = reader.read(slots)
+        assert marked[3] > time.time() + 20 and marked[:3] == (epoch, seq, top)
+        other.release(slots, "w1")
+        assert reader.read(slots)[3] < time.time()
+        other.begin_write(slots, "w2", 30.0, bump=False)
+        assert reader.read(slots)[3] > time.time()
+        new_seq = other.end_write(slots, "w2")
+        after = reader.read(slots)
+        assert after[1] == new_seq and after[2] == new_seq and after[3] < time.time()
+        assert reader.read((5,))[2] == 0  # another slot set: the version it has
+        other.new_epoch()
+        assert reader.read(slots)[0] != epoch
+        assert reader.read(()) == reader.read(())  # and repeated reads agree again
+    finally:
+        other._detach()
+        reader.close()
+
+
 def _die_inside_update(prefix: str) -> None:
     record = attach(prefix)
     with record._writing():

@@ -56,7 +56,7 @@ __all__ = ["SLOTS", "WINDOW", "SharedVersions", "attach", "shared_dir", "shared_
 RECHECK = 0.005
 """Seconds between two checks that the path still names the mapped file."""
 _SPINS = 64
-
+_SETTLED_MAX = 1024  # reads remembered per generation (distinct tag sets of the hits)
 
 _live: weakref.WeakSet[SharedVersions] = weakref.WeakSet()
 _attached: dict[str, SharedVersions] = {}
@@ -106,6 +106,9 @@ class SharedVersions:
         self._lock = threading.Lock()
         self._map = self._open()
         self._hot = (self._map.hdr, self._map.ver, self._map.mmax)
+        # (header, gen, {slots: read}): reads made at that gen; every change moves gen
+        self._settled: tuple[object, int, dict[Sequence[int], tuple[str, int, int, float]]]
+        self._settled = (None, -1, {})
         # (raw epoch, its text), one attribute so that threads never see a mixed pair
         self._epoch: tuple[int, str] = (0, "")
         # (watcher, watch id) of the mapped file in this process's inotify instance, if any
@@ -154,6 +157,7 @@ class SharedVersions:
         new = self._open()
         self._map = new
         self._hot = (new.hdr, new.ver, new.mmax)
+        self._settled = (None, -1, {})
         old.close()
         self._unwatch()  # the next check watches the new file and compares inodes again
 
@@ -207,6 +211,7 @@ class SharedVersions:
         old = self._map
         self._map = self._open()
         self._hot = (self._map.hdr, self._map.ver, self._map.mmax)
+        self._settled = (None, -1, {})
         old.close()
         self._watch = None  # the parent's instance, which the child no longer reads
         with self._lock:
@@ -226,6 +231,11 @@ class SharedVersions:
             self._recheck()
         hdr, ver, mmax = self._hot
         gen = hdr[2]
+        settled = self._settled
+        if settled[1] == gen and settled[0] is hdr:  # nothing written since: read before
+            known_read = settled[2].get(slots)
+            if known_read is not None:
+                return known_read
         epoch = hdr[3]
         seq = hdr[4]
         top = 0
@@ -246,7 +256,10 @@ class SharedVersions:
                 if self._hot[0] is not hdr:  # reopened: read the new file
                     return self.read(slots)
             return self._epoch_str(epoch), seq, top, mark
-        return known[1], seq, top, mark
+        if settled[1] != gen or settled[0] is not hdr or len(settled[2]) >= _SETTLED_MAX:
+            settled = self._settled = (hdr, gen, {})
+        settled[2][slots] = read = (known[1], seq, top, mark)
+        return read
 
     def _read_locked(self, slots: Sequence[int]) -> tuple[str, int, int, float]:
         with self._writing(bump_gen=False) as m:

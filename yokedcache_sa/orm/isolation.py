@@ -51,9 +51,10 @@ def _isolation_of(bind: Any) -> str:
         # SQLAlchemy read the dialect's default from the first connection before the
         # application's own ``connect`` listeners ran (one may SET the session's isolation):
         # what the DBAPI connection reports is the truth, asked once per DBAPI connection
-        info = bind.connection.info
+        pooled = bind.connection
+        info = pooled.info
         actual = info.get(_ACTUAL_KEY)
-        dbapi = bind.connection.dbapi_connection
+        dbapi = pooled.dbapi_connection
         if actual is None and dbapi is not None:
             try:
                 actual = bind.dialect.get_isolation_level(dbapi)
