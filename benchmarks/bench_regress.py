@@ -17,8 +17,14 @@ ratio per path (this tree's median / the base's); the median of those is reporte
 tree in its own process, with a fixed hash seed, counting only the measured loop (valgrind's
 ``--toggle-collect`` on the ``functools.reduce`` that runs it), so setup costs nothing.
 
+``--callgrind --cold`` also simulates the caches (a 1 MiB last level) and runs a plain
+PostgreSQL read, not counted, before each counted call, as the wall mode's calls often follow
+a round trip: it counts the cache lines a hit finds evicted. Instructions alone miss why a
+path with fewer of them is slower on the wall; the estimate weighs each event in cycles
+(instruction 1, first-level miss 10, last-level miss 150) and is the ratio reported.
+
     python benchmarks/bench_regress.py [--base 94c00e3] [--rounds 5] [--iterations 2000] [--json]
-    python benchmarks/bench_regress.py --callgrind [--iterations 100] [--json]
+    python benchmarks/bench_regress.py --callgrind [--cold] [--iterations 100] [--json]
 
 The base revision is checked out with ``git worktree`` into a temporary directory (removed
 afterwards); it must accept the 0.1 API (``CachingSession``, ``YokedCache(CacheConfig(...))``).
@@ -170,7 +176,14 @@ try:
     gc.freeze()
     if counting:
         f = fns[trees[0], paths[0]]
-        functools.reduce(lambda acc, _: f(), range(n), None)  # valgrind counts only this
+        if len(paths) > 1:  # --cold: a PostgreSQL read before each call, not counted
+            import operator
+            before = fns[trees[0], paths[1]]
+            for _ in range(n):
+                before()
+                operator.call(f)  # valgrind counts only inside this
+        else:
+            functools.reduce(lambda acc, _: f(), range(n), None)  # valgrind counts only this
         out = {}
     else:
         times = {k: [] for k in fns}
@@ -253,28 +266,57 @@ def _timed(renamed: Path, rounds: int, n: int, paths: list[str]) -> dict[str, An
     }
 
 
-def _counted(renamed: Path, n: int, paths: list[str]) -> dict[str, Any]:
+# --cold: the events of valgrind's cache simulation, and the cycles an event is taken to
+# cost (an instruction 1, a first-level miss 10, a last-level miss 150: DRAM on this host)
+_EVENTS = ("Ir", "Dr", "Dw", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
+_CYCLES = {"Ir": 1, "I1mr": 10, "D1mr": 10, "D1mw": 10, "ILmr": 150, "DLmr": 150, "DLmw": 150}
+
+
+def _counted(renamed: Path, n: int, paths: list[str], cold: bool) -> dict[str, Any]:
     if shutil.which("valgrind") is None:
         sys.exit("bench_regress: --callgrind needs valgrind on PATH")
     env = _env([ROOT, renamed], {"PYTHONHASHSEED": "0", "BENCH_SUFFIX": "cg0001"})
-    per_call: dict[str, dict[str, int]] = {"base": {}, "head": {}}
+    per_call: dict[str, dict[str, Any]] = {"base": {}, "head": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for p in paths:
             for name, tree in (("base", "yokedcache_sa_base"), ("head", "yokedcache_sa")):
                 out = Path(tmp) / f"cg.{name}.{p}"
-                prefix = [
-                    "valgrind",
-                    "--tool=callgrind",
-                    "--collect-atstart=no",
-                    "--toggle-collect=functools_reduce",
-                    f"--callgrind-out-file={out}",
-                ]
-                text = _child(env, [tree], [p], n, "count", prefix)
-                found = re.search(r"Collected : (\d+)", text)
+                prefix = ["valgrind", "--tool=callgrind", "--collect-atstart=no"]
+                if cold:  # a 1 MiB last level, as a core's own cache; the PG read evicts it
+                    prefix += ["--cache-sim=yes", "--LL=1048576,16,64"]
+                    prefix += ["--toggle-collect=_operator_call"]
+                else:
+                    prefix += ["--toggle-collect=functools_reduce"]
+                prefix.append(f"--callgrind-out-file={out}")
+                child_paths = [p, "plain_pg_pk"] if cold else [p]
+                text = _child(env, [tree], child_paths, n, "count", prefix)
+                found = re.search(r"Collected : ([\d ]+)", text)
                 if found is None:
                     sys.exit(f"bench_regress: no instruction count from valgrind:\n{text}")
-                per_call[name][p] = int(found.group(1)) // n
-            print(f"{p}: base {per_call['base'][p]} Ir/call, head {per_call['head'][p]} Ir/call")
+                counts = [int(c) // n for c in found.group(1).split()]
+                if cold:
+                    ev = dict(zip(_EVENTS, counts, strict=True))
+                    ev["cycles"] = sum(ev[k] * w for k, w in _CYCLES.items())
+                    per_call[name][p] = ev
+                else:
+                    per_call[name][p] = counts[0]
+            b, h = per_call["base"][p], per_call["head"][p]
+            if cold:
+                print(
+                    f"{p}: per call, head/base: Ir {h['Ir'] / b['Ir']:.3f}, "
+                    f"last-level data misses {h['DLmr']} / {b['DLmr']}, "
+                    f"estimated cycles {h['cycles'] / b['cycles']:.3f}"
+                )
+            else:
+                print(f"{p}: base {b} Ir/call, head {h} Ir/call")
+    if cold:
+        return {
+            "ratio": {
+                p: round(per_call["head"][p]["cycles"] / per_call["base"][p]["cycles"], 3)
+                for p in paths
+            },
+            "events_per_call": per_call,
+        }
     return {
         "ratio": {p: round(per_call["head"][p] / per_call["base"][p], 3) for p in paths},
         "ir_per_call": per_call,
@@ -288,6 +330,11 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--callgrind", action="store_true", help="count instructions (valgrind)")
     ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="with --callgrind: simulate caches, a PostgreSQL read before each call",
+    )
+    ap.add_argument(
         "--paths",
         default=",".join(PATHS),
         help=f"comma-separated paths, or 'all' (default: the hit paths); of {', '.join(ALL_PATHS)}",
@@ -298,6 +345,8 @@ def main() -> int:
     unknown = sorted(set(paths) - set(ALL_PATHS))
     if unknown:
         ap.error(f"unknown paths {unknown}; choose from {', '.join(ALL_PATHS)}")
+    if args.cold and not args.callgrind:
+        ap.error("--cold is a mode of --callgrind")
     if args.callgrind and set(paths) & set(WRITE_PATHS):
         ap.error("--callgrind holds off the version record's recheck, which writes wait out")
     head_rev = subprocess.run(
@@ -316,7 +365,7 @@ def main() -> int:
         renamed = tmp / "renamed"
         _rename(base, renamed)
         if args.callgrind:
-            result = _counted(renamed, args.iterations or 100, paths)
+            result = _counted(renamed, args.iterations or 100, paths, args.cold)
         else:
             result = _timed(renamed, args.rounds, args.iterations or 2000, paths)
     finally:
@@ -327,7 +376,9 @@ def main() -> int:
     result.update(
         base=args.base,
         head=head_rev,
-        mode="callgrind" if args.callgrind else "wall, both trees in one process",
+        mode=("callgrind, cold caches" if args.cold else "callgrind")
+        if args.callgrind
+        else "wall, both trees in one process",
         load_average=round(os.getloadavg()[0], 2),
     )
     print(f"{'path':16} {'head/base':>10} {'target':>8}  ok")

@@ -149,7 +149,13 @@ def lookup_sync(cache: CacheState, key: str, horizon: int | None, lock: bool) ->
     common case is hand-inlined (the documented fast path of the hit)."""
     if loop_check.armed and _get_running_loop() is not None:
         loop_check.fire("cache read")
-    cache, obs, token, t0 = _lookup_started(cache, key, lock)
+    while cache._redirect is not None:
+        cache = cache._redirect
+    if cache._hooks.active or cache._pending.tags or cache._breaker.failures:
+        cache, obs, token, t0 = _lookup_started(cache, key, lock)
+    else:  # the common case, inlined
+        obs, token = None, new_token() if lock else None
+        t0 = time.perf_counter() if debug_enabled() else 0.0
     try:
         if token is _SLOW:
             look = drive_sync(flows.lookup, cache, key, horizon, lock)
@@ -169,7 +175,13 @@ def lookup_sync(cache: CacheState, key: str, horizon: int | None, lock: bool) ->
 
 async def lookup_async(cache: CacheState, key: str, horizon: int | None, lock: bool) -> Lookup:
     """The lookup flow run by the async driver; its common case is hand-inlined."""
-    cache, obs, token, t0 = _lookup_started(cache, key, lock)
+    while cache._redirect is not None:
+        cache = cache._redirect
+    if cache._hooks.active or cache._pending.tags or cache._breaker.failures:
+        cache, obs, token, t0 = _lookup_started(cache, key, lock)
+    else:  # the common case, inlined
+        obs, token = None, new_token() if lock else None
+        t0 = time.perf_counter() if debug_enabled() else 0.0
     try:
         if token is _SLOW:
             look = await drive_async(flows.lookup, cache, key, horizon, lock)
