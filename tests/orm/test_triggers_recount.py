@@ -249,6 +249,46 @@ def test_session_joined_to_an_external_transaction_committed_later(
 
 
 @PG
+def test_marks_held_for_an_external_transaction_end_when_its_connection_is_closed(
+    env: Env,
+) -> None:
+    """The owner commits the external transaction and closes the connection, and nothing
+    begins on that pooled connection again: the held marks end as the pool takes it back,
+    not at their lease (until then every read of the table is a miss that stores nothing).
+    The reads after it go through another engine, which never touches that connection."""
+    from sqlalchemy import create_engine, update
+    from sqlalchemy.orm import sessionmaker
+
+    from tests.sqlcount import SQLCounter
+    from yokedcache_sa.orm import CachingSession, watch_engine
+
+    watch_engine(env.engine)
+    env.warm(emails)
+    with env.engine.connect() as conn:
+        trans = conn.begin()
+        s = CachingSession(bind=conn, cache=env.cache, join_transaction_mode="create_savepoint")
+        s.execute(update(Address).where(Address.id == 1).values(email="closed@x"))
+        s.commit()
+        s.close()
+        trans.commit()
+    other = create_engine(env.engine.url)
+    try:
+        watch_engine(other)
+        sql = SQLCounter(other)
+        with Session(other) as plain_session:
+            after = emails(plain_session)
+        assert "closed@x" in after
+        OtherSession = sessionmaker(other, class_=CachingSession, cache=env.cache)
+        for expected_statements in (1, 0):  # a miss that stores (no mark left), then a hit
+            before = sql.n
+            with OtherSession() as s2:
+                assert emails(s2) == after
+            assert sql.n - before == expected_statements, sql.statements[before:]
+    finally:
+        other.dispose()
+
+
+@PG
 def test_second_session_joined_to_the_same_external_transaction_stores_nothing(
     env: Env, bang: None
 ) -> None:

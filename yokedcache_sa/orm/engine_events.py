@@ -16,9 +16,10 @@ from ..tags import ALL_TAG
 from . import _compat, catalog, routines, sqltext, tracking
 from .bindstate import TAINT_KEY, connection_taint, state_change
 from .collect import Collector, _begin_counter, _collector
+from .held import end_held
 from .pgwrites import _PG_CLEAN, RECHECK_KEY, _pg_note_write, settle
 from .shapes import _MAX_SHAPES, _function_kinds, _shapes_lock
-from .state import _STATEMENT_LEVEL, SessionState, _known_metadata, end_held
+from .state import _STATEMENT_LEVEL, SessionState, _known_metadata
 from .txnsql import TXN_CONTROL, ends_transaction, may_abort
 
 log = logging.getLogger("yokedcache_sa")

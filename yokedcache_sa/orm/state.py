@@ -194,46 +194,6 @@ class SessionState:
             call_twin(cache.release_sync, cache.release, marked, writer)
 
 
-HELD_KEY: Final = "_yc_held_marks"
-"""In a pooled connection's ``info``: ``(cache, tags, writer)`` marks a session's commit left
-held because the database transaction it joined goes on (:func:`hold_open`)."""
-
-_held = [0]  # how many connections hold such marks: no lookup on each begin while none does
-
-
-def hold_open(st: SessionState) -> None:
-    """The session committed but its database transaction goes on (a session joined to an
-    external transaction; its owner commits or rolls back later): take the marks again under
-    a writer of their own, before :meth:`SessionState.finish` bumps and drops the session's,
-    and hold them on the connection until that transaction ends (:func:`end_held`), so that
-    nobody stores the rows committed before it meanwhile."""
-    if not st.marked:
-        return
-    conns = [c for c in (r() for r in st.conns) if c is not None and not c.closed]
-    conns = [c for c in conns if c.in_transaction()]
-    if not conns:
-        return
-    tags, writer, cache = sorted(st.marked), YokedCache.new_writer(), st.txn_cache()
-    call_twin(cache.begin_write_sync, cache.begin_write, tags, writer)
-    for conn in conns:
-        conn.connection.info.setdefault(HELD_KEY, []).append((cache, tags, writer))
-        _held[0] += 1
-
-
-def end_held(conn: Connection) -> None:
-    """*conn*'s database transaction ended (a new one begins, or it rolls back): bump and
-    drop the marks held for it (a bump after a rollback only costs misses)."""
-    if not _held[0] or conn.closed or conn.invalidated:
-        return
-    held = conn.connection.info.pop(HELD_KEY, None)
-    for cache, tags, writer in held or ():
-        _held[0] -= 1
-        try:
-            call_twin(cache.end_write_sync, cache.end_write, tags, writer)
-        except InvalidationError as exc:  # pending in the cache, retried
-            log.debug("yokedcache: %s", exc)
-
-
 def state_of(session: Session | AsyncSession | scoped_session[Any]) -> SessionState | None:
     """The cache state of *session*, or None for a session that does not cache.
 

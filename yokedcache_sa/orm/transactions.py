@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session, SessionTransaction
 from . import _compat
 from ._greenlet import call_twin
 from .bindstate import connection_taint, connection_variant
+from .held import hold_open
 from .isolation import _isolation_of, _snapshot_isolated, learn
 from .pgwrites import RECHECK_KEY, _add_pg_modified, recheck_looked, settle
-from .state import SessionState, hold_open, state_of
+from .state import SessionState, state_of
 from .watch import watch_engine
 
 log = logging.getLogger("yokedcache_sa")
