@@ -202,6 +202,19 @@ def test_write_through_a_view_whose_base_table_has_a_trigger(env: Env, bang: Non
             c.exec_driver_sql(f"DROP VIEW {v}")
 
 
+def _joined_update(env: Env, conn: Any, email: str, mode: str = "create_savepoint") -> None:
+    """A caching session joined to *conn*'s external transaction writes and commits (the
+    connection's transaction goes on; its owner ends it)."""
+    from sqlalchemy import update
+
+    from yokedcache_sa.orm import CachingSession
+
+    s = CachingSession(bind=conn, cache=env.cache, join_transaction_mode=mode)
+    s.execute(update(Address).where(Address.id == 1).values(email=email))
+    s.commit()
+    s.close()
+
+
 @pytest.mark.parametrize(
     "mode",
     [
@@ -220,19 +233,14 @@ def test_session_joined_to_an_external_transaction_committed_later(
     commit the connection's transaction; its owner commits it later. What another session
     caches in between is of the old rows, and must not outlive that COMMIT: the session's
     marks stay held until the connection's transaction ends."""
-    from sqlalchemy import update
-
-    from yokedcache_sa.orm import CachingSession, watch_engine
+    from yokedcache_sa.orm import watch_engine
 
     watch_engine(env.engine)
     read = tag_names if trigger else emails
     before = env.warm(read)
     with env.engine.connect() as conn:
         trans = conn.begin()
-        s = CachingSession(bind=conn, cache=env.cache, join_transaction_mode=mode)
-        s.execute(update(Address).where(Address.id == 1).values(email="ext@x"))
-        s.commit()
-        s.close()
+        _joined_update(env, conn, "ext@x", mode)
         assert (env.truth(read) == before) is (mode != "control_fully")  # committed yet?
         with env.Session() as other:
             read(other)  # may store the old rows: they are still the committed ones
@@ -256,7 +264,7 @@ def test_marks_held_for_an_external_transaction_end_when_its_connection_is_close
     begins on that pooled connection again: the held marks end as the pool takes it back,
     not at their lease (until then every read of the table is a miss that stores nothing).
     The reads after it go through another engine, which never touches that connection."""
-    from sqlalchemy import create_engine, update
+    from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker
 
     from tests.sqlcount import SQLCounter
@@ -266,10 +274,7 @@ def test_marks_held_for_an_external_transaction_end_when_its_connection_is_close
     env.warm(emails)
     with env.engine.connect() as conn:
         trans = conn.begin()
-        s = CachingSession(bind=conn, cache=env.cache, join_transaction_mode="create_savepoint")
-        s.execute(update(Address).where(Address.id == 1).values(email="closed@x"))
-        s.commit()
-        s.close()
+        _joined_update(env, conn, "closed@x")
         trans.commit()
     other = create_engine(env.engine.url)
     try:
@@ -295,7 +300,6 @@ def test_second_session_joined_to_the_same_external_transaction_stores_nothing(
     """A first joined session commits (the connection's transaction goes on); a second one
     joined to it reads the trigger's uncommitted rows: they must not be stored, since the
     owner rolls the transaction back."""
-    from sqlalchemy import update
 
     from yokedcache_sa.orm import CachingSession, watch_engine
 
@@ -303,10 +307,7 @@ def test_second_session_joined_to_the_same_external_transaction_stores_nothing(
     before = env.warm(tag_names)
     with env.engine.connect() as conn:
         trans = conn.begin()
-        s = CachingSession(bind=conn, cache=env.cache, join_transaction_mode="create_savepoint")
-        s.execute(update(Address).where(Address.id == 1).values(email="ext2@x"))
-        s.commit()
-        s.close()
+        _joined_update(env, conn, "ext2@x")
         s2 = CachingSession(bind=conn, cache=env.cache, join_transaction_mode="create_savepoint")
         assert env.queried(lambda: tag_names(s2)) == ["red!", "blue"]
         s2.close()
