@@ -90,4 +90,7 @@ def _listen_checkin(pool: Pool) -> None:
 def _on_checkin(dbapi_connection: Any, record: Any) -> None:
     # Back in the pool: the transaction that held the marks has been committed or rolled back
     if _held[0] and record is not None and HELD_KEY in record.info:
-        _end(record.info)
+        try:
+            _end(record.info)
+        except Exception as exc:  # never break the pool's checkin: the lease ends them
+            log.warning("yokedcache: could not end marks held for a closed connection: %s", exc)
