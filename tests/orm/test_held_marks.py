@@ -1,39 +1,76 @@
-"""Marks held for a joined external transaction (orm/held.py): the pool's checkin ends them,
-and a failure there never breaks the connection's return to the pool."""
+"""Marks held for a joined external transaction (orm/held.py): the pool's checkin hands
+them over without calling the cache (it may run inside the garbage collector), and the next
+begin on a watched engine ends them."""
 
 from __future__ import annotations
 
-import logging
+from collections import deque
+from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
-from yokedcache_sa.orm import held
+from yokedcache_sa.orm import held, watch_engine
 
 
-def test_a_failure_ending_held_marks_at_checkin_is_logged_not_raised(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def _engine(tmp_path: Path) -> Engine:
+    # a file database: a queue pool, one DBAPI connection per checkout
+    return create_engine(f"sqlite:///{tmp_path / 'held.db'}", pool_size=2)
+
+
+def test_checkin_hands_held_marks_over_and_the_next_begin_ends_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    engine = create_engine("sqlite://")
+    engine = _engine(tmp_path)
     try:
+        watch_engine(engine)
         held._listen_checkin(engine.pool)
         held._listen_checkin(engine.pool)  # once per pool
-        calls: list[object] = []
-
-        def broken(info: dict[str, object]) -> None:
-            calls.append(info.pop(held.HELD_KEY))  # taken, as _end takes them, then fails
-            raise RuntimeError("store exploded")
-
-        monkeypatch.setattr(held, "_end", broken)
+        finished: list[Any] = []
+        monkeypatch.setattr(held, "_finish", finished.append)
         monkeypatch.setattr(held, "_held", [1])
-        with caplog.at_level(logging.WARNING, logger="yokedcache_sa"):
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-                conn.connection.info[held.HELD_KEY] = [("cache", ["table:t"], "writer")]
-            # the connection went back to the pool, and the pool still hands it out
-            with engine.connect() as conn:
-                assert conn.execute(text("SELECT 1")).scalar() == 1
-        assert len(calls) == 1
-        assert "could not end marks held" in caplog.text
+        monkeypatch.setattr(held, "_ended", deque())
+        marks = [("cache", ["table:t"], "writer")]
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            conn.connection.info[held.HELD_KEY] = marks
+            conn.commit()  # the owner commits (marks end only after COMMIT), then closes
+        # back in the pool: taken off the connection, not yet ended (no cache call, no lock)
+        assert finished == []
+        assert list(held._ended) == [marks]
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1  # begins: ends them
+            assert held.HELD_KEY not in conn.connection.info
+        assert finished == [marks]
+        assert not held._ended
+    finally:
+        engine.dispose()
+
+
+def test_marks_of_a_connection_still_checked_out_stay_until_its_transaction_ends(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A begin on another connection ends what the pool took back, never what a connection
+    still checked out holds (its owner's transaction goes on); closing the owner's
+    connection rolls its transaction back, which ends them."""
+    engine = _engine(tmp_path)
+    try:
+        watch_engine(engine)
+        held._listen_checkin(engine.pool)
+        finished: list[Any] = []
+        monkeypatch.setattr(held, "_finish", finished.append)
+        monkeypatch.setattr(held, "_held", [1])
+        monkeypatch.setattr(held, "_ended", deque())
+        marks = [("cache", ["table:t"], "writer")]
+        with engine.connect() as owner:
+            owner.execute(text("SELECT 1"))
+            owner.connection.info[held.HELD_KEY] = marks
+            with engine.connect() as other:
+                other.execute(text("SELECT 1"))
+            assert finished == []  # still the owner's
+            assert owner.connection.info[held.HELD_KEY] is marks
+        assert finished == [marks]
+        assert not held._ended
     finally:
         engine.dispose()

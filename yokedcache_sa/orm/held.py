@@ -4,8 +4,9 @@ A session joined to an external transaction (``join_transaction_mode`` other tha
 ``control_fully``) commits without the database's COMMIT: the connection's owner commits or
 rolls back later. The session's marks are taken again under a writer of their own and held
 on the pooled connection until that transaction has ended: the connection's next begin or
-rollback, or its return to the pool (by then its owner has committed or rolled back), or,
-failing all of these, the marks' lease.
+rollback, or its return to the pool (by then its owner has committed or rolled back: the
+marks are then ended at the next begin or rollback on a watched engine), or, failing all of
+these, the marks' lease.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import event
@@ -35,6 +37,8 @@ held because the database transaction it joined goes on (:func:`hold_open`)."""
 _held = [0]  # how many connections hold such marks: no lookup on each begin while none does
 _held_lock = threading.Lock()
 _pools: weakref.WeakSet[Pool] = weakref.WeakSet()  # pools given the checkin listener
+# marks of connections the pool took back, ended at the next begin or rollback anywhere
+_ended: deque[list[tuple[Any, list[str], str]]] = deque()
 
 
 def hold_open(st: SessionState) -> None:
@@ -59,15 +63,25 @@ def hold_open(st: SessionState) -> None:
 
 def end_held(conn: Connection) -> None:
     """*conn*'s database transaction ended (a new one begins, or it rolls back): bump and
-    drop the marks held for it (a bump after a rollback only costs misses)."""
-    if not _held[0] or conn.closed or conn.invalidated:
-        return  # a closed connection's marks end when the pool takes it back
-    _end(conn.connection.info)
-
-
-def _end(info: dict[Any, Any]) -> None:
+    drop the marks held for it (a bump after a rollback only costs misses), and those of
+    connections the pool has taken back since."""
+    if not _held[0]:
+        return
+    while _ended:
+        try:
+            _finish(_ended.popleft())
+        except IndexError:  # another thread took the last one
+            break
+    if conn.closed or conn.invalidated:
+        return  # a closed connection's marks are ended once the pool has taken it back
     with _held_lock:
-        held = info.pop(HELD_KEY, None) or ()
+        held = conn.connection.info.pop(HELD_KEY, None)
+    if held:
+        _finish(held)
+
+
+def _finish(held: list[tuple[Any, list[str], str]]) -> None:
+    with _held_lock:
         _held[0] -= len(held)
     for cache, tags, writer in held:
         try:
@@ -77,8 +91,8 @@ def _end(info: dict[Any, Any]) -> None:
 
 
 def _listen_checkin(pool: Pool) -> None:
-    """Give *pool* the listener that ends held marks as a connection comes back (once;
-    only pools that ever held marks pay for it)."""
+    """Give *pool* the listener that hands held marks over as a connection comes back
+    (once; only pools that ever held marks pay for it)."""
     if pool in _pools:
         return
     with _held_lock:
@@ -88,9 +102,11 @@ def _listen_checkin(pool: Pool) -> None:
 
 
 def _on_checkin(dbapi_connection: Any, record: Any) -> None:
-    # Back in the pool: the transaction that held the marks has been committed or rolled back
-    if _held[0] and record is not None and HELD_KEY in record.info:
-        try:
-            _end(record.info)
-        except Exception as exc:  # never break the pool's checkin: the lease ends them
-            log.warning("yokedcache: could not end marks held for a closed connection: %s", exc)
+    # Back in the pool: the transaction that held the marks has been committed or rolled
+    # back. This may run inside the garbage collector (a connection never closed), holding
+    # whatever lock the interrupted code held: no lock and no cache call here. The marks go
+    # to the queue that the next begin or rollback on a watched engine ends (end_held).
+    if _held[0] and record is not None:
+        held = record.info.pop(HELD_KEY, None)
+        if held:
+            _ended.append(held)
