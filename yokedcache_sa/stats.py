@@ -35,41 +35,56 @@ class CacheStats:
         return self.hits / total if total else 0.0
 
 
+_FOLD_AT = 1024
+
+
 class Counters:
     """The mutable counters behind :class:`CacheStats` (plain ints: a lost increment
     under a thread race only blurs a statistic)."""
 
     __slots__ = (
-        "_hit_tables",
+        "_hit_log",
+        "_table_hits",
         "errors",
         "hits",
         "invalidations",
         "misses",
         "sets",
-        "table_hits",
         "table_inv",
     )
 
     def __init__(self) -> None:
         self.hits = self.misses = self.sets = self.invalidations = self.errors = 0
-        self.table_hits: Counter[str] = Counter()
+        self._table_hits: Counter[str] = Counter()
         self.table_inv: Counter[str] = Counter()
-        # the table tags of the last hit's tags (an entry's header is decoded once, so a
-        # key hit again passes the same tuple)
-        self._hit_tables: tuple[object, tuple[str, ...]] = ((), ())
+        # the tags of the hits not counted per table yet: counted when read, or every
+        # _FOLD_AT hits (an entry's tags are one tuple, shared by its hits)
+        self._hit_log: list[Iterable[str]] = []
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]  # re-running __init__ zeroes every counter
 
+    @property
+    def table_hits(self) -> Counter[str]:
+        """Hits per table tag."""
+        self._fold()
+        return self._table_hits
+
     def hit(self, tags: Iterable[str]) -> None:
         self.hits += 1
-        last, tables = self._hit_tables
-        if tags is not last:
-            tables = tuple(t for t in tags if t[:6] == "table:")
-            self._hit_tables = (tags, tables)
-        table_hits = self.table_hits
-        for t in tables:
-            table_hits[t] += 1
+        if tags:
+            log = self._hit_log
+            log.append(tags)
+            if len(log) >= _FOLD_AT:
+                self._fold()
+
+    def _fold(self) -> None:
+        log, self._hit_log = self._hit_log, []
+        counts = self._table_hits
+        for tags in log:
+            for t in tags:
+                if t[:6] == "table:":
+                    counts[t] += 1
 
     def invalidated(self, ids: Iterable[str]) -> None:
         self.invalidations += 1
