@@ -21,9 +21,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 from typing import Any
+
+from _child import child_env, last_json, run_child
 
 CHILD = r"""
 import json, os, random, statistics, sys, time, uuid
@@ -85,28 +85,12 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--json", action="store_true", help="one JSON object as the last line")
     args = ap.parse_args()
-    env = dict(os.environ)
-    env.setdefault(
-        "PG_URL",
-        os.environ.get(
-            "YOKEDCACHE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-        ),
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env = child_env()
     ratios: dict[str, list[float]] = {"noop": [], "watched": []}
     medians: dict[str, list[float]] = {"bare": [], "noop": [], "watched": []}
     for r in range(args.rounds):
-        done = subprocess.run(
-            [sys.executable, "-c", CHILD, str(args.iterations)],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            sys.exit(f"bench_listeners: the child failed:\n{done.stderr[-3000:]}")
-        out: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+        done = run_child("bench_listeners", CHILD, [str(args.iterations)], env)
+        out: dict[str, float] = last_json(done)
         for name, us in out.items():
             medians[name].append(us)
         for name in ratios:

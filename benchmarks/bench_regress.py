@@ -44,8 +44,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from _child import ROOT, child_env, run_child
+
 HIT_PATHS = ("memory_pk", "memory_list20", "redis_pk", "redis_list20")
 # issue #11: no benchmark slower than 0.1 by more than 5 % (bench_orm's writes, bench_core's
 # key/value API); not in the default run, which is #9's hit paths
@@ -217,34 +217,16 @@ def _rename(tree: Path, dest: Path) -> None:
         f.write_text(re.sub(r"\byokedcache_sa\b", "yokedcache_sa_base", f.read_text()))
 
 
-def _env(paths: list[Path], extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
-    env.setdefault(
-        "PG_URL",
-        os.environ.get(
-            "YOKEDCACHE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-        ),
-    )
-    env.setdefault(
-        "REDIS_URL", os.environ.get("YOKEDCACHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    )
-    env.update(extra or {})
-    return env
-
-
 def _child(
     env: dict[str, str], trees: list[str], paths: list[str], n: int, mode: str, prefix: list[str]
 ) -> str:
-    cmd = [*prefix, sys.executable, "-c", CHILD, ",".join(trees), ",".join(paths), str(n), mode]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.exit(f"bench_regress: a child ({trees}) failed:\n{done.stderr[-3000:]}")
+    argv = [",".join(trees), ",".join(paths), str(n), mode]
+    done = run_child(f"bench_regress ({trees})", CHILD, argv, env, prefix)
     return done.stdout + done.stderr
 
 
 def _timed(renamed: Path, rounds: int, n: int, paths: list[str]) -> dict[str, Any]:
-    env = _env([ROOT, renamed])
+    env = child_env([ROOT, renamed])
     trees = ["yokedcache_sa_base", "yokedcache_sa"]
     ratios: dict[str, list[float]] = {p: [] for p in paths}
     medians: dict[str, dict[str, list[float]]] = {"base": {}, "head": {}}
@@ -275,7 +257,7 @@ _CYCLES = {"Ir": 1, "I1mr": 10, "D1mr": 10, "D1mw": 10, "ILmr": 150, "DLmr": 150
 def _counted(renamed: Path, n: int, paths: list[str], cold: bool) -> dict[str, Any]:
     if shutil.which("valgrind") is None:
         sys.exit("bench_regress: --callgrind needs valgrind on PATH")
-    env = _env([ROOT, renamed], {"PYTHONHASHSEED": "0", "BENCH_SUFFIX": "cg0001"})
+    env = child_env([ROOT, renamed], {"PYTHONHASHSEED": "0", "BENCH_SUFFIX": "cg0001"})
     per_call: dict[str, dict[str, Any]] = {"base": {}, "head": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for p in paths:
