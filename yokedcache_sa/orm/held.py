@@ -69,9 +69,10 @@ def end_held(conn: Connection) -> None:
         return
     while _ended:
         try:
-            _finish(_ended.popleft())
+            handed_over = _ended.popleft()
         except IndexError:  # another thread took the last one
             break
+        _finish(handed_over)
     if conn.closed or conn.invalidated:
         return  # a closed connection's marks are ended once the pool has taken it back
     with _held_lock:
