@@ -56,14 +56,14 @@ PATHS = (*HIT_PATHS, "plain_pg_pk")
 ALL_PATHS = (*PATHS, *WRITE_PATHS, *CORE_PATHS)
 TARGET = 1.05  # issues #9 and #11: no path more than 5 % slower than 0.1
 
-# One child process. argv: trees (comma-separated package names), paths, n, mode (time|count).
+# One child process. argv: trees (comma-separated package names), paths, n, mode (time|count|cold).
 CHILD = r"""
 import functools, gc, importlib, json, os, random, statistics, sys, time, uuid
 from sqlalchemy import Boolean, Integer, String, create_engine, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 trees, paths = sys.argv[1].split(","), sys.argv[2].split(",")
-n, counting = int(sys.argv[3]), sys.argv[4] == "count"
+n, counting, cold = int(sys.argv[3]), sys.argv[4] in ("count", "cold"), sys.argv[4] == "cold"
 suffix = os.environ.get("BENCH_SUFFIX") or uuid.uuid4().hex[:6]
 pkgs = {t: importlib.import_module(t) for t in trees}
 # 0.1 listens on the Engine class at import: on this tree's engine too, where it finds this
@@ -176,7 +176,7 @@ try:
     gc.freeze()
     if counting:
         f = fns[trees[0], paths[0]]
-        if len(paths) > 1:  # --cold: a PostgreSQL read before each call, not counted
+        if cold:  # a PostgreSQL read (the second path) before each call, not counted
             import operator
             before = fns[trees[0], paths[1]]
             for _ in range(n):
@@ -271,7 +271,7 @@ def _counted(renamed: Path, n: int, paths: list[str], cold: bool) -> dict[str, A
                     prefix += ["--toggle-collect=functools_reduce"]
                 prefix.append(f"--callgrind-out-file={out}")
                 child_paths = [p, "plain_pg_pk"] if cold else [p]
-                text = _child(env, [tree], child_paths, n, "count", prefix)
+                text = _child(env, [tree], child_paths, n, "cold" if cold else "count", prefix)
                 found = re.search(r"Collected : ([\d ]+)", text)
                 if found is None:
                     sys.exit(f"bench_regress: no instruction count from valgrind:\n{text}")
