@@ -111,6 +111,38 @@ def test_a_session_sees_its_engine_at_construction(tmp_path: Any, cache: YokedCa
     assert watch.is_watched(factory.kw["bind"])
 
 
+def test_an_engine_at_a_dead_engines_address_gets_every_listener() -> None:
+    """SQLAlchemy's event registry keys a listener by id() of the engine it was given, but the
+    handle_error listener lives on the engine's dialect: while that outlives its engine (kept
+    by the application or a cache, or a cycle collected later), a new engine at the dead
+    one's address looked as if it had it already. Without it, reads after a failed statement
+    in a PostgreSQL transaction were served from the cache."""
+    kept: list[Any] = []  # the dialects outlive their engines, which the collector frees
+    engines: list[Engine] = []
+    reused = 0
+    for _ in range(200):
+        dead = create_engine("sqlite://")
+        watch_engine(dead)
+        kept.append(dead.dialect)
+        address = id(dead)
+        del dead
+        for _ in range(5):
+            engine = create_engine("sqlite://")
+            reused += id(engine) == address
+            watch_engine(engine)
+            engines.append(engine)
+    expected = [name for name, _ in EVENTS]
+    missing = [e for e in engines if fires(e) != expected or not _pool_listens(e)]
+    assert missing == [], f"{len(missing)} of {len(engines)} engines ({reused} at a dead address)"
+
+
+def _pool_listens(engine: Engine) -> bool:
+    return all(
+        fn in list(getattr(engine.pool.dispatch, name))
+        for name, fn in (("connect", watch._on_connect), ("checkout", watch._on_checkout_sqlite))
+    )
+
+
 def test_option_engines_share_their_parents_listeners(tmp_path: Any, cache: YokedCache) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'opt.db'}")
     Base.metadata.create_all(engine)

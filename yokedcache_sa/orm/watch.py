@@ -27,6 +27,7 @@ _install_lock = threading.Lock()
 # in a watched engine's __dict__ (one C-level lookup for every session made on it): the
 # _generation it was watched in; forget_watched() starts a new one
 _SEEN_KEY = "_yokedcache_watched"
+_INSTALLED_KEY = "_yokedcache_listening"  # in a root engine's __dict__: listeners installed
 _generation = object()
 
 
@@ -71,14 +72,19 @@ def watch_engine(bind: Any) -> None:
     root = _compat.root_engine(engine)
     with _install_lock:
         if root not in _watched:
-            innodb = _INNODB_EVENTS if root.dialect.name in NO_ROWS_NO_VIEW else ()
-            for name, fn in (*_ENGINE_EVENTS, *innodb, ("connect", _on_connect)):
-                if not event.contains(root, name, fn):
+            # event.contains() keys on id(engine) while the dialect's and the pool's
+            # listeners live on those objects: an engine at the address of a dead one whose
+            # dialect or pool lived on would look as if it had them. So only an engine that
+            # had its listeners installed (forget_watched() since) is asked.
+            seen = root.__dict__.get(_INSTALLED_KEY, False)
+            rd = root.dialect
+            innodb = _INNODB_EVENTS if rd.name in NO_ROWS_NO_VIEW else ()
+            sqlite = (("checkout", _on_checkout_sqlite),) if rd.name == "sqlite" else ()
+            for name, fn in (*_ENGINE_EVENTS, *innodb, ("connect", _on_connect), *sqlite):
+                if not (seen and event.contains(root, name, fn)):
                     event.listen(root, name, fn)
-            if root.dialect.name == "sqlite":
-                if not event.contains(root, "checkout", _on_checkout_sqlite):
-                    event.listen(root, "checkout", _on_checkout_sqlite)
-            else:
+            root.__dict__[_INSTALLED_KEY] = True
+            if not sqlite:
                 # a pooled connection opened before may have run state-changing SQL nobody
                 # saw (SET search_path): the pool replaces each at its next checkout
                 _compat.recycle_connections(root.pool)
