@@ -268,8 +268,8 @@ def pack_key(value: object) -> bytes:
     Raises:
         SerializationError: the value (or something inside it) has no encoding.
     """
-    try:
-        return _packb_key(value)
+    try:  # _packb_key, inlined: this runs on every cached read
+        return msgpack.packb(value, default=_key_default, use_bin_type=True, strict_types=True)  # type: ignore[no-any-return]
     except SerializationError:
         raise
     except RecursionError:
@@ -367,8 +367,8 @@ def pack_value(value: object) -> bytes:
 
 def unpack_value(data: bytes) -> Any:
     """Decode bytes made by :func:`pack_value`; raise CorruptEntryError on any defect."""
-    try:
-        return _unpackb(data)
+    try:  # _unpackb, inlined: this runs on every hit
+        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     except CorruptEntryError:
         raise
     except Exception as exc:

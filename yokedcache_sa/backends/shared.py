@@ -53,7 +53,7 @@ if sys.platform != "win32":
 
 __all__ = ["SLOTS", "WINDOW", "SharedVersions", "attach", "shared_dir", "shared_path", "slot_of"]
 
-RECHECK = 0.005
+RECHECK = 0.02
 """Seconds between two checks that the path still names the mapped file."""
 _SPINS = 64
 _SETTLED_MAX = 1024  # reads remembered per generation (distinct tag sets of the hits)

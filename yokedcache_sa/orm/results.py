@@ -334,7 +334,11 @@ def rows_from_entry(
         stamp_paths(objects, rows, kinds, built, fresh, shape.scalars_source, loader)
     dispatch_load = session.dispatch.loaded_as_persistent
     # load events: only when a class of these objects (or the session) has listeners
-    if dispatch_load or any(m.dispatch.load for m in managers):
+    if dispatch_load or (
+        managers[0].dispatch.load
+        if len(managers) == 1  # most entries: one class, no generator
+        else any(m.dispatch.load for m in managers)
+    ):
         for i, is_new in enumerate(fresh):
             if is_new:
                 state = states[i]
