@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator, Sequence
-from typing import Any
+from typing import Any, Final
 
 from ..tags import Snapshot
 from .base import Fetched, StoreOutcome, StoreState
@@ -27,6 +27,7 @@ Command = tuple[Any, ...]
 """A Redis command as ``execute_command`` takes it."""
 Commands = Generator[Command, Any, Any]
 """A backend operation: yields commands, receives their (parsed) replies, returns the result."""
+_FETCH_SHA: Final = SHAS["fetch"]
 
 
 def new_epoch() -> str:
@@ -77,7 +78,7 @@ class RedisCommands:
         self.prefix = prefix
         self.meta_key = f"{{{prefix}}}:meta"
         self.entry_prefix = f"{prefix}:e:"
-        self._no_script = no_script
+        self.no_script = no_script
 
     def entry_key(self, key: str) -> str:
         """The Redis key of an entry."""
@@ -89,10 +90,14 @@ class RedisCommands:
 
     def eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Commands:
         """EVALSHA of the script *name*, loading it once if the server lacks it."""
-        call = ("EVALSHA", SHAS[name], len(keys), *keys, *args)
+        return (yield from self.eval_call(name, ("EVALSHA", SHAS[name], len(keys), *keys, *args)))
+
+    def eval_call(self, name: str, call: Command) -> Commands:
+        """*call*, an EVALSHA of the script *name*, loading the script once if the server
+        lacks it."""
         try:
             return (yield call)
-        except self._no_script:
+        except self.no_script:
             yield "SCRIPT", "LOAD", SCRIPTS[name]
             return (yield call)
 
@@ -132,10 +137,24 @@ class RedisCommands:
 
     # -- the operations, one per method of the Backend protocol ------------------------------
 
+    def fetch_call(self, key: str, lock_token: str | None, lock_ttl: float) -> Command:
+        """The EVALSHA of the fetch script for *key* (run by :meth:`fetch`, which loads the
+        script when the server lacks it; the backend's sync fast path sends it directly)."""
+        return (
+            "EVALSHA",
+            _FETCH_SHA,
+            3,
+            self.entry_prefix + key,
+            self.meta_key,
+            f"{self.prefix}:l:{key}",  # lock_key(key)
+            new_epoch(),
+            lock_token or "",
+            max(1, int(lock_ttl * 1000)),
+        )
+
     def fetch(self, key: str, lock_token: str | None, lock_ttl: float) -> Commands:
-        keys = (self.entry_prefix + key, self.meta_key, self.lock_key(key))
-        args = (new_epoch(), lock_token or "", max(1, int(lock_ttl * 1000)))
-        return self.fetched((yield from self.eval("fetch", keys, args)))
+        call = self.fetch_call(key, lock_token, lock_ttl)
+        return self.fetched((yield from self.eval_call("fetch", call)))
 
     def observe(self) -> Commands:
         return self.observed((yield from self.eval("observe", (self.meta_key,), (new_epoch(),))))
