@@ -18,14 +18,17 @@ S = TypeVar("S")
 T = TypeVar("T")
 
 
-def run_steps_sync(flow: Generator[S, Any, T], perform: Callable[[S], Any]) -> T:
+def run_steps_sync(
+    flow: Generator[S, Any, T], perform: Callable[..., Any], *, spread: bool = False
+) -> T:
     """Run a flow of non-backend steps: each yielded step is *perform*-ed and its result
-    (or exception) sent back in."""
+    (or exception) sent back in. With *spread*, steps are argument tuples:
+    ``perform(*step)`` (a Redis command for ``execute_command``)."""
     try:
         step = next(flow)
         while True:
             try:
-                result = perform(step)
+                result = perform(*step) if spread else perform(step)  # type: ignore[misc]
             except BaseException as exc:  # cancellation too: the flow's cleanups must run
                 step = flow.throw(exc)
                 continue
@@ -34,13 +37,15 @@ def run_steps_sync(flow: Generator[S, Any, T], perform: Callable[[S], Any]) -> T
         return stop.value  # type: ignore[no-any-return]  # the flow's return value is T
 
 
-async def run_steps_async(flow: Generator[S, Any, T], perform: Callable[[S], Awaitable[Any]]) -> T:
+async def run_steps_async(
+    flow: Generator[S, Any, T], perform: Callable[..., Awaitable[Any]], *, spread: bool = False
+) -> T:
     """Async twin of :func:`run_steps_sync`: *perform* returns an awaitable."""
     try:
         step = next(flow)
         while True:
             try:
-                result = await perform(step)
+                result = await (perform(*step) if spread else perform(step))  # type: ignore[misc]
             except BaseException as exc:  # cancellation too: the flow's cleanups must run
                 step = flow.throw(exc)
                 continue

@@ -201,14 +201,20 @@ class RedisBackend:
     # -- the two drivers: the only code that sends commands -----------------------------------
 
     def _run(self, what: str, commands: Commands) -> Any:
-        client = self._sync()
-        with self._errors(what):
-            return run_steps_sync(commands, lambda cmd: client.execute_command(*cmd))
+        client = self._client if self._client is not None else self._sync()
+        try:  # _errors only once something failed: entering it costs two frames a call
+            return run_steps_sync(commands, client.execute_command, spread=True)
+        except BaseException:
+            with self._errors(what):
+                raise
 
     async def _arun(self, what: str, commands: Commands) -> Any:
         client = self._async()
-        with self._errors(what):
-            return await run_steps_async(commands, lambda cmd: client.execute_command(*cmd))
+        try:
+            return await run_steps_async(commands, client.execute_command, spread=True)
+        except BaseException:
+            with self._errors(what):
+                raise
 
     def entry_key(self, key: str) -> str:
         """The Redis key of an entry."""
@@ -227,7 +233,7 @@ class RedisBackend:
         except commands.no_script:  # nothing ran: the flow loads the script and runs it
             reply = self._run("a read", commands.eval_call("fetch", call))
         except BaseException:
-            with self._errors("a read"):  # mapped as every other command's failure
+            with self._errors("a read"):  # mapped as in _run
                 raise
         return commands.fetched(reply)
 
