@@ -137,12 +137,13 @@ def cascade_closure(tags: Iterable[str], metadatas: Iterable[MetaData]) -> froze
     todo = list(out)
     while todo:
         t = todo.pop()
-        nxt: set[str] = set()
         for rev in maps:
-            nxt |= rev.get(t, set())
-        for n in nxt - out:
-            out.add(n)
-            todo.append(n)
+            got = rev.get(t)
+            if got:  # most tables have no dependents: no set is built for them
+                for n in got:
+                    if n not in out:
+                        out.add(n)
+                        todo.append(n)
     if ALL_TAG in out:
         return frozenset({ALL_TAG})
     return frozenset(out)

@@ -68,9 +68,10 @@ def _isolation_of(bind: Any) -> str:
     return str(getattr(bind.dialect, "default_isolation_level", None) or "").upper()
 
 
-def _snapshot_isolated(conn: Connection) -> bool:
-    """Whether *conn*'s transaction reads one snapshot (REPEATABLE READ, SERIALIZABLE)."""
-    if _isolation_of(conn) in _STATEMENT_LEVEL:
+def _snapshot_isolated(conn: Connection, iso: str | None = None) -> bool:
+    """Whether *conn*'s transaction reads one snapshot (REPEATABLE READ, SERIALIZABLE);
+    *iso*: its :func:`_isolation_of`, when the caller asked already."""
+    if (iso if iso is not None else _isolation_of(conn)) in _STATEMENT_LEVEL:
         return False
     if conn.dialect.name == "sqlite":
         # sqlite3's legacy transaction control runs SELECTs outside a transaction until the

@@ -158,14 +158,14 @@ def _commit_and_finish(session: Session, commit: Any) -> None:
     try:
         commit(session)
     except InvalidationError:
-        st = state_of(session)
+        st = session.__dict__.get(STATE_KEY)  # state_of(), inlined
         if st is not None and not (st.committed or st.db_commit_started):
             # strict_invalidation refused the COMMIT before it was sent: roll back, or a later
             # commit() would commit these writes with their tables no longer marked.
             session.rollback()
         raise
     finally:
-        st = state_of(session)
+        st = session.__dict__.get(STATE_KEY)  # state_of(), inlined
         if st is not None and (st.marked or st.writer):
             # An exception in another after_commit listener skipped ours: finish here.
             st.finish(committed=st.committed or st.db_commit_started)
@@ -178,7 +178,7 @@ def _rollback(session: Session, rollback: Any) -> None:
     ``rollback()`` after it expires every loaded object; a hit needs no transaction and
     begins none (it would cost more than the hit). Beginning it now gives the same result.
     """
-    st = state_of(session)
+    st = session.__dict__.get(STATE_KEY)  # state_of(), inlined
     if st is not None and st.unbegun:
         st.unbegun = False
         if session.get_transaction() is None:

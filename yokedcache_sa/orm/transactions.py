@@ -16,7 +16,7 @@ from .bindstate import connection_taint, connection_variant
 from .held import hold_open
 from .isolation import _isolation_of, _snapshot_isolated, learn
 from .pgwrites import RECHECK_KEY, _add_pg_modified, recheck_looked, settle
-from .state import SessionState, state_of
+from .state import STATE_KEY, SessionState
 from .watch import watch_engine
 
 log = logging.getLogger("yokedcache_sa")
@@ -26,7 +26,7 @@ log = logging.getLogger("yokedcache_sa")
 
 
 def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
-    st = state_of(session)
+    st = session.__dict__.get(STATE_KEY)  # state_of(), inlined (a Session)
     if st is None:
         return
     watch_engine(connection.engine)  # normally watched already: at the session's first sight
@@ -48,7 +48,9 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
     known = st.view.isolation(engine)
     # a SAVEPOINT runs inside the transaction whose isolation is known already (on SQLite,
     # after a write the database transaction is open, whoever opened it)
-    isolated = known if transaction.nested and known is not None else _snapshot_isolated(connection)
+    isolated = (
+        known if transaction.nested and known is not None else _snapshot_isolated(connection, iso)
+    )
     if connection.get_execution_options().get("isolation_level") == (
         engine.get_execution_options().get("isolation_level")
     ):
@@ -74,7 +76,7 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
 
 
 def _before_commit(session: Session) -> None:
-    st = state_of(session)
+    st = session.__dict__.get(STATE_KEY)  # state_of(), inlined (a Session)
     if st is None:
         return
     # Every table the COMMIT will include is marked "being written" in one round trip before
@@ -89,7 +91,7 @@ def _before_commit(session: Session) -> None:
 
 
 def _after_flush_postexec(session: Session, flush_context: Any) -> None:
-    st = state_of(session)
+    st = session.__dict__.get(STATE_KEY)  # state_of(), inlined (a Session)
     if st is not None and st.committing:
         _mark_before_commit(st)  # the flush commit() runs before sending COMMIT
 
@@ -106,7 +108,7 @@ def _mark_before_commit(st: SessionState) -> None:
 
 
 def _after_commit(session: Session) -> None:
-    st = state_of(session)
+    st = session.__dict__.get(STATE_KEY)  # state_of(), inlined (a Session)
     if st is None:
         return
     if session.in_nested_transaction():
@@ -143,7 +145,7 @@ def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None
     not precise); on other databases nothing is forgotten."""
     if not previous.nested:
         return
-    st = state_of(session)
+    st = session.__dict__.get(STATE_KEY)  # state_of(), inlined (a Session)
     if st is None:
         return
     for i in range(len(st.savepoints) - 1, -1, -1):
@@ -163,11 +165,11 @@ def _all_undo_savepoints(st: SessionState) -> bool:
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is not None:
         if transaction.nested:
-            st = state_of(session)
+            st = session.__dict__.get(STATE_KEY)  # state_of(), inlined (a Session)
             if st is not None:
                 st.committing = False  # a savepoint's commit (or its failure) is over
         return  # savepoints: keep the outer transaction's marks and written tables
-    st = state_of(session)
+    st = session.__dict__.get(STATE_KEY)  # state_of(), inlined (a Session)
     if st is None:
         return
     # COMMIT was sent but did not return: the outcome is unknown, so invalidate.
