@@ -7,7 +7,7 @@ and that no other module of the package reads or writes a private name it does n
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any, Final
 
@@ -85,12 +85,11 @@ __all__ = [
     "install_deferred_column_loaders",
     "is_mapped_instance",
     "keyed_load_options",
-    "load_options",
     "loader_extra_criteria",
     "mapper_path",
     "mark_requires_uniquing",
-    "may_have_options",
     "on_connect_isolation_level",
+    "options_of",
     "order_by_clauses",
     "orm_compile_state_class",
     "pool_creator",
@@ -279,20 +278,20 @@ def for_update_clause(statement: Any) -> Any:
     return getattr(statement, "_for_update_arg", None)
 
 
-def may_have_options(statement: Any) -> bool:
-    """Whether *statement* may carry options (``ORMExecuteState.user_defined_options`` is
-    empty otherwise): options of its own, or of the entities it had before
-    ``with_only_columns()``."""
-    return bool(
-        getattr(statement, "_with_options", None)
+def options_of(ox: ORMExecuteState, statement: Any) -> tuple[Sequence[Any], Any]:
+    """``(ox.user_defined_options, ox.load_options)`` of *ox* running *statement*, read
+    without the properties' work: the options only built when the statement may carry any
+    (options of its own, or of the entities it had before ``with_only_columns()``), and the
+    load options (SQLAlchemy's defaults when none were given) only of a SELECT, else None."""
+    user: Sequence[Any] = (
+        ox.user_defined_options
+        if getattr(statement, "_with_options", None)
         or getattr(statement, "_memoized_select_entities", None)
+        else ()
     )
-
-
-def load_options(ox: ORMExecuteState) -> Any:
-    """``ox.load_options`` of a SELECT (the query's load options; SQLAlchemy's defaults when
-    none were given), read without the property's checks."""
-    return ox.execution_options.get(LOAD_OPTIONS_KEY, _LOAD_OPTIONS)
+    if not statement.is_select:
+        return user, None
+    return user, ox.execution_options.get(LOAD_OPTIONS_KEY, _LOAD_OPTIONS)
 
 
 def statement_options(statement: Any) -> tuple[Any, ...]:

@@ -99,9 +99,8 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
             return None  # a statement failed in this transaction: let the database answer
     statement: Any = ox.statement
     # ORMExecuteState.user_defined_options, when the statement may have any (it builds lists)
-    user_options = ox.user_defined_options if _compat.may_have_options(statement) else ()
+    user_options, lo = _compat.options_of(ox, statement)
     hint = hint_from(user_options, ox.execution_options)
-    lo = _compat.load_options(ox) if statement.is_select else None
     if not _cacheable(ox, st, hint, lo):
         if ox.is_select and not ox.is_column_load:
             _bypass(st, "opt_out" if not hint.enabled else "not_cacheable")

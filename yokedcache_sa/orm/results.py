@@ -53,6 +53,8 @@ class ResultShape:
     mappers: dict[str, Mapper[Any]] = field(default_factory=dict)
     columns: tuple[Any, ...] | None = None  # what the statement that made it selected
     context: Any = None  # for a Core statement: what its consumers read of a result's context
+    # class name -> (mapper, class manager, identity class): filled as entries are rebuilt
+    classes: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
 
     def build(
         self,
@@ -267,7 +269,7 @@ def rows_from_entry(
         NotCacheable: the payload names a class this statement cannot return.
     """
     rows, objects, kinds = payload
-    mappers = shape.mappers
+    classes = shape.classes
     imap = session.identity_map
     add_to_identity_map = _compat.identity_adder(imap)
     hash_key = session.hash_key
@@ -290,11 +292,17 @@ def rows_from_entry(
             expired = record[5] if len(record) > 5 else None
             loaders = record[6] if len(record) > 6 else None
         if name != last_name:  # most results hold objects of one class
-            mapper = mappers.get(name)
-            if mapper is None:
-                raise NotCacheable(f"unknown class {name}")
-            manager = mapper.class_manager
-            ident = _compat.identity_class(mapper)
+            known = classes.get(name)
+            if known is None:
+                mapper = shape.mappers.get(name)
+                if mapper is None:
+                    raise NotCacheable(f"unknown class {name}")
+                known = classes[name] = (
+                    mapper,
+                    mapper.class_manager,
+                    _compat.identity_class(mapper),
+                )
+            mapper, manager, ident = known
             last_name = name
             if manager not in managers:
                 managers.append(manager)

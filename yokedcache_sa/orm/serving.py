@@ -4,8 +4,9 @@ caller's session (or awaited from whoever computes the key) and stored."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import nullcontext
 from typing import Any
 
@@ -102,7 +103,8 @@ def _served(
         if st.vary_on is not None:
             # served for this session's vary_on state, which an @cached key lacks
             _mark_strict(outer, "a read keyed by the session's vary_on state")
-    return shape.result.build(rows, ox.statement, _unbuffered(ox), _built_new(added))
+    is_new = functools.partial(_was_built_new, added)  # a C-level callable: no frame per hit
+    return shape.result.build(rows, ox.statement, _unbuffered(ox), is_new)
 
 
 def _miss(
@@ -281,14 +283,11 @@ def _unbuffered(ox: ORMExecuteState) -> Session | None:
     return ox.session
 
 
-def _built_new(added: list[Any]) -> Callable[[object], bool]:
-    """Whether an object is one :func:`rows_from_entry` put into the identity map (asked
-    only when the session's identity map changed while the result was fetched)."""
-
-    def is_new(obj: object) -> bool:
-        return any(o is obj and f for built, fresh in added for o, f in zip(built, fresh))
-
-    return is_new
+def _was_built_new(added: list[Any], obj: object) -> bool:
+    """Whether *obj* is one :func:`rows_from_entry` put into the identity map, by the
+    ``added`` it filled (asked only when the session's identity map changed while the result
+    was fetched)."""
+    return any(o is obj and f for built, fresh in added for o, f in zip(built, fresh))
 
 
 def _all_new(obj: object) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 import threading
 import types
 from collections import OrderedDict
@@ -53,6 +54,7 @@ _shapes: OrderedDict[Any, _Shape] = OrderedDict()
 _shapes_lock = threading.Lock()
 _MAX_SHAPES = 2000
 _BIND_ID_KEY = "_yokedcache_bind_id"  # in an engine's __dict__: its engine_identity()
+_EFFECTIVE_VALUE = operator.attrgetter("effective_value")  # a bound parameter's value
 
 
 def _bind_id(bind: Any) -> str:
@@ -186,7 +188,8 @@ def _split(name: str) -> tuple[str, str | None]:
 
 
 def _shape_for(statement: Any, ck_key: Any, bind: Any, hint: Hint) -> _Shape:
-    k = (ck_key, _bind_id(bind), hint.tables)
+    ident = bind.__dict__.get(_BIND_ID_KEY)  # _bind_id(), inlined for an Engine seen before
+    k = (ck_key, ident if ident is not None else _bind_id(bind), hint.tables)
     shape = _shapes.get(k)
     if shape is None:
         why = per_object_strategy(statement)
@@ -232,7 +235,7 @@ def _key(
     shape: _Shape, ck: Any, ox: ORMExecuteState, lo: Any, tags: list[Any], context: Any
 ) -> str | None:
     try:
-        values = [bp.effective_value for bp in ck.bindparams]
+        values = list(map(_EFFECTIVE_VALUE, ck.bindparams))
         # SQLAlchemy 2.1 keeps .params() values on the statement, over the bindparams' own
         stmt_params = getattr(ck, "params", None)
         extra = list(_compat.keyed_load_options(lo))  # a list: the key packer is strict
@@ -241,7 +244,7 @@ def _key(
             [
                 values,
                 _params(stmt_params) if stmt_params else None,
-                _params(ox.parameters, ck),
+                _params(params, ck) if (params := ox.parameters) else None,
                 extra,
                 eo.get("identity_token"),
                 repr(sorted(eo.get("schema_translate_map", {}).items()))
