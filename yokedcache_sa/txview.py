@@ -152,6 +152,15 @@ class TransactionView:
         """Whether the transaction on *bind* is snapshot-isolated; None before it began."""
         return self._isolated.get(bind)
 
+    def isolation_and_horizon(self, bind: Hashable) -> tuple[bool | None, int | None]:
+        """``(isolation(bind), lookup_horizon(bind, isolated))`` in one call, where a
+        transaction not begun on *bind* is taken as statement-level (the caller predicts
+        otherwise and asks :meth:`lookup_horizon` again)."""
+        isolated = self._isolated.get(bind)
+        if bind in self._snapshots:
+            return isolated, self.lookup_horizon(bind, bool(isolated))
+        return isolated, NOTHING_VALID if isolated else None
+
     def has_snapshot(self, bind: Hashable) -> bool:
         """Whether the database snapshot on *bind* exists (a consistent read has run)."""
         return bind in self._snapshots

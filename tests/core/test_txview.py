@@ -221,6 +221,12 @@ def test_the_view_computes_what_the_orm_layer_computed(
         assert new.lookup_horizon(
             bind, predicted if isolated is None else isolated
         ) == old.lookup_horizon(bind, predicted)
+        # the read path's one call: the isolation, and the horizon it gives (a transaction
+        # not begun taken as statement-level)
+        assert new.isolation_and_horizon(bind) == (
+            isolated,
+            new.lookup_horizon(bind, bool(isolated)),
+        )
         assert new.store_snapshot(later) == old.store(later)
         seen = -1 if bind in old.joined else old.horizon
         assert new.horizon_of(bind) == (seen if bind in old.snapshots else None)

@@ -278,20 +278,21 @@ def for_update_clause(statement: Any) -> Any:
     return getattr(statement, "_for_update_arg", None)
 
 
-def options_of(ox: ORMExecuteState, statement: Any) -> tuple[Sequence[Any], Any]:
-    """``(ox.user_defined_options, ox.load_options)`` of *ox* running *statement*, read
-    without the properties' work: the options only built when the statement may carry any
-    (options of its own, or of the entities it had before ``with_only_columns()``), and the
-    load options (SQLAlchemy's defaults when none were given) only of a SELECT, else None."""
+def options_of(ox: ORMExecuteState, statement: Any) -> tuple[Sequence[Any], Any, tuple[Any, ...]]:
+    """``(ox.user_defined_options, ox.load_options, statement_options(statement))`` of *ox*
+    running *statement*, read without the properties' work: the user options only built
+    when the statement may carry any (options of its own, or of the entities it had before
+    ``with_only_columns()``), the load options (SQLAlchemy's defaults when none were given)
+    only of a SELECT, else None."""
+    with_options: tuple[Any, ...] = getattr(statement, "_with_options", ())
     user: Sequence[Any] = (
         ox.user_defined_options
-        if getattr(statement, "_with_options", None)
-        or getattr(statement, "_memoized_select_entities", None)
+        if with_options or getattr(statement, "_memoized_select_entities", None)
         else ()
     )
     if not statement.is_select:
-        return user, None
-    return user, ox.execution_options.get(LOAD_OPTIONS_KEY, _LOAD_OPTIONS)
+        return user, None, with_options
+    return user, ox.execution_options.get(LOAD_OPTIONS_KEY, _LOAD_OPTIONS), with_options
 
 
 def statement_options(statement: Any) -> tuple[Any, ...]:

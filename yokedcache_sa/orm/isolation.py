@@ -118,21 +118,21 @@ def _horizon(
     after_begin listener learns it) and returns the connection as well (else None), which
     the statement's execution then reuses."""
     view = st.view
-    isolated = view.isolation(engine)
+    isolated, horizon = view.isolation_and_horizon(engine)
+    if isolated is not None:
+        return horizon, None  # begun: its isolation is known
     if (
-        isolated is None
-        and bind is engine
+        bind is engine
         and engine.__dict__.get(_LEARNED_KEY) is False
         and _MIXED_KEY not in engine.dialect.__dict__
     ):
-        # the common case first: nothing begun on an engine known statement-level
-        return view.lookup_horizon(engine, False), None
+        # the common case: nothing begun on an engine known statement-level
+        return horizon, None
     conn = None
+    isolated = _predicted(bind)
     if isolated is None:
-        isolated = _predicted(bind)
+        conn = _compat.begin_connection(session, bind)  # after_begin learns it
+        isolated = view.isolation(engine)
         if isolated is None:
-            conn = _compat.begin_connection(session, bind)  # after_begin learns it
-            isolated = view.isolation(engine)
-            if isolated is None:
-                isolated = True
+            isolated = True
     return view.lookup_horizon(engine, isolated), conn

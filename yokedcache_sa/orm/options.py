@@ -16,7 +16,7 @@ from sqlalchemy.orm.interfaces import UserDefinedOption
 from ..cache import DEFAULT_TTL, TTL
 from ..errors import UsageError
 
-__all__ = ["EXECUTION_OPTION", "FromCache", "Hint", "NoCache", "hint_from"]
+__all__ = ["DEFAULT_HINT", "EXECUTION_OPTION", "FromCache", "Hint", "NoCache", "hint_from"]
 
 EXECUTION_OPTION: Final = "yokedcache"
 """``stmt.execution_options(yokedcache={"ttl": 30, "tags": [...], "enabled": False})``"""
@@ -32,7 +32,8 @@ class Hint:
     tables: tuple[str, ...] = ()
 
 
-_DEFAULT_HINT = Hint()
+DEFAULT_HINT: Final = Hint()
+"""The hint of a statement that gives none: cached, with the session's settings."""
 
 
 class FromCache(UserDefinedOption):
@@ -95,7 +96,7 @@ def _from_mapping(m: Mapping[str, Any]) -> Hint:
 
 def hint_from(options: Iterable[Any], execution_options: Mapping[str, Any]) -> Hint:
     """Combine loader-option hints and the ``yokedcache`` execution option (the latter wins)."""
-    hint = _DEFAULT_HINT
+    hint = DEFAULT_HINT
     for opt in options:
         h = getattr(opt, "hint", None)
         if isinstance(h, Hint):

@@ -19,7 +19,7 @@ from ._greenlet import in_greenlet
 from .bindstate import UNWATCHED, connection_taint, connection_variant
 from .collect import _collector
 from .isolation import _horizon
-from .options import Hint, hint_from
+from .options import DEFAULT_HINT, EXECUTION_OPTION, Hint, hint_from
 from .pgwrites import RECHECK_KEY, settle
 from .serving import READ_LISTENERS, Planned, _bypass, _miss, _served, _uncached
 from .shapes import _key, _shape_for
@@ -99,8 +99,9 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
             return None  # a statement failed in this transaction: let the database answer
     statement: Any = ox.statement
     # ORMExecuteState.user_defined_options, when the statement may have any (it builds lists)
-    user_options, lo = _compat.options_of(ox, statement)
-    hint = hint_from(user_options, ox.execution_options)
+    user_options, lo, with_options = _compat.options_of(ox, statement)
+    eo = ox.execution_options
+    hint = hint_from(user_options, eo) if user_options or EXECUTION_OPTION in eo else DEFAULT_HINT
     if not _cacheable(ox, st, hint, lo):
         if ox.is_select and not ox.is_column_load:
             _bypass(st, "opt_out" if not hint.enabled else "not_cacheable")
@@ -177,7 +178,7 @@ def _serve(ox: ORMExecuteState, st: SessionState) -> Result[Any] | None:
     else:
         look = cache.lookup_sync(key, horizon=horizon, lock=True)
     if look.value is not MISSING and shape.result is not None:
-        result = _served(ox, st, shape, look, outer)
+        result = _served(ox, st, shape, look, outer, bool(with_options))
         if result is not None:
             rate = cache.config.shadow_read_rate
             if rate and shadow.sample(rate):

@@ -80,8 +80,10 @@ def _served(
     shape: _Shape,
     look: Lookup,
     outer: Collector | None,
+    has_options: bool = True,
 ) -> Result[Any] | None:
-    """The result rebuilt from a fresh entry, or None when it cannot serve this session."""
+    """The result rebuilt from a fresh entry, or None when it cannot serve this session
+    (*has_options*: False when the statement is known to carry no options)."""
     assert shape.result is not None
     if st.written and look.depends_on(st.written):
         _bypass(st, "own_writes", look.tags)
@@ -91,9 +93,8 @@ def _served(
         return None  # its post loads must run, for those listeners (see _run_and_store)
     try:
         added: list[Any] = []
-        rows = rows_from_entry(
-            look.value, shape.result, session, loader_context(ox.statement), added
-        )
+        loader = loader_context(ox.statement) if has_options else None
+        rows = rows_from_entry(look.value, shape.result, session, loader, added)
     except (NotCacheable, ValueError, TypeError, KeyError, IndexError) as exc:
         log.warning("yokedcache: ignoring an unusable cached result: %s", exc)
         return None
