@@ -5,9 +5,10 @@ Two memory caches in one process, one with the record shared through a file (the
 one process-local (``memory_shared=False``, 0.1's record), serve the same ORM primary-key
 hit on PostgreSQL. Two phases, every call shuffled each iteration:
 
-- ``tight``: the two hits back to back (the record's 5 ms check rarely falls due);
+- ``tight``: the two hits back to back (the record's path check, due every ``RECHECK``
+  seconds of reads, rarely falls due);
 - ``spaced``: with a plain-Session read of PostgreSQL among them, as between the requests
-  of a real worker (the check falls due on most hits).
+  of a real worker (the check falls due more often).
 
 Printed per phase: the shared hit's median over the local one's, and the share of shared
 reads that ran the check (an ``epoll_wait`` of the file's inotify watch). ``--rounds``
