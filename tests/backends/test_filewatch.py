@@ -21,7 +21,7 @@ import pytest
 from yokedcache_sa.backends import filewatch
 from yokedcache_sa.backends.filewatch import FileWatch, watcher
 from yokedcache_sa.backends.shared import RECHECK, SharedVersions, shared_path
-from yokedcache_sa.backends.versionfile import create
+from yokedcache_sa.backends.versionlife import create
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
 

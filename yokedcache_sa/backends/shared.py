@@ -1,15 +1,13 @@
 """The memory backend's version record, shared by every process of one host through a file.
 
 Entries stay in each process; the *version record* (epoch, write sequence, per-tag versions,
-write marks) lives in a fixed-size memory-mapped file that every process using the same key
-prefix maps, so a commit in one worker makes the others' entries stale before it returns. The
-file's layout and its mark records are in :mod:`.versionfile`; this module is the record built
-on it: which file each process maps, lock-free reads, locked writes, and reopening.
-
-Updates run under an exclusive ``flock`` and inside a seqlock (``gen`` odd while writing);
-readers take no lock and retry when ``gen`` moved. A writer killed mid-update leaves ``gen``
-odd: the next locked access sees it and moves to a new epoch (every entry becomes a miss),
-since the record may be half written.
+write marks) lives in a memory-mapped file that every process of a key prefix maps, so a
+commit in one worker makes the others' entries stale before it returns. The file is in
+:mod:`.versionfile` and :mod:`.versionlife`; this module is the record: lock-free reads,
+locked writes, reopening. Updates run under an exclusive ``flock`` and inside a seqlock
+(``gen`` odd while writing); readers take no lock and retry when ``gen`` moved. A writer
+killed mid-update leaves ``gen`` odd: the next locked access moves to a new epoch (every
+entry becomes a miss), since the record may be half written.
 
 A file deleted or replaced while in use: every ``RECHECK`` seconds of reads, and on every
 write, each process checks that the path still names its mapping (an inotify watch on Linux,
@@ -41,12 +39,12 @@ from .versionfile import (
     WINDOW,
     MappedFile,
     new_epoch,
-    open_file,
     shared_dir,
     shared_path,
     slot_of,
     writer_hash,
 )
+from .versionlife import open_file
 
 if sys.platform != "win32":
     import fcntl
@@ -116,6 +114,7 @@ class SharedVersions:
         self._next_check = time.monotonic() + RECHECK
         self._users = 0
         self._detached = False
+        self._aged: MappedFile | None = None  # the mapping found old enough to write at once
         _live.add(self)
         with self._lock:
             self._verify()
@@ -293,9 +292,12 @@ class SharedVersions:
                 self._switch()
             self._next_check = time.monotonic() + RECHECK
             m = self._map
-            young = m.hdr[H_CREATED] + int(2 * RECHECK * 1e9) - time.time_ns()
-            if young > 0 and bump_gen:
-                time.sleep(young / 1e9)
+            if m is not self._aged:
+                young = m.hdr[H_CREATED] + int(2 * RECHECK * 1e9) - time.time_ns()
+                if young <= 0:
+                    self._aged = m
+                elif bump_gen:
+                    time.sleep(young / 1e9)
             fcntl.flock(m.fd, fcntl.LOCK_EX)
         except BaseException:
             self._lock.release()

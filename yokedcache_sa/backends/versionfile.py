@@ -1,6 +1,7 @@
-"""The shared version file: its layout, one mapping of it, its mark records, its lifecycle.
+"""The shared version file: its layout, one mapping of it, its mark records.
 
-:mod:`.shared` holds the record built on it (lock-free reads, locked writes, reopening).
+:mod:`.versionlife` creates, opens and sweeps the files; :mod:`.shared` holds the record
+built on them (lock-free reads, locked writes, reopening).
 
 Layout (native byte order, every field 8 bytes and 8-byte aligned)::
 
@@ -28,7 +29,6 @@ import hashlib
 import mmap
 import os
 import tempfile
-import time
 from bisect import bisect_right
 from collections.abc import Sequence
 from functools import lru_cache
@@ -52,13 +52,10 @@ __all__ = [
     "WINDOW",
     "MappedFile",
     "alive",
-    "create",
     "new_epoch",
-    "open_file",
     "shared_dir",
     "shared_path",
     "slot_of",
-    "sweep",
     "writer_hash",
 ]
 
@@ -185,15 +182,21 @@ class MappedFile:
         """Record writer *w*'s marks on *slots* until *exp*."""
         for s in set(slots):
             key = w | (s + 1)
-            i = self._find(s, key)
-            if i < 0:
-                i = self._place(s, key, now)
+            home = _HOMES[s]
+            keys = self.mkey[home : home + WINDOW].tolist()  # read once: found or placed
+            if key in keys:
+                i = home + keys.index(key)
+            else:
+                i = self._find_far(s, key) if self.far[s] else -1
+                if i < 0:
+                    i = self._place(s, key, now, keys)
             if i < 0:
                 # Table full of live marks: one that no release drops, only its expiry.
                 self.oflow[s] = max(self.oflow[s], exp)
                 self.mmax[s] = max(self.mmax[s], exp)
                 continue
-            self.mexp[i] = exp
+            if exp > self.mexp[i]:  # a mark made again never shortens (a free record has 0.0)
+                self.mexp[i] = exp
             if exp > self.mmax[s]:
                 self.mmax[s] = exp
 
@@ -201,11 +204,27 @@ class MappedFile:
         """Drop writer *w*'s marks on *slots*."""
         for s in set(slots):
             key = w | (s + 1)
-            i = self._find(s, key)
-            if i >= 0:
-                self._free(i, key)
-            elif self.mmax[s] == 0.0:
-                continue
+            home = _HOMES[s]
+            keys = self.mkey[home : home + WINDOW].tolist()
+            if key in keys:
+                j = keys.index(key)
+                mine = self.mexp[home + j]
+                self._free(home + j, key)
+                if mine < self.mmax[s]:
+                    # A later mark (or an overflow) holds the summary, and freeing this
+                    # record leaves it: the summary is an exact maximum except for expired
+                    # records, whose expiry no read counts.
+                    continue
+                if not self.far[s]:
+                    keys[j] = 0
+                    self._summarize(s, now, keys)
+                    continue
+            else:
+                i = self._find_far(s, key) if self.far[s] else -1
+                if i >= 0:
+                    self._free(i, key)
+                elif self.mmax[s] == 0.0:
+                    continue
             self._summarize(s, now)
 
     def _free(self, i: int, key: int) -> None:
@@ -216,22 +235,17 @@ class MappedFile:
         if not home <= i < home + WINDOW:
             self.far[slot] -= 1
 
-    def _find(self, slot: int, key: int) -> int:
-        """Index of the record *key* of *slot*, or -1."""
-        home = _HOMES[slot]
-        window = self.mkey[home : home + WINDOW].tolist()
-        if key in window:
-            return home + window.index(key)
-        if self.far[slot]:
-            keys = self.mkey.tolist()
-            if key in keys:
-                return keys.index(key)
-        return -1
+    def _find_far(self, slot: int, key: int) -> int:
+        """Index of the record *key* anywhere in the table (*slot* has far records), or -1."""
+        keys = self.mkey.tolist()
+        return keys.index(key) if key in keys else -1
 
-    def _place(self, slot: int, key: int, now: float) -> int:
-        """Index of a free record for *slot* (freeing expired ones), or -1 if none."""
+    def _place(self, slot: int, key: int, now: float, keys: list[int]) -> int:
+        """Index of a free record for *slot* (freeing expired ones), or -1 if none.
+
+        *keys* is the slot's window of keys as read under the lock (changed here).
+        """
         home = _HOMES[slot]
-        keys = self.mkey[home : home + WINDOW].tolist()
         exps = self.mexp[home : home + WINDOW].tolist()
         # free records have expiry 0.0: a loop only when some live record has expired
         if bisect_right(sorted(exps), now) != keys.count(0):
@@ -262,12 +276,15 @@ class MappedFile:
                 keys[i] = 0
         return keys
 
-    def _summarize(self, slot: int, now: float) -> None:
-        """Set the slot's ``markmax`` to the latest live expiry among its records."""
+    def _summarize(self, slot: int, now: float, window: list[int] | None = None) -> None:
+        """Set the slot's ``markmax`` to the latest live expiry among its records.
+
+        *window*: the slot's window of keys as read under the lock, when it has no far record.
+        """
         tag = slot + 1
         home = _HOMES[slot]
         lo, hi = (0, MARKS) if self.far[slot] else (home, home + WINDOW)
-        keys = self.mkey[lo:hi].tolist()
+        keys = window if window is not None else self.mkey[lo:hi].tolist()
         top = 0.0
         if keys.count(0) != len(keys):  # else no record at all: nothing to look through
             exps = self.mexp[lo:hi].tolist()
@@ -278,114 +295,6 @@ class MappedFile:
         if over > now and over > top:
             top = over
         self.mmax[slot] = top
-
-
-# -- lifecycle: creating files, deleting abandoned ones ---------------------------------------
-
-
-def create(path: str, replace: bool) -> None:
-    """Write a new empty file at *path* (a new epoch); keep another's unless *replace*."""
-    sweep(os.path.dirname(path))
-    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.ftruncate(fd, SIZE)
-        m = MappedFile(fd, (0, 0))
-        hdr = m.hdr
-        hdr[H_LAYOUT] = LAYOUT
-        hdr[H_EPOCH] = new_epoch()
-        hdr[H_CREATED] = time.time_ns()
-        hdr[H_MAGIC] = MAGIC
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass  # another process created it first: use theirs
-    finally:
-        os.close(fd)
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-
-
-def open_file(path: str) -> MappedFile:
-    """Map the version file at *path*, creating it, or replacing one that is truncated, of
-    another layout or retired.
-
-    Raises:
-        OSError: the file cannot be created or opened, or keeps changing under us.
-        PermissionError: the file belongs to another user.
-    """
-    for _ in range(8):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            create(path, replace=False)
-            continue
-        st = os.fstat(fd)
-        if hasattr(os, "getuid") and st.st_uid != os.getuid():
-            os.close(fd)
-            raise PermissionError(f"{path} belongs to uid {st.st_uid}, not to us")
-        if st.st_size != SIZE:
-            os.close(fd)
-            create(path, replace=True)  # truncated, or another layout: a new epoch
-            continue
-        m = MappedFile(fd, (st.st_dev, st.st_ino))
-        hdr = m.hdr
-        if hdr[H_MAGIC] != MAGIC or hdr[H_LAYOUT] != LAYOUT or hdr[H_RETIRED]:
-            m.close()
-            create(path, replace=True)
-            continue
-        return m
-    raise OSError(f"could not open a stable version file at {path}")
-
-
-_swept: set[str] = set()
-
-
-def sweep(directory: str) -> None:
-    """Delete this user's version files that no live process uses (once per directory).
-
-    Files of processes killed with SIGKILL are left behind; with a fresh prefix per test or
-    per deployment they would pile up. A file is deleted only when every process recorded
-    in it is dead and it was last modified over a minute ago (so none is being created);
-    deleting a file in use would be safe anyway, only slower.
-    """
-    if directory in _swept:
-        return
-    _swept.add(directory)
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    suffix = f"-{uid}.ver"
-    old = time.time() - 60
-    try:
-        names = [n for n in os.listdir(directory) if n.startswith("yokedcache-v1-")]
-    except OSError:
-        return
-    for name in names:
-        if not name.endswith(suffix):
-            continue
-        path = os.path.join(directory, name)
-        try:
-            if os.stat(path).st_mtime > old:
-                continue
-            with open(path, "rb") as f:
-                raw = f.read(HEADER)
-        except OSError:
-            continue
-        if len(raw) < HEADER:
-            continue
-        words = memoryview(raw).cast("Q")
-        if words[H_MAGIC] != MAGIC:
-            continue
-        if any(p and alive(p) for p in words[H_PIDS : H_PIDS + PIDS]):
-            continue
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 def alive(pid: int) -> bool:
